@@ -1,0 +1,1 @@
+//! The only writer: atomic files, ownership, journal and rollback, lock, systemctl.

@@ -1,0 +1,46 @@
+//! Reading istioctl's output: where it comes from (directory, .tar.gz, URL)
+//! and what each file says. Pure parsing; `source` is the only reader.
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+pub mod cluster_env;
+pub mod source;
+
+pub use cluster_env::ClusterEnv;
+pub use source::load;
+
+pub const CLUSTER_ENV: &str = "cluster.env";
+pub const MESH: &str = "mesh.yaml";
+pub const ROOT_CERT: &str = "root-cert.pem";
+pub const TOKEN: &str = "istio-token";
+pub const HOSTS: &str = "hosts";
+
+/// The five files `istioctl x workload entry configure` writes.
+pub const FILES: [&str; 5] = [CLUSTER_ENV, MESH, ROOT_CERT, TOKEN, HOSTS];
+
+/// Raw bytes of each bundle file that was found, keyed by file name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bundle {
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+impl Bundle {
+    pub fn file(&self, name: &str) -> Option<&[u8]> {
+        self.files.get(name).map(Vec::as_slice)
+    }
+
+    /// Stable digest of the bundle's content (names and bytes), recorded in
+    /// state.json so a re-run can tell the bundle changed.
+    pub fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        for (name, bytes) in &self.files {
+            h.update((name.len() as u64).to_be_bytes());
+            h.update(name.as_bytes());
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(bytes);
+        }
+        format!("{:x}", h.finalize())
+    }
+}

@@ -1,0 +1,189 @@
+//! The user-facing command contract (DESIGN.md "Commands"). Tests and
+//! automation depend on these names; add, never rename.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "istio-vm",
+    version,
+    about = "Onboard this virtual machine into an Istio service mesh",
+    long_about = "Onboard this virtual machine into an Istio service mesh.\n\n\
+        Takes the files `istioctl x workload entry configure` writes (cluster.env, \
+        mesh.yaml, root-cert.pem, istio-token, hosts) and places them, captures \
+        traffic and verifies the sidecar: idempotent, reversible, verifiable.",
+    max_term_width = 80
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// Prefix every path read or written; under a root other than / nothing
+    /// live (services, netfilter, users) is changed
+    #[arg(long, global = true, value_name = "DIR", env = "ISTIO_VM_ROOT")]
+    pub root: Option<PathBuf>,
+    /// Configuration file [default: /etc/istio-vm/config.toml]
+    #[arg(long, global = true, value_name = "FILE", env = "ISTIO_VM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Output format [default: text]
+    #[arg(long, global = true, value_enum, env = "ISTIO_VM_OUTPUT")]
+    pub output: Option<Output>,
+    /// More log detail on stderr (repeat for more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a bundle without changing anything
+    Validate(ValidateArgs),
+    /// Place the bundle, capture traffic and start the sidecar
+    Install(InstallArgs),
+    /// Restore everything install changed
+    Uninstall,
+    /// Explain whether the sidecar reaches istiod, and why not
+    Verify(VerifyArgs),
+    /// Traffic capture rules (iptables or nftables)
+    Capture(CaptureArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct BundleArgs {
+    /// Bundle: a directory, a .tar.gz of one, or an https:// URL
+    #[arg(long, value_name = "SRC")]
+    pub bundle: String,
+    /// Expected SHA-256 of the bundle (required for a URL)
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub bundle: BundleArgs,
+    /// Treat warnings as errors
+    #[arg(long)]
+    pub strict: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    #[command(flatten)]
+    pub bundle: BundleArgs,
+    /// Show what would change; change nothing
+    #[arg(long)]
+    pub check: bool,
+    /// Show a unified diff of every text file that changes (token redacted)
+    #[arg(long)]
+    pub diff: bool,
+    /// Do not install or apply traffic capture rules
+    #[arg(long)]
+    pub no_capture: bool,
+    /// Do not start or restart services
+    #[arg(long)]
+    pub no_start: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Repeat until every check passes or this much time has passed
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub wait: Option<Duration>,
+    /// Bound on each network step
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "3s")]
+    pub timeout: Duration,
+    /// Do not check the local agent (istio.service, Envoy admin, DNS proxy)
+    #[arg(long)]
+    pub skip_agent: bool,
+    /// Also fetch URL from this VM and check it went through the sidecar
+    #[arg(long, value_name = "URL")]
+    pub probe: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CaptureArgs {
+    #[arg(value_enum)]
+    pub action: CaptureAction,
+    /// Netfilter backend
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: Backend,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CaptureAction {
+    /// Print the rules for this machine's cluster.env and resolv.conf
+    Render,
+    /// Apply the rules atomically, replacing any earlier Istio rules
+    Apply,
+    /// Remove every Istio rule found, whatever produced it
+    Remove,
+    /// Which backend holds which Istio rules, and whether they match
+    Status,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Auto,
+    Iptables,
+    Nftables,
+}
+
+/// `500ms`, `3s`, `2m`, `1h`: a number with a unit.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(|| format!("`{s}` has no unit: write e.g. 500ms, 3s or 2m"))?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration: write e.g. 500ms, 3s or 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit `{unit}` in `{s}`: use ms, s, m or h")),
+    };
+    if !secs.is_finite() || !(0.0..=7.0 * 24.0 * 3600.0).contains(&secs) {
+        return Err(format!("`{s}` is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("3s").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("3").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("3d").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

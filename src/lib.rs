@@ -1,0 +1,18 @@
+//! istio-vm: onboard a virtual machine into an Istio mesh.
+//!
+//! Data flows one way: bundle -> findings -> plan -> apply -> report. Everything
+//! up to the plan is pure; only `apply` and `verify` touch the system.
+
+pub mod apply;
+pub mod bundle;
+pub mod capture;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod layout;
+pub mod plan;
+pub mod report;
+pub mod units;
+pub mod validate;
+pub mod verify;

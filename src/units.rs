@@ -1,0 +1,1 @@
+//! systemd unit, drop-in, tmpfiles.d and sysusers.d rendering. Pure.

@@ -1,0 +1,1 @@
+//! Per-file and cross-file checks of a bundle -> findings. Pure.

@@ -1,0 +1,1 @@
+//! Checks from local files to the XDS stream; each explains its failure.
