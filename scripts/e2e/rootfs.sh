@@ -73,6 +73,10 @@ r=$dest.tmp/rootfs
 : >"$r/etc/machine-id"
 rm -f "$r"/var/cache/apt/archives/*.deb
 echo "istio-vm-e2e" >"$r/etc/hostname"
+# debootstrap copied this machine's resolv.conf; the container runs on a
+# private network, and its DNS capture rules should name a documentation
+# address, not this machine's resolver.
+echo "nameserver 203.0.113.53" >"$r/etc/resolv.conf"
 touch "$dest.tmp/.complete"
 rm -rf "$dest"
 mv "$dest.tmp" "$dest"
