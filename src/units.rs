@@ -31,8 +31,11 @@
 //!   unit, so it remains active; connections made during the gap are refused
 //!   (redirected to 15001, where nothing listens) instead of leaving the mesh
 //!   in plain text (fail-closed). When systemd then restarts `istio.service`,
-//!   it propagates the restart to `PartOf=` units, so the rules are re-rendered
-//!   and re-applied just before the agent starts again.
+//!   it propagates the restart to `PartOf=` units: the capture unit's stop and
+//!   start re-render the rules from the current cluster.env just before the
+//!   agent starts again (they are out for the milliseconds between the two;
+//!   `StopPropagatedFrom=` would avoid that, but needs systemd 249, newer than
+//!   RHEL 8's or Debian 11's).
 //! - **Explicit `systemctl stop istio`**: the stop is propagated, the capture
 //!   unit stops and its `ExecStop` removes the rules, so the VM's network works
 //!   without the sidecar (what the administrator asked for, and what Istio's
@@ -240,29 +243,62 @@ pub fn tmpfiles() -> String {
         let _ = writeln!(s, "d {} 0755 {u} {u} -", run_path(dir));
     }
     let token = run_path(layout::TOKEN);
-    let _ = writeln!(s, "C {token} - - - - {}", layout::TOKEN_PERSISTENT);
-    let _ = writeln!(s, "z {token} 0600 {u} {u} -");
+    // Owner and mode on the `C` line itself: created root-owned, the file
+    // below istio-proxy's directory could not be fixed by a later `z` line
+    // (tmpfiles refuses that "unsafe path transition").
+    let _ = writeln!(s, "C {token} 0600 {u} {u} - {}", layout::TOKEN_PERSISTENT);
     s.push_str(
-        "\n# Owners of the placed directories and files; on a baked image istio-proxy\n\
-         # is created by sysusers.d at first boot, just before this runs.\n",
+        "\n# Owners of the placed directories and files. On an image baked with\n\
+         # `istio-vm install --root`, istio-proxy is created by sysusers.d at first\n\
+         # boot, just before this runs, and the files are still root's. `Z`, not a\n\
+         # `z` per file: tmpfiles refuses to touch a root-owned file below a\n\
+         # directory it has just given to istio-proxy (\"unsafe path transition\").\n\
+         # Recursive as the install guide's `chown -R`; modes are kept.\n",
     );
+    let recursive = recursive_dirs();
     for dir in layout::PROXY_DIRS {
         if dir.starts_with("/var/run/") {
             continue;
         }
         let _ = writeln!(s, "d {dir} 0755 {u} {u} -");
+        if recursive.contains(dir) {
+            let _ = writeln!(s, "Z {dir} - {u} {u} -");
+        }
     }
     for p in layout::PLACEMENTS {
-        if p.path.starts_with("/var/run/") {
+        let covered = recursive
+            .iter()
+            .any(|d| p.path.strip_prefix(d).is_some_and(|r| r.starts_with('/')));
+        if p.path.starts_with("/var/run/") || covered {
             continue;
         }
-        let (user, mode) = match p.owner {
-            layout::Owner::IstioProxy => (u, p.mode),
-            layout::Owner::Root => ("root", p.mode),
+        let user = match p.owner {
+            layout::Owner::IstioProxy => u,
+            layout::Owner::Root => "root",
         };
-        let _ = writeln!(s, "z {} {:04o} {user} {user} -", p.path, mode);
+        let _ = writeln!(s, "z {} {:04o} {user} {user} -", p.path, p.mode);
     }
     s
+}
+
+/// The persistent proxy directories whose whole content belongs to
+/// istio-proxy: every one with no other proxy directory below it (so not
+/// `/var/lib/istio`, which also holds Istio's own data).
+fn recursive_dirs() -> Vec<&'static str> {
+    let persistent: Vec<&str> = layout::PROXY_DIRS
+        .iter()
+        .copied()
+        .filter(|d| !d.starts_with("/var/run/"))
+        .collect();
+    persistent
+        .iter()
+        .copied()
+        .filter(|d| {
+            !persistent
+                .iter()
+                .any(|o| o.strip_prefix(d).is_some_and(|r| r.starts_with('/')))
+        })
+        .collect()
 }
 
 /// `sysusers.d/istio-vm.conf`: istio-proxy as Istio's postinst creates it
@@ -425,15 +461,26 @@ mod tests {
                 .unwrap_or_else(|| panic!("no `{ty} {path}` line"))
         };
         let copy = &lines[pos("C", "/run/secrets/tokens/istio-token")];
+        assert_eq!(copy[2..5], ["0600", "istio-proxy", "istio-proxy"]);
         assert_eq!(copy[6], layout::TOKEN_PERSISTENT);
-        let fix = &lines[pos("z", "/run/secrets/tokens/istio-token")];
-        assert_eq!(fix[2..5], ["0600", "istio-proxy", "istio-proxy"]);
         // Parents before children, the copy after its directory.
         assert!(pos("d", "/run/secrets") < pos("d", "/run/secrets/tokens"));
         assert!(pos("d", "/run/secrets/tokens") < pos("C", "/run/secrets/tokens/istio-token"));
-        // The baked image's persistent files get their owners at first boot.
+        // The baked image's persistent files get their owners at first boot:
+        // each through a recursive `Z` on its directory, or a `z` of its own.
         for p in layout::PLACEMENTS {
-            if !p.path.starts_with("/var/run/") {
+            if p.path.starts_with("/var/run/") {
+                continue;
+            }
+            let parent = std::path::Path::new(p.path)
+                .parent()
+                .unwrap()
+                .to_str()
+                .unwrap();
+            let by_dir = lines.iter().any(|l| l[0] == "Z" && l[1] == parent);
+            let by_file = lines.iter().any(|l| l[0] == "z" && l[1] == p.path);
+            assert!(by_dir != by_file, "{}: Z on its dir xor z", p.path);
+            if by_file {
                 let l = &lines[pos("z", p.path)];
                 assert_eq!(l[2], format!("{:04o}", p.mode));
             }
@@ -441,6 +488,12 @@ mod tests {
         for d in layout::PROXY_DIRS {
             pos("d", &run_path(d));
         }
+        // Never recursively over Istio's own data.
+        assert!(
+            lines
+                .iter()
+                .all(|l| !(l[0] == "Z" && l[1] == "/var/lib/istio"))
+        );
     }
 
     #[test]
