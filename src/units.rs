@@ -44,22 +44,25 @@
 //!   the rules are back before the agent starts. If the rules cannot be
 //!   applied, `istio.service` does not start (a sidecar without capture would
 //!   silently leave the app's traffic outside the mesh).
-//! - **Boot**: `istio.service` is enabled (`multi-user.target.wants`), the
-//!   capture unit is enabled as wanted by it; the capture unit is never
-//!   started alone at boot, so a disabled sidecar never leaves a VM with
-//!   rules that point at a proxy that is not running.
+//! - **Boot**: `multi-user.target` wants `istio.service` (see below), which
+//!   pulls the capture unit in; the capture unit has no `[Install]` of its
+//!   own and is never started alone, so a sidecar that is not started never
+//!   leaves a VM with rules pointing at a proxy that does not run.
 //!
 //! The e2e tests (`tests/e2e_*.rs`) check each of these on a booted Debian.
 //!
-//! # Enablement
+//! # Starting at boot
 //!
-//! `systemctl enable` reads `[Install]` from the unit file only, never from a
-//! drop-in, so a drop-in cannot enable `istio.service`. Istio's own unit has
-//! `[Install] WantedBy=multi-user.target`; the upstream guide just never runs
-//! `systemctl enable`. Enabling is nothing but the symlinks `systemctl enable`
-//! would create, so [`render`] returns them as [`Generated::Symlink`]s: the same
-//! plan works live and under `--root` (where no systemctl may run), and
-//! `systemctl is-enabled` reports both units enabled.
+//! Istio's unit has `[Install] WantedBy=multi-user.target`, but the upstream
+//! guide never runs `systemctl enable`, so the sidecar does not come back
+//! after a reboot. A drop-in cannot enable a unit (`systemctl enable` reads
+//! `[Install]` from the unit file only). istio-vm instead places a drop-in for
+//! `multi-user.target` with `Wants=istio.service`: a plain file, so the same
+//! plan works live and in an image baked with `--root` (where no systemctl
+//! runs), and `uninstall` removes exactly it, leaving alone whatever the
+//! administrator enabled. `systemctl is-enabled istio` keeps saying what the
+//! administrator did; `systemctl show -p WantedBy istio` lists
+//! `multi-user.target`.
 //!
 //! # Paths under /run
 //!
@@ -73,15 +76,10 @@ use crate::layout;
 
 /// Where `istio-vm` itself is installed by the .deb/.rpm.
 pub const ISTIO_VM_BIN: &str = "/usr/bin/istio-vm";
-/// Istio's unit, as the `istio-sidecar` package installs it.
 pub const ISTIO_UNIT_NAME: &str = "istio.service";
-pub const ISTIO_UNIT: &str = "/lib/systemd/system/istio.service";
 pub const CAPTURE_UNIT_NAME: &str = "istio-vm-capture.service";
-/// `systemctl enable istio` creates this.
-pub const ISTIO_WANTS_LINK: &str = "/etc/systemd/system/multi-user.target.wants/istio.service";
-/// `systemctl enable istio-vm-capture` creates this (`WantedBy=istio.service`).
-pub const CAPTURE_WANTS_LINK: &str =
-    "/etc/systemd/system/istio.service.wants/istio-vm-capture.service";
+/// Makes the boot target want the sidecar (see "Starting at boot").
+pub const BOOT_DROPIN: &str = "/etc/systemd/system/multi-user.target.d/istio-vm.conf";
 /// The agent's directories below /run (in [`layout::PROXY_DIRS`]).
 const SECRETS_DIR: &str = "/var/run/secrets";
 const TOKENS_DIR: &str = "/var/run/secrets/tokens";
@@ -100,33 +98,19 @@ impl Default for Options {
     }
 }
 
-/// One thing the planner places, root-owned.
+/// A file the planner places, owned by root.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Generated {
-    File {
-        path: &'static str,
-        content: String,
-        mode: u32,
-    },
-    /// What `systemctl enable` would create; `target` is absolute on the VM.
-    Symlink {
-        path: &'static str,
-        target: &'static str,
-    },
+pub struct GeneratedFile {
+    pub path: &'static str,
+    pub content: String,
+    pub mode: u32,
 }
 
-impl Generated {
-    pub fn path(&self) -> &'static str {
-        match self {
-            Generated::File { path, .. } | Generated::Symlink { path, .. } => path,
-        }
-    }
-}
-
-/// Every file and enablement link istio-vm places for systemd, in the order
-/// they should be written (units before the links pointing at them).
-pub fn render(opts: &Options) -> Vec<Generated> {
-    let file = |path, content| Generated::File {
+/// Every file istio-vm places for systemd. A live install then runs
+/// `systemctl daemon-reload` and (unless `--no-start`) starts [`START`];
+/// uninstall removes them, stops the sidecar first and reloads after.
+pub fn render(opts: &Options) -> Vec<GeneratedFile> {
+    let file = |path, content| GeneratedFile {
         path,
         content,
         mode: 0o644,
@@ -136,18 +120,9 @@ pub fn render(opts: &Options) -> Vec<Generated> {
         out.push(file(layout::CAPTURE_UNIT, capture_unit()));
     }
     out.push(file(layout::ISTIO_DROPIN, istio_dropin(opts)));
+    out.push(file(BOOT_DROPIN, boot_dropin()));
     out.push(file(layout::TMPFILES, tmpfiles()));
     out.push(file(layout::SYSUSERS, sysusers()));
-    out.push(Generated::Symlink {
-        path: ISTIO_WANTS_LINK,
-        target: ISTIO_UNIT,
-    });
-    if opts.capture {
-        out.push(Generated::Symlink {
-            path: CAPTURE_WANTS_LINK,
-            target: layout::CAPTURE_UNIT,
-        });
-    }
     out
 }
 
@@ -180,11 +155,8 @@ Type=oneshot
 RemainAfterExit=yes
 ExecStart={bin} capture apply
 ExecStop={bin} capture remove
-
-[Install]
-# Started as a dependency of the sidecar, never alone: rules without a running
-# proxy would cut the VM off.
-WantedBy={istio}
+# No [Install]: started as a dependency of the sidecar, never alone, since
+# rules without a running proxy would cut the VM off.
 ",
         istio = ISTIO_UNIT_NAME,
         bin = ISTIO_VM_BIN,
@@ -226,6 +198,20 @@ ExecStartPre=+/usr/bin/install -d -o {user} -g {user} -m 0755 {run_secrets} {run
         user = layout::PROXY_USER,
     );
     s
+}
+
+/// `multi-user.target.d/istio-vm.conf`: start the sidecar at boot.
+pub fn boot_dropin() -> String {
+    format!(
+        "{HEADER}\
+# Starts Istio's sidecar at boot (it pulls in {cap}). Not
+# `systemctl enable`, so that an image baked with --root comes up the same.
+[Unit]
+Wants={istio}
+",
+        cap = CAPTURE_UNIT_NAME,
+        istio = ISTIO_UNIT_NAME
+    )
 }
 
 /// `tmpfiles.d/istio-vm.conf`: runtime directories and the token at every
@@ -323,14 +309,10 @@ fn run_path(p: &str) -> String {
 mod tests {
     use super::*;
 
-    fn file<'a>(out: &'a [Generated], path: &str) -> &'a str {
+    fn file<'a>(out: &'a [GeneratedFile], path: &str) -> &'a str {
         out.iter()
-            .find_map(|g| match g {
-                Generated::File {
-                    path: p, content, ..
-                } if *p == path => Some(content.as_str()),
-                _ => None,
-            })
+            .find(|g| g.path == path)
+            .map(|g| g.content.as_str())
             .unwrap_or_else(|| panic!("{path} not rendered"))
     }
 
@@ -376,8 +358,6 @@ mod tests {
         );
         assert_eq!(values(&u, "Unit", "Before"), ["istio.service"]);
         assert_eq!(values(&u, "Unit", "PartOf"), ["istio.service"]);
-        // Never pulled in by a boot target directly.
-        assert_eq!(values(&u, "Install", "WantedBy"), ["istio.service"]);
     }
 
     #[test]
@@ -393,7 +373,7 @@ mod tests {
         assert_eq!(pre.len(), 1);
         assert!(pre[0].starts_with("+/usr/bin/install -d -o istio-proxy -g istio-proxy"));
         assert!(pre[0].ends_with("/run/secrets /run/secrets/tokens"));
-        // A drop-in's [Install] is ignored by systemctl enable; we link instead.
+        // A drop-in's [Install] is ignored by systemctl enable.
         assert!(section(&d, "Install").is_empty());
     }
 
@@ -401,8 +381,7 @@ mod tests {
     fn no_capture_keeps_istio_away_from_iptables_without_a_capture_unit() {
         let opts = Options { capture: false };
         let out = render(&opts);
-        assert!(out.iter().all(|g| g.path() != layout::CAPTURE_UNIT));
-        assert!(out.iter().all(|g| g.path() != CAPTURE_WANTS_LINK));
+        assert!(out.iter().all(|g| g.path != layout::CAPTURE_UNIT));
         let d = file(&out, layout::ISTIO_DROPIN);
         assert!(values(d, "Unit", "Requires").is_empty());
         assert_eq!(
@@ -412,33 +391,24 @@ mod tests {
     }
 
     #[test]
-    fn everything_is_root_owned_0644_and_links_follow_their_targets() {
+    fn everything_is_0644_and_the_boot_target_wants_the_sidecar() {
         let out = render(&Options::default());
-        let mut seen_files = Vec::new();
-        for g in &out {
-            match g {
-                Generated::File { path, mode, .. } => {
-                    assert_eq!(*mode, 0o644, "{path}");
-                    seen_files.push(*path);
-                }
-                Generated::Symlink { path, target } => {
-                    assert!(path.starts_with("/etc/systemd/system/"));
-                    assert!(target.starts_with('/'));
-                    if target.starts_with("/etc/") {
-                        assert!(seen_files.contains(target), "{path} before {target}");
-                    }
-                }
-            }
-        }
+        let paths: Vec<&str> = out.iter().map(|g| g.path).collect();
         assert_eq!(
-            seen_files,
+            paths,
             [
                 layout::CAPTURE_UNIT,
                 layout::ISTIO_DROPIN,
+                BOOT_DROPIN,
                 layout::TMPFILES,
                 layout::SYSUSERS
             ]
         );
+        assert!(out.iter().all(|g| g.mode == 0o644));
+        let boot = file(&out, BOOT_DROPIN);
+        assert_eq!(values(boot, "Unit", "Wants"), [ISTIO_UNIT_NAME]);
+        // The capture unit is never wanted by a target of its own.
+        assert!(section(file(&out, layout::CAPTURE_UNIT), "Install").is_empty());
     }
 
     #[test]
@@ -526,10 +496,8 @@ mod tests {
     #[test]
     fn snapshots() {
         for g in render(&Options::default()) {
-            if let Generated::File { path, content, .. } = g {
-                let name = path.trim_start_matches('/').replace('/', "__");
-                insta::assert_snapshot!(name, content);
-            }
+            let name = g.path.trim_start_matches('/').replace('/', "__");
+            insta::assert_snapshot!(name, g.content);
         }
         insta::assert_snapshot!(
             "istio_dropin_no_capture",
