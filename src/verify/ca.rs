@@ -282,7 +282,7 @@ fn verify_chain(
         chain: ders.clone(),
         key,
     };
-    if !leaf.uris.iter().any(|u| *u == want) {
+    if !leaf.uris.contains(&want) {
         let token_is = claims
             .and_then(|c| c.sub.clone())
             .map(|s| format!(" (the token is for {s})"))

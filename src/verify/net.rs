@@ -94,6 +94,7 @@ pub async fn dns(inputs: &Inputs, timeout: Duration) -> (Check, Resolved) {
     let targets: Vec<&Target> = std::iter::once(d).chain(inputs.ca.as_ref()).collect();
     let results = futures_join(targets.iter().map(|t| resolve(&t.host, t.port, timeout))).await;
     let mut details = Vec::new();
+    let mut warnings: Vec<String> = Vec::new();
     let mut out: Vec<Option<Vec<SocketAddr>>> = Vec::new();
     for (t, r) in targets.iter().zip(results) {
         let (expected, _) = inputs.hosts_addrs(&t.host);
@@ -136,10 +137,22 @@ pub async fn dns(inputs: &Inputs, timeout: Duration) -> (Check, Resolved) {
                                 t.host,
                                 join_ips(&addrs)
                             ),
-                            "another /etc/hosts line or DNS wins over the istio-vm block: remove the stale entry (only the first matching line counts)",
+                            "another /etc/hosts line or DNS wins over the istio-vm block: remove the stale entry",
                         ),
                         none,
                     );
+                }
+                if !expected.is_empty() && addrs.iter().any(|a| !expected.contains(&a.ip())) {
+                    let extra: Vec<SocketAddr> = addrs
+                        .iter()
+                        .filter(|a| !expected.contains(&a.ip()))
+                        .copied()
+                        .collect();
+                    warnings.push(format!(
+                        "{} also resolves to {} besides the bundle's address",
+                        t.host,
+                        join_ips(&extra)
+                    ));
                 }
                 let how = if t.host.parse::<IpAddr>().is_ok() {
                     "an IP address"
@@ -158,8 +171,18 @@ pub async fn dns(inputs: &Inputs, timeout: Duration) -> (Check, Resolved) {
     } else {
         None
     };
+    let c = if warnings.is_empty() {
+        pass(id, details.join("; "))
+    } else {
+        warn(
+            id,
+            format!("{}; {}", details.join("; "), warnings.join("; ")),
+            "another /etc/hosts line or DNS also answers for this name and the agent may dial that address first: \
+             remove the stale entry so only the istio-vm block names istiod",
+        )
+    };
     (
-        pass(id, details.join("; ")),
+        c,
         Resolved {
             discovery: out.first().cloned().flatten(),
             ca,
@@ -418,6 +441,17 @@ pub struct Presented {
     pub names: Vec<String>,
 }
 
+impl Presented {
+    pub fn describe(&self) -> String {
+        let subject = if self.subject.is_empty() {
+            "a certificate"
+        } else {
+            self.subject.as_str()
+        };
+        format!("{subject} issued by {}", self.issuer)
+    }
+}
+
 #[derive(Debug)]
 pub enum TlsFailure {
     UnknownAuthority(Option<Presented>),
@@ -481,7 +515,7 @@ pub fn tls_failure(id: &str, t: &Target, f: &TlsFailure, timeout: Duration) -> C
         TlsFailure::UnknownAuthority(p) => {
             let who = p
                 .as_ref()
-                .map(|p| format!(" (it presents {} issued by {})", p.subject, p.issuer))
+                .map(|p| format!(" (it presents {})", p.describe()))
                 .unwrap_or_default();
             fail(
                 id,
@@ -572,10 +606,7 @@ pub async fn tls(
             let alpn = conn
                 .alpn_protocol()
                 .map(|a| String::from_utf8_lossy(a).into_owned());
-            let who = tls
-                .presented()
-                .map(|p| format!("{} issued by {}", p.subject, p.issuer))
-                .unwrap_or_default();
+            let who = tls.presented().map(|p| p.describe()).unwrap_or_default();
             let c = match alpn.as_deref() {
                 Some("h2") | None => pass(
                     id,
