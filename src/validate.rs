@@ -911,9 +911,11 @@ fn check_hosts(
     }
     let mut done = BTreeSet::new();
     for addr in hosts_to_check {
-        let Some((host, _)) = split_host_port(&addr) else {
+        // An address without a port still names a host that must resolve.
+        let host = split_host_port(&addr).map_or(addr.as_str(), |(h, _)| h);
+        if !hosts::valid_name(host) {
             continue;
-        };
+        }
         let host = host.to_ascii_lowercase();
         if !done.insert(host.clone()) || host.parse::<IpAddr>().is_ok() {
             continue;
