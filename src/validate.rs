@@ -98,18 +98,20 @@ pub fn validate(bundle: &Bundle, now: OffsetDateTime) -> Validation {
         }
     }
 
-    let env = bundle.file(CLUSTER_ENV).and_then(|b| match ClusterEnv::parse(b) {
-        Ok(env) => Some(env),
-        Err(e) => {
-            f.push(Finding::error(
-                "env.syntax",
-                Some(CLUSTER_ENV),
-                e.to_string(),
-                HINT_ENV_QUOTE,
-            ));
-            None
-        }
-    });
+    let env = bundle
+        .file(CLUSTER_ENV)
+        .and_then(|b| match ClusterEnv::parse(b) {
+            Ok(env) => Some(env),
+            Err(e) => {
+                f.push(Finding::error(
+                    "env.syntax",
+                    Some(CLUSTER_ENV),
+                    e.to_string(),
+                    HINT_ENV_QUOTE,
+                ));
+                None
+            }
+        });
     let mesh = bundle.file(MESH).and_then(|b| match MeshConfig::parse(b) {
         Ok(m) => Some(m),
         Err(e) => {
@@ -125,20 +127,22 @@ pub fn validate(bundle: &Bundle, now: OffsetDateTime) -> Validation {
             None
         }
     });
-    let certs = bundle.file(ROOT_CERT).and_then(|b| match root_cert::parse(b) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            f.push(Finding::error(
-                "cert.parse",
-                Some(ROOT_CERT),
-                e.to_string(),
-                "root-cert.pem must hold the mesh root CA as PEM CERTIFICATE blocks: take \
+    let certs = bundle
+        .file(ROOT_CERT)
+        .and_then(|b| match root_cert::parse(b) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                f.push(Finding::error(
+                    "cert.parse",
+                    Some(ROOT_CERT),
+                    e.to_string(),
+                    "root-cert.pem must hold the mesh root CA as PEM CERTIFICATE blocks: take \
                  `root-cert.pem` from configmap istio-ca-root-cert in the workload's namespace, \
                  or regenerate the bundle",
-            ));
-            None
-        }
-    });
+                ));
+                None
+            }
+        });
     let claims = bundle.file(TOKEN).and_then(|b| match Claims::decode(b) {
         Ok(c) => Some(c),
         Err(e) => {
@@ -479,7 +483,12 @@ pub const KNOWN_KEYS: &[&str] = &[
 ];
 
 /// Free-form prefixes: node metadata and extra gRPC headers.
-pub const KNOWN_PREFIXES: &[&str] = &["ISTIO_META_", "ISTIO_METAJSON_", "CA_HEADER_", "XDS_HEADER_"];
+pub const KNOWN_PREFIXES: &[&str] = &[
+    "ISTIO_META_",
+    "ISTIO_METAJSON_",
+    "CA_HEADER_",
+    "XDS_HEADER_",
+];
 
 /// Keys the VM cannot do without. istio-start.sh falls back to namespace
 /// `default` without ISTIO_NAMESPACE; the agent needs POD_NAMESPACE and
@@ -597,8 +606,9 @@ fn check_env(env: &ClusterEnv, mesh: Option<&MeshConfig>, f: &mut Vec<Finding>) 
             "ISTIO_INBOUND_EXCLUDE_PORTS" => "nothing reads this name (a stale one from \
                 sidecar.env): did you mean ISTIO_LOCAL_EXCLUDE_PORTS?"
                 .to_string(),
-            "ISTIO_CFG" => "nothing reads this name (a stale one from sidecar.env); remove it"
-                .to_string(),
+            "ISTIO_CFG" => {
+                "nothing reads this name (a stale one from sidecar.env); remove it".to_string()
+            }
             _ => match suggest(key) {
                 Some(s) => format!("did you mean {s}?"),
                 None => "no Istio component reads this variable; remove it, or if it is your \
@@ -641,7 +651,10 @@ fn check_env(env: &ClusterEnv, mesh: Option<&MeshConfig>, f: &mut Vec<Finding>) 
         );
     }
     for key in ["ISTIO_SERVICE_CIDR", "ISTIO_SERVICE_EXCLUDE_CIDR"] {
-        if let Some(v) = env.get(key).map(str::trim).filter(|v| !v.is_empty() && *v != "*")
+        if let Some(v) = env
+            .get(key)
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && *v != "*")
             && let Err(e) = check_cidrs(v)
         {
             invalid(
@@ -692,7 +705,13 @@ fn check_env(env: &ClusterEnv, mesh: Option<&MeshConfig>, f: &mut Vec<Finding>) 
             continue;
         }
         if let Err(e) = serde_json::from_str::<Value>(&v) {
-            invalid(f, env, &key, format!("not JSON: {e}"), "a JSON value in single quotes");
+            invalid(
+                f,
+                env,
+                &key,
+                format!("not JSON: {e}"),
+                "a JSON value in single quotes",
+            );
         }
     }
     if let Some(v) = env.get("ISTIO_META_POD_PORTS") {
@@ -736,17 +755,36 @@ fn check_env(env: &ClusterEnv, mesh: Option<&MeshConfig>, f: &mut Vec<Finding>) 
             );
         }
     }
-    for key in ["ISTIO_META_DNS_CAPTURE", "ISTIO_META_ENABLE_DNS_SERVER", "CAPTURE_ALL_DNS"] {
+    for key in [
+        "ISTIO_META_DNS_CAPTURE",
+        "ISTIO_META_ENABLE_DNS_SERVER",
+        "CAPTURE_ALL_DNS",
+    ] {
         // Go strconv.ParseBool.
         if let Some(v) = env.get(key)
             && !v.is_empty()
             && !matches!(
                 v,
-                "1" | "t" | "T" | "TRUE" | "true" | "True" | "0" | "f" | "F" | "FALSE" | "false"
+                "1" | "t"
+                    | "T"
+                    | "TRUE"
+                    | "true"
+                    | "True"
+                    | "0"
+                    | "f"
+                    | "F"
+                    | "FALSE"
+                    | "false"
                     | "False"
             )
         {
-            invalid(f, env, key, format!("`{v}` is not a boolean"), "'true' or 'false'");
+            invalid(
+                f,
+                env,
+                key,
+                format!("`{v}` is not a boolean"),
+                "'true' or 'false'",
+            );
         }
     }
     if let Some(v) = env.get("ISTIO_INBOUND_INTERCEPTION_MODE")
@@ -761,7 +799,10 @@ fn check_env(env: &ClusterEnv, mesh: Option<&MeshConfig>, f: &mut Vec<Finding>) 
         );
     }
     for key in ["CLEANUP_ONLY", "DRY_RUN", "SKIP_RULE_APPLY"] {
-        if env.get(key).is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1") {
+        if env
+            .get(key)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+        {
             invalid(
                 f,
                 env,
@@ -844,7 +885,8 @@ fn discovery_address(mesh: Option<&MeshConfig>, env: Option<&ClusterEnv>) -> Str
 
 fn check_mesh(mesh: &MeshConfig, env: Option<&ClusterEnv>, f: &mut Vec<Finding>) {
     if let Some(a) = &mesh.discovery_address
-        && split_host_port(a).is_none_or(|(h, _)| !hosts::valid_name(h) && h.parse::<IpAddr>().is_err())
+        && split_host_port(a)
+            .is_none_or(|(h, _)| !hosts::valid_name(h) && h.parse::<IpAddr>().is_err())
     {
         f.push(Finding::error(
             "mesh.discovery_address",
@@ -867,8 +909,10 @@ fn check_mesh(mesh: &MeshConfig, env: Option<&ClusterEnv>, f: &mut Vec<Finding>)
                      cluster.env value wins",
                     env.line(k).unwrap_or(0)
                 ),
-                format!("if the cluster.env edit is intended, make mesh.yaml's {k} the same to \
-                         avoid confusion; otherwise restore it in cluster.env"),
+                format!(
+                    "if the cluster.env edit is intended, make mesh.yaml's {k} the same to \
+                         avoid confusion; otherwise restore it in cluster.env"
+                ),
             ));
         }
     }

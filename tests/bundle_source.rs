@@ -70,18 +70,38 @@ fn unsafe_archives_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let cases: Vec<(&str, Vec<RawEntry>)> = vec![
         ("dotdot", vec![RawEntry::file(b"../x", b"evil")]),
-        ("dotdot-inner", vec![RawEntry::file(b"out/../../cluster.env", b"A=1")]),
-        ("absolute", vec![RawEntry::file(b"/etc/cluster.env", b"A=1")]),
+        (
+            "dotdot-inner",
+            vec![RawEntry::file(b"out/../../cluster.env", b"A=1")],
+        ),
+        (
+            "absolute",
+            vec![RawEntry::file(b"/etc/cluster.env", b"A=1")],
+        ),
         (
             "symlink",
-            vec![RawEntry::link(b"istio-token", EntryType::Symlink, b"/etc/shadow")],
+            vec![RawEntry::link(
+                b"istio-token",
+                EntryType::Symlink,
+                b"/etc/shadow",
+            )],
         ),
         (
             "hardlink",
-            vec![RawEntry::link(b"istio-token", EntryType::Link, b"/etc/shadow")],
+            vec![RawEntry::link(
+                b"istio-token",
+                EntryType::Link,
+                b"/etc/shadow",
+            )],
         ),
-        ("chardev", vec![RawEntry::special(b"hosts", EntryType::Char)]),
-        ("blockdev", vec![RawEntry::special(b"hosts", EntryType::Block)]),
+        (
+            "chardev",
+            vec![RawEntry::special(b"hosts", EntryType::Char)],
+        ),
+        (
+            "blockdev",
+            vec![RawEntry::special(b"hosts", EntryType::Block)],
+        ),
         ("fifo", vec![RawEntry::special(b"hosts", EntryType::Fifo)]),
     ];
     for (name, entries) in cases {
@@ -103,7 +123,10 @@ fn size_limits() {
     let big = vec![b'a'; 1024 * 1024 + 1];
     let p = tmp.path().join("one.tar.gz");
     std::fs::write(&p, raw_tar_gz(&[RawEntry::file(b"istio-token", &big)])).unwrap();
-    assert_eq!(codes(bundle::load(p.to_str().unwrap(), None)), ["bundle.too_large"]);
+    assert_eq!(
+        codes(bundle::load(p.to_str().unwrap(), None)),
+        ["bundle.too_large"]
+    );
 
     // 17 files of 1 MiB: each allowed, together over 16 MiB.
     let mib = vec![b'b'; 1024 * 1024];
@@ -111,7 +134,10 @@ fn size_limits() {
         .map(|i| RawEntry::file(format!("junk{i}").as_bytes(), &mib))
         .collect();
     std::fs::write(&p, raw_tar_gz(&entries)).unwrap();
-    assert_eq!(codes(bundle::load(p.to_str().unwrap(), None)), ["bundle.too_large"]);
+    assert_eq!(
+        codes(bundle::load(p.to_str().unwrap(), None)),
+        ["bundle.too_large"]
+    );
 
     // A directory holding a 10 MiB token.
     let dir = BundleSpec::valid()
@@ -133,7 +159,10 @@ fn checksums() {
     assert!(bundle::load(p.to_str().unwrap(), Some(&good)).is_ok());
     assert!(bundle::load(p.to_str().unwrap(), Some(&good.to_uppercase())).is_ok());
     let bad = sha256_hex(b"other");
-    assert_eq!(codes(bundle::load(p.to_str().unwrap(), Some(&bad))), ["bundle.checksum"]);
+    assert_eq!(
+        codes(bundle::load(p.to_str().unwrap(), Some(&bad))),
+        ["bundle.checksum"]
+    );
 
     // For a directory, --sha256 is the bundle digest.
     let dir = spec.write(&tmp.path().join("d"));
@@ -149,9 +178,15 @@ fn not_a_bundle() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("garbage.tar.gz");
     std::fs::write(&p, b"\x00\x01binary garbage").unwrap();
-    assert_eq!(codes(bundle::load(p.to_str().unwrap(), None)), ["bundle.archive"]);
+    assert_eq!(
+        codes(bundle::load(p.to_str().unwrap(), None)),
+        ["bundle.archive"]
+    );
     std::fs::write(&p, common::bundlegen::gzip(b"not a tar at all, just text")).unwrap();
-    assert_eq!(codes(bundle::load(p.to_str().unwrap(), None)), ["bundle.archive"]);
+    assert_eq!(
+        codes(bundle::load(p.to_str().unwrap(), None)),
+        ["bundle.archive"]
+    );
     let missing = tmp.path().join("nope");
     assert_eq!(
         codes(bundle::load(missing.to_str().unwrap(), None)),
@@ -161,7 +196,11 @@ fn not_a_bundle() {
 
 /// A one-shot HTTPS server on 127.0.0.1 with a certificate from a fresh CA.
 /// Returns (url base, CA PEM, join handle). Serves `conns` connections.
-fn https_server(body: Vec<u8>, status: &'static str, conns: usize) -> (String, String, std::thread::JoinHandle<()>) {
+fn https_server(
+    body: Vec<u8>,
+    status: &'static str,
+    conns: usize,
+) -> (String, String, std::thread::JoinHandle<()>) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -188,7 +227,9 @@ fn https_server(body: Vec<u8>, status: &'static str, conns: usize) -> (String, S
     let url = format!("https://{}", listener.local_addr().unwrap());
     let handle = std::thread::spawn(move || {
         for _ in 0..conns {
-            let Ok((tcp, _)) = listener.accept() else { return };
+            let Ok((tcp, _)) = listener.accept() else {
+                return;
+            };
             let conn = rustls::ServerConnection::new(config.clone()).unwrap();
             let mut tls = rustls::StreamOwned::new(conn, tcp);
             let mut req = Vec::new();
@@ -234,7 +275,15 @@ fn https_url_with_injected_ca() {
     // Wrong digest: bundle.checksum, exit 1.
     let out = istio_vm()
         .env("SSL_CERT_FILE", &ca)
-        .args(["--output", "json", "validate", "--bundle", &src, "--sha256", &"0".repeat(64)])
+        .args([
+            "--output",
+            "json",
+            "validate",
+            "--bundle",
+            &src,
+            "--sha256",
+            &"0".repeat(64),
+        ])
         .assert()
         .code(1)
         .get_output()
@@ -246,7 +295,9 @@ fn https_url_with_injected_ca() {
     // Without the CA the server is not trusted.
     let out = istio_vm()
         .env_remove("SSL_CERT_FILE")
-        .args(["--output", "json", "validate", "--bundle", &src, "--sha256", &sha])
+        .args([
+            "--output", "json", "validate", "--bundle", &src, "--sha256", &sha,
+        ])
         .assert()
         .code(1)
         .get_output()
@@ -265,7 +316,13 @@ fn url_usage_errors() {
         .assert()
         .code(2);
     istio_vm()
-        .args(["validate", "--bundle", "http://127.0.0.1:9/b.tar.gz", "--sha256", &"a".repeat(64)])
+        .args([
+            "validate",
+            "--bundle",
+            "http://127.0.0.1:9/b.tar.gz",
+            "--sha256",
+            &"a".repeat(64),
+        ])
         .assert()
         .code(2);
     istio_vm()
@@ -282,7 +339,15 @@ fn url_http_error_status() {
     std::fs::write(&ca, ca_pem).unwrap();
     let out = istio_vm()
         .env("SSL_CERT_FILE", &ca)
-        .args(["--output", "json", "validate", "--bundle", &format!("{url}/x.tgz"), "--sha256", &"a".repeat(64)])
+        .args([
+            "--output",
+            "json",
+            "validate",
+            "--bundle",
+            &format!("{url}/x.tgz"),
+            "--sha256",
+            &"a".repeat(64),
+        ])
         .assert()
         .code(1)
         .get_output()
@@ -290,6 +355,11 @@ fn url_http_error_status() {
         .clone();
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["findings"][0]["code"], "bundle.fetch");
-    assert!(v["findings"][0]["message"].as_str().unwrap().contains("404"));
+    assert!(
+        v["findings"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("404")
+    );
     server.join().unwrap();
 }

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::bundlegen::{
-    BundleSpec, CLUSTER_ENV, HOSTS, MESH, RawEntry, ROOT_CERT, TOKEN, raw_tar_gz,
+    BundleSpec, CLUSTER_ENV, HOSTS, MESH, ROOT_CERT, RawEntry, TOKEN, raw_tar_gz,
 };
 use istio_vm::bundle;
 use istio_vm::report::{Finding, Severity};
@@ -77,7 +77,11 @@ fn cases() -> Vec<(&'static str, Src, Vec<&'static str>)> {
     let v = BundleSpec::valid;
     vec![
         ("valid", Src::Spec(v()), vec![]),
-        ("missing token", Src::Spec(v().without(TOKEN)), vec!["bundle.missing_file"]),
+        (
+            "missing token",
+            Src::Spec(v().without(TOKEN)),
+            vec!["bundle.missing_file"],
+        ),
         (
             "tar with ..",
             Src::Tar(raw_tar_gz(&[RawEntry::file(b"../cluster.env", b"A=1")])),
@@ -85,26 +89,53 @@ fn cases() -> Vec<(&'static str, Src, Vec<&'static str>)> {
         ),
         (
             "tar with a 2 MiB file",
-            Src::Tar(raw_tar_gz(&[RawEntry::file(b"hosts", &vec![b' '; 2 << 20])])),
+            Src::Tar(raw_tar_gz(&[RawEntry::file(
+                b"hosts",
+                &vec![b' '; 2 << 20],
+            )])),
             vec!["bundle.too_large"],
         ),
         ("wrong digest", Src::Checksum(v()), vec!["bundle.checksum"]),
-        ("not an archive", Src::Tar(b"PK\x03\x04zip?".to_vec()), vec!["bundle.archive"]),
-        ("cert garbage", Src::Spec(v().file(ROOT_CERT, "garbage")), vec!["cert.parse"]),
-        ("cert expired", Src::Spec(v().ca_validity(-2 * DAY, -DAY)), vec!["cert.expired"]),
+        (
+            "not an archive",
+            Src::Tar(b"PK\x03\x04zip?".to_vec()),
+            vec!["bundle.archive"],
+        ),
+        (
+            "cert garbage",
+            Src::Spec(v().file(ROOT_CERT, "garbage")),
+            vec!["cert.parse"],
+        ),
+        (
+            "cert expired",
+            Src::Spec(v().ca_validity(-2 * DAY, -DAY)),
+            vec!["cert.expired"],
+        ),
         (
             "cert from the future",
             Src::Spec(v().ca_validity(DAY, 365 * DAY)),
             vec!["cert.not_yet_valid"],
         ),
-        ("cert not CA", Src::Spec(v().ca_not_ca()), vec!["cert.not_ca"]),
+        (
+            "cert not CA",
+            Src::Spec(v().ca_not_ca()),
+            vec!["cert.not_ca"],
+        ),
         (
             "cert ends in 10 days",
             Src::Spec(v().ca_validity(-DAY, 10 * DAY)),
             vec!["cert.expires_soon"],
         ),
-        ("token two parts", Src::Spec(v().file(TOKEN, "e30.e30")), vec!["token.format"]),
-        ("token expired", Src::Spec(v().token_exp_in(-60)), vec!["token.expired"]),
+        (
+            "token two parts",
+            Src::Spec(v().file(TOKEN, "e30.e30")),
+            vec!["token.format"],
+        ),
+        (
+            "token expired",
+            Src::Spec(v().token_exp_in(-60)),
+            vec!["token.expired"],
+        ),
         (
             "token from the future",
             Src::Spec(v().token_nbf_in(3600).token_exp_in(7200)),
@@ -201,15 +232,22 @@ fn cases() -> Vec<(&'static str, Src, Vec<&'static str>)> {
         (
             "canonical-version label (1.10)",
             Src::Spec(
-                v().env("ISTIO_METAJSON_LABELS", r#"{"service.istio.io/canonical-version":"v1"}"#)
-                    .metadata(
-                        "ISTIO_METAJSON_LABELS",
-                        r#"{"service.istio.io/canonical-version":"v1"}"#,
-                    ),
+                v().env(
+                    "ISTIO_METAJSON_LABELS",
+                    r#"{"service.istio.io/canonical-version":"v1"}"#,
+                )
+                .metadata(
+                    "ISTIO_METAJSON_LABELS",
+                    r#"{"service.istio.io/canonical-version":"v1"}"#,
+                ),
             ),
             vec!["env.legacy_label"],
         ),
-        ("mesh broken", Src::Spec(v().file(MESH, "defaultConfig: [\n")), vec!["mesh.parse"]),
+        (
+            "mesh broken",
+            Src::Spec(v().file(MESH, "defaultConfig: [\n")),
+            vec!["mesh.parse"],
+        ),
         (
             "mesh address without port",
             Src::Spec(v().discovery("istiod-rev-1.istio-system.svc.cluster.local")),
@@ -223,9 +261,8 @@ fn cases() -> Vec<(&'static str, Src, Vec<&'static str>)> {
         (
             "CA_ADDR elsewhere",
             Src::Spec(
-                v().env("CA_ADDR", "istiod-rev-1.istio-system.svc:15012").hosts(
-                    "203.0.113.10 istiod.istio-system.svc istiod-rev-1.istio-system.svc\n",
-                ),
+                v().env("CA_ADDR", "istiod-rev-1.istio-system.svc:15012")
+                    .hosts("203.0.113.10 istiod.istio-system.svc istiod-rev-1.istio-system.svc\n"),
             ),
             vec!["mesh.mismatch"],
         ),
@@ -242,7 +279,10 @@ fn cases() -> Vec<(&'static str, Src, Vec<&'static str>)> {
         ),
         (
             "discovery by IP needs no hosts entry",
-            Src::Spec(v().discovery("203.0.113.10:15012").hosts("# nothing to map\n203.0.113.10 x\n")),
+            Src::Spec(
+                v().discovery("203.0.113.10:15012")
+                    .hosts("# nothing to map\n203.0.113.10 x\n"),
+            ),
             vec![],
         ),
     ]
@@ -294,15 +334,29 @@ fn findings_name_the_file() {
 fn hints_say_what_to_do() {
     let f = findings(Src::Spec(BundleSpec::valid().token_exp_in(-60)));
     assert!(f[0].hint.contains("--tokenDuration"), "{}", f[0].hint);
-    assert!(f[0].message.starts_with("token expired at 20"), "{}", f[0].message);
+    assert!(
+        f[0].message.starts_with("token expired at 20"),
+        "{}",
+        f[0].message
+    );
     let f = findings(Src::Spec(BundleSpec::valid().env("SERVICE_ACOUNT", "x")));
-    assert!(f[0].hint.contains("did you mean SERVICE_ACCOUNT?"), "{}", f[0].hint);
+    assert!(
+        f[0].hint.contains("did you mean SERVICE_ACCOUNT?"),
+        "{}",
+        f[0].hint
+    );
     assert!(f[0].message.contains("line "), "{}", f[0].message);
     let f = findings(Src::Spec(
         BundleSpec::valid().env("ISTIO_INBOUND_EXCLUDE_PORTS", "22"),
     ));
-    assert!(f[0].hint.contains("ISTIO_LOCAL_EXCLUDE_PORTS"), "{}", f[0].hint);
-    let f = findings(Src::Spec(BundleSpec::valid().file(CLUSTER_ENV, "A=1\nB='x\n")));
+    assert!(
+        f[0].hint.contains("ISTIO_LOCAL_EXCLUDE_PORTS"),
+        "{}",
+        f[0].hint
+    );
+    let f = findings(Src::Spec(
+        BundleSpec::valid().file(CLUSTER_ENV, "A=1\nB='x\n"),
+    ));
     assert_eq!(f[0].message, "line 2: single quote is never closed");
 }
 
@@ -334,11 +388,11 @@ fn validate_is_pure_in_time() {
     assert_eq!(at(spec.now), Vec::<String>::new());
     assert_eq!(at(spec.now + 3600 - 60), ["token.expires_soon"]);
     assert_eq!(at(spec.now + 3600), ["token.expired"]);
-    assert_eq!(at(spec.now - 2 * DAY), ["cert.not_yet_valid", "token.not_yet_valid"]);
     assert_eq!(
-        at(spec.now + 400 * DAY),
-        ["cert.expired", "token.expired"]
+        at(spec.now - 2 * DAY),
+        ["cert.not_yet_valid", "token.not_yet_valid"]
     );
+    assert_eq!(at(spec.now + 400 * DAY), ["cert.expired", "token.expired"]);
     let v = validate(&b, OffsetDateTime::from_unix_timestamp(spec.now).unwrap());
     let p = v.parsed.expect("all files parse");
     assert_eq!(p.cluster_env.get("SERVICE_ACCOUNT"), Some("ratings-sa"));

@@ -258,9 +258,7 @@ fn unpack(bytes: &[u8]) -> Result<Bundle, Vec<Finding>> {
     // millions of empty entries cannot spin forever.
     let gz = GzDecoder::new(bytes).take(MAX_TOTAL + 64 * 1024);
     let mut archive = tar::Archive::new(gz);
-    let entries = archive
-        .entries()
-        .map_err(|e| not_archive(e.to_string()))?;
+    let entries = archive.entries().map_err(|e| not_archive(e.to_string()))?;
     // (components below the root, bytes)
     let mut found: Vec<(Vec<String>, Vec<u8>)> = Vec::new();
     let mut total: u64 = 0;
