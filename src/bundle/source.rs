@@ -166,10 +166,19 @@ fn check_sha(bytes: &[u8], want: Option<&str>, src: &str) -> Result<(), Vec<Find
     Ok(())
 }
 
-/// Read at most `limit` bytes; more is an error (the caller checked the size,
-/// this guards a file that grows while read).
+/// Read at most `limit` bytes of a regular file; more is an error (the caller
+/// checked the size, this guards a file that grows while read). Opened
+/// non-blocking and checked on the descriptor, so a file swapped for a FIFO
+/// after the caller's check cannot hang us.
 fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    let f = std::fs::File::open(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
     let mut buf = Vec::new();
     f.take(limit + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > limit {
@@ -311,6 +320,14 @@ fn unpack(bytes: &[u8]) -> Result<Bundle, Vec<Finding>> {
         let size = entry.header().size().unwrap_or(u64::MAX);
         if size > MAX_FILE {
             return Err(too_large(&name, size));
+        }
+        if total + size > MAX_TOTAL {
+            return Err(finding(
+                "bundle.too_large",
+                None,
+                format!("the archive unpacks to more than {MAX_TOTAL} bytes"),
+                HINT_REGENERATE,
+            ));
         }
         let mut data = Vec::new();
         (&mut entry)
