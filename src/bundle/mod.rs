@@ -6,10 +6,16 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 
 pub mod cluster_env;
+pub mod hosts;
+pub mod mesh_config;
+pub mod root_cert;
 pub mod source;
+pub mod token;
 
 pub use cluster_env::ClusterEnv;
+pub use mesh_config::MeshConfig;
 pub use source::load;
+pub use token::Claims;
 
 pub const CLUSTER_ENV: &str = "cluster.env";
 pub const MESH: &str = "mesh.yaml";
