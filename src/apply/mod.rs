@@ -161,6 +161,8 @@ pub struct Tx<'a> {
     hooks_run: Vec<crate::plan::Hook>,
     hook_env: HookEnv,
     started: bool,
+    /// The full journal is on disk: ops may have run.
+    journaled: bool,
 }
 
 impl<'a> Tx<'a> {
@@ -176,6 +178,7 @@ impl<'a> Tx<'a> {
             hooks_run: Vec::new(),
             hook_env,
             started: false,
+            journaled: false,
         }
     }
 
@@ -282,20 +285,31 @@ impl<'a> Tx<'a> {
             };
             fsops::mkdir(&self.root.host(&e.path), mode, owner)?;
         }
+        // A first journal naming only the directories just made, so a
+        // crash while backing up still leaves a way back.
+        let meta: Vec<Entry> = self.entries.iter().filter(|e| e.meta).cloned().collect();
+        self.write_journal(&meta, "prepare")?;
         for (name, bytes) in std::mem::take(&mut self.pending) {
             let host = self.root.host(&format!("{}/{name}", layout::BACKUP_DIR));
             fsops::write_atomic(&host, &bytes, 0o600, owner, "backup")
                 .context("backing up before the change")?;
         }
+        let all = self.entries.clone();
+        self.write_journal(&all, "journal")?;
+        self.journaled = true;
+        failpoint("journal")
+    }
+
+    fn write_journal(&self, entries: &[Entry], failpoint: &str) -> Result<()> {
         let j = Journal {
             txid: self.txid.clone(),
             command: self.command.clone(),
-            entries: self.entries.clone(),
+            entries: entries.to_vec(),
         };
         let bytes = serde_json::to_vec_pretty(&j)?;
-        fsops::write_atomic(&self.root.host(JOURNAL), &bytes, 0o600, owner, "journal")
-            .context("writing the journal")?;
-        failpoint("journal")
+        let owner = self.can_chown.then_some((0, 0));
+        fsops::write_atomic(&self.root.host(JOURNAL), &bytes, 0o600, owner, failpoint)
+            .context("writing the journal")
     }
 
     /// Create missing parents of `real` (recorded by `begin`).
@@ -383,7 +397,13 @@ impl<'a> Tx<'a> {
         if !self.started {
             return Ok(());
         }
-        rollback_entries(self.root, &self.txid, &self.entries, self.can_chown)
+        let entries: Vec<Entry> = if self.journaled {
+            self.entries.clone()
+        } else {
+            // Nothing but our own directories and backups exists yet.
+            self.entries.iter().filter(|e| e.meta).cloned().collect()
+        };
+        rollback_entries(self.root, &self.txid, &entries, self.can_chown)
     }
 }
 
@@ -512,9 +532,21 @@ fn rollback_entries(root: &Root, txid: &str, entries: &[Entry], can_chown: bool)
 /// Returns a step detail when something was recovered.
 pub fn recover(root: &Root) -> Result<Option<String>> {
     let r = root.resolve(JOURNAL)?;
+    let tmp = fsops::temp_of(&r.host);
     let bytes = match fsops::read_current(&r.host)? {
-        Current::Absent => return Ok(None),
         Current::File { bytes, .. } => bytes,
+        Current::Absent => match fsops::read_current(&tmp)? {
+            // Killed while writing the first journal: its temp file, if
+            // complete, names what was created.
+            Current::File { bytes, .. } => {
+                if serde_json::from_slice::<Journal>(&bytes).is_err() {
+                    fsops::remove_file(&tmp)?;
+                    return Ok(None);
+                }
+                bytes
+            }
+            _ => return Ok(None),
+        },
         _ => bail!("{} is not a regular file; remove it", r.real),
     };
     let j: Journal = serde_json::from_slice(&bytes).with_context(|| {
