@@ -608,8 +608,7 @@ pub fn transact(
     })();
     match result {
         Ok(state) => {
-            tx.commit(state.as_ref())
-                .map_err(|e| rolled_back_after_commit_error(e))?;
+            tx.commit(state.as_ref()).map_err(commit_error)?;
             Ok(state)
         }
         Err(e) => {
@@ -628,7 +627,7 @@ pub fn transact(
     }
 }
 
-fn rolled_back_after_commit_error(e: anyhow::Error) -> anyhow::Error {
+fn commit_error(e: anyhow::Error) -> anyhow::Error {
     // The journal removal itself failed: the next run will roll back.
     anyhow!("committing failed: {e:#}; the next run rolls this change back and redoes it")
 }
