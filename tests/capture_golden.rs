@@ -47,8 +47,18 @@ fn cases() -> Vec<Case> {
     };
     vec![
         c("empty", &[], "", false),
-        c("ipv6-empty-inbound-ports", &[("ISTIO_INBOUND_PORTS", "")], "", true),
-        c("ipv6-inbound-ports", &[("ISTIO_INBOUND_PORTS", "4000,5000")], "", true),
+        c(
+            "ipv6-empty-inbound-ports",
+            &[("ISTIO_INBOUND_PORTS", "")],
+            "",
+            true,
+        ),
+        c(
+            "ipv6-inbound-ports",
+            &[("ISTIO_INBOUND_PORTS", "4000,5000")],
+            "",
+            true,
+        ),
         c(
             "ipv6-virt-interfaces",
             &[
@@ -117,7 +127,10 @@ fn cases() -> Vec<Case> {
         ),
         c(
             "kube-virt-interfaces",
-            &[("KUBE_VIRT_INTERFACES", "eth1,eth2"), ("ISTIO_SERVICE_CIDR", "*")],
+            &[
+                ("KUBE_VIRT_INTERFACES", "eth1,eth2"),
+                ("ISTIO_SERVICE_CIDR", "*"),
+            ],
             "",
             false,
         ),
@@ -137,7 +150,12 @@ fn cases() -> Vec<Case> {
             "",
             false,
         ),
-        c("inbound-ports-wildcard", &[("ISTIO_INBOUND_PORTS", "*")], "", false),
+        c(
+            "inbound-ports-wildcard",
+            &[("ISTIO_INBOUND_PORTS", "*")],
+            "",
+            false,
+        ),
         c(
             "inbound-ports-tproxy",
             &[
@@ -286,11 +304,18 @@ fn canon_ipt(text: &str) -> Canon {
     out
 }
 
-fn diff_msg<T: std::fmt::Debug + PartialEq>(a: &BTreeMap<(String, String), T>, b: &BTreeMap<(String, String), T>) -> String {
+fn diff_msg<T: std::fmt::Debug + PartialEq>(
+    a: &BTreeMap<(String, String), T>,
+    b: &BTreeMap<(String, String), T>,
+) -> String {
     let mut s = String::new();
     for k in a.keys().chain(b.keys()) {
         if a.get(k) != b.get(k) {
-            s.push_str(&format!("{k:?}\n  ours:   {:?}\n  golden: {:?}\n", a.get(k), b.get(k)));
+            s.push_str(&format!(
+                "{k:?}\n  ours:   {:?}\n  golden: {:?}\n",
+                a.get(k),
+                b.get(k)
+            ));
         }
     }
     s
@@ -300,15 +325,21 @@ fn diff_msg<T: std::fmt::Debug + PartialEq>(a: &BTreeMap<(String, String), T>, b
 fn iptables_goldens() {
     let mut ran = 0;
     for case in cases().iter().filter(|c| !c.nft_only) {
-        let golden = std::fs::read_to_string(golden_dir().join(format!("iptables/{}.golden", case.name)))
-            .unwrap();
+        let golden =
+            std::fs::read_to_string(golden_dir().join(format!("iptables/{}.golden", case.name)))
+                .unwrap();
         let (g4, g6) = golden_blocks(&golden);
         let rs = generate(&config(case), Backend::Iptables);
         let ours4 = iptables::render_restore(&rs, Family::V4).unwrap();
         let ours6 = iptables::render_restore(&rs, Family::V6);
         let (a, b) = (canon_ipt(&ours4), canon_ipt(&g4));
         assert!(a == b, "{} IPv4 differs:\n{}", case.name, diff_msg(&a, &b));
-        assert_eq!(ours6.is_some(), g6.is_some(), "{}: IPv6 block presence", case.name);
+        assert_eq!(
+            ours6.is_some(),
+            g6.is_some(),
+            "{}: IPv6 block presence",
+            case.name
+        );
         if let (Some(o), Some(g)) = (ours6, g6) {
             let (a, b) = (canon_ipt(&o), canon_ipt(&g));
             assert!(a == b, "{} IPv6 differs:\n{}", case.name, diff_msg(&a, &b));
@@ -332,12 +363,18 @@ fn canon_nft(script: &str) -> NftCanon {
 fn nftables_goldens() {
     let mut ran = 0;
     for case in cases() {
-        let golden = std::fs::read_to_string(golden_dir().join(format!("nftables/{}.golden", case.name)))
-            .unwrap();
+        let golden =
+            std::fs::read_to_string(golden_dir().join(format!("nftables/{}.golden", case.name)))
+                .unwrap();
         let rs = generate(&config(&case), Backend::Nftables);
         let ours = nft::render(&rs);
         let (a, b) = (canon_nft(&ours), canon_nft(&golden));
-        assert!(a == b, "{} differs:\n{}\nours:\n{ours}", case.name, diff_msg(&a, &b));
+        assert!(
+            a == b,
+            "{} differs:\n{}\nours:\n{ours}",
+            case.name,
+            diff_msg(&a, &b)
+        );
         ran += 1;
     }
     assert_eq!(ran, 28);
@@ -356,5 +393,8 @@ fn comparison_catches_differences() {
     assert_ne!(swapped, g4);
     assert_ne!(canon_ipt(&swapped), canon_ipt(&g4));
     let ng = std::fs::read_to_string(golden_dir().join("nftables/ip-range.golden")).unwrap();
-    assert_ne!(canon_nft(&ng.replace("skuid 3 ", "skuid 5 ")), canon_nft(&ng));
+    assert_ne!(
+        canon_nft(&ng.replace("skuid 3 ", "skuid 5 ")),
+        canon_nft(&ng)
+    );
 }

@@ -60,7 +60,9 @@ pub enum CidrInclude {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OwnerGroups {
     /// Default `*` with optional excludes.
-    All { exclude: Vec<String> },
+    All {
+        exclude: Vec<String>,
+    },
     Only(Vec<String>),
 }
 
@@ -152,8 +154,7 @@ fn ports(key: &str, v: &str) -> Result<Vec<String>, CaptureError> {
 fn name_token(key: &str, v: &str, max: usize) -> Result<String, CaptureError> {
     let ok = !v.is_empty()
         && v.len() <= max
-        && v
-            .chars()
+        && v.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@' | ':'));
     if ok && !v.starts_with('-') {
         Ok(v.to_string())
@@ -285,14 +286,21 @@ impl IstioConfig {
             InboundPorts::None
         } else if inbound_raw == "*" {
             InboundPorts::All {
-                exclude: ports("ISTIO_LOCAL_EXCLUDE_PORTS", get("ISTIO_LOCAL_EXCLUDE_PORTS"))?,
+                exclude: ports(
+                    "ISTIO_LOCAL_EXCLUDE_PORTS",
+                    get("ISTIO_LOCAL_EXCLUDE_PORTS"),
+                )?,
             }
         } else {
             // Istio ignores the exclude list unless the include is `*`.
             InboundPorts::List(ports("ISTIO_INBOUND_PORTS", inbound_raw)?)
         };
 
-        let exclude_interfaces = names("ISTIO_EXCLUDE_INTERFACES", get("ISTIO_EXCLUDE_INTERFACES"), 15)?;
+        let exclude_interfaces = names(
+            "ISTIO_EXCLUDE_INTERFACES",
+            get("ISTIO_EXCLUDE_INTERFACES"),
+            15,
+        )?;
         let kube_virt_interfaces = names("KUBE_VIRT_INTERFACES", get("KUBE_VIRT_INTERFACES"), 15)?;
 
         let cidr_include = match get("ISTIO_SERVICE_CIDR") {
@@ -432,8 +440,9 @@ impl IstioConfig {
                 for p in forced {
                     let p = p.to_string();
                     if !exclude.contains(&p) {
-                        self.notes
-                            .push(format!("inbound port {p} excluded from capture (VM safety)"));
+                        self.notes.push(format!(
+                            "inbound port {p} excluded from capture (VM safety)"
+                        ));
                         exclude.push(p);
                     }
                 }

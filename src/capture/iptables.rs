@@ -165,7 +165,11 @@ impl Tables {
                 "-N" => {
                     table.chains.entry(chain).or_default();
                 }
-                "-A" => table.chains.entry(chain).or_default().push(rest.to_string()),
+                "-A" => table
+                    .chains
+                    .entry(chain)
+                    .or_default()
+                    .push(rest.to_string()),
                 "-I" => {
                     let (pos, spec) = match rest.split_once(' ') {
                         Some((n, s)) if n.parse::<usize>().is_ok() => {
@@ -308,7 +312,11 @@ pub fn transaction(old: &Tables, new_restore: Option<&str>) -> String {
         } else if line == "COMMIT" {
             cur = None;
         } else if let Some(t) = &cur {
-            sections.entry(t.clone()).or_default().1.push(line.to_string());
+            sections
+                .entry(t.clone())
+                .or_default()
+                .1
+                .push(line.to_string());
         }
     }
     let mut out = String::new();

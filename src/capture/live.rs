@@ -191,7 +191,11 @@ pub fn detect(requested: crate::cli::Backend, native_nft: bool) -> Result<Resolv
              (or use --backend nftables)"
         );
     }
-    let holding: Vec<Variant> = variants.iter().filter(|(_, h)| *h).map(|(v, _)| *v).collect();
+    let holding: Vec<Variant> = variants
+        .iter()
+        .filter(|(_, h)| *h)
+        .map(|(v, _)| *v)
+        .collect();
     if holding.len() > 1 {
         bail!(
             "both iptables-nft and iptables-legacy hold rules on this host (see `iptables-nft-save` \
@@ -204,7 +208,12 @@ pub fn detect(requested: crate::cli::Backend, native_nft: bool) -> Result<Resolv
     let v = holding
         .first()
         .copied()
-        .or_else(|| variants.iter().map(|(v, _)| *v).find(|v| *v == Variant::Nft))
+        .or_else(|| {
+            variants
+                .iter()
+                .map(|(v, _)| *v)
+                .find(|v| *v == Variant::Nft)
+        })
         .unwrap_or(Variant::Legacy);
     Ok(Resolved::Iptables(v))
 }
@@ -217,8 +226,12 @@ fn canonical_iptables(v: Variant, f: Family, restore_text: &str) -> Result<Table
         v.bin(f, "restore"),
         v.bin(f, "save")
     );
-    let out = run("unshare", &["--net", "--", "sh", "-c", &script], Some(restore_text))
-        .context("loading the rendered rules into a scratch network namespace")?;
+    let out = run(
+        "unshare",
+        &["--net", "--", "sh", "-c", &script],
+        Some(restore_text),
+    )
+    .context("loading the rendered rules into a scratch network namespace")?;
     Tables::parse(&out).map_err(|e| anyhow!("reading back rendered rules: {e}"))
 }
 
@@ -229,8 +242,12 @@ fn canonical_nft(script: &str) -> Result<Vec<(String, String)>> {
             "if nft list tables | grep -qx 'table inet {t}'; then echo '### {t}'; nft -s list table inet {t}; fi"
         ));
     }
-    let out = run("unshare", &["--net", "--", "sh", "-c", &lines.join("\n")], Some(script))
-        .context("loading the rendered rules into a scratch network namespace")?;
+    let out = run(
+        "unshare",
+        &["--net", "--", "sh", "-c", &lines.join("\n")],
+        Some(script),
+    )
+    .context("loading the rendered rules into a scratch network namespace")?;
     let mut blocks = Vec::new();
     for part in out.split("### ").skip(1) {
         if let Some((name, body)) = part.split_once('\n') {
@@ -340,7 +357,8 @@ fn apply_iptables(v: Variant, rendered: &Rendered) -> Result<Outcome> {
             Some(t) => canonical_iptables(v, f, t)?,
             None => Tables::default(),
         };
-        let live = Tables::parse(&before).map_err(|e| anyhow!("reading {}: {e}", v.bin(f, "save")))?;
+        let live =
+            Tables::parse(&before).map_err(|e| anyhow!("reading {}: {e}", v.bin(f, "save")))?;
         let current = live.istio_part(&desired.builtin_rules());
         plans.push(FamilyPlan {
             f,
@@ -355,20 +373,34 @@ fn apply_iptables(v: Variant, rendered: &Rendered) -> Result<Outcome> {
     for p in &plans {
         let desired_part = p.desired.istio_part(&p.desired.builtin_rules());
         if p.current == desired_part {
-            out.steps.push(step(&id(p.f), StepStatus::Ok, "rules already as rendered"));
+            out.steps
+                .push(step(&id(p.f), StepStatus::Ok, "rules already as rendered"));
             continue;
         }
         let mut txn = ipt::transaction(&p.current, p.desired_text.as_deref());
         if failpoint(&format!("capture.reject_{}", fam(p.f))) {
-            // A rule the kernel refuses: TPROXY is only valid in mangle.
-            txn.push_str("*nat\n-A OUTPUT -p tcp -j TPROXY --on-port 1 --tproxy-mark 1\nCOMMIT\n");
+            // A rule the kernel refuses (owner matches are only valid on
+            // locally generated packets), in the last table so the tables
+            // before it have already committed.
+            if let Some(i) = txn.rfind("COMMIT\n") {
+                txn.insert_str(i, "-A PREROUTING -m owner --uid-owner 0 -j RETURN\n");
+            }
         }
         if let Err(e) = restore(v, p.f, &txn, true) {
-            rollback_iptables(v, &applied);
-            let msg = format!("applying {} rules with {}: {e:#}", fam(p.f), v.bin(p.f, "restore"));
-            if applied.is_empty() {
+            let msg = format!(
+                "applying {} rules with {}: {e:#}",
+                fam(p.f),
+                v.bin(p.f, "restore")
+            );
+            // iptables-restore commits table by table: earlier tables of
+            // this family may already be in.
+            let partial =
+                save(v, p.f).is_none_or(|now| normalize_save(&now) != normalize_save(&p.before));
+            if applied.is_empty() && !partial {
                 return Err(anyhow!("{msg}; nothing was changed"));
             }
+            applied.push(p);
+            rollback_iptables(v, &applied);
             return Err(Failure::RolledBack { message: msg }.into());
         }
         applied.push(p);
@@ -405,8 +437,11 @@ fn apply_iptables(v: Variant, rendered: &Rendered) -> Result<Outcome> {
         }
     }
     if !applied.is_empty() {
-        out.steps
-            .push(step("capture:readback", StepStatus::Ok, "live rules equal the rendered set"));
+        out.steps.push(step(
+            "capture:readback",
+            StepStatus::Ok,
+            "live rules equal the rendered set",
+        ));
     }
     Ok(out)
 }
@@ -465,8 +500,11 @@ fn apply_nft(script: &str) -> Result<Outcome> {
     let before = nft_tables();
     let desired = canonical_nft(script)?;
     if norm_blocks(&before) == norm_blocks(&desired) {
-        out.steps
-            .push(step("capture:nftables", StepStatus::Ok, "rules already as rendered"));
+        out.steps.push(step(
+            "capture:nftables",
+            StepStatus::Ok,
+            "rules already as rendered",
+        ));
         return Ok(out);
     }
     let mut txn = nft::delete_tables_script();
@@ -482,7 +520,11 @@ fn apply_nft(script: &str) -> Result<Outcome> {
         StepStatus::Changed,
         format!(
             "tables {} replaced in one nft transaction",
-            desired.iter().map(|b| b.0.as_str()).collect::<Vec<_>>().join(", ")
+            desired
+                .iter()
+                .map(|b| b.0.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     ));
     let now = nft_tables();
@@ -502,8 +544,11 @@ fn apply_nft(script: &str) -> Result<Outcome> {
         }
         .into());
     }
-    out.steps
-        .push(step("capture:readback", StepStatus::Ok, "live tables equal the rendered set"));
+    out.steps.push(step(
+        "capture:readback",
+        StepStatus::Ok,
+        "live tables equal the rendered set",
+    ));
     Ok(out)
 }
 
@@ -529,7 +574,8 @@ fn remove_except_impl(keep: Option<Resolved>, known: &[Rendered]) -> Result<Outc
         }
         for f in [Family::V4, Family::V6] {
             let Some(before) = save(v, f) else { continue };
-            let live = Tables::parse(&before).map_err(|e| anyhow!("reading {}: {e}", v.bin(f, "save")))?;
+            let live =
+                Tables::parse(&before).map_err(|e| anyhow!("reading {}: {e}", v.bin(f, "save")))?;
             let mut also = BTreeSet::new();
             for r in known {
                 if let Some(t) = desired_for(r, f) {
@@ -567,7 +613,11 @@ fn remove_except_impl(keep: Option<Resolved>, known: &[Rendered]) -> Result<Outc
                 StepStatus::Changed,
                 format!(
                     "deleted {}",
-                    tables.iter().map(|t| t.0.as_str()).collect::<Vec<_>>().join(", ")
+                    tables
+                        .iter()
+                        .map(|t| t.0.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }
@@ -599,7 +649,11 @@ pub fn status(rendered: Option<&Rendered>, backend: Resolved) -> Result<(Vec<Ste
                 matches &= same;
                 steps.push(step(
                     &id,
-                    if same { StepStatus::Ok } else { StepStatus::Failed },
+                    if same {
+                        StepStatus::Ok
+                    } else {
+                        StepStatus::Failed
+                    },
                     format!(
                         "{} Istio rules; {}",
                         part.rule_count(),
@@ -633,11 +687,19 @@ pub fn status(rendered: Option<&Rendered>, backend: Resolved) -> Result<(Vec<Ste
         matches &= same;
         steps.push(step(
             "capture:nftables",
-            if same { StepStatus::Ok } else { StepStatus::Failed },
+            if same {
+                StepStatus::Ok
+            } else {
+                StepStatus::Failed
+            },
             format!(
                 "{} Istio tables; {}",
                 tables.len(),
-                if same { "match the rendered set" } else { "differ from the rendered set" }
+                if same {
+                    "match the rendered set"
+                } else {
+                    "differ from the rendered set"
+                }
             ),
         ));
     } else if !tables.is_empty() {
@@ -647,7 +709,11 @@ pub fn status(rendered: Option<&Rendered>, backend: Resolved) -> Result<(Vec<Ste
             StepStatus::Failed,
             format!(
                 "Istio nft tables {} present, but the backend is {}",
-                tables.iter().map(|t| t.0.as_str()).collect::<Vec<_>>().join(", "),
+                tables
+                    .iter()
+                    .map(|t| t.0.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 backend.name()
             ),
         ));

@@ -100,19 +100,44 @@ impl Proto {
 pub enum Match {
     InIface(String),
     OutIface(String),
-    Src { cidr: String, neg: bool },
-    Dst { cidr: String, neg: bool },
+    Src {
+        cidr: String,
+        neg: bool,
+    },
+    Dst {
+        cidr: String,
+        neg: bool,
+    },
     Proto(Proto),
-    Dport { proto: Proto, port: String, neg: bool },
-    Sport { proto: Proto, port: String },
+    Dport {
+        proto: Proto,
+        port: String,
+        neg: bool,
+    },
+    Sport {
+        proto: Proto,
+        port: String,
+    },
     /// `-m multiport ! --dports a,b`.
-    DportsNot { proto: Proto, ports: Vec<String> },
-    Uid { id: String, neg: bool },
-    Gid { id: String, neg: bool },
+    DportsNot {
+        proto: Proto,
+        ports: Vec<String>,
+    },
+    Uid {
+        id: String,
+        neg: bool,
+    },
+    Gid {
+        id: String,
+        neg: bool,
+    },
     /// Several negated gid owners in one rule (owner-group include list).
     GidsNot(Vec<String>),
     CtState(&'static [&'static str]),
-    Mark { mark: String, neg: bool },
+    Mark {
+        mark: String,
+        neg: bool,
+    },
     Connmark(String),
 }
 
@@ -123,8 +148,14 @@ pub enum Target {
     Accept,
     Drop,
     /// REDIRECT `--to-ports`; `dns_udp` keeps Istio's `--to-port` spelling.
-    Redirect { port: String, dns_udp: bool },
-    Tproxy { port: String, mark: String },
+    Redirect {
+        port: String,
+        dns_udp: bool,
+    },
+    Tproxy {
+        port: String,
+        mark: String,
+    },
     SetMark(String),
     ConnmarkSave,
     ConnmarkRestore,
@@ -314,7 +345,12 @@ pub fn generate(cfg: &IstioConfig, backend: Backend) -> RuleSet {
             m.push(tcp());
         }
         m.push(Match::CtState(&["INVALID"]));
-        g.add(Table::Mangle, Chain::Prerouting, m, Target::Jump(Chain::Drop));
+        g.add(
+            Table::Mangle,
+            Chain::Prerouting,
+            m,
+            Target::Jump(Chain::Drop),
+        );
         g.add(Table::Mangle, Chain::Drop, vec![], Target::Drop);
     }
 
@@ -377,7 +413,12 @@ pub fn generate(cfg: &IstioConfig, backend: Backend) -> RuleSet {
                 },
             );
         }
-        g.add(in_table, Chain::Prerouting, vec![tcp()], Target::Jump(Chain::Inbound));
+        g.add(
+            in_table,
+            Chain::Prerouting,
+            vec![tcp()],
+            Target::Jump(Chain::Inbound),
+        );
         let port_rules = |g: &mut Gen, port: Option<&str>| {
             let pm = |v: &mut Vec<Match>| {
                 if let Some(p) = port {
@@ -393,14 +434,29 @@ pub fn generate(cfg: &IstioConfig, backend: Backend) -> RuleSet {
                     pm(&mut m);
                     m.push(Match::CtState(&["RELATED", "ESTABLISHED"]));
                 }
-                g.add(Table::Mangle, Chain::Inbound, m, Target::Jump(Chain::Divert));
+                g.add(
+                    Table::Mangle,
+                    Chain::Inbound,
+                    m,
+                    Target::Jump(Chain::Divert),
+                );
                 let mut m = vec![tcp()];
                 pm(&mut m);
-                g.add(Table::Mangle, Chain::Inbound, m, Target::Jump(Chain::Tproxy));
+                g.add(
+                    Table::Mangle,
+                    Chain::Inbound,
+                    m,
+                    Target::Jump(Chain::Tproxy),
+                );
             } else {
                 let mut m = vec![tcp()];
                 pm(&mut m);
-                g.add(Table::Nat, Chain::Inbound, m, Target::Jump(Chain::InRedirect));
+                g.add(
+                    Table::Nat,
+                    Chain::Inbound,
+                    m,
+                    Target::Jump(Chain::InRedirect),
+                );
             }
         };
         match &cfg.inbound {
@@ -425,7 +481,12 @@ pub fn generate(cfg: &IstioConfig, backend: Backend) -> RuleSet {
     }
 
     // Outbound.
-    g.add(Table::Nat, Chain::Output, vec![], Target::Jump(Chain::IstioOutput));
+    g.add(
+        Table::Nat,
+        Chain::Output,
+        vec![],
+        Target::Jump(Chain::IstioOutput),
+    );
     for p in &cfg.outbound_ports_exclude {
         for proto in [Proto::Tcp, Proto::Udp] {
             g.add(
@@ -520,7 +581,12 @@ pub fn generate(cfg: &IstioConfig, backend: Backend) -> RuleSet {
             m.push(owner(true));
             g.add(Table::Nat, Chain::IstioOutput, m, Target::Return);
         }
-        g.add(Table::Nat, Chain::IstioOutput, vec![owner(false)], Target::Return);
+        g.add(
+            Table::Nat,
+            Chain::IstioOutput,
+            vec![owner(false)],
+            Target::Return,
+        );
     };
     for uid in &cfg.proxy_uids {
         owner_rules(&mut g, uid, false);
@@ -862,7 +928,12 @@ fn setup_dns(g: &mut Gen) {
         }
     }
 
-    g.add(Table::Raw, Chain::Output, vec![], Target::Jump(Chain::OutputDns));
+    g.add(
+        Table::Raw,
+        Chain::Output,
+        vec![],
+        Target::Jump(Chain::OutputDns),
+    );
     let owners: Vec<Match> = cfg
         .proxy_uids
         .iter()

@@ -24,7 +24,10 @@ fn chain_decls(t: Table) -> &'static [(Chain, Option<&'static str>)] {
                 Chain::Prerouting,
                 Some("{ type nat hook prerouting priority -100 ; }"),
             ),
-            (Chain::Output, Some("{ type nat hook output priority -100 ; }")),
+            (
+                Chain::Output,
+                Some("{ type nat hook output priority -100 ; }"),
+            ),
             (Chain::Inbound, None),
             (Chain::Redirect, None),
             (Chain::InRedirect, None),
@@ -264,9 +267,11 @@ pub fn canonical_rule(rule: &str) -> Vec<String> {
             i += 4;
             continue;
         }
-        let head = HEADS
-            .iter()
-            .find(|h| h.iter().enumerate().all(|(k, x)| words.get(i + k).map(String::as_str) == Some(*x)));
+        let head = HEADS.iter().find(|h| {
+            h.iter()
+                .enumerate()
+                .all(|(k, x)| words.get(i + k).map(String::as_str) == Some(*x))
+        });
         let Some(head) = head else {
             matches.push(w.to_string());
             i += 1;
@@ -300,7 +305,11 @@ pub fn canonical_rule(rule: &str) -> Vec<String> {
         let stmt = format!("{} {}", head.join(" "), arg.join(" "));
         let is_action = matches!(
             head.as_slice(),
-            ["meta", "mark", "set"] | ["ct", "mark", "set"] | ["ct", "zone", "set"] | ["jump"] | ["redirect", "to"]
+            ["meta", "mark", "set"]
+                | ["ct", "mark", "set"]
+                | ["ct", "zone", "set"]
+                | ["jump"]
+                | ["redirect", "to"]
         );
         if is_action {
             actions.push(stmt);

@@ -75,14 +75,12 @@ pub fn read_optional(root: &Path, path: &str) -> Result<Option<String>> {
 
 /// The numeric id of `name` in a passwd- or group-format file (field 3).
 pub fn lookup_id(text: &str, name: &str) -> Option<u32> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let mut f = l.split(':');
-            (f.next()? == name).then_some(())?;
-            f.next()?;
-            f.next()?.parse().ok()
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then_some(())?;
+        f.next()?;
+        f.next()?.parse().ok()
+    })
 }
 
 /// uid and gid of istio-proxy from the root's `/etc/passwd` and

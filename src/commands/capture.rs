@@ -36,7 +36,8 @@ pub fn parse_env(text: &str) -> BTreeMap<String, String> {
         };
         let v = v.trim();
         let v = if v.len() >= 2
-            && ((v.starts_with('\'') && v.ends_with('\'')) || (v.starts_with('"') && v.ends_with('"')))
+            && ((v.starts_with('\'') && v.ends_with('\''))
+                || (v.starts_with('"') && v.ends_with('"')))
         {
             &v[1..v.len() - 1]
         } else {
@@ -61,7 +62,8 @@ pub fn read_inputs(root: &Path, live: bool) -> Result<Read> {
         anyhow!(
             "no cluster.env at {}: run `istio-vm install --bundle DIR` first (capture reads the \
              placed file)",
-            root.join(layout::CLUSTER_ENV.trim_start_matches('/')).display()
+            root.join(layout::CLUSTER_ENV.trim_start_matches('/'))
+                .display()
         )
     })?;
     let resolv = sysfiles::read_optional(root, "/etc/resolv.conf")?.unwrap_or_default();
@@ -154,13 +156,18 @@ pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
         CaptureAction::Render => {
             let (cfg, r) = rendered?;
             for n in &cfg.notes {
-                report.steps.push(step("capture:note", StepStatus::Ok, n.clone()));
+                report
+                    .steps
+                    .push(step("capture:note", StepStatus::Ok, n.clone()));
             }
             for (name, _) in r.record_files() {
                 report.steps.push(step(
                     &format!("capture:{name}"),
                     StepStatus::Ok,
-                    format!("rendered ({})", if cfg.ipv6 { "IPv4 and IPv6" } else { "IPv4" }),
+                    format!(
+                        "rendered ({})",
+                        if cfg.ipv6 { "IPv4 and IPv6" } else { "IPv4" }
+                    ),
                 ));
             }
             report.rules = Some(r.text());
@@ -188,9 +195,11 @@ pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
             known.extend(recorded(&ctx.root));
             let out = live::remove_live(&known)?;
             if !out.changed {
-                report
-                    .steps
-                    .push(step("capture:remove", StepStatus::Ok, "no Istio rules present"));
+                report.steps.push(step(
+                    "capture:remove",
+                    StepStatus::Ok,
+                    "no Istio rules present",
+                ));
             }
             report.changed = out.changed;
             report.steps.extend(out.steps);
@@ -200,11 +209,9 @@ pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
             let r = match rendered {
                 Ok((_, r)) => Some(r),
                 Err(e) => {
-                    report.steps.push(step(
-                        "capture:render",
-                        StepStatus::Failed,
-                        format!("{e:#}"),
-                    ));
+                    report
+                        .steps
+                        .push(step("capture:render", StepStatus::Failed, format!("{e:#}")));
                     None
                 }
             };
