@@ -10,6 +10,10 @@ pkgs=(
     iproute2
     util-linux
     cloud-init
+    # The booted-Debian e2e tests (tests/e2e_*.rs, scripts/e2e/).
+    debootstrap
+    systemd-container
+    dbus
 )
 
 missing=()
