@@ -265,7 +265,12 @@ fn capture_follows_explicit_stops_but_stays_through_a_crash() {
 
     // A crash: systemd waits RestartSec=10 before restarting. The rules stay
     // for the whole gap (fail-closed), the capture unit stays active.
-    vm.ok("systemctl kill --signal=SIGKILL istio");
+    // The agent dies (not a stop): its parent, the unit's main process,
+    // exits with it.
+    vm.ok(
+        "pid=; for d in /proc/[0-9]*; do [ \"$(cat $d/comm 2>/dev/null)\" = stand-in-agent ] && \
+         pid=${d#/proc/}; done; [ -n \"$pid\" ] && kill -KILL $pid",
+    );
     vm.wait_until(
         "istio.service waits to restart",
         Duration::from_secs(5),
