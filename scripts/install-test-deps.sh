@@ -3,7 +3,7 @@
 # when everything is already there).
 set -euo pipefail
 
-pkgs=(iptables nftables iproute2 util-linux)
+pkgs=(iptables nftables iproute2 util-linux systemd)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
