@@ -363,3 +363,38 @@ fn url_http_error_status() {
     );
     server.join().unwrap();
 }
+
+#[test]
+fn oversized_archive_and_download() {
+    let tmp = tempfile::tempdir().unwrap();
+    let big = vec![0u8; 17 * 1024 * 1024];
+    let p = tmp.path().join("big.tar.gz");
+    std::fs::write(&p, &big).unwrap();
+    assert_eq!(
+        codes(bundle::load(p.to_str().unwrap(), None)),
+        ["bundle.too_large"]
+    );
+
+    let (url, ca_pem, server) = https_server(big, "200 OK", 1);
+    let ca = tmp.path().join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let out = istio_vm()
+        .env("SSL_CERT_FILE", &ca)
+        .args([
+            "--output",
+            "json",
+            "validate",
+            "--bundle",
+            &format!("{url}/big.tgz"),
+            "--sha256",
+            &"a".repeat(64),
+        ])
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["findings"][0]["code"], "bundle.too_large");
+    server.join().unwrap();
+}
