@@ -24,6 +24,10 @@ use crate::report::Finding;
 pub const CERT_SOON_SECS: i64 = 30 * 86_400;
 /// Tokens with less than this left are `token.expires_soon`.
 pub const TOKEN_SOON_SECS: i64 = 10 * 60;
+/// Clock skew tolerated before "not yet valid": a token is issued (nbf = now
+/// on the API server) seconds before it is checked here, and istiod checks it
+/// with the API server's clock, not ours.
+pub const SKEW_SECS: i64 = 60;
 
 /// Every bundle file, parsed.
 #[derive(Debug, Clone, PartialEq)]
@@ -236,7 +240,7 @@ fn check_certs(certs: &[CertInfo], now: i64, f: &mut Vec<Finding>) {
                  root-cert.pem on this VM (re-run istio-vm install with a fresh bundle)",
             ));
         }
-        if c.not_before > now {
+        if c.not_before > now + SKEW_SECS {
             f.push(Finding::error(
                 "cert.not_yet_valid",
                 Some(ROOT_CERT),
@@ -291,7 +295,7 @@ fn check_token(c: &Claims, env: Option<&ClusterEnv>, now: i64, f: &mut Vec<Findi
         }
     }
     if let Some(nbf) = c.nbf
-        && nbf > now
+        && nbf > now + SKEW_SECS
     {
         f.push(Finding::error(
             "token.not_yet_valid",

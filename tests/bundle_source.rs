@@ -398,3 +398,29 @@ fn oversized_archive_and_download() {
     assert_eq!(v["findings"][0]["code"], "bundle.too_large");
     server.join().unwrap();
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// A valid archive with bytes flipped or cut: a finding or a bundle, no panic.
+    #[test]
+    fn corrupted_archives_never_panic(
+        flips in proptest::collection::vec((0usize..4096, proptest::prelude::any::<u8>()), 1..8),
+        cut in proptest::option::of(0usize..4096),
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut bytes = BundleSpec::valid().tar_gz(Some("out"));
+        for (at, b) in flips {
+            let n = bytes.len();
+            bytes[at % n] ^= b;
+        }
+        if let Some(c) = cut {
+            bytes.truncate(c.min(bytes.len()));
+        }
+        let p = tmp.path().join("b.tar.gz");
+        std::fs::write(&p, &bytes).unwrap();
+        let _ = bundle::load(p.to_str().unwrap(), None);
+        // Corruption never escapes the temporary directory.
+        proptest::prop_assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
+}
