@@ -72,7 +72,7 @@ fn time_text(t: i64) -> String {
 
 /// Rough "in 3d 4h" text for messages.
 fn span_text(secs: i64) -> String {
-    let s = secs.abs();
+    let s = secs.unsigned_abs();
     if s >= 86_400 {
         format!("{}d {}h", s / 86_400, s % 86_400 / 3600)
     } else if s >= 3600 {
@@ -274,18 +274,18 @@ fn check_token(c: &Claims, env: Option<&ClusterEnv>, now: i64, f: &mut Vec<Findi
                 format!(
                     "token expired at {} ({} ago)",
                     time_text(exp),
-                    span_text(now - exp)
+                    span_text(now.saturating_sub(exp))
                 ),
                 HINT_NEW_TOKEN,
             ));
-        } else if exp - now < TOKEN_SOON_SECS {
+        } else if exp.saturating_sub(now) < TOKEN_SOON_SECS {
             f.push(Finding::warning(
                 "token.expires_soon",
                 Some(TOKEN),
                 format!(
                     "token expires at {} (in {})",
                     time_text(exp),
-                    span_text(exp - now)
+                    span_text(exp.saturating_sub(now))
                 ),
                 format!(
                     "the agent needs the token for its first certificate: install right \
@@ -295,7 +295,7 @@ fn check_token(c: &Claims, env: Option<&ClusterEnv>, now: i64, f: &mut Vec<Findi
         }
     }
     if let Some(nbf) = c.nbf
-        && nbf > now + SKEW_SECS
+        && nbf.saturating_sub(SKEW_SECS) > now
     {
         f.push(Finding::error(
             "token.not_yet_valid",
@@ -303,7 +303,7 @@ fn check_token(c: &Claims, env: Option<&ClusterEnv>, now: i64, f: &mut Vec<Findi
             format!(
                 "token is valid only from {} (in {})",
                 time_text(nbf),
-                span_text(nbf - now)
+                span_text(nbf.saturating_sub(now))
             ),
             "check this VM's clock (timedatectl; enable NTP): it is behind the cluster's",
         ));

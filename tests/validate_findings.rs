@@ -361,6 +361,25 @@ fn hints_say_what_to_do() {
 }
 
 #[test]
+fn extreme_token_times() {
+    for (exp, want) in [
+        (json!(i64::MIN), vec!["token.expired"]),
+        (json!(i64::MAX), vec![]),
+        (json!(-1e300), vec!["token.expired"]),
+        (json!(1e300), vec![]),
+    ] {
+        let f = findings(Src::Spec(
+            BundleSpec::valid()
+                .claim("exp", exp.clone())
+                .claim("nbf", exp.clone()),
+        ));
+        let mut codes: Vec<&str> = f.iter().map(|f| f.code.as_str()).collect();
+        codes.retain(|c| *c != "token.not_yet_valid");
+        assert_eq!(codes, want, "exp {exp}");
+    }
+}
+
+#[test]
 fn free_form_and_mesh_keys_are_not_unknown() {
     let spec = BundleSpec::valid()
         .env("ISTIO_META_MY_THING", "x")
