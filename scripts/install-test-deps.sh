@@ -3,7 +3,16 @@
 # when everything is already there).
 set -euo pipefail
 
-pkgs=(iptables nftables iproute2 util-linux systemd)
+# One package per line, so areas add theirs without touching others'.
+pkgs=(
+    iptables
+    nftables
+    iproute2
+    util-linux
+    cloud-init
+    systemd
+)
+
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -11,5 +20,10 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Python tools from PyPI (fleet examples are checked with the real ones).
+if ! command -v ansible-lint >/dev/null || ! command -v ansible-playbook >/dev/null; then
+    python3 -m pip install -q --root-user-action=ignore ansible-core ansible-lint
 fi
