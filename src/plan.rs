@@ -845,3 +845,47 @@ mod tests {
         assert!(e.to_string().contains("symbolic link"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod hook_tests {
+    use super::*;
+
+    fn noop(_: &HookEnv) -> Result<()> {
+        Ok(())
+    }
+
+    #[test]
+    fn hooks_are_due_only_when_their_files_change() {
+        let unit = FileAction {
+            path: layout::CAPTURE_UNIT.into(),
+            content: b"[Unit]\n".to_vec(),
+            owner: Owner::Root,
+            mode: 0o644,
+            secret: false,
+        };
+        let reload = Hook {
+            id: "hook:daemon-reload".into(),
+            detail: "systemctl daemon-reload".into(),
+            run: noop,
+            undo: None,
+            after_change_of: vec![layout::CAPTURE_UNIT.into()],
+        };
+        let actions = vec![Action::File(unit.clone()), Action::Hook(reload)];
+        let fresh = evaluate(&actions, &Facts::default(), false).unwrap();
+        assert_eq!(fresh[1].status, StepStatus::Changed);
+        assert!(matches!(fresh[1].op, Some(Op::Hook(_))));
+        let mut facts = Facts::default();
+        facts.current.insert(
+            unit.path.clone(),
+            Current::File {
+                bytes: unit.content.clone(),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            },
+        );
+        let again = evaluate(&actions, &facts, false).unwrap();
+        assert_eq!(again[1].status, StepStatus::Ok);
+        assert!(again[1].op.is_none());
+    }
+}

@@ -98,6 +98,29 @@ fn next_state(
     }
 }
 
+// Where other areas plug in. Files are planned, backed up, placed, recorded
+// in state.json and removed by uninstall like every other file; hooks run only
+// live (root `/`), in order, after every file is placed, and their `undo` runs
+// if a later step fails.
+
+/// Generated files (systemd units and drop-in from units.rs, capture rule
+/// records under /var/lib/istio-vm/capture/).
+fn generated_files(_ctx: &Ctx, _args: &InstallArgs, _bundle: &Bundle) -> Vec<plan::FileAction> {
+    Vec::new()
+}
+
+/// Live hooks of an install (capture apply; systemctl daemon-reload, enable,
+/// start), e.g. `Hook { after_change_of: vec![layout::CAPTURE_UNIT.into()], .. }`.
+fn install_hooks(_ctx: &Ctx, _args: &InstallArgs) -> Vec<plan::Hook> {
+    Vec::new()
+}
+
+/// Live hooks of an uninstall, run before any file is restored (systemctl
+/// stop/disable, capture remove).
+fn uninstall_hooks(_ctx: &Ctx) -> Vec<plan::Hook> {
+    Vec::new()
+}
+
 pub fn install(ctx: &Ctx, args: &InstallArgs) -> Result<Report> {
     let mut report = Report::new("install");
     report.check_mode = args.check;
@@ -181,8 +204,12 @@ fn install_locked(
         bundle: Some(bundle),
         live: root.is_slash(),
         cloud_init_templates: cloudinit::hosts_templates(root)?,
-        extra_files: Vec::new(),
-        hooks: Vec::new(),
+        extra_files: generated_files(ctx, args, bundle),
+        hooks: if root.is_slash() {
+            install_hooks(ctx, args)
+        } else {
+            Vec::new()
+        },
     };
     let actions = plan::desired(&input);
     let facts = gather(root, &actions)?;
@@ -251,6 +278,17 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
     };
     let can_chown = nix::unistd::geteuid().is_root();
     let mut ops: Vec<(String, Op)> = Vec::new();
+    if root.is_slash() {
+        for h in uninstall_hooks(ctx) {
+            report.steps.push(Step {
+                id: h.id.clone(),
+                status: StepStatus::Changed,
+                detail: h.detail.clone(),
+                diff: None,
+            });
+            ops.push((h.id.clone(), Op::Hook(h)));
+        }
+    }
     for e in state.entries.iter().rev().filter(|e| !e.meta) {
         let host = root.resolve(&e.path)?.host;
         let cur = fsops::read_current(&host)?;
