@@ -142,7 +142,7 @@ pub fn install(ctx: &Ctx, args: &InstallArgs) -> Result<Report> {
         return Ok(report);
     }
 
-    let root = Root::new(&ctx.root)?;
+    let root = Root::new(&ctx.root).map_err(|e| Failure::Usage(format!("{e:#}")))?;
     let live = root.is_slash();
     let _lock = if args.check {
         lock::acquire_shared(&root, ctx.config.lock_timeout)?
@@ -256,7 +256,7 @@ fn install_locked(
 
 pub fn uninstall(ctx: &Ctx) -> Result<Report> {
     let mut report = Report::new("uninstall");
-    let root = Root::new(&ctx.root)?;
+    let root = Root::new(&ctx.root).map_err(|e| Failure::Usage(format!("{e:#}")))?;
     let _lock = lock::acquire(&root, ctx.config.lock_timeout)?;
     if let Some(detail) = apply::recover(&root)? {
         report.steps.push(Step {
@@ -313,15 +313,25 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
                 if new == *bytes {
                     continue;
                 }
-                (
-                    "removed the istio-vm block",
-                    Op::Write {
-                        path: e.path.clone(),
-                        content: new,
-                        mode: *mode,
-                        owner: can_chown.then_some((*uid, *gid)),
-                    },
-                )
+                if new.is_empty() && e.prior == Prior::Absent {
+                    // install created the file for the block alone.
+                    (
+                        "removed (created by install for the istio-vm block)",
+                        Op::Remove {
+                            path: e.path.clone(),
+                        },
+                    )
+                } else {
+                    (
+                        "removed the istio-vm block",
+                        Op::Write {
+                            path: e.path.clone(),
+                            content: new,
+                            mode: *mode,
+                            owner: can_chown.then_some((*uid, *gid)),
+                        },
+                    )
+                }
             }
             ("block", _, _) => continue,
             (_, Prior::Absent, Current::Absent) => continue,
