@@ -29,7 +29,7 @@ pub mod user;
 
 pub use root::{Resolved, Root};
 
-pub const JOURNAL: &str = "/var/lib/istio-vm/journal.json";
+pub use crate::layout::JOURNAL;
 
 /// Test-only fault injection (cargo feature `failpoints`):
 /// `ISTIO_VM_FAILPOINT=<name>` fails there, `<name>:abort` dies there as a
