@@ -204,6 +204,7 @@ fn install_locked(
         bundle: Some(bundle),
         live: root.is_slash(),
         cloud_init_templates: cloudinit::hosts_templates(root)?,
+        extra_dirs: Vec::new(),
         extra_files: generated_files(ctx, args, bundle),
         hooks: if root.is_slash() {
             install_hooks(ctx, args)
