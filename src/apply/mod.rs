@@ -76,6 +76,9 @@ pub enum Prior {
 pub struct Entry {
     /// Resolved path inside the root (no symlinks among its parents).
     pub path: String,
+    /// Step id of the action that placed it, if any (`file:/var/run/...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// `file`, `dir` or `block` (our block inside someone else's file).
     pub kind: String,
     /// sha256 of what we installed (files we own, not secrets).
@@ -213,6 +216,7 @@ impl<'a> Tx<'a> {
         };
         self.entries.push(Entry {
             path: real.to_string(),
+            id: None,
             kind: kind.into(),
             sha256: None,
             prior,

@@ -85,6 +85,7 @@ fn next_state(
         let Ok(r) = root.resolve(path) else { continue };
         if let Some(e) = entries.iter_mut().find(|e| e.path == r.real) {
             e.kind = kind.into();
+            e.id = Some(p.id.clone());
             if kind == "file" {
                 e.sha256 = digest;
             }
@@ -293,11 +294,11 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
     for e in state.entries.iter().rev().filter(|e| !e.meta) {
         let host = root.resolve(&e.path)?.host;
         let cur = fsops::read_current(&host)?;
-        let id = match e.kind.as_str() {
+        let id = e.id.clone().unwrap_or_else(|| match e.kind.as_str() {
             "block" => format!("hosts:{}", e.path),
             "dir" => format!("dir:{}", e.path),
             _ => format!("file:{}", e.path),
-        };
+        });
         let (detail, op) = match (e.kind.as_str(), &e.prior, &cur) {
             (
                 "block",
