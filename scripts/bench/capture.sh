@@ -72,6 +72,7 @@ EOF"
 echo "$rules rules (IPv4, iptables-nft), kernel $(uname -r)"
 
 nsx="ip netns exec $ns sh -c"
+nsa=(ip netns exec "$ns" sh -c)
 if command -v hyperfine >/dev/null; then
     hyperfine -N --warmup 3 --runs 30 --export-json "$work/h.json" \
         --prepare "$nsx \"$flush\"" -n "iptables-restore --noflush (one transaction)" \
@@ -97,8 +98,8 @@ else
         total=0
         for _ in $(seq $n); do
             case $name in
-            atomic) $nsx "$flush"; t=$(ms $nsx "iptables-nft-restore -w --noflush < $work/rules-v4") ;;
-            per-rule) $nsx "$flush"; t=$(ms $nsx "sh $work/per-rule.sh") ;;
+            atomic) "${nsa[@]}" "$flush"; t=$(ms "${nsa[@]}" "iptables-nft-restore -w --noflush < $work/rules-v4") ;;
+            per-rule) "${nsa[@]}" "$flush"; t=$(ms "${nsa[@]}" "sh $work/per-rule.sh") ;;
             apply) tool remove; t=$(ms tool apply) ;;
             remove) tool apply; t=$(ms tool remove) ;;
             esac

@@ -665,18 +665,20 @@ pub fn status(rendered: Option<&Rendered>, backend: Resolved) -> Result<(Vec<Ste
                     ),
                 ));
             } else if !part.is_empty() {
-                if chosen || rendered.is_some() {
-                    matches = false;
-                }
-                steps.push(step(
-                    &id,
-                    StepStatus::Failed,
+                matches = false;
+                let detail = if chosen {
+                    format!(
+                        "{} Istio rules (nothing rendered to compare with)",
+                        part.rule_count()
+                    )
+                } else {
                     format!(
                         "{} Istio rules in a backend other than {}",
                         part.rule_count(),
                         backend.name()
-                    ),
-                ));
+                    )
+                };
+                steps.push(step(&id, StepStatus::Failed, detail));
             }
         }
     }

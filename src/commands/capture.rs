@@ -6,77 +6,18 @@
 //! a baked image. Under `--root` other than `/` only `render` is allowed:
 //! nothing live changes there.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
 
 use super::Ctx;
 use crate::capture::live::{self, Resolved};
-use crate::capture::sysfiles;
+use crate::capture::sysfiles::{self, read_inputs};
 use crate::capture::{self, Inputs, Rendered};
 use crate::cli::{Backend, CaptureAction, CaptureArgs};
 use crate::error::Failure;
 use crate::layout;
 use crate::report::{Report, Step, StepStatus};
-
-/// cluster.env as istio-start.sh's `set -a; . cluster.env` sees it, for the
-/// plain `KEY=value` / `KEY='value'` / `KEY="value"` lines istioctl writes.
-/// (The full parser with Istio's quoting lives in `bundle::ClusterEnv`.)
-pub fn parse_env(text: &str) -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((k, v)) = line.split_once('=') else {
-            continue;
-        };
-        let v = v.trim();
-        let v = if v.len() >= 2
-            && ((v.starts_with('\'') && v.ends_with('\''))
-                || (v.starts_with('"') && v.ends_with('"')))
-        {
-            &v[1..v.len() - 1]
-        } else {
-            v
-        };
-        m.insert(k.trim().to_string(), v.to_string());
-    }
-    m
-}
-
-/// The inputs of a render, read from `root`.
-pub struct Read {
-    pub env: BTreeMap<String, String>,
-    pub resolv: String,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub host_ipv6: bool,
-}
-
-pub fn read_inputs(root: &Path, live: bool) -> Result<Read> {
-    let env_text = sysfiles::read_optional(root, layout::CLUSTER_ENV)?.ok_or_else(|| {
-        anyhow!(
-            "no cluster.env at {}: run `istio-vm install --bundle DIR` first (capture reads the \
-             placed file)",
-            root.join(layout::CLUSTER_ENV.trim_start_matches('/'))
-                .display()
-        )
-    })?;
-    let resolv = sysfiles::read_optional(root, "/etc/resolv.conf")?.unwrap_or_default();
-    let (uid, gid) = sysfiles::proxy_ids(root, layout::PROXY_USER)?;
-    Ok(Read {
-        env: parse_env(&env_text),
-        resolv,
-        uid,
-        gid,
-        // Under --root the target host is unknown; DUAL_STACK still applies.
-        host_ipv6: live && sysfiles::host_has_global_ipv6(),
-    })
-}
 
 fn step(id: &str, status: StepStatus, detail: impl Into<String>) -> Step {
     Step {
@@ -257,28 +198,5 @@ fn action_name(a: CaptureAction) -> &'static str {
         CaptureAction::Apply => "apply",
         CaptureAction::Remove => "remove",
         CaptureAction::Status => "status",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn env_lines_as_istioctl_writes_them() {
-        let m = parse_env(
-            "# c\nISTIO_INBOUND_PORTS='*'\nexport A=\"b c\"\nISTIO_SERVICE_CIDR=*\n\nX=\n",
-        );
-        assert_eq!(m["ISTIO_INBOUND_PORTS"], "*");
-        assert_eq!(m["A"], "b c");
-        assert_eq!(m["ISTIO_SERVICE_CIDR"], "*");
-        assert_eq!(m["X"], "");
-    }
-
-    #[test]
-    fn missing_cluster_env_says_what_to_do() {
-        let d = tempfile::tempdir().unwrap();
-        let e = read_inputs(d.path(), false).err().unwrap();
-        assert!(format!("{e:#}").contains("istio-vm install"), "{e:#}");
     }
 }
