@@ -564,6 +564,14 @@ fn mixed_legacy_and_nft_is_refused() {
         "{log}"
     );
     assert_eq!(lab.snapshot(), before);
+    // Remove works by state on such a host too (nothing of Istio's there).
+    let (code, json, log) = lab.tool("remove", None);
+    assert_eq!(
+        (code, &json["changed"]),
+        (0, &serde_json::Value::Bool(false)),
+        "{log}"
+    );
+    assert_eq!(lab.snapshot(), before);
 }
 
 #[test]

@@ -55,7 +55,9 @@ pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
         .and_then(|r| r.env.get("NATIVE_NFTABLES").cloned())
         .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "True" | "t" | "T"));
 
-    let backend = if live {
+    // Remove works by state across every backend, so it needs no choice
+    // (and must work on a mixed legacy/nft host, which detect refuses).
+    let backend = if live && args.action != CaptureAction::Remove {
         Some(live::detect(requested, native_nft)?)
     } else {
         None
