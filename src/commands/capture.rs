@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 
 use super::Ctx;
 use crate::capture::live::{self, Resolved};
@@ -118,25 +118,24 @@ pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
         CaptureAction::Apply => {
             let (cfg, r) = rendered?;
             let b = backend.context("internal: no backend")?;
-            if cfg.mode == capture::config::InterceptionMode::Tproxy {
-                return Err(anyhow!(
-                    "cluster.env sets ISTIO_INBOUND_INTERCEPTION_MODE=TPROXY, which needs policy \
-                     routing (ip rule fwmark {} lookup 133) that istio-vm does not manage: use \
-                     REDIRECT (remove the variable) or apply the rules with istio-iptables",
-                    cfg.tproxy_mark
-                ));
-            }
             let out = apply_live(&r, b)?;
             report.changed = out.changed;
             report.steps.extend(out.steps);
+            if let Some(t) = tproxy_routing(&cfg) {
+                let out = live::apply_tproxy_routing(&t)?;
+                report.changed |= out.changed;
+                report.steps.extend(out.steps);
+            }
         }
         CaptureAction::Remove => {
             let mut known = Vec::new();
-            if let Ok((_, r)) = rendered {
+            let mut route_tables = Vec::new();
+            if let Ok((cfg, r)) = rendered {
                 known.push(r);
+                route_tables.push(cfg.tproxy_route_table);
             }
             known.extend(recorded(&ctx.root));
-            let out = live::remove_live(&known)?;
+            let out = live::remove_live(&known, &route_tables)?;
             if !out.changed {
                 report.steps.push(step(
                     "capture:remove",
@@ -149,8 +148,27 @@ pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
         }
         CaptureAction::Status => {
             let b = backend.context("internal: no backend")?;
+            let mut routing_ok = true;
             let r = match rendered {
-                Ok((_, r)) => Some(r),
+                Ok((cfg, r)) => {
+                    if let Some(t) = tproxy_routing(&cfg) {
+                        routing_ok = live::tproxy_routing_present(&t);
+                        report.steps.push(step(
+                            "capture:tproxy-routing",
+                            if routing_ok {
+                                StepStatus::Ok
+                            } else {
+                                StepStatus::Failed
+                            },
+                            if routing_ok {
+                                "policy routing present"
+                            } else {
+                                "policy routing for TPROXY missing"
+                            },
+                        ));
+                    }
+                    Some(r)
+                }
                 Err(e) => {
                     report
                         .steps
@@ -160,7 +178,7 @@ pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
             };
             let (steps, matches) = live::status(r.as_ref(), b)?;
             report.steps.extend(steps);
-            report.ok = matches && r.is_some();
+            report.ok = matches && routing_ok && r.is_some();
         }
     }
     Ok(report)
@@ -170,6 +188,15 @@ pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
 /// record files).
 pub fn apply_live(r: &Rendered, b: Resolved) -> Result<live::Outcome> {
     live::apply_live(r, b)
+}
+
+/// The policy routing TPROXY interception needs, if the mode is TPROXY.
+pub fn tproxy_routing(cfg: &capture::IstioConfig) -> Option<live::TproxyRouting> {
+    (cfg.mode == capture::config::InterceptionMode::Tproxy).then(|| live::TproxyRouting {
+        mark: cfg.tproxy_mark.clone(),
+        table: cfg.tproxy_route_table.clone(),
+        ipv6: cfg.ipv6,
+    })
 }
 
 /// The last-applied record under `/var/lib/istio-vm/capture/`, if any.
