@@ -4,8 +4,9 @@
 //!
 //! The tool runs *inside* the app namespace as on a VM, with root `/`:
 //! `ip netns exec APP unshare -m sh -c '<mounts>; exec istio-vm capture …'`.
-//! The private mount namespace puts a tmpfs over `/var/lib` (with the test's
-//! cluster.env placed at /var/lib/istio/envoy/cluster.env) and binds the
+//! The private mount namespace binds the test's own directory over
+//! `/var/lib` (with its cluster.env placed at /var/lib/istio/envoy/, and the
+//! tool's record under /var/lib/istio-vm/capture/ kept between runs) and binds the
 //! test's resolv.conf, passwd and group over /etc, so the host's files and
 //! netfilter state are never touched. Clients run as a given uid with
 //! `setpriv` + bash's /dev/tcp and /dev/udp; listeners are created by the
@@ -168,8 +169,8 @@ impl Lab {
         let bin = PathBuf::from(env!("CARGO_BIN_EXE_istio-vm"));
         let d = self.dir.path().display();
         let script = format!(
-            "mount -t tmpfs none /var/lib && mkdir -p /var/lib/istio/envoy && \
-             cp {d}/cluster.env /var/lib/istio/envoy/ && \
+            "mkdir -p {d}/varlib/istio/envoy && cp {d}/cluster.env {d}/varlib/istio/envoy/ && \
+             mount --bind {d}/varlib /var/lib && \
              mount --bind {d}/resolv.conf /etc/resolv.conf && \
              mount --bind {d}/passwd /etc/passwd && mount --bind {d}/group /etc/group && \
              exec {} --output json capture {args}",
@@ -414,6 +415,16 @@ fn scenario(kind: Kind) {
     assert_eq!(backend_of(&json), expected, "{log}");
     let applied = lab.snapshot();
     assert_ne!(applied, before);
+    // The record of the rules last applied: root-only.
+    let record = lab.dir.path().join(match kind {
+        Kind::Nftables => "varlib/istio-vm/capture/rules.nft",
+        _ => "varlib/istio-vm/capture/rules-v4",
+    });
+    let meta = std::fs::metadata(&record).expect("record written");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
 
     // Apply twice = apply once.
     let (code, json, log) = lab.tool(&format!("apply {flag}"), None);
@@ -591,16 +602,24 @@ fn mixed_legacy_and_nft_is_refused() {
 fn ipv6_rules_with_dual_stack() {
     require_root();
     let lab = Lab::new();
-    lab.write_env(&format!("{VM_ENV}DUAL_STACK=true\n"));
+    lab.write_env(&format!(
+        "{VM_ENV}DUAL_STACK=true\nISTIO_EXCLUDE_INTERFACES='vx9'\n"
+    ));
+    let before = lab.snapshot();
     let (code, json, log) = lab.tool("apply --backend iptables", None);
     assert_eq!(code, 0, "{log}");
     assert_eq!(json["changed"], true);
     let v6 = lab.app.exec("ip6tables-nft-save");
     assert!(v6.contains("-A OUTPUT -j ISTIO_OUTPUT"), "{v6}");
     assert!(v6.contains("-s ::6/128 -o lo -j RETURN"), "{v6}");
+    assert!(v6.contains("-A PREROUTING -i vx9 -j RETURN"), "{v6}");
+    // The exclude-interface RETURNs do not jump to ISTIO_*: remove still
+    // takes them (they are in the rendered and recorded rules).
+    lab.write_env(VM_ENV);
     let (code, _, log) = lab.tool("remove", None);
     assert_eq!(code, 0, "{log}");
     assert!(!lab.app.exec("ip6tables-nft-save").contains("ISTIO_"));
+    assert_eq!(lab.snapshot(), before);
 }
 
 /// Root-free CLI contract: render under --root, SSH refusal, live ops refused

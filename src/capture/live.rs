@@ -897,3 +897,51 @@ pub fn remove_tproxy_routing(tables: &[String]) -> Result<Outcome> {
     }
     Ok(out)
 }
+
+/// Write the rules just applied to `dir` (`/var/lib/istio-vm/capture/`,
+/// root-only): `rules-v4`/`rules-v6` or `rules.nft`, and drop the files of
+/// the other backend. Unchanged files are not rewritten (no mtime change),
+/// so a re-apply at boot stays a no-op. `capture remove` reads them back to
+/// recognise Istio's built-in-chain rules that do not jump to `ISTIO_*`.
+pub fn write_record(dir: &std::path::Path, rendered: &Rendered) -> Result<Vec<Step>> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let mut steps = Vec::new();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let files = rendered.record_files();
+    for name in ["rules-v4", "rules-v6", "rules.nft"] {
+        let path = dir.join(name);
+        let id = format!("file:{}", path.display());
+        let Some((_, content)) = files.iter().find(|(n, _)| *n == name) else {
+            if path.exists() {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+                steps.push(step(&id, StepStatus::Changed, "removed (other backend)"));
+            }
+            continue;
+        };
+        if std::fs::read(&path).ok().as_deref() == Some(content.as_bytes()) {
+            continue;
+        }
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(content.as_bytes())
+            .and_then(|_| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        steps.push(step(&id, StepStatus::Changed, "recorded the applied rules"));
+    }
+    Ok(steps)
+}

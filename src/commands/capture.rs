@@ -121,6 +121,8 @@ pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
             let out = apply_live(&r, b)?;
             report.changed = out.changed;
             report.steps.extend(out.steps);
+            let dir = sysfiles::resolve_in_root(&ctx.root, layout::CAPTURE_DIR)?;
+            report.steps.extend(live::write_record(&dir, &r)?);
             if let Some(t) = tproxy_routing(&cfg) {
                 let out = live::apply_tproxy_routing(&t)?;
                 report.changed |= out.changed;
