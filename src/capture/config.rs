@@ -56,7 +56,7 @@ pub enum CidrInclude {
     List(Vec<String>),
 }
 
-/// Owner-group filter (ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]).
+/// Owner-group filter (`ISTIO_OUTBOUND_OWNER_GROUPS`, `..._EXCLUDE`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OwnerGroups {
     /// Default `*` with optional excludes.
