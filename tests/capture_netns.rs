@@ -345,14 +345,14 @@ fn original_dst(s: &TcpStream) -> SocketAddr {
 /// one UDP datagram, through bash's /dev/tcp, /dev/udp.
 fn client(ns: &Netns, uid: u32, proto: &str, addr: &str, port: u16) {
     let cmd = format!(
-        "setpriv --reuid={uid} --regid={uid} --clear-groups bash -c 'exec 3<>/dev/{proto}/{addr}/{port}; echo q >&3' >/dev/null 2>&1 &"
+        "timeout 5 setpriv --reuid={uid} --regid={uid} --clear-groups bash -c 'exec 3<>/dev/{proto}/{addr}/{port}; echo q >&3' >/dev/null 2>&1 &"
     );
     ns.exec(&cmd);
 }
 
 fn client_as(ns: &Netns, uid: u32, gid: u32, addr: &str, port: u16) {
     let cmd = format!(
-        "setpriv --reuid={uid} --regid={gid} --clear-groups bash -c 'exec 3<>/dev/tcp/{addr}/{port}; echo q >&3' >/dev/null 2>&1 &"
+        "timeout 5 setpriv --reuid={uid} --regid={gid} --clear-groups bash -c 'exec 3<>/dev/tcp/{addr}/{port}; echo q >&3' >/dev/null 2>&1 &"
     );
     ns.exec(&cmd);
 }

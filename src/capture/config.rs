@@ -157,7 +157,7 @@ fn name_token(key: &str, v: &str, max: usize) -> Result<String, CaptureError> {
     let ok = !v.is_empty()
         && v.len() <= max
         && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@' | ':'));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok && !v.starts_with('-') {
         Ok(v.to_string())
     } else {
