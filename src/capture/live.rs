@@ -585,6 +585,11 @@ fn remove_except_impl(keep: Option<Resolved>, known: &[Rendered]) -> Result<Outc
             let Some(before) = save(v, f) else { continue };
             let live =
                 Tables::parse(&before).map_err(|e| anyhow!("reading {}: {e}", v.bin(f, "save")))?;
+            // No ISTIO_* chain or jump: nothing of Istio's here (and no
+            // need for the scratch-namespace canonicalisation below).
+            if live.istio_part(&BTreeSet::new()).is_empty() {
+                continue;
+            }
             let mut also = BTreeSet::new();
             for r in known {
                 if let Some(t) = desired_for(r, f) {
