@@ -518,10 +518,14 @@ fn wait_retries_until_istiod_answers() {
             let _keep = root_path;
             verify(&root, &["--timeout", "2s", "--skip-agent", "--wait", "20s"])
         });
-        let (s, _) = l.accept().unwrap();
-        drop(s);
+        // The first attempt's tcp.discovery and tls.handshake connections:
+        // the handshake fails, so that attempt fails.
+        for _ in 0..2 {
+            let (s, _) = l.accept().unwrap();
+            drop(s);
+        }
         drop(l);
-        let _fake = rt.block_on(FakeIstiod::start_with_ca(
+        let fake = rt.block_on(FakeIstiod::start_with_ca(
             ISTIOD.parse().unwrap(),
             Behaviour::default(),
             ca,
@@ -529,5 +533,10 @@ fn wait_retries_until_istiod_answers() {
         let run = h.join().unwrap();
         assert_eq!(run.failing(), Vec::<String>::new(), "{}", run.json);
         assert_eq!(run.code, 0);
+        assert_eq!(
+            fake.seen().ca_subjects.len(),
+            1,
+            "a later attempt reached the CA"
+        );
     });
 }
