@@ -237,6 +237,7 @@ fn expired_token_with_a_valid_workload_cert_can_still_renew() {
             fake.ca
                 .workload_cert("spiffe://cluster.local/ns/vm-apps/sa/ratings-sa", &key, 24);
         std::fs::write(root.file("/etc/certs/cert-chain.pem"), pem).unwrap();
+        std::fs::write(root.file("/etc/certs/key.pem"), key.serialize_pem()).unwrap();
         let run = verify(&root, &["--timeout", "2s", "--skip-agent"]);
         run.expect(
             "files.token",
@@ -244,6 +245,19 @@ fn expired_token_with_a_valid_workload_cert_can_still_renew() {
             "renews with its workload certificate",
         );
         run.expect("files.workload_cert", "pass", "");
+        // The CA accepts the certificate where the token no longer works,
+        // exactly the agent's renewal path.
+        run.expect(
+            "ca.token",
+            "pass",
+            "authenticated with the workload certificate",
+        );
+        run.expect("xds.stream", "pass", "");
+        assert_eq!(
+            fake.seen().ca_subjects,
+            vec!["spiffe://cluster.local/ns/vm-apps/sa/ratings-sa"]
+        );
+        assert_eq!(run.code, 0, "{}", run.json);
     });
 }
 

@@ -173,6 +173,9 @@ pub struct Inputs {
     pub target_error: Option<String>,
     pub root_cert_pem: Option<Vec<u8>>,
     pub token: Option<Vec<u8>>,
+    /// The agent's workload certificate chain and key (`OUTPUT_CERTS`), if
+    /// both files exist; the agent presents them to the CA and to istiod.
+    pub workload: Option<(Vec<u8>, Vec<u8>)>,
     /// Entries of the VM's /etc/hosts (the whole file).
     pub hosts: Vec<(IpAddr, Vec<String>)>,
     /// Entries inside the `# BEGIN istio-vm` block only.
@@ -218,6 +221,12 @@ impl Inputs {
         }
         i.root_cert_pem = read(root, layout::ROOT_CERT).ok();
         i.token = read(root, layout::TOKEN).ok();
+        if let (Ok(c), Ok(k)) = (
+            read(root, super::files::WORKLOAD_CERT),
+            read(root, super::files::WORKLOAD_KEY),
+        ) {
+            i.workload = Some((c, k));
+        }
         if let Ok(b) = read(root, layout::ETC_HOSTS) {
             let text = String::from_utf8_lossy(&b);
             i.hosts = parse_hosts(&text);
