@@ -333,7 +333,17 @@ impl FakeIstiod {
         });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let svc = Svc(state.clone());
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // grpc-go (istiod) sets TCP_NODELAY on every connection; without it
+        // delayed ACKs add ~40 ms per round trip.
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            |s| {
+                if let Ok(s) = &s {
+                    let _ = s.set_nodelay(true);
+                }
+                s
+            },
+        );
         let server = Server::builder().tls_config(tls).expect("tls config");
         tokio::spawn(async move {
             let _ = server
