@@ -180,11 +180,11 @@ pub fn checks(root: &Path, live: bool, inputs: &Inputs, now: i64) -> Vec<Check> 
             Err(e) => {
                 let hint = match p.path {
                     layout::TOKEN => format!(
-                        "{e}: /var/run is a tmpfs and a reboot empties it; run `istio-vm install` again \
+                        "/var/run is a tmpfs and a reboot empties it; run `istio-vm install` again \
                          (it restores the token from {}) or place a fresh token",
                         layout::TOKEN_PERSISTENT
                     ),
-                    _ => format!("{e}: run `istio-vm install --bundle DIR` to place it"),
+                    _ => "run `istio-vm install --bundle DIR` to place it".to_string(),
                 };
                 out.push(fail(id, e, hint));
                 continue;
