@@ -14,6 +14,7 @@ pkgs=(
     debootstrap
     systemd-container
     dbus
+    systemd
 )
 
 missing=()

@@ -4,8 +4,9 @@
 //!
 //! The tool runs *inside* the app namespace as on a VM, with root `/`:
 //! `ip netns exec APP unshare -m sh -c '<mounts>; exec istio-vm capture …'`.
-//! The private mount namespace puts a tmpfs over `/var/lib` (with the test's
-//! cluster.env placed at /var/lib/istio/envoy/cluster.env) and binds the
+//! The private mount namespace binds the test's own directory over
+//! `/var/lib` (with its cluster.env placed at /var/lib/istio/envoy/, and the
+//! tool's record under /var/lib/istio-vm/capture/ kept between runs) and binds the
 //! test's resolv.conf, passwd and group over /etc, so the host's files and
 //! netfilter state are never touched. Clients run as a given uid with
 //! `setpriv` + bash's /dev/tcp and /dev/udp; listeners are created by the
@@ -168,8 +169,8 @@ impl Lab {
         let bin = PathBuf::from(env!("CARGO_BIN_EXE_istio-vm"));
         let d = self.dir.path().display();
         let script = format!(
-            "mount -t tmpfs none /var/lib && mkdir -p /var/lib/istio/envoy && \
-             cp {d}/cluster.env /var/lib/istio/envoy/ && \
+            "mkdir -p {d}/varlib/istio/envoy && cp {d}/cluster.env {d}/varlib/istio/envoy/ && \
+             mount --bind {d}/varlib /var/lib && \
              mount --bind {d}/resolv.conf /etc/resolv.conf && \
              mount --bind {d}/passwd /etc/passwd && mount --bind {d}/group /etc/group && \
              exec {} --output json capture {args}",
@@ -221,6 +222,19 @@ impl Lab {
                 normalize_save(&String::from_utf8_lossy(&o.stdout))
             ));
         }
+        for cmd in [
+            "ip -4 rule show",
+            "ip -6 rule show",
+            "ip -6 addr show dev lo",
+        ] {
+            let o = self.app.try_exec(cmd);
+            s.push_str(&format!("== {cmd}\n{}", String::from_utf8_lossy(&o.stdout)));
+        }
+        let o = self.app.try_exec("ip route show table 133");
+        s.push_str(&format!(
+            "== table 133\n{}",
+            String::from_utf8_lossy(&o.stdout)
+        ));
         let o = self.app.try_exec("nft -s list ruleset");
         s.push_str("== nft\n");
         s.push_str(&drop_empty_nft(&String::from_utf8_lossy(&o.stdout)));
@@ -331,14 +345,14 @@ fn original_dst(s: &TcpStream) -> SocketAddr {
 /// one UDP datagram, through bash's /dev/tcp, /dev/udp.
 fn client(ns: &Netns, uid: u32, proto: &str, addr: &str, port: u16) {
     let cmd = format!(
-        "setpriv --reuid={uid} --regid={uid} --clear-groups bash -c 'exec 3<>/dev/{proto}/{addr}/{port}; echo q >&3' >/dev/null 2>&1 &"
+        "timeout 5 setpriv --reuid={uid} --regid={uid} --clear-groups bash -c 'exec 3<>/dev/{proto}/{addr}/{port}; echo q >&3' >/dev/null 2>&1 &"
     );
     ns.exec(&cmd);
 }
 
 fn client_as(ns: &Netns, uid: u32, gid: u32, addr: &str, port: u16) {
     let cmd = format!(
-        "setpriv --reuid={uid} --regid={gid} --clear-groups bash -c 'exec 3<>/dev/tcp/{addr}/{port}; echo q >&3' >/dev/null 2>&1 &"
+        "timeout 5 setpriv --reuid={uid} --regid={gid} --clear-groups bash -c 'exec 3<>/dev/tcp/{addr}/{port}; echo q >&3' >/dev/null 2>&1 &"
     );
     ns.exec(&cmd);
 }
@@ -401,6 +415,16 @@ fn scenario(kind: Kind) {
     assert_eq!(backend_of(&json), expected, "{log}");
     let applied = lab.snapshot();
     assert_ne!(applied, before);
+    // The record of the rules last applied: root-only.
+    let record = lab.dir.path().join(match kind {
+        Kind::Nftables => "varlib/istio-vm/capture/rules.nft",
+        _ => "varlib/istio-vm/capture/rules-v4",
+    });
+    let meta = std::fs::metadata(&record).expect("record written");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
 
     // Apply twice = apply once.
     let (code, json, log) = lab.tool(&format!("apply {flag}"), None);
@@ -564,22 +588,38 @@ fn mixed_legacy_and_nft_is_refused() {
         "{log}"
     );
     assert_eq!(lab.snapshot(), before);
+    // Remove works by state on such a host too (nothing of Istio's there).
+    let (code, json, log) = lab.tool("remove", None);
+    assert_eq!(
+        (code, &json["changed"]),
+        (0, &serde_json::Value::Bool(false)),
+        "{log}"
+    );
+    assert_eq!(lab.snapshot(), before);
 }
 
 #[test]
 fn ipv6_rules_with_dual_stack() {
     require_root();
     let lab = Lab::new();
-    lab.write_env(&format!("{VM_ENV}DUAL_STACK=true\n"));
+    lab.write_env(&format!(
+        "{VM_ENV}DUAL_STACK=true\nISTIO_EXCLUDE_INTERFACES='vx9'\n"
+    ));
+    let before = lab.snapshot();
     let (code, json, log) = lab.tool("apply --backend iptables", None);
     assert_eq!(code, 0, "{log}");
     assert_eq!(json["changed"], true);
     let v6 = lab.app.exec("ip6tables-nft-save");
     assert!(v6.contains("-A OUTPUT -j ISTIO_OUTPUT"), "{v6}");
     assert!(v6.contains("-s ::6/128 -o lo -j RETURN"), "{v6}");
+    assert!(v6.contains("-A PREROUTING -i vx9 -j RETURN"), "{v6}");
+    // The exclude-interface RETURNs do not jump to ISTIO_*: remove still
+    // takes them (they are in the rendered and recorded rules).
+    lab.write_env(VM_ENV);
     let (code, _, log) = lab.tool("remove", None);
     assert_eq!(code, 0, "{log}");
     assert!(!lab.app.exec("ip6tables-nft-save").contains("ISTIO_"));
+    assert_eq!(lab.snapshot(), before);
 }
 
 /// Root-free CLI contract: render under --root, SSH refusal, live ops refused
@@ -668,6 +708,89 @@ fn render_under_root_and_refusals() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("--dport 22 -j ISTIO_IN_REDIRECT"), "{text}");
+}
+
+/// A listener like Envoy's inbound one in TPROXY mode: IP_TRANSPARENT, so
+/// it accepts connections addressed to any destination.
+fn listen_transparent(port: u16) -> TcpListener {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, setsockopt, socket,
+        sockopt,
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .unwrap();
+    setsockopt(&fd, sockopt::IpTransparent, &true).unwrap();
+    setsockopt(&fd, sockopt::ReuseAddr, &true).unwrap();
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::new(0, 0, 0, 0, port),
+    )
+    .unwrap();
+    listen(&fd, Backlog::new(64).unwrap()).unwrap();
+    let l = TcpListener::from(fd);
+    l.set_nonblocking(true).unwrap();
+    l
+}
+
+fn tproxy_scenario(backend: &str) {
+    let lab = Lab::new();
+    lab.write_env(&format!(
+        "{VM_ENV}ISTIO_INBOUND_INTERCEPTION_MODE='TPROXY'\n"
+    ));
+    let before = lab.snapshot();
+    let (code, json, log) = lab.tool(&format!("apply --backend {backend}"), None);
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(json["changed"], true, "{log}");
+    assert!(log.contains("capture:tproxy-routing:ipv4"), "{log}");
+    let applied = lab.snapshot();
+    assert!(applied.contains("lookup 133"), "{applied}");
+    let (code, json, log) = lab.tool(&format!("apply --backend {backend}"), None);
+    assert_eq!(
+        (code, &json["changed"]),
+        (0, &serde_json::Value::Bool(false)),
+        "{log}"
+    );
+    let (code, _, log) = lab.tool(&format!("status --backend {backend}"), None);
+    assert_eq!(code, 0, "{log}");
+
+    let d = Duration::from_secs(5);
+    let (inbound, ssh, outbound) = lab
+        .app
+        .within(|| (listen_transparent(15006), listen_tcp(22), listen_tcp(15001)));
+    client(&lab.peer, 0, "tcp", APP, 8080);
+    let s = accept_within(&inbound, d).expect("TPROXY inbound did not reach 15006");
+    // TPROXY keeps the original destination as the socket's local address.
+    assert_eq!(
+        s.local_addr().unwrap(),
+        format!("{APP}:8080").parse().unwrap()
+    );
+    client(&lab.peer, 0, "tcp", APP, 22);
+    accept_within(&ssh, d).expect("inbound SSH did not reach port 22");
+    assert!(nothing_pending(&inbound), "SSH was diverted to 15006");
+    client(&lab.app, APP_UID, "tcp", PEER, 80);
+    let s = accept_within(&outbound, d).expect("app outbound did not reach 15001");
+    assert_eq!(original_dst(&s), format!("{PEER}:80").parse().unwrap());
+
+    let (code, _, log) = lab.tool("remove", None);
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(lab.snapshot(), before, "remove left TPROXY state behind");
+}
+
+#[test]
+fn tproxy_iptables_real_packets() {
+    require_root();
+    tproxy_scenario("iptables");
+}
+
+#[test]
+fn tproxy_nftables_real_packets() {
+    require_root();
+    tproxy_scenario("nftables");
 }
 
 #[cfg(feature = "failpoints")]

@@ -237,6 +237,7 @@ fn expired_token_with_a_valid_workload_cert_can_still_renew() {
             fake.ca
                 .workload_cert("spiffe://cluster.local/ns/vm-apps/sa/ratings-sa", &key, 24);
         std::fs::write(root.file("/etc/certs/cert-chain.pem"), pem).unwrap();
+        std::fs::write(root.file("/etc/certs/key.pem"), key.serialize_pem()).unwrap();
         let run = verify(&root, &["--timeout", "2s", "--skip-agent"]);
         run.expect(
             "files.token",
@@ -244,6 +245,19 @@ fn expired_token_with_a_valid_workload_cert_can_still_renew() {
             "renews with its workload certificate",
         );
         run.expect("files.workload_cert", "pass", "");
+        // The CA accepts the certificate where the token no longer works,
+        // exactly the agent's renewal path.
+        run.expect(
+            "ca.token",
+            "pass",
+            "authenticated with the workload certificate",
+        );
+        run.expect("xds.stream", "pass", "");
+        assert_eq!(
+            fake.seen().ca_subjects,
+            vec!["spiffe://cluster.local/ns/vm-apps/sa/ratings-sa"]
+        );
+        assert_eq!(run.code, 0, "{}", run.json);
     });
 }
 
@@ -518,10 +532,14 @@ fn wait_retries_until_istiod_answers() {
             let _keep = root_path;
             verify(&root, &["--timeout", "2s", "--skip-agent", "--wait", "20s"])
         });
-        let (s, _) = l.accept().unwrap();
-        drop(s);
+        // The first attempt's tcp.discovery and tls.handshake connections:
+        // the handshake fails, so that attempt fails.
+        for _ in 0..2 {
+            let (s, _) = l.accept().unwrap();
+            drop(s);
+        }
         drop(l);
-        let _fake = rt.block_on(FakeIstiod::start_with_ca(
+        let fake = rt.block_on(FakeIstiod::start_with_ca(
             ISTIOD.parse().unwrap(),
             Behaviour::default(),
             ca,
@@ -529,5 +547,10 @@ fn wait_retries_until_istiod_answers() {
         let run = h.join().unwrap();
         assert_eq!(run.failing(), Vec::<String>::new(), "{}", run.json);
         assert_eq!(run.code, 0);
+        assert_eq!(
+            fake.seen().ca_subjects.len(),
+            1,
+            "a later attempt reached the CA"
+        );
     });
 }

@@ -178,16 +178,10 @@ fn parse_hosts(text: &str) -> HashMap<String, Vec<IpAddr>> {
 
 /// The discovery address from the placed mesh config, for the log lines.
 fn discovery_address(root: &Path) -> String {
-    std::fs::read_to_string(under_root(root, MESH_CONFIG))
+    std::fs::read(under_root(root, MESH_CONFIG))
         .ok()
-        .and_then(|t| {
-            t.lines().find_map(|l| {
-                l.trim()
-                    .strip_prefix("discoveryAddress:")
-                    .map(|v| v.trim().trim_matches('"').trim_matches('\'').to_string())
-            })
-        })
-        .unwrap_or_else(|| "istiod.istio-system.svc:15012".to_string())
+        .and_then(|b| istio_vm::verify::inputs::discovery_address(&b))
+        .unwrap_or_else(|| istio_vm::verify::inputs::DEFAULT_DISCOVERY.to_string())
 }
 
 fn load_state(o: &Opts) -> State {

@@ -30,7 +30,7 @@ pub mod user;
 
 pub use root::{Resolved, Root};
 
-pub const JOURNAL: &str = "/var/lib/istio-vm/journal.json";
+pub use crate::layout::JOURNAL;
 
 /// Test-only fault injection (cargo feature `failpoints`):
 /// `ISTIO_VM_FAILPOINT=<name>` fails there, `<name>:abort` dies there as a
@@ -77,6 +77,9 @@ pub enum Prior {
 pub struct Entry {
     /// Resolved path inside the root (no symlinks among its parents).
     pub path: String,
+    /// Step id of the action that placed it, if any (`file:/var/run/...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// `file`, `dir` or `block` (our block inside someone else's file).
     pub kind: String,
     /// sha256 of what we installed (files we own, not secrets).
@@ -214,6 +217,7 @@ impl<'a> Tx<'a> {
         };
         self.entries.push(Entry {
             path: real.to_string(),
+            id: None,
             kind: kind.into(),
             sha256: None,
             prior,
@@ -647,4 +651,107 @@ pub fn finish_uninstall(root: &Root, state: &State) -> Result<()> {
         restore(root, e, can_chown)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Hook;
+
+    fn env(root: &std::path::Path) -> HookEnv {
+        HookEnv {
+            root: root.to_path_buf(),
+            config: crate::config::Config::default(),
+        }
+    }
+
+    fn mark(e: &HookEnv) -> Result<()> {
+        std::fs::write(e.root.join("hook-ran"), "yes")?;
+        Ok(())
+    }
+
+    fn unmark(e: &HookEnv) -> Result<()> {
+        std::fs::remove_file(e.root.join("hook-ran"))?;
+        Ok(())
+    }
+
+    fn fail(_: &HookEnv) -> Result<()> {
+        bail!("service did not start")
+    }
+
+    fn hook(id: &str, run: fn(&HookEnv) -> Result<()>) -> Hook {
+        Hook {
+            id: id.into(),
+            detail: String::new(),
+            run,
+            undo: Some(unmark),
+            after_change_of: Vec::new(),
+        }
+    }
+
+    fn write(path: &str) -> (String, Op) {
+        (
+            format!("file:{path}"),
+            Op::Write {
+                path: path.into(),
+                content: b"unit\n".to_vec(),
+                mode: 0o644,
+                owner: None,
+            },
+        )
+    }
+
+    #[test]
+    fn a_failing_hook_undoes_earlier_hooks_and_files() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Root::new(t.path()).unwrap();
+        let ops = vec![
+            write("/etc/systemd/system/x.service"),
+            ("hook:mark".into(), Op::Hook(hook("hook:mark", mark))),
+            ("hook:start".into(), Op::Hook(hook("hook:start", fail))),
+        ];
+        let e = transact(
+            &root,
+            "install",
+            env(t.path()),
+            &ops,
+            |_| None,
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+        assert!(matches!(
+            e.downcast_ref::<Failure>(),
+            Some(Failure::RolledBack { .. })
+        ));
+        assert!(format!("{e:#}").contains("service did not start"));
+        assert!(!t.path().join("hook-ran").exists(), "undo ran");
+        assert_eq!(
+            std::fs::read_dir(t.path()).unwrap().count(),
+            0,
+            "tree empty again"
+        );
+    }
+
+    #[test]
+    fn hooks_run_after_files() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Root::new(t.path()).unwrap();
+        let ops = vec![
+            write("/etc/systemd/system/x.service"),
+            ("hook:mark".into(), Op::Hook(hook("hook:mark", mark))),
+        ];
+        let mut seen = Vec::new();
+        transact(
+            &root,
+            "install",
+            env(t.path()),
+            &ops,
+            |_| None,
+            &mut |id, _| seen.push(id.to_string()),
+        )
+        .unwrap();
+        assert_eq!(seen, ["file:/etc/systemd/system/x.service", "hook:mark"]);
+        assert!(t.path().join("hook-ran").exists());
+        assert!(t.path().join("etc/systemd/system/x.service").exists());
+    }
 }

@@ -88,9 +88,6 @@ fn stop_sidecar(_: &HookEnv) -> Result<()> {
             }
         }
     }
-    // Whatever else put Istio rules in (a hand-run `capture apply`, Istio's
-    // own script before install), uninstall leaves none.
-    crate::capture::live::remove_live(&[]).context("removing the capture rules")?;
     Ok(())
 }
 
@@ -135,7 +132,7 @@ pub fn uninstall_stop_hook() -> Hook {
     Hook {
         id: "hook:istio-stop".into(),
         detail: format!(
-            "systemctl stop {} {}; capture rules removed",
+            "systemctl stop {} {}",
             units::ISTIO_UNIT_NAME,
             units::CAPTURE_UNIT_NAME
         ),

@@ -74,11 +74,57 @@ fn addr_kw(f: Option<Family>) -> &'static str {
     }
 }
 
+/// Where a match goes in the rule, to read like Istio's nft rules:
+/// interface, protocol, conntrack state, then addresses and ports (ports
+/// first in raw, as Istio writes them), marks, owners.
+fn rank(m: &Match, raw: bool) -> u8 {
+    match m {
+        Match::InIface(_) | Match::OutIface(_) => 0,
+        Match::Proto(_) => 1,
+        Match::CtState(_) => 2,
+        Match::Src { .. } | Match::Dst { .. } => {
+            if raw {
+                4
+            } else {
+                3
+            }
+        }
+        Match::Dport { .. } | Match::Sport { .. } | Match::DportsNot { .. } => {
+            if raw {
+                3
+            } else {
+                4
+            }
+        }
+        Match::Mark { .. } | Match::Connmark(_) => 5,
+        Match::Uid { .. } | Match::Gid { .. } | Match::GidsNot(_) => 6,
+    }
+}
+
+/// Istio leaves out `meta l4proto` where a port match already implies it:
+/// DNS rules, raw-table rules and outbound-port redirects.
+fn drops_l4proto(r: &Rule) -> bool {
+    let has_port = r
+        .matches
+        .iter()
+        .any(|m| matches!(m, Match::Dport { .. } | Match::Sport { .. }));
+    has_port
+        && (r.table == Table::Raw
+            || r.chain == Chain::OutputDns
+            || (r.chain == Chain::IstioOutput && r.target == Target::Jump(Chain::Redirect)))
+}
+
 fn render_rule(r: &Rule) -> String {
     let mut parts: Vec<String> = Vec::new();
     // Istio spells owners `skuid` in nat/mangle and `meta skuid` in raw.
-    let meta = if r.table == Table::Raw { "meta " } else { "" };
-    for m in &r.matches {
+    let raw = r.table == Table::Raw;
+    let meta = if raw { "meta " } else { "" };
+    let mut matches: Vec<&Match> = r.matches.iter().collect();
+    if drops_l4proto(r) {
+        matches.retain(|m| !matches!(m, Match::Proto(_)));
+    }
+    matches.sort_by_key(|m| rank(m, raw));
+    for m in matches {
         parts.push(match m {
             Match::InIface(i) => format!("iifname {i}"),
             Match::OutIface(i) => format!("oifname {i}"),

@@ -6,77 +6,19 @@
 //! a baked image. Under `--root` other than `/` only `render` is allowed:
 //! nothing live changes there.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 
 use super::Ctx;
 use crate::capture::live::{self, Resolved};
-use crate::capture::sysfiles;
+use crate::capture::sysfiles::{self, read_inputs};
 use crate::capture::{self, Inputs, Rendered};
 use crate::cli::{Backend, CaptureAction, CaptureArgs};
+use crate::config::Config;
 use crate::error::Failure;
 use crate::layout;
 use crate::report::{Report, Step, StepStatus};
-
-/// cluster.env as istio-start.sh's `set -a; . cluster.env` sees it, for the
-/// plain `KEY=value` / `KEY='value'` / `KEY="value"` lines istioctl writes.
-/// (The full parser with Istio's quoting lives in `bundle::ClusterEnv`.)
-pub fn parse_env(text: &str) -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((k, v)) = line.split_once('=') else {
-            continue;
-        };
-        let v = v.trim();
-        let v = if v.len() >= 2
-            && ((v.starts_with('\'') && v.ends_with('\''))
-                || (v.starts_with('"') && v.ends_with('"')))
-        {
-            &v[1..v.len() - 1]
-        } else {
-            v
-        };
-        m.insert(k.trim().to_string(), v.to_string());
-    }
-    m
-}
-
-/// The inputs of a render, read from `root`.
-pub struct Read {
-    pub env: BTreeMap<String, String>,
-    pub resolv: String,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub host_ipv6: bool,
-}
-
-pub fn read_inputs(root: &Path, live: bool) -> Result<Read> {
-    let env_text = sysfiles::read_optional(root, layout::CLUSTER_ENV)?.ok_or_else(|| {
-        anyhow!(
-            "no cluster.env at {}: run `istio-vm install --bundle DIR` first (capture reads the \
-             placed file)",
-            root.join(layout::CLUSTER_ENV.trim_start_matches('/'))
-                .display()
-        )
-    })?;
-    let resolv = sysfiles::read_optional(root, "/etc/resolv.conf")?.unwrap_or_default();
-    let (uid, gid) = sysfiles::proxy_ids(root, layout::PROXY_USER)?;
-    Ok(Read {
-        env: parse_env(&env_text),
-        resolv,
-        uid,
-        gid,
-        // Under --root the target host is unknown; DUAL_STACK still applies.
-        host_ipv6: live && sysfiles::host_has_global_ipv6(),
-    })
-}
 
 fn step(id: &str, status: StepStatus, detail: impl Into<String>) -> Step {
     Step {
@@ -87,10 +29,116 @@ fn step(id: &str, status: StepStatus, detail: impl Into<String>) -> Step {
     }
 }
 
+/// What every action starts from: the backend (live only) and the
+/// rendering of the placed inputs (an error is kept: remove and status can
+/// go on without it).
+struct Prepared {
+    backend: Option<Resolved>,
+    rendered: Result<(capture::IstioConfig, Rendered)>,
+    steps: Vec<Step>,
+}
+
+fn prepare(root: &Path, config: &Config, requested: Backend, detect: bool) -> Result<Prepared> {
+    let live = root == Path::new("/");
+    let read = read_inputs(root, live);
+    let native_nft = read
+        .as_ref()
+        .ok()
+        .and_then(|r| r.env.get("NATIVE_NFTABLES").cloned())
+        .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "True" | "t" | "T"));
+    let backend = if live && detect {
+        Some(live::detect(requested, native_nft)?)
+    } else {
+        None
+    };
+    let model_backend = match (backend, requested) {
+        (Some(b), _) => b.model(),
+        (None, Backend::Nftables) => capture::Backend::Nftables,
+        (None, Backend::Auto) if native_nft => capture::Backend::Nftables,
+        (None, _) => capture::Backend::Iptables,
+    };
+    let mut steps = Vec::new();
+    if let Some(b) = backend {
+        steps.push(step("capture:backend", StepStatus::Ok, b.name()));
+    }
+    let rendered = read.and_then(|r| {
+        if r.uid.is_none() {
+            steps.push(step(
+                "capture:user",
+                StepStatus::Skipped,
+                "no istio-proxy user in /etc/passwd: owner rules use uid 1337 (Istio's default)",
+            ));
+        }
+        let inp = Inputs {
+            env: &r.env,
+            resolv_conf: &r.resolv,
+            uid: r.uid,
+            gid: r.gid,
+            host_ipv6: r.host_ipv6,
+            exclude_inbound_ports: &config.exclude_inbound_ports,
+            allow_ssh_capture: config.allow_ssh_capture,
+        };
+        capture::render(&inp, model_backend).map_err(anyhow::Error::from)
+    });
+    Ok(Prepared {
+        backend,
+        rendered,
+        steps,
+    })
+}
+
+/// Render from the placed files under `/`, apply live (a no-op when the
+/// rules are already in place), add TPROXY policy routing if needed and
+/// record the applied rules. For `install` (after it placed cluster.env)
+/// and `capture apply`.
+pub fn apply_on_root(root: &Path, config: &Config, requested: Backend) -> Result<live::Outcome> {
+    let p = prepare(root, config, requested, true)?;
+    let mut out = live::Outcome {
+        changed: false,
+        steps: p.steps,
+    };
+    let (cfg, r) = p.rendered?;
+    let b = p.backend.context("capture apply needs the live root /")?;
+    let applied = live::apply_live(&r, b)?;
+    out.changed |= applied.changed;
+    out.steps.extend(applied.steps);
+    if let Some(t) = tproxy_routing(&cfg) {
+        let routing = live::apply_tproxy_routing(&t)?;
+        out.changed |= routing.changed;
+        out.steps.extend(routing.steps);
+    }
+    let dir = sysfiles::resolve_in_root(root, layout::CAPTURE_DIR)?;
+    out.steps.extend(live::write_record(&dir, &r)?);
+    Ok(out)
+}
+
+/// Remove every Istio capture rule by state (all backends), helped by the
+/// current rendering and the record to find Istio's non-jump built-in
+/// rules; works even when cluster.env is gone. For `uninstall` and
+/// `capture remove`.
+pub fn remove_on_root(root: &Path, config: &Config) -> Result<live::Outcome> {
+    let p = prepare(root, config, Backend::Auto, false)?;
+    let mut known = Vec::new();
+    let mut route_tables = Vec::new();
+    if let Ok((cfg, r)) = p.rendered {
+        known.push(r);
+        route_tables.push(cfg.tproxy_route_table);
+    }
+    known.extend(recorded(root));
+    let mut out = live::remove_live(&known, &route_tables)?;
+    if !out.changed {
+        out.steps.push(step(
+            "capture:remove",
+            StepStatus::Ok,
+            "no Istio rules present",
+        ));
+    }
+    Ok(out)
+}
+
 pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
     let mut report = Report::new("capture");
-    let live = ctx.live();
-    if args.action != CaptureAction::Render && !live {
+    if args.action != CaptureAction::Render && !ctx.live() {
         return Err(Failure::Usage(format!(
             "`capture {}` changes or reads live netfilter state and is not available under \
              --root {}; use `capture render` (the capture unit applies the rules at boot)",
@@ -104,57 +152,12 @@ pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
     } else {
         args.backend
     };
-
-    // Render first: every action needs it except remove, which works by
-    // state and only uses the rendering to recognise Istio's built-in rules.
-    let read = read_inputs(&ctx.root, live);
-    let native_nft = read
-        .as_ref()
-        .ok()
-        .and_then(|r| r.env.get("NATIVE_NFTABLES").cloned())
-        .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "True" | "t" | "T"));
-
-    let backend = if live {
-        Some(live::detect(requested, native_nft)?)
-    } else {
-        None
-    };
-    let model_backend = match (backend, requested) {
-        (Some(b), _) => b.model(),
-        (None, Backend::Nftables) => capture::Backend::Nftables,
-        (None, Backend::Auto) if native_nft => capture::Backend::Nftables,
-        (None, _) => capture::Backend::Iptables,
-    };
-
-    let rendered = read.and_then(|r| {
-        if r.uid.is_none() {
-            report.steps.push(step(
-                "capture:user",
-                StepStatus::Skipped,
-                "no istio-proxy user in /etc/passwd: owner rules use uid 1337 (Istio's default)",
-            ));
-        }
-        let inp = Inputs {
-            env: &r.env,
-            resolv_conf: &r.resolv,
-            uid: r.uid,
-            gid: r.gid,
-            host_ipv6: r.host_ipv6,
-            exclude_inbound_ports: &ctx.config.exclude_inbound_ports,
-            allow_ssh_capture: ctx.config.allow_ssh_capture,
-        };
-        capture::render(&inp, model_backend).map_err(anyhow::Error::from)
-    });
-
-    if let Some(b) = backend {
-        report
-            .steps
-            .push(step("capture:backend", StepStatus::Ok, b.name()));
-    }
-
     match args.action {
         CaptureAction::Render => {
-            let (cfg, r) = rendered?;
+            // The text does not depend on legacy vs nft: no detection needed.
+            let p = prepare(&ctx.root, &ctx.config, requested, false)?;
+            report.steps.extend(p.steps);
+            let (cfg, r) = p.rendered?;
             for n in &cfg.notes {
                 report
                     .steps
@@ -173,41 +176,40 @@ pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
             report.rules = Some(r.text());
         }
         CaptureAction::Apply => {
-            let (cfg, r) = rendered?;
-            let b = backend.context("internal: no backend")?;
-            if cfg.mode == capture::config::InterceptionMode::Tproxy {
-                return Err(anyhow!(
-                    "cluster.env sets ISTIO_INBOUND_INTERCEPTION_MODE=TPROXY, which needs policy \
-                     routing (ip rule fwmark {} lookup 133) that istio-vm does not manage: use \
-                     REDIRECT (remove the variable) or apply the rules with istio-iptables",
-                    cfg.tproxy_mark
-                ));
-            }
-            let out = apply_live(&r, b)?;
+            let out = apply_on_root(&ctx.root, &ctx.config, requested)?;
             report.changed = out.changed;
             report.steps.extend(out.steps);
         }
         CaptureAction::Remove => {
-            let mut known = Vec::new();
-            if let Ok((_, r)) = rendered {
-                known.push(r);
-            }
-            known.extend(recorded(&ctx.root));
-            let out = live::remove_live(&known)?;
-            if !out.changed {
-                report.steps.push(step(
-                    "capture:remove",
-                    StepStatus::Ok,
-                    "no Istio rules present",
-                ));
-            }
+            let out = remove_on_root(&ctx.root, &ctx.config)?;
             report.changed = out.changed;
             report.steps.extend(out.steps);
         }
         CaptureAction::Status => {
-            let b = backend.context("internal: no backend")?;
-            let r = match rendered {
-                Ok((_, r)) => Some(r),
+            let p = prepare(&ctx.root, &ctx.config, requested, true)?;
+            report.steps.extend(p.steps);
+            let b = p.backend.context("internal: no backend")?;
+            let mut routing_ok = true;
+            let r = match p.rendered {
+                Ok((cfg, r)) => {
+                    if let Some(t) = tproxy_routing(&cfg) {
+                        routing_ok = live::tproxy_routing_present(&t);
+                        report.steps.push(step(
+                            "capture:tproxy-routing",
+                            if routing_ok {
+                                StepStatus::Ok
+                            } else {
+                                StepStatus::Failed
+                            },
+                            if routing_ok {
+                                "policy routing present"
+                            } else {
+                                "policy routing for TPROXY missing"
+                            },
+                        ));
+                    }
+                    Some(r)
+                }
                 Err(e) => {
                     report
                         .steps
@@ -215,18 +217,23 @@ pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
                     None
                 }
             };
+            // Status is a check: exit 1 when the live rules are missing or
+            // differ from what this VM's files render.
             let (steps, matches) = live::status(r.as_ref(), b)?;
             report.steps.extend(steps);
-            report.ok = matches && r.is_some();
+            report.ok = matches && routing_ok && r.is_some();
         }
     }
     Ok(report)
 }
 
-/// Apply live and report; the entry point install uses (after writing the
-/// record files).
-pub fn apply_live(r: &Rendered, b: Resolved) -> Result<live::Outcome> {
-    live::apply_live(r, b)
+/// The policy routing TPROXY interception needs, if the mode is TPROXY.
+pub fn tproxy_routing(cfg: &capture::IstioConfig) -> Option<live::TproxyRouting> {
+    (cfg.mode == capture::config::InterceptionMode::Tproxy).then(|| live::TproxyRouting {
+        mark: cfg.tproxy_mark.clone(),
+        table: cfg.tproxy_route_table.clone(),
+        ipv6: cfg.ipv6,
+    })
 }
 
 /// The last-applied record under `/var/lib/istio-vm/capture/`, if any.
@@ -257,28 +264,5 @@ fn action_name(a: CaptureAction) -> &'static str {
         CaptureAction::Apply => "apply",
         CaptureAction::Remove => "remove",
         CaptureAction::Status => "status",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn env_lines_as_istioctl_writes_them() {
-        let m = parse_env(
-            "# c\nISTIO_INBOUND_PORTS='*'\nexport A=\"b c\"\nISTIO_SERVICE_CIDR=*\n\nX=\n",
-        );
-        assert_eq!(m["ISTIO_INBOUND_PORTS"], "*");
-        assert_eq!(m["A"], "b c");
-        assert_eq!(m["ISTIO_SERVICE_CIDR"], "*");
-        assert_eq!(m["X"], "");
-    }
-
-    #[test]
-    fn missing_cluster_env_says_what_to_do() {
-        let d = tempfile::tempdir().unwrap();
-        let e = read_inputs(d.path(), false).err().unwrap();
-        assert!(format!("{e:#}").contains("istio-vm install"), "{e:#}");
     }
 }

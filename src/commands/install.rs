@@ -6,26 +6,11 @@ use super::Ctx;
 use crate::apply::{self, Entry, Prior, Root, State, cloudinit, fsops, lock, systemd, user};
 use crate::bundle::{self, Bundle};
 use crate::cli::InstallArgs;
+use crate::error::Failure;
 use crate::layout;
 use crate::plan::{self, Action, Current, Facts, HookEnv, Op, Planned};
-use crate::report::{Finding, Report, Step, StepStatus};
+use crate::report::{Report, Step, StepStatus};
 use crate::units;
-
-/// Bundle problems that stop an install before anything is touched.
-fn bundle_findings(b: &Bundle) -> Vec<Finding> {
-    bundle::FILES
-        .iter()
-        .filter(|f| b.file(f).is_none())
-        .map(|f| {
-            Finding::error(
-                "bundle.missing_file",
-                Some(f),
-                format!("{f} is missing from the bundle"),
-                "regenerate the bundle with `istioctl x workload entry configure`",
-            )
-        })
-        .collect()
-}
 
 /// Read what is at every path the actions touch.
 fn gather(root: &Root, actions: &[Action]) -> Result<Facts> {
@@ -101,6 +86,7 @@ fn next_state(
         let Ok(r) = root.resolve(path) else { continue };
         if let Some(e) = entries.iter_mut().find(|e| e.path == r.real) {
             e.kind = kind.into();
+            e.id = Some(p.id.clone());
             if kind == "file" {
                 e.sha256 = digest;
             }
@@ -114,10 +100,63 @@ fn next_state(
     }
 }
 
+// Where other areas plug in. Files are planned, backed up, placed, recorded
+// in state.json and removed by uninstall like every other file; hooks run only
+// live (root `/`), in order, after every file is placed, and their `undo` runs
+// if a later step fails.
+
+/// Files other areas generate: the systemd units, tmpfiles.d and
+/// sysusers.d of [`units::render`] (root, 0644).
+fn generated_files(_ctx: &Ctx, args: &InstallArgs, _bundle: &Bundle) -> Vec<plan::FileAction> {
+    units::render(&unit_options(args))
+        .into_iter()
+        .map(|f| plan::FileAction {
+            path: f.path.into(),
+            content: f.content.into_bytes(),
+            owner: layout::Owner::Root,
+            mode: f.mode,
+            secret: false,
+        })
+        .collect()
+}
+
+fn unit_options(args: &InstallArgs) -> units::Options {
+    units::Options {
+        capture: !args.no_capture,
+    }
+}
+
+/// Live hooks of an install: `systemctl daemon-reload` when a unit changed,
+/// then (unless `--no-start`) `systemctl restart istio`, which applies the
+/// capture rules first (the capture unit). Under --root nothing is started:
+/// the units come up at first boot.
+fn install_hooks(_ctx: &Ctx, args: &InstallArgs) -> Vec<plan::Hook> {
+    systemd::install_hooks(&units::render(&unit_options(args)), !args.no_start)
+}
+
+/// Live hooks of an uninstall, run before any file is restored: stop the
+/// sidecar and with it the capture unit, whose stop removes the rules.
+fn uninstall_hooks(_ctx: &Ctx) -> Vec<plan::Hook> {
+    vec![
+        systemd::uninstall_stop_hook(),
+        // Whatever else put Istio rules in (a hand-run `capture apply`,
+        // Istio's own start script before install), none are left.
+        plan::Hook {
+            id: "hook:capture-remove".into(),
+            detail: "every Istio capture rule removed".into(),
+            run: |env| super::capture::remove_on_root(&env.root, &env.config).map(|_| ()),
+            undo: None,
+            after_change_of: Vec::new(),
+        },
+    ]
+}
+
 pub fn install(ctx: &Ctx, args: &InstallArgs) -> Result<Report> {
     let mut report = Report::new("install");
     report.check_mode = args.check;
-    let bundle = match bundle::load(&args.bundle.bundle, args.bundle.sha256.as_deref()) {
+    let (src, sha) = (&args.bundle.bundle, args.bundle.sha256.as_deref());
+    bundle::source::check_args(src, sha).map_err(Failure::Usage)?;
+    let bundle = match bundle::load(src, sha) {
         Ok(b) => b,
         Err(findings) => {
             report.findings = findings;
@@ -125,13 +164,15 @@ pub fn install(ctx: &Ctx, args: &InstallArgs) -> Result<Report> {
             return Ok(report);
         }
     };
-    report.findings = bundle_findings(&bundle);
+    // A bundle with errors is refused before anything is touched (exit 1);
+    // warnings are reported and the install goes on.
+    report.findings = crate::validate::validate(&bundle, time::OffsetDateTime::now_utc()).findings;
     if report.has_errors() {
         report.ok = false;
         return Ok(report);
     }
 
-    let root = Root::new(&ctx.root)?;
+    let root = Root::new(&ctx.root).map_err(|e| Failure::Usage(format!("{e:#}")))?;
     let live = root.is_slash();
     let _lock = if args.check {
         lock::acquire_shared(&root, ctx.config.lock_timeout)?
@@ -189,27 +230,14 @@ fn install_locked(
     report: &mut Report,
     created_user: bool,
 ) -> Result<()> {
-    let live = root.is_slash();
-    let unit_files = units::render(&units::Options {
-        capture: !args.no_capture,
-    });
     let input = plan::Input {
         bundle: Some(bundle),
-        live,
+        live: root.is_slash(),
         cloud_init_templates: cloudinit::hosts_templates(root)?,
-        extra_files: unit_files
-            .iter()
-            .map(|f| plan::FileAction {
-                path: f.path.into(),
-                content: f.content.clone().into_bytes(),
-                owner: layout::Owner::Root,
-                mode: f.mode,
-                secret: false,
-            })
-            .collect(),
-        // Under --root nothing is started: the units come up at first boot.
-        hooks: if live {
-            systemd::install_hooks(&unit_files, !args.no_start)
+        extra_dirs: Vec::new(),
+        extra_files: generated_files(ctx, args, bundle),
+        hooks: if root.is_slash() {
+            install_hooks(ctx, args)
         } else {
             Vec::new()
         },
@@ -259,7 +287,7 @@ fn install_locked(
 
 pub fn uninstall(ctx: &Ctx) -> Result<Report> {
     let mut report = Report::new("uninstall");
-    let root = Root::new(&ctx.root)?;
+    let root = Root::new(&ctx.root).map_err(|e| Failure::Usage(format!("{e:#}")))?;
     let _lock = lock::acquire(&root, ctx.config.lock_timeout)?;
     if let Some(detail) = apply::recover(&root)? {
         report.steps.push(Step {
@@ -281,14 +309,25 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
     };
     let can_chown = nix::unistd::geteuid().is_root();
     let mut ops: Vec<(String, Op)> = Vec::new();
+    if root.is_slash() {
+        for h in uninstall_hooks(ctx) {
+            report.steps.push(Step {
+                id: h.id.clone(),
+                status: StepStatus::Changed,
+                detail: h.detail.clone(),
+                diff: None,
+            });
+            ops.push((h.id.clone(), Op::Hook(h)));
+        }
+    }
     for e in state.entries.iter().rev().filter(|e| !e.meta) {
         let host = root.resolve(&e.path)?.host;
         let cur = fsops::read_current(&host)?;
-        let id = match e.kind.as_str() {
+        let id = e.id.clone().unwrap_or_else(|| match e.kind.as_str() {
             "block" => format!("hosts:{}", e.path),
             "dir" => format!("dir:{}", e.path),
             _ => format!("file:{}", e.path),
-        };
+        });
         let (detail, op) = match (e.kind.as_str(), &e.prior, &cur) {
             (
                 "block",
@@ -305,15 +344,25 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
                 if new == *bytes {
                     continue;
                 }
-                (
-                    "removed the istio-vm block",
-                    Op::Write {
-                        path: e.path.clone(),
-                        content: new,
-                        mode: *mode,
-                        owner: can_chown.then_some((*uid, *gid)),
-                    },
-                )
+                if new.is_empty() && e.prior == Prior::Absent {
+                    // install created the file for the block alone.
+                    (
+                        "removed (created by install for the istio-vm block)",
+                        Op::Remove {
+                            path: e.path.clone(),
+                        },
+                    )
+                } else {
+                    (
+                        "removed the istio-vm block",
+                        Op::Write {
+                            path: e.path.clone(),
+                            content: new,
+                            mode: *mode,
+                            owner: can_chown.then_some((*uid, *gid)),
+                        },
+                    )
+                }
             }
             ("block", _, _) => continue,
             (_, Prior::Absent, Current::Absent) => continue,
@@ -393,28 +442,16 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
         });
         ops.push((id, op));
     }
-    // Live: the sidecar (and with it the capture unit and its rules) stops
-    // before its units go, and systemd forgets them after.
-    if root.is_slash() && state.entries.iter().any(|e| e.path == layout::ISTIO_DROPIN) {
-        for (at_start, hook) in [
-            (true, systemd::uninstall_stop_hook()),
-            (false, systemd::uninstall_reload_hook()),
-        ] {
-            let step = Step {
-                id: hook.id.clone(),
-                status: StepStatus::Changed,
-                detail: hook.detail.clone(),
-                diff: None,
-            };
-            let op = (hook.id.clone(), Op::Hook(hook));
-            if at_start {
-                report.steps.insert(0, step);
-                ops.insert(0, op);
-            } else {
-                report.steps.push(step);
-                ops.push(op);
-            }
-        }
+    if root.is_slash() {
+        // systemd forgets the removed units.
+        let h = systemd::uninstall_reload_hook();
+        report.steps.push(Step {
+            id: h.id.clone(),
+            status: StepStatus::Changed,
+            detail: h.detail.clone(),
+            diff: None,
+        });
+        ops.push((h.id.clone(), Op::Hook(h)));
     }
     let mut done = |id: &str, detail: Option<String>| {
         if let (Some(d), Some(s)) = (detail, report.steps.iter_mut().find(|s| s.id == id)) {

@@ -4,7 +4,6 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use base64::Engine;
 use x509_parser::prelude::*;
 
 use super::inputs::{self, Inputs};
@@ -31,45 +30,12 @@ pub fn proxy_ids(root: &Path) -> Option<(u32, u32)> {
     })
 }
 
-/// Token claims verify needs (decoded only: the signature is the API server's business).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Claims {
-    pub sub: Option<String>,
-    pub aud: Vec<String>,
-    pub exp: Option<i64>,
-    pub nbf: Option<i64>,
-}
+pub use crate::bundle::token::Claims;
 
+/// The token's claims, decoded only: the signature is the API server's
+/// business (istiod checks it with a TokenReview).
 pub fn decode_claims(token: &[u8]) -> Result<Claims, String> {
-    let text = std::str::from_utf8(token)
-        .map_err(|_| "the token is not text".to_string())?
-        .trim();
-    let parts: Vec<&str> = text.split('.').collect();
-    if parts.len() != 3 {
-        return Err(format!(
-            "the token is not a JWT (header.payload.signature): it has {} part(s)",
-            parts.len()
-        ));
-    }
-    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(parts[1].trim_end_matches('='))
-        .map_err(|_| "the token payload is not base64url".to_string())?;
-    let v: serde_json::Value = serde_json::from_slice(&payload)
-        .map_err(|_| "the token payload is not JSON".to_string())?;
-    let aud = match &v["aud"] {
-        serde_json::Value::String(s) => vec![s.clone()],
-        serde_json::Value::Array(a) => a
-            .iter()
-            .filter_map(|x| x.as_str().map(str::to_string))
-            .collect(),
-        _ => Vec::new(),
-    };
-    Ok(Claims {
-        sub: v["sub"].as_str().map(str::to_string),
-        aud,
-        exp: v["exp"].as_i64(),
-        nbf: v["nbf"].as_i64(),
-    })
+    Claims::decode(token).map_err(|e| format!("the token {e}"))
 }
 
 /// A certificate's validity window and URI SANs.
@@ -214,11 +180,11 @@ pub fn checks(root: &Path, live: bool, inputs: &Inputs, now: i64) -> Vec<Check> 
             Err(e) => {
                 let hint = match p.path {
                     layout::TOKEN => format!(
-                        "{e}: /var/run is a tmpfs and a reboot empties it; run `istio-vm install` again \
+                        "/var/run is a tmpfs and a reboot empties it; run `istio-vm install` again \
                          (it restores the token from {}) or place a fresh token",
                         layout::TOKEN_PERSISTENT
                     ),
-                    _ => format!("{e}: run `istio-vm install --bundle DIR` to place it"),
+                    _ => "run `istio-vm install --bundle DIR` to place it".to_string(),
                 };
                 out.push(fail(id, e, hint));
                 continue;
@@ -264,14 +230,14 @@ type Content = Result<(String, Option<String>), (String, String)>;
 
 fn root_cert(inputs: &Inputs, now: i64) -> Content {
     let pem = inputs.root_cert_pem.as_deref().unwrap_or_default();
-    let certs = parse_pem_certs(pem).map_err(|e| {
+    let certs = crate::bundle::root_cert::parse(pem).map_err(|e| {
         (
             format!("{}: {e}", layout::ROOT_CERT),
             "place the bundle's root-cert.pem (the istio-ca-root-cert configmap's root-cert.pem)"
                 .into(),
         )
     })?;
-    for (c, _) in &certs {
+    for c in &certs {
         if now > c.not_after {
             return Err((
                 format!("root certificate {} expired at {}", c.subject, fmt_time(c.not_after)),
@@ -296,15 +262,11 @@ fn root_cert(inputs: &Inputs, now: i64) -> Content {
             ));
         }
     }
-    let first = certs
-        .iter()
-        .map(|(c, _)| c.not_after)
-        .min()
-        .unwrap_or(i64::MAX);
+    let first = certs.iter().map(|c| c.not_after).min().unwrap_or(i64::MAX);
     let detail = format!(
         "{} certificate(s), {}, valid until {}",
         certs.len(),
-        certs[0].0.subject,
+        certs[0].subject,
         fmt_time(first)
     );
     let soon = (first - now < CERT_SOON_SECS).then(|| {
@@ -591,6 +553,7 @@ mod tests {
     use super::*;
 
     fn jwt(payload: &str) -> Vec<u8> {
+        use base64::Engine;
         let e = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
         format!("{}.{}.{}", e("{\"alg\":\"RS256\"}"), e(payload), e("sig")).into_bytes()
     }

@@ -134,7 +134,8 @@ pub fn run(opts: &Options) -> Result<Vec<Check>> {
         }
         // Retry cadence, not synchronisation: the next attempt re-reads
         // everything from scratch.
-        rt.block_on(tokio::time::sleep(left.min(Duration::from_secs(1))));
+        let pause = left.min(Duration::from_secs(1));
+        rt.block_on(async move { tokio::time::sleep(pause).await });
     };
     // A getaddrinfo stuck on a dead resolver must not hold the exit.
     rt.shutdown_background();
