@@ -267,10 +267,7 @@ fn capture_follows_explicit_stops_but_stays_through_a_crash() {
     // for the whole gap (fail-closed), the capture unit stays active.
     // The agent dies (not a stop): its parent, the unit's main process,
     // exits with it.
-    vm.ok(
-        "pid=; for d in /proc/[0-9]*; do [ \"$(cat $d/comm 2>/dev/null)\" = stand-in-agent ] && \
-         pid=${d#/proc/}; done; [ -n \"$pid\" ] && kill -KILL $pid",
-    );
+    vm.kill_process("stand-in-agent");
     vm.wait_until(
         "istio.service waits to restart",
         Duration::from_secs(5),
