@@ -862,3 +862,33 @@ mod failures {
         assert_eq!(lab.snapshot(), before);
     }
 }
+
+/// The shipped example bundle's cluster.env (istioctl's output: an inbound
+/// port list, service CIDR `*`, DNS capture): only the listed port is
+/// captured inbound.
+#[test]
+fn example_bundle_inbound_port_list() {
+    require_root();
+    let lab = Lab::new();
+    let env = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/bundle/cluster.env"),
+    )
+    .unwrap();
+    lab.write_env(&env);
+    let (code, _, log) = lab.tool("apply", None);
+    assert_eq!(code, 0, "{log}");
+    let d = Duration::from_secs(5);
+    let (inbound, other, ssh) = lab
+        .app
+        .within(|| (listen_tcp(15006), listen_tcp(8080), listen_tcp(22)));
+    client(&lab.peer, 0, "tcp", APP, 9080);
+    let s = accept_within(&inbound, d).expect("inbound 9080 did not reach 15006");
+    assert_eq!(original_dst(&s), format!("{APP}:9080").parse().unwrap());
+    client(&lab.peer, 0, "tcp", APP, 8080);
+    accept_within(&other, d).expect("unlisted port 8080 was captured");
+    client(&lab.peer, 0, "tcp", APP, 22);
+    accept_within(&ssh, d).expect("SSH was captured");
+    assert!(nothing_pending(&inbound));
+    let (code, _, log) = lab.tool("remove", None);
+    assert_eq!(code, 0, "{log}");
+}
