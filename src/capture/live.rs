@@ -73,16 +73,28 @@ impl Resolved {
     }
 }
 
-fn on_path(bin: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+/// Full path of `bin` from PATH, or the sbin directories (a non-root
+/// shell's PATH often lacks them; the tools live there).
+fn which(bin: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/sbin".into()])
-        .any(|d| d.join(bin).is_file())
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+}
+
+fn on_path(bin: &str) -> bool {
+    which(bin).is_some()
 }
 
 /// Run a program, feeding `stdin`; its stdout, or an error with its stderr.
 fn run(prog: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
-    let mut child = Command::new(prog)
+    let exe = if prog.contains('/') {
+        prog.into()
+    } else {
+        which(prog).unwrap_or_else(|| prog.into())
+    };
+    let mut child = Command::new(exe)
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -345,11 +357,18 @@ fn apply_iptables(v: Variant, rendered: &Rendered) -> Result<Outcome> {
         let desired_text = desired_for(rendered, f);
         let Some(before) = save(v, f) else {
             if desired_text.is_some() {
-                bail!(
-                    "{} is not usable here but IPv6 capture is on (DUAL_STACK or a global IPv6 \
-                     address): install ip6tables or turn DUAL_STACK off",
-                    v.bin(f, "save")
-                );
+                match f {
+                    Family::V6 => bail!(
+                        "{} is not usable here but IPv6 capture is on (DUAL_STACK or a global \
+                         IPv6 address): install ip6tables or turn DUAL_STACK off",
+                        v.bin(f, "save")
+                    ),
+                    Family::V4 => bail!(
+                        "{} does not work here: is the iptables package installed and the \
+                         kernel's netfilter available?",
+                        v.bin(f, "save")
+                    ),
+                }
             }
             continue;
         };
