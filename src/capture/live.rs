@@ -162,18 +162,36 @@ fn nft_tables() -> Vec<(String, String)> {
         .collect()
 }
 
-/// Variants whose binaries exist, and whether each holds any rules.
-pub fn probe_variants() -> Vec<(Variant, bool)> {
+/// One iptables variant whose binaries exist, with its `*-save` output per
+/// family (None: that family is unusable here).
+pub struct Probe {
+    pub variant: Variant,
+    saves: [Option<String>; 2],
+}
+
+impl Probe {
+    fn save(&self, f: Family) -> Option<&str> {
+        self.saves[f as usize].as_deref()
+    }
+
+    /// Holds any rule or user chain (Istio's choice of variant and the
+    /// mixed-setup check both look at this).
+    pub fn holds_rules(&self) -> bool {
+        self.saves
+            .iter()
+            .flatten()
+            .any(|s| Tables::parse(s).is_ok_and(|t| t.has_content()))
+    }
+}
+
+/// The iptables variants present, each read once.
+pub fn probe_variants() -> Vec<Probe> {
     [Variant::Nft, Variant::Legacy]
         .into_iter()
         .filter(|v| on_path(&v.bin(Family::V4, "restore")))
-        .map(|v| {
-            let holds = [Family::V4, Family::V6].iter().any(|f| {
-                save(v, *f)
-                    .and_then(|s| Tables::parse(&s).ok())
-                    .is_some_and(|t| t.has_content())
-            });
-            (v, holds)
+        .map(|v| Probe {
+            variant: v,
+            saves: [save(v, Family::V4), save(v, Family::V6)],
         })
         .collect()
 }
@@ -193,7 +211,10 @@ pub fn detect(requested: crate::cli::Backend, native_nft: bool) -> Result<Resolv
         }
         return Ok(Resolved::Nftables);
     }
-    let variants = probe_variants();
+    let variants: Vec<(Variant, bool)> = probe_variants()
+        .iter()
+        .map(|p| (p.variant, p.holds_rules()))
+        .collect();
     if variants.is_empty() {
         if requested == B::Auto && on_path("nft") {
             return Ok(Resolved::Nftables);
@@ -596,14 +617,17 @@ fn remove_except(keep: Resolved, known: &[Rendered]) -> Result<Outcome> {
 
 fn remove_except_impl(keep: Option<Resolved>, known: &[Rendered]) -> Result<Outcome> {
     let mut out = Outcome::default();
-    for (v, _) in probe_variants() {
+    for probe in probe_variants() {
+        let v = probe.variant;
         if keep == Some(Resolved::Iptables(v)) {
             continue;
         }
         for f in [Family::V4, Family::V6] {
-            let Some(before) = save(v, f) else { continue };
+            let Some(before) = probe.save(f) else {
+                continue;
+            };
             let live =
-                Tables::parse(&before).map_err(|e| anyhow!("reading {}: {e}", v.bin(f, "save")))?;
+                Tables::parse(before).map_err(|e| anyhow!("reading {}: {e}", v.bin(f, "save")))?;
             // No ISTIO_* chain or jump: nothing of Istio's here (and no
             // need for the scratch-namespace canonicalisation below).
             if live.istio_part(&BTreeSet::new()).is_empty() {
@@ -663,10 +687,13 @@ fn remove_except_impl(keep: Option<Resolved>, known: &[Rendered]) -> Result<Outc
 pub fn status(rendered: Option<&Rendered>, backend: Resolved) -> Result<(Vec<Step>, bool)> {
     let mut steps = Vec::new();
     let mut matches = true;
-    for (v, _) in probe_variants() {
+    for probe in probe_variants() {
+        let v = probe.variant;
         for f in [Family::V4, Family::V6] {
-            let Some(before) = save(v, f) else { continue };
-            let live = Tables::parse(&before).map_err(|e| anyhow!("{e}"))?;
+            let Some(before) = probe.save(f) else {
+                continue;
+            };
+            let live = Tables::parse(before).map_err(|e| anyhow!("{e}"))?;
             let chosen = backend == Resolved::Iptables(v);
             let desired_text = rendered.filter(|_| chosen).and_then(|r| desired_for(r, f));
             let desired = match &desired_text {
