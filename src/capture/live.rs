@@ -633,12 +633,13 @@ fn remove_except_impl(keep: Option<Resolved>, known: &[Rendered]) -> Result<Outc
             if live.istio_part(&BTreeSet::new()).is_empty() {
                 continue;
             }
+            // The record usually equals the current rendering: load each
+            // distinct text once.
+            let texts: BTreeSet<String> = known.iter().filter_map(|r| desired_for(r, f)).collect();
             let mut also = BTreeSet::new();
-            for r in known {
-                if let Some(t) = desired_for(r, f) {
-                    if let Ok(c) = canonical_iptables(v, f, &t) {
-                        also.extend(c.builtin_rules());
-                    }
+            for t in texts {
+                if let Ok(c) = canonical_iptables(v, f, &t) {
+                    also.extend(c.builtin_rules());
                 }
             }
             let part = live.istio_part(&also);
