@@ -113,12 +113,9 @@ fn parse_opts() -> Result<Opts, String> {
             "--dns-silent" => o.dns_silent = true,
             "--no-dns" => o.no_dns = true,
             "-h" | "--help" => return Err(USAGE.to_string()),
-            // pilot-agent takes many flags (ISTIO_AGENT_FLAGS); a stand-in
-            // started in its place must not die on them.
-            other if other.starts_with("--") => {
-                log(&format!("ignoring pilot-agent argument `{other}`"))
-            }
-            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+            // pilot-agent takes many flags with values (ISTIO_AGENT_FLAGS);
+            // a stand-in started in its place must not die on them.
+            other => log(&format!("ignoring pilot-agent argument `{other}`")),
         }
     }
     Ok(o)
