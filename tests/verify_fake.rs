@@ -554,3 +554,66 @@ fn wait_retries_until_istiod_answers() {
         );
     });
 }
+
+#[test]
+fn ca_addr_is_used_for_the_certificate() {
+    in_netns(|| {
+        let rt = runtime();
+        // istiod without a CA on 15012; the CA (same root) on 15013.
+        let ca = std::sync::Arc::new(fake_istiod::TestCa::new("cluster.local"));
+        let xds = rt.block_on(FakeIstiod::start_with_ca(
+            ISTIOD.parse().unwrap(),
+            Behaviour {
+                ca_unimplemented: true,
+                ..Default::default()
+            },
+            ca.clone(),
+        ));
+        let ca_server = rt.block_on(FakeIstiod::start_with_ca(
+            "127.0.0.1:15013".parse().unwrap(),
+            Behaviour {
+                sans: vec!["istiod-ca.istio-system.svc".into()],
+                ..Default::default()
+            },
+            ca.clone(),
+        ));
+        let spec = VmSpec {
+            hosts_block: vec![
+                "127.0.0.1 istiod.istio-system.svc istiod-ca.istio-system.svc".into(),
+            ],
+            env_extra: vec!["CA_ADDR='istiod-ca.istio-system.svc:15013'".into()],
+            ..Default::default()
+        };
+        let root = VmRoot::new(&spec, &ca.cert_pem);
+        let run = verify(&root, &["--timeout", "2s", "--skip-agent"]);
+        assert!(
+            run.detail("dns.discovery")
+                .contains("istiod-ca.istio-system.svc -> 127.0.0.1"),
+            "{}",
+            run.detail("dns.discovery")
+        );
+        run.expect("ca.token", "pass", "istiod-ca.istio-system.svc:15013");
+        run.expect("xds.stream", "pass", "");
+        assert_eq!(ca_server.seen().ca_subjects.len(), 1);
+        assert!(xds.seen().ca_subjects.is_empty());
+        assert_eq!(xds.seen().nodes.len(), 1);
+    });
+}
+
+#[test]
+fn token_copies_that_differ_are_reported() {
+    in_netns(|| {
+        let root = VmRoot::new(&VmSpec::default(), &fake_istiod::TestCa::new("x").cert_pem);
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let other = fake_istiod::token(
+            "system:serviceaccount:vm-apps:ratings-sa",
+            &["istio-ca"],
+            now + 7200,
+        );
+        std::fs::write(root.file("/var/lib/istio-vm/istio-token"), other).unwrap();
+        let run = verify(&root, &["--timeout", "1s", "--skip-agent"]);
+        run.expect("files.token_persistent", "warn", "after a reboot");
+        // The token itself never shows up in the report.
+        assert!(!run.json.to_string().contains("eyJ"));
+    });
+}

@@ -195,6 +195,7 @@ pub fn checks(root: &Path, live: bool, inputs: &Inputs, now: i64) -> Vec<Check> 
             layout::TOKEN => token(inputs, &workload, now),
             layout::CLUSTER_ENV => cluster_env(inputs),
             layout::MESH_CONFIG => mesh_config(root),
+            layout::TOKEN_PERSISTENT => persistent_token(root, inputs),
             _ => Ok(("present".to_string(), None)),
         };
         let c = match (problems.first(), content) {
@@ -417,6 +418,31 @@ fn token(inputs: &Inputs, workload: &Workload, now: i64) -> Content {
         }
         None => Ok((
             "token without expiry (legacy first-party token)".into(),
+            None,
+        )),
+    }
+}
+
+/// The copy tmpfiles.d puts back into /var/run at boot must be the token in use.
+fn persistent_token(root: &Path, inputs: &Inputs) -> Content {
+    let copy = inputs::read(root, layout::TOKEN_PERSISTENT).map_err(|e| (e, String::new()))?;
+    match &inputs.token {
+        Some(t) if *t != copy => Ok((
+            format!("differs from {}", layout::TOKEN),
+            Some(format!(
+                "after a reboot the copy in {} replaces the token in use: run `istio-vm install` with the current token so both match",
+                layout::TOKEN_PERSISTENT
+            )),
+        )),
+        Some(_) => Ok((
+            format!("same as {}: survives a reboot", layout::TOKEN),
+            None,
+        )),
+        None => Ok((
+            format!(
+                "present; {} is missing and is restored from it at boot",
+                layout::TOKEN
+            ),
             None,
         )),
     }
