@@ -140,6 +140,7 @@ fn stale_hosts_line_is_reported() {
     };
     let (run, _) = scenario(spec, Behaviour::default(), Some(&[]), T);
     run.expect("dns.discovery", "warn", "also resolves to 127.0.0.9");
+    run.expect("xds.stream", "pass", "");
     assert_eq!(run.code, 0, "a warning is not a failure");
 }
 
