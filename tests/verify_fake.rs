@@ -367,7 +367,7 @@ fn dns_proxy_silent() {
         VmSpec::default(),
         Behaviour::default(),
         Some(&["--dns-silent"]),
-        &["--timeout", "1s"],
+        &["--timeout", "2s"],
     );
     run.expect("agent.dns", "fail", "silent");
     run.expect("agent.ready", "pass", "");

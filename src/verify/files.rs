@@ -108,14 +108,22 @@ pub fn fmt_time(t: i64) -> String {
         .unwrap_or_else(|| t.to_string())
 }
 
-fn check_id(p: &Placement) -> &'static str {
+fn check_id(p: &Placement) -> String {
     match p.path {
-        layout::ROOT_CERT => "files.root_cert",
-        layout::TOKEN => "files.token",
-        layout::TOKEN_PERSISTENT => "files.token_persistent",
-        layout::CLUSTER_ENV => "files.cluster_env",
-        layout::MESH_CONFIG => "files.mesh_config",
-        _ => "files.other",
+        layout::ROOT_CERT => "files.root_cert".into(),
+        layout::TOKEN => "files.token".into(),
+        layout::TOKEN_PERSISTENT => "files.token_persistent".into(),
+        layout::CLUSTER_ENV => "files.cluster_env".into(),
+        layout::MESH_CONFIG => "files.mesh_config".into(),
+        // A placement added to layout.rs later still gets a stable id.
+        other => format!(
+            "files.{}",
+            other
+                .rsplit('/')
+                .next()
+                .unwrap_or(other)
+                .replace(['-', '.'], "_")
+        ),
     }
 }
 
@@ -174,7 +182,7 @@ pub fn checks(root: &Path, live: bool, inputs: &Inputs, now: i64) -> Vec<Check> 
     let workload = workload_cert(root, inputs, now);
     let mut out = Vec::new();
     for p in layout::PLACEMENTS {
-        let id = check_id(p);
+        let id = &check_id(p);
         let problems = match owner_mode(root, p, proxy, live) {
             Ok(v) => v,
             Err(e) => {
