@@ -124,6 +124,11 @@ pub fn run(opts: &Options) -> Result<Vec<Check>> {
             }
             break checks;
         }
+        tracing::info!(
+            "verify attempt {attempt}: failing {}; retrying ({}s left)",
+            failing.join(", "),
+            left.as_secs()
+        );
         if progress {
             eprint!(
                 "\r\x1b[Kverify: attempt {attempt}: {} failing ({}), {}s left",
