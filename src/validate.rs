@@ -24,6 +24,10 @@ use crate::report::Finding;
 pub const CERT_SOON_SECS: i64 = 30 * 86_400;
 /// Tokens with less than this left are `token.expires_soon`.
 pub const TOKEN_SOON_SECS: i64 = 10 * 60;
+/// Clock skew tolerated before "not yet valid": a token is issued (nbf = now
+/// on the API server) seconds before it is checked here, and istiod checks it
+/// with the API server's clock, not ours.
+pub const SKEW_SECS: i64 = 60;
 
 /// Every bundle file, parsed.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,7 +72,7 @@ fn time_text(t: i64) -> String {
 
 /// Rough "in 3d 4h" text for messages.
 fn span_text(secs: i64) -> String {
-    let s = secs.abs();
+    let s = secs.unsigned_abs();
     if s >= 86_400 {
         format!("{}d {}h", s / 86_400, s % 86_400 / 3600)
     } else if s >= 3600 {
@@ -236,7 +240,7 @@ fn check_certs(certs: &[CertInfo], now: i64, f: &mut Vec<Finding>) {
                  root-cert.pem on this VM (re-run istio-vm install with a fresh bundle)",
             ));
         }
-        if c.not_before > now {
+        if c.not_before > now + SKEW_SECS {
             f.push(Finding::error(
                 "cert.not_yet_valid",
                 Some(ROOT_CERT),
@@ -270,18 +274,18 @@ fn check_token(c: &Claims, env: Option<&ClusterEnv>, now: i64, f: &mut Vec<Findi
                 format!(
                     "token expired at {} ({} ago)",
                     time_text(exp),
-                    span_text(now - exp)
+                    span_text(now.saturating_sub(exp))
                 ),
                 HINT_NEW_TOKEN,
             ));
-        } else if exp - now < TOKEN_SOON_SECS {
+        } else if exp.saturating_sub(now) < TOKEN_SOON_SECS {
             f.push(Finding::warning(
                 "token.expires_soon",
                 Some(TOKEN),
                 format!(
                     "token expires at {} (in {})",
                     time_text(exp),
-                    span_text(exp - now)
+                    span_text(exp.saturating_sub(now))
                 ),
                 format!(
                     "the agent needs the token for its first certificate: install right \
@@ -291,7 +295,7 @@ fn check_token(c: &Claims, env: Option<&ClusterEnv>, now: i64, f: &mut Vec<Findi
         }
     }
     if let Some(nbf) = c.nbf
-        && nbf > now
+        && nbf.saturating_sub(SKEW_SECS) > now
     {
         f.push(Finding::error(
             "token.not_yet_valid",
@@ -299,7 +303,7 @@ fn check_token(c: &Claims, env: Option<&ClusterEnv>, now: i64, f: &mut Vec<Findi
             format!(
                 "token is valid only from {} (in {})",
                 time_text(nbf),
-                span_text(nbf - now)
+                span_text(nbf.saturating_sub(now))
             ),
             "check this VM's clock (timedatectl; enable NTP): it is behind the cluster's",
         ));

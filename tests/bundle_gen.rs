@@ -47,3 +47,26 @@ fn builder_knobs() {
     // The generator's quoting and the product's agree.
     assert_eq!(env.render().as_bytes(), &files["cluster.env"][..]);
 }
+
+#[test]
+fn seed_spec_matches_the_seed() {
+    // seeds/000_d091313a5671bd9d.txt: WorkloadGroup nginx in istio-demo, service
+    // account vm, --ingressIP 192.168.0.59, --clusterID Kubernetes, probe port 80,
+    // `class: vm` added to the cluster.env labels only.
+    let files = BundleSpec::istio_1_10_seed().files();
+    let env = ClusterEnv::parse(&files["cluster.env"]).unwrap();
+    assert_eq!(env.get("ISTIO_META_CLUSTER_ID"), Some("Kubernetes"));
+    assert_eq!(env.get("ISTIO_META_AUTO_REGISTER_GROUP"), Some("nginx"));
+    assert_eq!(env.get("ISTIO_LOCAL_EXCLUDE_PORTS"), Some("15090,15021"));
+    assert!(
+        env.get("ISTIO_METAJSON_LABELS")
+            .unwrap()
+            .contains(r#""class":"vm""#)
+    );
+    let mesh = MeshConfig::parse(&files[MESH]).unwrap();
+    assert!(!mesh.proxy_metadata["ISTIO_METAJSON_LABELS"].contains("class"));
+    assert_eq!(mesh.readiness_probe.unwrap()["httpGet"]["port"], 80);
+    let claims = Claims::decode(&files[TOKEN]).unwrap();
+    assert_eq!(claims.service_account(), Some(("istio-demo", "vm")));
+    assert_eq!(files[HOSTS], b"192.168.0.59 istiod.istio-system.svc\n");
+}

@@ -363,3 +363,64 @@ fn url_http_error_status() {
     );
     server.join().unwrap();
 }
+
+#[test]
+fn oversized_archive_and_download() {
+    let tmp = tempfile::tempdir().unwrap();
+    let big = vec![0u8; 17 * 1024 * 1024];
+    let p = tmp.path().join("big.tar.gz");
+    std::fs::write(&p, &big).unwrap();
+    assert_eq!(
+        codes(bundle::load(p.to_str().unwrap(), None)),
+        ["bundle.too_large"]
+    );
+
+    let (url, ca_pem, server) = https_server(big, "200 OK", 1);
+    let ca = tmp.path().join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let out = istio_vm()
+        .env("SSL_CERT_FILE", &ca)
+        .args([
+            "--output",
+            "json",
+            "validate",
+            "--bundle",
+            &format!("{url}/big.tgz"),
+            "--sha256",
+            &"a".repeat(64),
+        ])
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["findings"][0]["code"], "bundle.too_large");
+    server.join().unwrap();
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// A valid archive with bytes flipped or cut: a finding or a bundle, no panic.
+    #[test]
+    fn corrupted_archives_never_panic(
+        flips in proptest::collection::vec((0usize..4096, proptest::prelude::any::<u8>()), 1..8),
+        cut in proptest::option::of(0usize..4096),
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut bytes = BundleSpec::valid().tar_gz(Some("out"));
+        for (at, b) in flips {
+            let n = bytes.len();
+            bytes[at % n] ^= b;
+        }
+        if let Some(c) = cut {
+            bytes.truncate(c.min(bytes.len()));
+        }
+        let p = tmp.path().join("b.tar.gz");
+        std::fs::write(&p, &bytes).unwrap();
+        let _ = bundle::load(p.to_str().unwrap(), None);
+        // Corruption never escapes the temporary directory.
+        proptest::prop_assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
+}

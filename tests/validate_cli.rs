@@ -295,6 +295,14 @@ fn malformed() -> Vec<(&'static str, Bad, &'static str)> {
             "bundle.unsafe_path",
         ),
         (
+            "token is a symlink in a directory",
+            Bad::Setup(|d| {
+                BundleSpec::valid().without(TOKEN).write(d);
+                std::os::unix::fs::symlink("/etc/hostname", d.join(TOKEN)).unwrap();
+            }),
+            "bundle.unsafe_path",
+        ),
+        (
             "hosts is a directory",
             Bad::Setup(|d| {
                 BundleSpec::valid().without(HOSTS).write(d);

@@ -361,6 +361,25 @@ fn hints_say_what_to_do() {
 }
 
 #[test]
+fn extreme_token_times() {
+    for (exp, want) in [
+        (json!(i64::MIN), vec!["token.expired"]),
+        (json!(i64::MAX), vec![]),
+        (json!(-1e300), vec!["token.expired"]),
+        (json!(1e300), vec![]),
+    ] {
+        let f = findings(Src::Spec(
+            BundleSpec::valid()
+                .claim("exp", exp.clone())
+                .claim("nbf", exp.clone()),
+        ));
+        let mut codes: Vec<&str> = f.iter().map(|f| f.code.as_str()).collect();
+        codes.retain(|c| *c != "token.not_yet_valid");
+        assert_eq!(codes, want, "exp {exp}");
+    }
+}
+
+#[test]
 fn free_form_and_mesh_keys_are_not_unknown() {
     let spec = BundleSpec::valid()
         .env("ISTIO_META_MY_THING", "x")
@@ -386,6 +405,9 @@ fn validate_is_pure_in_time() {
             .collect::<Vec<_>>()
     };
     assert_eq!(at(spec.now), Vec::<String>::new());
+    // A minute of clock skew is tolerated: the token was just issued.
+    assert_eq!(at(spec.now - 60), Vec::<String>::new());
+    assert_eq!(at(spec.now - 61), ["token.not_yet_valid"]);
     assert_eq!(at(spec.now + 3600 - 60), ["token.expires_soon"]);
     assert_eq!(at(spec.now + 3600), ["token.expired"]);
     assert_eq!(
@@ -397,4 +419,48 @@ fn validate_is_pure_in_time() {
     let p = v.parsed.expect("all files parse");
     assert_eq!(p.cluster_env.get("SERVICE_ACCOUNT"), Some("ratings-sa"));
     assert_eq!(p.hosts.len(), 1);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// Whatever bytes each file holds, validation returns findings, never panics.
+    #[test]
+    fn arbitrary_files_never_panic(
+        files in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400), 5),
+        keep in proptest::collection::vec(proptest::bool::ANY, 5),
+    ) {
+        let mut b = bundle::Bundle::default();
+        let mut missing = Vec::new();
+        for ((name, bytes), keep) in bundle::FILES.iter().zip(files).zip(keep) {
+            if keep {
+                b.files.insert(name.to_string(), bytes);
+            } else {
+                missing.push(*name);
+            }
+        }
+        let v = validate(&b, OffsetDateTime::now_utc());
+        // Files that did not parse always come with an error finding.
+        proptest::prop_assert!(v.parsed.is_some() || v.has_errors());
+        for name in missing {
+            proptest::prop_assert!(v
+                .findings
+                .iter()
+                .any(|f| f.code == "bundle.missing_file" && f.file.as_deref() == Some(name)));
+        }
+    }
+
+    /// Valid files with one line of cluster.env replaced by arbitrary text.
+    #[test]
+    fn arbitrary_env_lines_never_panic(line in "\\PC{0,60}") {
+        let spec = BundleSpec::valid();
+        let mut b = bundle::Bundle { files: spec.files() };
+        let mut env = b.files[CLUSTER_ENV].clone();
+        env.extend_from_slice(line.as_bytes());
+        b.files.insert(CLUSTER_ENV.to_string(), env);
+        let v = validate(&b, OffsetDateTime::now_utc());
+        proptest::prop_assert!(
+            v.parsed.is_some() || v.findings.iter().any(|f| f.code == "env.syntax")
+        );
+    }
 }

@@ -55,6 +55,47 @@ fn err(message: impl Into<String>) -> MeshError {
     }
 }
 
+/// Deepest `[`/`{` nesting outside quotes and comments. A cheap pass before
+/// the YAML parser, which tokenizes the whole document first and is slow on
+/// pathological nesting; conservative on purpose (real mesh.yaml has 0-1).
+fn flow_depth(text: &str) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut quote: Option<char> = None;
+    let mut prev = '\n';
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match quote {
+            Some('"') if c == '\\' => {
+                chars.next();
+            }
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None => match c {
+                // A quote opens a scalar only where a token starts (`a'b` is plain).
+                '"' | '\'' if prev.is_whitespace() || "[{,:".contains(prev) => quote = Some(c),
+                '#' if prev.is_whitespace() => {
+                    while chars.peek().is_some_and(|&n| n != '\n') {
+                        chars.next();
+                    }
+                }
+                '[' | '{' => {
+                    depth += 1;
+                    max = max.max(depth);
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+        // A quote never spans a line in what istioctl writes; resetting keeps
+        // an apostrophe in a plain scalar from hiding the rest of the file.
+        if c == '\n' {
+            quote = None;
+        }
+        prev = c;
+    }
+    max
+}
+
 /// Builds a JSON value from YAML while enforcing the node and depth limits.
 #[derive(Clone, Copy)]
 struct Bounded<'a> {
@@ -179,6 +220,12 @@ impl MeshConfig {
         let text = std::str::from_utf8(bytes).map_err(|_| err("not UTF-8 text"))?;
         if text.trim().is_empty() {
             return Err(err("empty file"));
+        }
+        if flow_depth(text) > 2 * MAX_DEPTH {
+            return Err(err(format!(
+                "nested too deeply (more than {} levels of [ or {{)",
+                2 * MAX_DEPTH
+            )));
         }
         let nodes = Cell::new(0);
         let mut docs = serde_yaml_ng::Deserializer::from_str(text);
@@ -317,6 +364,14 @@ mod tests {
         );
         let big = "a: b\n".repeat(MAX_BYTES / 4);
         assert!(MeshConfig::parse(big.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn flow_depth_ignores_quotes_and_comments() {
+        assert_eq!(flow_depth("a: [1, {b: [2]}]\n"), 3);
+        assert_eq!(flow_depth("a: '[[[['\nb: \"{{\\\"{{\"\n# [[[[\n"), 0);
+        assert_eq!(flow_depth("a: it's [x]\nb: [y]\n"), 1);
+        assert_eq!(flow_depth("[a'b, [[c]]]\n"), 3);
     }
 
     #[test]

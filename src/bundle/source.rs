@@ -131,7 +131,7 @@ pub fn load(src: &str, sha256: Option<&str>) -> Result<Bundle, Vec<Finding>> {
             HINT_REGENERATE,
         ));
     }
-    let bytes = read_limited(path, MAX_TOTAL).map_err(|e| {
+    let bytes = read_limited(path, MAX_TOTAL, false).map_err(|e| {
         finding(
             "bundle.missing_file",
             None,
@@ -170,11 +170,15 @@ fn check_sha(bytes: &[u8], want: Option<&str>, src: &str) -> Result<(), Vec<Find
 /// checked the size, this guards a file that grows while read). Opened
 /// non-blocking and checked on the descriptor, so a file swapped for a FIFO
 /// after the caller's check cannot hang us.
-fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+fn read_limited(path: &Path, limit: u64, nofollow: bool) -> std::io::Result<Vec<u8>> {
     use std::os::unix::fs::OpenOptionsExt;
+    let mut flags = nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY;
+    if nofollow {
+        flags |= nix::libc::O_NOFOLLOW;
+    }
     let f = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .custom_flags(flags)
         .open(path)?;
     if !f.metadata()?.is_file() {
         return Err(std::io::Error::other("not a regular file"));
@@ -202,9 +206,10 @@ fn read_dir(dir: &Path) -> Result<Bundle, Vec<Finding>> {
     let mut findings = Vec::new();
     for name in FILES {
         let path = dir.join(name);
-        // Follows a symlink on purpose: the directory is the operator's own.
-        // Only regular files are read (a FIFO would block, a device is no file).
-        let meta = match std::fs::metadata(&path) {
+        // A symlink is refused like in an archive: a bundle directory written by
+        // a less trusted user must not make us read (and later place) any file
+        // root can read. The directory itself is the operator's own argument.
+        let meta = match std::fs::symlink_metadata(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
@@ -217,6 +222,15 @@ fn read_dir(dir: &Path) -> Result<Bundle, Vec<Finding>> {
                 continue;
             }
         };
+        if meta.file_type().is_symlink() {
+            findings.extend(finding(
+                "bundle.unsafe_path",
+                Some(name),
+                format!("{name} is a symbolic link"),
+                "copy the file itself into the bundle directory (`cp -L`)",
+            ));
+            continue;
+        }
         if !meta.is_file() {
             findings.extend(finding(
                 "bundle.unsafe_path",
@@ -230,7 +244,7 @@ fn read_dir(dir: &Path) -> Result<Bundle, Vec<Finding>> {
             findings.extend(too_large(name, meta.len()));
             continue;
         }
-        match read_limited(&path, MAX_FILE) {
+        match read_limited(&path, MAX_FILE, true) {
             Ok(bytes) => {
                 bundle.files.insert(name.to_string(), bytes);
             }

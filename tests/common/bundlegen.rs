@@ -37,6 +37,8 @@ pub struct BundleSpec {
     /// mesh.yaml `proxyMetadata` (default: the same as cluster.env's metadata).
     pub proxy_metadata: BTreeMap<String, String>,
     pub hosts: String,
+    /// mesh.yaml `defaultConfig.readinessProbe` (the WorkloadGroup's probe).
+    pub readiness_probe: Value,
     /// CA validity, seconds relative to `now`.
     pub ca_not_before: i64,
     pub ca_not_after: i64,
@@ -147,6 +149,7 @@ impl BundleSpec {
             .hosts("192.168.0.59 istiod.istio-system.svc\n");
         spec.env
             .insert("ISTIO_METAJSON_LABELS".into(), labels_env.into());
+        spec.readiness_probe = json!({"httpGet": {"port": 80}});
         spec
     }
 
@@ -164,6 +167,7 @@ impl BundleSpec {
             mesh_id: None,
             proxy_metadata,
             hosts: String::new(),
+            readiness_probe: json!({"httpGet": {"path": "/ready", "port": 9080}, "periodSeconds": 5}),
             ca_not_before: -86_400,
             ca_not_after: 365 * 86_400,
             ca_is_ca: true,
@@ -298,10 +302,9 @@ impl BundleSpec {
             dc.insert("meshId".into(), json!(m));
         }
         dc.insert("proxyMetadata".into(), json!(self.proxy_metadata));
-        dc.insert(
-            "readinessProbe".into(),
-            json!({"httpGet": {"path": "/ready", "port": 9080}, "periodSeconds": 5}),
-        );
+        if !self.readiness_probe.is_null() {
+            dc.insert("readinessProbe".into(), self.readiness_probe.clone());
+        }
         serde_yaml_ng::to_string(&json!({ "defaultConfig": dc })).expect("yaml")
     }
 

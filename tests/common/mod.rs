@@ -12,7 +12,10 @@ pub fn istio_vm() -> assert_cmd::Command {
     // Keep the host's config and environment out of the tests.
     cmd.env_remove("ISTIO_VM_ROOT")
         .env_remove("ISTIO_VM_CONFIG")
-        .env_remove("ISTIO_VM_OUTPUT");
+        .env_remove("ISTIO_VM_OUTPUT")
+        // Tests talk to loopback only, never through a proxy the CI host has.
+        .env("NO_PROXY", "127.0.0.1,localhost,::1")
+        .env("no_proxy", "127.0.0.1,localhost,::1");
     cmd
 }
 
