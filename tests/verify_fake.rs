@@ -618,3 +618,71 @@ fn token_copies_that_differ_are_reported() {
         assert!(!run.json.to_string().contains("eyJ"));
     });
 }
+
+#[test]
+fn token_lost_after_reboot() {
+    // /var/run is a tmpfs: after a reboot the token is gone until something
+    // restores it; the stand-in, like the agent, cannot get ready without it.
+    in_netns(|| {
+        let rt = runtime();
+        let fake = rt.block_on(FakeIstiod::start(
+            ISTIOD.parse().unwrap(),
+            Behaviour::default(),
+        ));
+        let root = VmRoot::new(&VmSpec::default(), fake.root_pem());
+        std::fs::remove_file(root.file("/run/secrets/tokens/istio-token")).unwrap();
+        let _agent = start_agent(&root, &[]);
+        let run = verify(&root, &["--timeout", "2s"]);
+        run.expect("files.token", "fail", "reboot");
+        run.expect("files.token_persistent", "pass", "restored from it at boot");
+        run.expect("ca.token", "fail", "files.token");
+        run.expect(
+            "agent.ready",
+            "fail",
+            "missing /var/run/secrets/tokens/istio-token",
+        );
+    });
+}
+
+#[test]
+fn stand_in_dns_proxy_answers_over_tcp_too() {
+    use std::io::{Read, Write};
+    in_netns(|| {
+        let spec = VmSpec {
+            hosts_extra: vec!["240.240.0.9 nginx.jd.com".into()],
+            ..Default::default()
+        };
+        let root = VmRoot::new(&spec, &fake_istiod::TestCa::new("x").cert_pem);
+        let _agent = start_agent(&root, &[]);
+        verify_harness::wait_port("127.0.0.1:15053");
+        let q = istio_vm::verify::agent::dns_query("nginx.jd.com", 0x4242);
+        let mut s = std::net::TcpStream::connect("127.0.0.1:15053").unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut msg = (q.len() as u16).to_be_bytes().to_vec();
+        msg.extend_from_slice(&q);
+        s.write_all(&msg).unwrap();
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).unwrap();
+        let mut resp = vec![0u8; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut resp).unwrap();
+        let (rcode, addrs) = istio_vm::verify::agent::dns_answers(&resp, 0x4242).unwrap();
+        assert_eq!(rcode, 0);
+        assert_eq!(
+            addrs,
+            vec!["240.240.0.9".parse::<std::net::Ipv4Addr>().unwrap()]
+        );
+        // Unknown names: NXDOMAIN (3), no answer.
+        let q = istio_vm::verify::agent::dns_query("nosuch.example", 7);
+        let mut msg = (q.len() as u16).to_be_bytes().to_vec();
+        msg.extend_from_slice(&q);
+        s.write_all(&msg).unwrap();
+        s.read_exact(&mut len).unwrap();
+        let mut resp = vec![0u8; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut resp).unwrap();
+        assert_eq!(
+            istio_vm::verify::agent::dns_answers(&resp, 7),
+            Some((3, vec![]))
+        );
+    });
+}
