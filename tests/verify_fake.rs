@@ -686,3 +686,27 @@ fn stand_in_dns_proxy_answers_over_tcp_too() {
         );
     });
 }
+
+#[test]
+fn owners_and_modes() {
+    use std::os::unix::fs::PermissionsExt;
+    in_netns(|| {
+        let root = VmRoot::new(&VmSpec::default(), &fake_istiod::TestCa::new("x").cert_pem);
+        // A world-readable token is a leaked credential: a failure.
+        let tok = root.file("/run/secrets/tokens/istio-token");
+        std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // A root-owned root cert only departs from the layout: a warning.
+        let cert = root.file("/etc/certs/root-cert.pem");
+        std::os::unix::fs::chown(&cert, Some(0), Some(0)).unwrap();
+        // The agent cannot write its certificates here.
+        std::os::unix::fs::chown(root.file("/etc/certs"), Some(0), Some(0)).unwrap();
+        let run = verify(&root, &["--timeout", "1s", "--skip-agent"]);
+        run.expect("files.token", "fail", "chmod 0600");
+        run.expect(
+            "files.root_cert",
+            "warn",
+            "chown istio-proxy:istio-proxy /etc/certs/root-cert.pem",
+        );
+        run.expect("files.dirs", "fail", "/etc/certs (owner uid 0)");
+    });
+}
