@@ -3,13 +3,14 @@
 use anyhow::Result;
 
 use super::Ctx;
-use crate::apply::{self, Entry, Prior, Root, State, cloudinit, fsops, lock, user};
+use crate::apply::{self, Entry, Prior, Root, State, cloudinit, fsops, lock, systemd, user};
 use crate::bundle::{self, Bundle};
 use crate::cli::InstallArgs;
 use crate::error::Failure;
 use crate::layout;
 use crate::plan::{self, Action, Current, Facts, HookEnv, Op, Planned};
 use crate::report::{Report, Step, StepStatus};
+use crate::units;
 
 /// Read what is at every path the actions touch.
 fn gather(root: &Root, actions: &[Action]) -> Result<Facts> {
@@ -106,20 +107,35 @@ fn next_state(
 
 /// Generated files (systemd units and drop-in from units.rs, capture rule
 /// records under /var/lib/istio-vm/capture/).
-fn generated_files(_ctx: &Ctx, _args: &InstallArgs, _bundle: &Bundle) -> Vec<plan::FileAction> {
-    Vec::new()
+fn generated_files(unit_files: &[units::GeneratedFile]) -> Vec<plan::FileAction> {
+    unit_files
+        .iter()
+        .map(|f| plan::FileAction {
+            path: f.path.into(),
+            content: f.content.clone().into_bytes(),
+            owner: layout::Owner::Root,
+            mode: f.mode,
+            secret: false,
+        })
+        .collect()
 }
 
 /// Live hooks of an install (capture apply; systemctl daemon-reload, enable,
 /// start), e.g. `Hook { after_change_of: vec![layout::CAPTURE_UNIT.into()], .. }`.
-fn install_hooks(_ctx: &Ctx, _args: &InstallArgs) -> Vec<plan::Hook> {
-    Vec::new()
+fn install_hooks(args: &InstallArgs, unit_files: &[units::GeneratedFile]) -> Vec<plan::Hook> {
+    systemd::install_hooks(unit_files, !args.no_start)
 }
 
 /// Live hooks of an uninstall, run before any file is restored (systemctl
 /// stop/disable, capture remove).
-fn uninstall_hooks(_ctx: &Ctx) -> Vec<plan::Hook> {
-    Vec::new()
+fn uninstall_hooks(state: &State) -> Vec<plan::Hook> {
+    // The sidecar (and with it the capture unit and its rules) stops before
+    // its units go.
+    if state.entries.iter().any(|e| e.path == layout::ISTIO_DROPIN) {
+        vec![systemd::uninstall_stop_hook()]
+    } else {
+        Vec::new()
+    }
 }
 
 pub fn install(ctx: &Ctx, args: &InstallArgs) -> Result<Report> {
@@ -205,14 +221,37 @@ fn install_locked(
     report: &mut Report,
     created_user: bool,
 ) -> Result<()> {
+    let capture = !args.no_capture && ctx.config.capture;
+    let unit_files = units::render(&units::Options { capture });
+    let mut extra_files = generated_files(&unit_files);
+    let mut extra_dirs = Vec::new();
+    if capture {
+        // The record of the rules; the capture unit renders afresh at each
+        // start, so this is what `capture status` and a reader compare with.
+        // A refused rendering (e.g. SSH captured) stops the install here,
+        // before anything changed.
+        let env = bundle::ClusterEnv::parse(bundle.file(bundle::CLUSTER_ENV).unwrap_or_default())
+            .map_err(|e| anyhow::anyhow!("cluster.env: {e}"))?;
+        extra_dirs.push(plan::DirAction {
+            path: layout::CAPTURE_DIR.into(),
+            owner: layout::Owner::Root,
+            mode: 0o700,
+        });
+        extra_files.extend(crate::commands::capture::plan_records(
+            &ctx.root,
+            &ctx.config,
+            &env.to_map(),
+        )?);
+    }
     let input = plan::Input {
         bundle: Some(bundle),
         live: root.is_slash(),
         cloud_init_templates: cloudinit::hosts_templates(root)?,
-        extra_dirs: Vec::new(),
-        extra_files: generated_files(ctx, args, bundle),
+        extra_dirs,
+        extra_files,
+        // Under --root nothing is started: the units come up at first boot.
         hooks: if root.is_slash() {
-            install_hooks(ctx, args)
+            install_hooks(args, &unit_files)
         } else {
             Vec::new()
         },
@@ -286,7 +325,7 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
     let can_chown = nix::unistd::geteuid().is_root();
     let mut ops: Vec<(String, Op)> = Vec::new();
     if root.is_slash() {
-        for h in uninstall_hooks(ctx) {
+        for h in uninstall_hooks(&state) {
             report.steps.push(Step {
                 id: h.id.clone(),
                 status: StepStatus::Changed,
@@ -417,6 +456,17 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
             diff: None,
         });
         ops.push((id, op));
+    }
+    // systemd forgets the removed units after they are gone.
+    if root.is_slash() && state.entries.iter().any(|e| e.path == layout::ISTIO_DROPIN) {
+        let hook = systemd::uninstall_reload_hook();
+        report.steps.push(Step {
+            id: hook.id.clone(),
+            status: StepStatus::Changed,
+            detail: hook.detail.clone(),
+            diff: None,
+        });
+        ops.push((hook.id.clone(), Op::Hook(hook)));
     }
     let mut done = |id: &str, detail: Option<String>| {
         if let (Some(d), Some(s)) = (detail, report.steps.iter_mut().find(|s| s.id == id)) {
