@@ -184,12 +184,16 @@ pub fn install(ctx: &Ctx, args: &InstallArgs) -> Result<Report> {
         &mut report,
         created_user.is_some(),
     );
-    if result.is_err()
-        && let Some(c) = created_user
-    {
-        user::undo(c)?;
+    if let Err(e) = result {
+        if let Some(c) = created_user
+            && let Err(u) = user::undo(c)
+        {
+            return Err(e.context(format!(
+                "removing the istio-proxy user this run created failed too: {u:#}"
+            )));
+        }
+        return Err(e);
     }
-    result?;
     Ok(report)
 }
 
@@ -252,7 +256,8 @@ fn install_locked(
         |recorded| Some(next_state(old.as_ref(), root, bundle, &planned, recorded)),
         &mut done,
     )?;
-    report.changed = true;
+    // A rewrite of state.json alone (e.g. a new tool version) is bookkeeping.
+    report.changed |= !ops.is_empty();
     Ok(())
 }
 
