@@ -272,6 +272,10 @@ pub fn detect(requested: crate::cli::Backend, native_nft: bool) -> Result<Resolv
     Ok(Resolved::Iptables(v))
 }
 
+const SCRATCH_HINT: &str = "loading the rendered rules into a throw-away network namespace to read \
+     back the kernel's spelling of them (needs `unshare` from util-linux and CAP_SYS_ADMIN; \
+     inside a container, run istio-vm with those)";
+
 /// The kernel's spelling of `restore_text` for one family: loaded into a
 /// throw-away network namespace and read back.
 fn canonical_iptables(v: Variant, f: Family, restore_text: &str) -> Result<Tables> {
@@ -285,7 +289,7 @@ fn canonical_iptables(v: Variant, f: Family, restore_text: &str) -> Result<Table
         &["--net", "--", "sh", "-c", &script],
         Some(restore_text),
     )
-    .context("loading the rendered rules into a scratch network namespace")?;
+    .context(SCRATCH_HINT)?;
     Tables::parse(&out).map_err(|e| anyhow!("reading back rendered rules: {e}"))
 }
 
@@ -301,7 +305,7 @@ fn canonical_nft(script: &str) -> Result<Vec<(String, String)>> {
         &["--net", "--", "sh", "-c", &lines.join("\n")],
         Some(script),
     )
-    .context("loading the rendered rules into a scratch network namespace")?;
+    .context(SCRATCH_HINT)?;
     let mut blocks = Vec::new();
     for part in out.split("### ").skip(1) {
         if let Some((name, body)) = part.split_once('\n') {
