@@ -710,3 +710,98 @@ fn owners_and_modes() {
         run.expect("files.dirs", "fail", "/etc/certs (owner uid 0)");
     });
 }
+
+#[test]
+fn live_vm_without_root_flag() {
+    // `istio-vm verify` as on a VM: no --root. A private mount namespace puts
+    // the VM tree at the real paths (a copy of this machine's /etc with the
+    // placed files added; /var/lib, /var/log and /run from the tree), so
+    // nothing of the host changes.
+    in_netns(|| {
+        let rt = runtime();
+        let fake = rt.block_on(FakeIstiod::start(
+            ISTIOD.parse().unwrap(),
+            Behaviour::default(),
+        ));
+        let vm = VmRoot::new(&VmSpec::default(), fake.root_pem());
+        let etc = tempfile::tempdir().unwrap();
+        let st = std::process::Command::new("cp")
+            .arg("-a")
+            .arg("/etc/.")
+            .arg(etc.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let st = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(vm.file("/etc/certs"))
+            .arg(vm.file("/etc/istio"))
+            .arg(vm.file("/etc/hosts"))
+            .arg(vm.file("/etc/resolv.conf"))
+            .arg(etc.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let passwd = etc.path().join("passwd");
+        let mut text = std::fs::read_to_string(&passwd).unwrap_or_default();
+        text.push_str(&format!(
+            "istio-proxy:x:{0}:{0}::/var/lib/istio:/usr/sbin/nologin\n",
+            verify_harness::PROXY_UID
+        ));
+        std::fs::write(&passwd, text).unwrap();
+        std::fs::write(
+            etc.path().join("nsswitch.conf"),
+            "passwd: files\ngroup: files\nhosts: files dns\n",
+        )
+        .unwrap();
+        let _agent = start_agent(&vm, &[]);
+        let script = r#"set -e
+mount --bind "$1" /etc
+mount --bind "$2/var/lib" /var/lib
+mount --bind "$2/var/log" /var/log
+mount --bind "$2/run" /run
+shift 2
+exec "$@""#;
+        let out = std::process::Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+            .arg(etc.path())
+            .arg(vm.path())
+            .arg(env!("CARGO_BIN_EXE_istio-vm"))
+            .args(["--output", "json", "verify", "--timeout", "2s"])
+            .env_remove("ISTIO_VM_ROOT")
+            .env_remove("ISTIO_VM_CONFIG")
+            .env_remove("ISTIO_VM_TIMEOUT")
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        let run = verify_harness::Run {
+            code: out.status.code().unwrap_or(-1),
+            json,
+            stderr: String::new(),
+            elapsed: std::time::Duration::ZERO,
+        };
+        for id in [
+            "files.root_cert",
+            "files.token",
+            "files.cluster_env",
+            "files.mesh_config",
+            "files.dirs",
+            "files.hosts",
+            "dns.discovery",
+            "tls.handshake",
+            "ca.token",
+            "xds.stream",
+            "agent.ready",
+            "agent.dns",
+        ] {
+            assert_eq!(run.status(id), "pass", "{id}: {}", run.check(id));
+        }
+        // Live, systemctl is asked; without a systemd here it cannot tell.
+        assert_ne!(
+            run.detail("agent.service"),
+            "not checked under --root: nothing live is looked at there"
+        );
+        assert_ne!(run.status("agent.service"), "pass");
+    });
+}
