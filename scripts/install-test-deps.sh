@@ -10,11 +10,11 @@ pkgs=(
     iproute2
     util-linux
     cloud-init
+    systemd
     # The booted-Debian e2e tests (tests/e2e_*.rs, scripts/e2e/).
     debootstrap
     systemd-container
     dbus
-    systemd
 )
 
 missing=()
