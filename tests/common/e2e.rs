@@ -209,7 +209,10 @@ impl Vm {
             .status()
             .expect("running cp");
         assert!(st.success(), "copying {} failed", cached.display());
-        let name = format!("ivm-{tag}-{}", std::process::id());
+        // Unique among the tests of all processes running at once.
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("ivm-{tag}-{}-{seq}", std::process::id());
         eprintln!("{name}: rootfs copied in {:.1?}", started.elapsed());
         assert!(name.len() <= 60, "machine name {name} too long");
         Vm {
