@@ -157,6 +157,20 @@ fn watched_paths() -> Vec<&'static str> {
     v
 }
 
+/// The example's token with a later `iat`: a new token for the same
+/// workload (its signature is not checked on the VM).
+fn rotated_token() -> String {
+    use base64::Engine as _;
+    let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let tok = std::fs::read_to_string(e2e::repo().join("examples/bundle/istio-token")).unwrap();
+    let parts: Vec<&str> = tok.trim().split('.').collect();
+    let mut claims: serde_json::Value =
+        serde_json::from_slice(&e.decode(parts[1]).unwrap()).unwrap();
+    claims["iat"] = serde_json::json!(claims["iat"].as_i64().unwrap() + 3600);
+    let payload = e.encode(serde_json::to_vec(&claims).unwrap());
+    format!("{}.{payload}.{}", parts[0], parts[2])
+}
+
 fn install(vm: &Vm, extra: &str) -> serde_json::Value {
     let out = vm.ok(&format!(
         "istio-vm install --bundle {BUNDLE} --output json {extra}"
@@ -199,9 +213,45 @@ fn install_survives_a_reboot_and_uninstall_restores_everything() {
         capture_since
     );
 
+    // A new token alone: only the token files change; the running agent
+    // re-reads it, so neither it nor the capture is restarted.
+    let agent_pid = vm.ok("systemctl show -p MainPID --value istio");
+    vm.ok(&format!("cp -a {BUNDLE} {BUNDLE}2"));
+    std::fs::write(vm.path(&format!("{BUNDLE}2/istio-token")), rotated_token()).unwrap();
+    let r: serde_json::Value = serde_json::from_str(&vm.ok(&format!(
+        "istio-vm install --bundle {BUNDLE}2 --output json"
+    )))
+    .expect("JSON");
+    let mut changed: Vec<&str> = r["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["status"] == "changed")
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    changed.sort();
+    assert_eq!(
+        changed,
+        [
+            format!("file:{}", layout::TOKEN_PERSISTENT),
+            format!("file:{}", layout::TOKEN)
+        ],
+        "{r}"
+    );
+    assert_eq!(vm.ok("systemctl show -p MainPID --value istio"), agent_pid);
+    assert_eq!(
+        vm.ok("systemctl show -p ActiveEnterTimestampMonotonic --value istio-vm-capture"),
+        capture_since
+    );
+
     // Reboot: /run is empty again. Nothing is run by hand afterwards.
     vm.reboot();
     assert_onboarded(&vm);
+    // The token under /run is the rotated one, from its persistent copy.
+    assert_eq!(
+        std::fs::read_to_string(vm.path(layout::TOKEN_PERSISTENT)).unwrap(),
+        rotated_token()
+    );
     assert_eq!(
         vm.ok(&format!(
             "cmp {} {} && echo same",
