@@ -11,6 +11,10 @@ pkgs=(
     util-linux
     cloud-init
     systemd
+    # The booted-Debian e2e tests (tests/e2e_*.rs, scripts/e2e/).
+    debootstrap
+    systemd-container
+    dbus
 )
 
 missing=()

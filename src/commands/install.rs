@@ -3,13 +3,14 @@
 use anyhow::Result;
 
 use super::Ctx;
-use crate::apply::{self, Entry, Prior, Root, State, cloudinit, fsops, lock, user};
+use crate::apply::{self, Entry, Prior, Root, State, cloudinit, fsops, lock, systemd, user};
 use crate::bundle::{self, Bundle};
 use crate::cli::InstallArgs;
 use crate::error::Failure;
 use crate::layout;
 use crate::plan::{self, Action, Current, Facts, HookEnv, Op, Planned};
 use crate::report::{Report, Step, StepStatus};
+use crate::units;
 
 /// Read what is at every path the actions touch.
 fn gather(root: &Root, actions: &[Action]) -> Result<Facts> {
@@ -104,22 +105,24 @@ fn next_state(
 // live (root `/`), in order, after every file is placed, and their `undo` runs
 // if a later step fails.
 
-/// Generated files (systemd units and drop-in from units.rs, capture rule
-/// records under /var/lib/istio-vm/capture/).
-fn generated_files(_ctx: &Ctx, _args: &InstallArgs, _bundle: &Bundle) -> Vec<plan::FileAction> {
-    Vec::new()
+/// Generated files: the systemd units, drop-ins, tmpfiles.d and sysusers.d
+/// of units.rs (capture rule records go here too when they are placed).
+fn generated_files(unit_files: &[units::GeneratedFile]) -> Vec<plan::FileAction> {
+    unit_files
+        .iter()
+        .map(|f| plan::FileAction {
+            path: f.path.into(),
+            content: f.content.clone().into_bytes(),
+            owner: layout::Owner::Root,
+            mode: f.mode,
+            secret: false,
+        })
+        .collect()
 }
 
-/// Live hooks of an install (capture apply; systemctl daemon-reload, enable,
-/// start), e.g. `Hook { after_change_of: vec![layout::CAPTURE_UNIT.into()], .. }`.
-fn install_hooks(_ctx: &Ctx, _args: &InstallArgs) -> Vec<plan::Hook> {
-    Vec::new()
-}
-
-/// Live hooks of an uninstall, run before any file is restored (systemctl
-/// stop/disable, capture remove).
-fn uninstall_hooks(_ctx: &Ctx) -> Vec<plan::Hook> {
-    Vec::new()
+/// Live hooks of an install: systemctl daemon-reload, restart the sidecar.
+fn install_hooks(unit_files: &[units::GeneratedFile], args: &InstallArgs) -> Vec<plan::Hook> {
+    systemd::install_hooks(unit_files, !args.no_start)
 }
 
 pub fn install(ctx: &Ctx, args: &InstallArgs) -> Result<Report> {
@@ -205,14 +208,19 @@ fn install_locked(
     report: &mut Report,
     created_user: bool,
 ) -> Result<()> {
+    let live = root.is_slash();
+    let unit_files = units::render(&units::Options {
+        capture: !args.no_capture,
+    });
     let input = plan::Input {
         bundle: Some(bundle),
-        live: root.is_slash(),
+        live,
         cloud_init_templates: cloudinit::hosts_templates(root)?,
         extra_dirs: Vec::new(),
-        extra_files: generated_files(ctx, args, bundle),
-        hooks: if root.is_slash() {
-            install_hooks(ctx, args)
+        extra_files: generated_files(&unit_files),
+        // Under --root nothing is started: the units come up at first boot.
+        hooks: if live {
+            install_hooks(&unit_files, args)
         } else {
             Vec::new()
         },
@@ -285,17 +293,6 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
     };
     let can_chown = nix::unistd::geteuid().is_root();
     let mut ops: Vec<(String, Op)> = Vec::new();
-    if root.is_slash() {
-        for h in uninstall_hooks(ctx) {
-            report.steps.push(Step {
-                id: h.id.clone(),
-                status: StepStatus::Changed,
-                detail: h.detail.clone(),
-                diff: None,
-            });
-            ops.push((h.id.clone(), Op::Hook(h)));
-        }
-    }
     for e in state.entries.iter().rev().filter(|e| !e.meta) {
         let host = root.resolve(&e.path)?.host;
         let cur = fsops::read_current(&host)?;
@@ -417,6 +414,29 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
             diff: None,
         });
         ops.push((id, op));
+    }
+    // Live: the sidecar (and with it the capture unit and its rules) stops
+    // before its units go, and systemd forgets them after.
+    if root.is_slash() && state.entries.iter().any(|e| e.path == layout::ISTIO_DROPIN) {
+        for (at_start, hook) in [
+            (true, systemd::uninstall_stop_hook()),
+            (false, systemd::uninstall_reload_hook()),
+        ] {
+            let step = Step {
+                id: hook.id.clone(),
+                status: StepStatus::Changed,
+                detail: hook.detail.clone(),
+                diff: None,
+            };
+            let op = (hook.id.clone(), Op::Hook(hook));
+            if at_start {
+                report.steps.insert(0, step);
+                ops.insert(0, op);
+            } else {
+                report.steps.push(step);
+                ops.push(op);
+            }
+        }
     }
     let mut done = |id: &str, detail: Option<String>| {
         if let (Some(d), Some(s)) = (detail, report.steps.iter_mut().find(|s| s.id == id)) {
