@@ -531,3 +531,51 @@ fn a_bad_root_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(fx::json(&out)["error"].as_str().unwrap().contains("--root"));
 }
+
+#[test]
+fn uninstall_after_an_update_restores_the_state_before_the_first_install() {
+    let root = debian_root();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("var/lib/istio/envoy")).unwrap();
+    std::fs::write(
+        r.join("var/lib/istio/envoy/cluster.env"),
+        "# from an earlier setup\n",
+    )
+    .unwrap();
+    let before = tree(r, false);
+    ok(&install(r, example(), &[], &[]));
+    let b = fx::bundle_copy();
+    let env = std::fs::read_to_string(b.path().join("cluster.env")).unwrap();
+    std::fs::write(
+        b.path().join("cluster.env"),
+        env.replace(
+            "ISTIO_INBOUND_PORTS='9080'",
+            "ISTIO_INBOUND_PORTS='9080,9090'",
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        b.path().join("hosts"),
+        "203.0.113.11 istiod.istio-system.svc\n",
+    )
+    .unwrap();
+    let v = ok(&install(r, b.path(), &["--diff"], &[]));
+    let mut changed = steps_with(&v, "changed");
+    changed.sort();
+    assert_eq!(
+        changed,
+        ["file:/var/lib/istio/envoy/cluster.env", "hosts:/etc/hosts"]
+    );
+    let diff = v["steps"].to_string();
+    assert!(diff.contains("+ISTIO_INBOUND_PORTS='9080,9090'"), "{diff}");
+    assert!(
+        diff.contains("-203.0.113.10 istiod.istio-system.svc"),
+        "{diff}"
+    );
+    let hosts = std::fs::read_to_string(r.join("etc/hosts")).unwrap();
+    assert_eq!(hosts.matches("# BEGIN istio-vm").count(), 1);
+    assert!(hosts.contains("203.0.113.11 istiod") && !hosts.contains("203.0.113.10"));
+    ok(&fx::run(r, &["--output", "json", "uninstall"], &[]));
+    let after = tree(r, false);
+    assert!(before == after, "{}", tree_diff(&before, &after));
+}
