@@ -8,7 +8,12 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use nix::fcntl::OFlag;
+use std::os::fd::OwnedFd;
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::Mode;
+use nix::unistd::UnlinkatFlags;
 
 use crate::plan::Current;
 
@@ -59,18 +64,6 @@ pub fn temp_of(host: &Path) -> PathBuf {
     host.with_file_name(format!(".{name}.istio-vm.tmp"))
 }
 
-fn refuse_symlink(host: &Path) -> Result<()> {
-    if let Ok(m) = std::fs::symlink_metadata(host)
-        && m.file_type().is_symlink()
-    {
-        bail!(
-            "refusing to write {}: it is a symbolic link (never followed); remove the link",
-            host.display()
-        );
-    }
-    Ok(())
-}
-
 fn set_fd_meta(f: &File, mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
     if let Some((u, g)) = owner {
         std::os::unix::fs::fchown(f, Some(u), Some(g)).context("fchown")?;
@@ -81,8 +74,65 @@ fn set_fd_meta(f: &File, mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
     Ok(())
 }
 
+/// Open the directory holding `host` without following any symlink on the
+/// way: the resolver already replaced every link by its target (and the
+/// root itself is canonical), so a link met now was planted after
+/// resolution and must not redirect the write.
+fn open_parent_nofollow(host: &Path) -> Result<OwnedFd> {
+    let parent = host
+        .parent()
+        .with_context(|| format!("{} has no parent directory", host.display()))?;
+    let mut fd = nix::fcntl::open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context("opening /")?;
+    let comps: Vec<_> = parent
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    for (i, c) in comps.iter().enumerate() {
+        // Intermediate directories need only be searchable; the last one is
+        // opened for reading so it can be fsynced.
+        let how = if i + 1 == comps.len() {
+            OFlag::O_RDONLY
+        } else {
+            OFlag::O_PATH
+        };
+        fd = nix::fcntl::openat(
+            &fd,
+            *c,
+            how | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(std::io::Error::from)
+        .with_context(|| {
+            format!(
+                "refusing to write {}: a directory on its path changed or became a \
+                 symbolic link while running",
+                host.display()
+            )
+        })?;
+    }
+    if comps.is_empty() {
+        fd = nix::fcntl::open(
+            "/",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .context("opening /")?;
+    }
+    Ok(fd)
+}
+
 /// Atomically replace (or create) the file at `host`. `failpoint` is the
 /// step id, for the test-only fault injection between write and rename.
+/// Every step works relative to the parent directory's descriptor, opened
+/// without following symlinks.
 pub fn write_atomic(
     host: &Path,
     content: &[u8],
@@ -91,56 +141,85 @@ pub fn write_atomic(
     failpoint: &str,
     sync: &Syncer,
 ) -> Result<()> {
-    refuse_symlink(host)?;
-    let tmp = temp_of(host);
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing stale {}", tmp.display())),
+    let dir = open_parent_nofollow(host)?;
+    let name = host
+        .file_name()
+        .with_context(|| format!("{} has no file name", host.display()))?;
+    let tmp_path = temp_of(host);
+    let tmp = tmp_path.file_name().expect("temp name");
+    let shown = || tmp_path.display().to_string();
+    match nix::unistd::unlinkat(&dir, tmp, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => {}
+        Err(e) => return Err(e).with_context(|| format!("removing stale {}", shown())),
     }
+    let refuse_link = || -> Result<()> {
+        match nix::sys::stat::fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFLNK => bail!(
+                "refusing to write {}: it is a symbolic link (never followed); remove the link",
+                host.display()
+            ),
+            _ => Ok(()),
+        }
+    };
+    refuse_link()?;
     let result = (|| -> Result<()> {
         // 0600 from the first byte: the token is never readable by others.
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
+        let fd = nix::fcntl::openat(
+            &dir,
+            tmp,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .with_context(|| format!("creating {}", shown()))?;
+        let mut f = File::from(fd);
         f.write_all(content)
-            .with_context(|| format!("writing {}", tmp.display()))?;
+            .with_context(|| format!("writing {}", shown()))?;
         set_fd_meta(&f, mode, owner)
-            .with_context(|| format!("setting owner/mode of {}", tmp.display()))?;
+            .with_context(|| format!("setting owner/mode of {}", shown()))?;
         f.sync_all()
-            .with_context(|| format!("syncing {}", tmp.display()))?;
+            .with_context(|| format!("syncing {}", shown()))?;
         super::failpoint(&format!("{failpoint}:written"))?;
-        refuse_symlink(host)?;
-        match std::fs::rename(&tmp, host) {
+        refuse_link()?;
+        match nix::fcntl::renameat(&dir, tmp, &dir, name) {
             Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
+            Err(Errno::EBUSY) => {
                 // A bind-mounted file (/etc/hosts in containers) cannot be
                 // replaced; write it in place instead.
-                write_in_place(host, content, mode, owner)?;
-                let _ = std::fs::remove_file(&tmp);
+                write_in_place(&dir, name, host, content, mode, owner)?;
+                let _ = nix::unistd::unlinkat(&dir, tmp, UnlinkatFlags::NoRemoveDir);
             }
             Err(e) => {
                 return Err(e).with_context(|| format!("renaming into {}", host.display()));
             }
         }
-        sync.parent_of(host)
+        match &sync.deferred {
+            None => nix::unistd::fsync(&dir)
+                .with_context(|| format!("syncing the directory of {}", host.display())),
+            Some(_) => sync.parent_of(host),
+        }
     })();
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = nix::unistd::unlinkat(&dir, tmp, UnlinkatFlags::NoRemoveDir);
     }
     result
 }
 
-fn write_in_place(host: &Path, content: &[u8], mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
-        .open(host)
-        .with_context(|| format!("opening {} to write in place", host.display()))?;
+fn write_in_place(
+    dir: &OwnedFd,
+    name: &std::ffi::OsStr,
+    host: &Path,
+    content: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<()> {
+    let fd = nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("opening {} to write in place", host.display()))?;
+    let mut f = File::from(fd);
     f.write_all(content)
         .and_then(|()| f.set_len(content.len() as u64))
         .with_context(|| format!("writing {} in place", host.display()))?;
@@ -260,5 +339,44 @@ pub fn rmdir_if_empty(host: &Path, sync: &Syncer) -> Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
         Err(e) if e.raw_os_error() == Some(nix::libc::ENOTEMPTY) => Ok(false),
         Err(e) => Err(e).with_context(|| format!("removing directory {}", host.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_never_go_through_a_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let base = t.path().canonicalize().unwrap();
+        let elsewhere = base.join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("f"), "keep\n").unwrap();
+        // A parent swapped for a link after resolution.
+        std::os::unix::fs::symlink(&elsewhere, base.join("dir")).unwrap();
+        let e =
+            write_atomic(&base.join("dir/f"), b"x", 0o644, None, "t", &Syncer::now()).unwrap_err();
+        assert!(format!("{e:#}").contains("symbolic link"), "{e:#}");
+        // A link at the final component.
+        std::os::unix::fs::symlink(elsewhere.join("f"), base.join("link")).unwrap();
+        let e =
+            write_atomic(&base.join("link"), b"x", 0o644, None, "t", &Syncer::now()).unwrap_err();
+        assert!(format!("{e:#}").contains("symbolic link"), "{e:#}");
+        assert_eq!(
+            std::fs::read_to_string(elsewhere.join("f")).unwrap(),
+            "keep\n"
+        );
+        assert_eq!(
+            std::fs::read_dir(&elsewhere).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+        // The ordinary case, mode exact regardless of umask.
+        write_atomic(&base.join("new"), b"y", 0o640, None, "t", &Syncer::now()).unwrap();
+        let m = std::fs::metadata(base.join("new")).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o640);
+        assert_eq!(std::fs::read(base.join("new")).unwrap(), b"y");
+        assert!(!temp_of(&base.join("new")).exists());
     }
 }
