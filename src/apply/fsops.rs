@@ -79,15 +79,19 @@ fn set_fd_meta(f: &File, mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
 /// root itself is canonical), so a link met now was planted after
 /// resolution and must not redirect the write.
 fn open_parent_nofollow(host: &Path) -> Result<OwnedFd> {
-    let parent = host
-        .parent()
-        .with_context(|| format!("{} has no parent directory", host.display()))?;
-    let mut fd = nix::fcntl::open(
-        "/",
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .context("opening /")?;
+    walk_parent(host)
+        .map_err(std::io::Error::from)
+        .with_context(|| {
+            format!(
+                "refusing to touch {}: a directory on its path is missing, changed or became a \
+             symbolic link while running",
+                host.display()
+            )
+        })
+}
+
+fn walk_parent(host: &Path) -> std::result::Result<OwnedFd, Errno> {
+    let parent = host.parent().ok_or(Errno::EINVAL)?;
     let comps: Vec<_> = parent
         .components()
         .filter_map(|c| match c {
@@ -95,38 +99,48 @@ fn open_parent_nofollow(host: &Path) -> Result<OwnedFd> {
             _ => None,
         })
         .collect();
+    let last_how = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    if comps.is_empty() {
+        return nix::fcntl::open("/", last_how, Mode::empty());
+    }
+    let mut fd = nix::fcntl::open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
     for (i, c) in comps.iter().enumerate() {
         // Intermediate directories need only be searchable; the last one is
         // opened for reading so it can be fsynced.
         let how = if i + 1 == comps.len() {
-            OFlag::O_RDONLY
+            last_how
         } else {
-            OFlag::O_PATH
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC
         };
-        fd = nix::fcntl::openat(
-            &fd,
-            *c,
-            how | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(std::io::Error::from)
-        .with_context(|| {
-            format!(
-                "refusing to write {}: a directory on its path changed or became a \
-                 symbolic link while running",
-                host.display()
-            )
-        })?;
-    }
-    if comps.is_empty() {
-        fd = nix::fcntl::open(
-            "/",
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .context("opening /")?;
+        fd = nix::fcntl::openat(&fd, *c, how | OFlag::O_NOFOLLOW, Mode::empty())?;
     }
     Ok(fd)
+}
+
+fn file_name(host: &Path) -> Result<&std::ffi::OsStr> {
+    host.file_name()
+        .with_context(|| format!("{} has no file name", host.display()))
+}
+
+/// The directory `name` inside `dir`, never through a symlink.
+fn open_child_dir(dir: &OwnedFd, name: &std::ffi::OsStr, host: &Path) -> Result<File> {
+    nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map(File::from)
+    .with_context(|| {
+        format!(
+            "opening directory {} (never through a symbolic link)",
+            host.display()
+        )
+    })
 }
 
 /// Atomically replace (or create) the file at `host`. `failpoint` is the
@@ -142,9 +156,7 @@ pub fn write_atomic(
     sync: &Syncer,
 ) -> Result<()> {
     let dir = open_parent_nofollow(host)?;
-    let name = host
-        .file_name()
-        .with_context(|| format!("{} has no file name", host.display()))?;
+    let name = file_name(host)?;
     let tmp_path = temp_of(host);
     let tmp = tmp_path.file_name().expect("temp name");
     let shown = || tmp_path.display().to_string();
@@ -294,26 +306,27 @@ pub fn sync_parent(host: &Path) -> Result<()> {
     Ok(())
 }
 
-fn open_dir_nofollow(host: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC).bits())
-        .open(host)
-        .with_context(|| format!("opening directory {}", host.display()))
-}
-
 /// Create one directory (its parent must exist) with exact mode and owner.
 pub fn mkdir(host: &Path, mode: u32, owner: Option<(u32, u32)>, sync: &Syncer) -> Result<()> {
-    std::fs::create_dir(host).with_context(|| format!("creating directory {}", host.display()))?;
-    let d = open_dir_nofollow(host)?;
+    let dir = open_parent_nofollow(host)?;
+    let name = file_name(host)?;
+    // Private until owner and mode are set.
+    nix::sys::stat::mkdirat(&dir, name, Mode::from_bits_truncate(0o700))
+        .with_context(|| format!("creating directory {}", host.display()))?;
+    let d = open_child_dir(&dir, name, host)?;
     set_fd_meta(&d, mode, owner)
         .with_context(|| format!("setting owner/mode of {}", host.display()))?;
-    sync.parent_of(host)
+    match &sync.deferred {
+        None => nix::unistd::fsync(&dir)
+            .with_context(|| format!("syncing the directory of {}", host.display())),
+        Some(_) => sync.parent_of(host),
+    }
 }
 
 /// chmod/chown an existing directory (not through a symlink).
 pub fn set_dir_meta(host: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
-    let d = open_dir_nofollow(host)?;
+    let dir = open_parent_nofollow(host)?;
+    let d = open_child_dir(&dir, file_name(host)?, host)?;
     set_fd_meta(&d, mode, owner)
         .with_context(|| format!("setting owner/mode of {}", host.display()))?;
     d.sync_all().ok();
@@ -322,22 +335,32 @@ pub fn set_dir_meta(host: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result
 
 /// Remove a file (or a symlink itself); absent is fine.
 pub fn remove_file(host: &Path, sync: &Syncer) -> Result<()> {
-    match std::fs::remove_file(host) {
+    let dir = match walk_parent(host) {
+        Ok(d) => d,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(_) => open_parent_nofollow(host)?,
+    };
+    match nix::unistd::unlinkat(&dir, file_name(host)?, UnlinkatFlags::NoRemoveDir) {
         Ok(()) => sync.parent_of(host),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(e).with_context(|| format!("removing {}", host.display())),
     }
 }
 
 /// Remove a directory if it is empty. Returns false if it was left in place.
 pub fn rmdir_if_empty(host: &Path, sync: &Syncer) -> Result<bool> {
-    match std::fs::remove_dir(host) {
+    let dir = match walk_parent(host) {
+        Ok(d) => d,
+        Err(Errno::ENOENT) => return Ok(true),
+        Err(_) => open_parent_nofollow(host)?,
+    };
+    match nix::unistd::unlinkat(&dir, file_name(host)?, UnlinkatFlags::RemoveDir) {
         Ok(()) => {
             sync.parent_of(host)?;
             Ok(true)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-        Err(e) if e.raw_os_error() == Some(nix::libc::ENOTEMPTY) => Ok(false),
+        Err(Errno::ENOENT) => Ok(true),
+        Err(Errno::ENOTEMPTY | Errno::EEXIST) => Ok(false),
         Err(e) => Err(e).with_context(|| format!("removing directory {}", host.display())),
     }
 }
@@ -378,5 +401,40 @@ mod tests {
         assert_eq!(m.mode() & 0o7777, 0o640);
         assert_eq!(std::fs::read(base.join("new")).unwrap(), b"y");
         assert!(!temp_of(&base.join("new")).exists());
+    }
+
+    #[test]
+    fn directories_are_made_and_removed_without_following_links() {
+        let t = tempfile::tempdir().unwrap();
+        let base = t.path().canonicalize().unwrap();
+        let elsewhere = base.join("elsewhere");
+        std::fs::create_dir_all(elsewhere.join("sub")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, base.join("dir")).unwrap();
+        let now = Syncer::now();
+        assert!(mkdir(&base.join("dir/new"), 0o755, None, &now).is_err());
+        assert!(set_dir_meta(&base.join("dir/sub"), 0o700, None).is_err());
+        assert!(rmdir_if_empty(&base.join("dir/sub"), &now).is_err());
+        std::fs::write(elsewhere.join("f"), "keep").unwrap();
+        assert!(remove_file(&base.join("dir/f"), &now).is_err());
+        assert!(elsewhere.join("sub").is_dir() && elsewhere.join("f").is_file());
+        assert!(!elsewhere.join("new").exists());
+        // Through real directories all of it works; absent is fine.
+        mkdir(&base.join("real"), 0o751, None, &now).unwrap();
+        assert_eq!(
+            std::fs::metadata(base.join("real")).unwrap().mode() & 0o7777,
+            0o751
+        );
+        set_dir_meta(&base.join("real"), 0o755, None).unwrap();
+        assert_eq!(
+            std::fs::metadata(base.join("real")).unwrap().mode() & 0o7777,
+            0o755
+        );
+        remove_file(&base.join("real/absent"), &now).unwrap();
+        remove_file(&base.join("gone/absent"), &now).unwrap();
+        std::fs::write(base.join("real/x"), "").unwrap();
+        assert!(!rmdir_if_empty(&base.join("real"), &now).unwrap());
+        remove_file(&base.join("real/x"), &now).unwrap();
+        assert!(rmdir_if_empty(&base.join("real"), &now).unwrap());
+        assert!(!base.join("real").exists());
     }
 }
