@@ -2,9 +2,9 @@
 //! the same directory, fchown/fchmod on the fd, fsync, rename, fsync the
 //! directory) and never follow a symlink at the final component.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -17,40 +17,49 @@ use nix::unistd::UnlinkatFlags;
 
 use crate::plan::Current;
 
-/// What is at `host` now; a file's bytes are read without following a link.
+/// What is at `host` now; nothing on the way is followed (see
+/// `walk_parent`), so what is read is what a later write would replace.
 pub fn read_current(host: &Path) -> Result<Current> {
-    let meta = match std::fs::symlink_metadata(host) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Current::Absent),
+    let dir = match walk_parent(host) {
+        Ok(d) => d,
+        Err(Errno::ENOENT) => return Ok(Current::Absent),
+        Err(_) => open_parent_nofollow(host)?,
+    };
+    let name = file_name(host)?;
+    let st = match nix::sys::stat::fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::ENOENT) => return Ok(Current::Absent),
         Err(e) => return Err(e).with_context(|| format!("cannot stat {}", host.display())),
     };
-    let ft = meta.file_type();
-    Ok(if ft.is_symlink() {
-        Current::Symlink
-    } else if ft.is_dir() {
-        Current::Dir {
-            mode: meta.mode() & 0o7777,
-            uid: meta.uid(),
-            gid: meta.gid(),
-        }
-    } else if ft.is_file() {
-        let mut f = OpenOptions::new()
-            .read(true)
-            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
-            .open(host)
+    let (mode, uid, gid) = (st.st_mode & 0o7777, st.st_uid, st.st_gid);
+    Ok(match st.st_mode & nix::libc::S_IFMT {
+        nix::libc::S_IFLNK => Current::Symlink,
+        nix::libc::S_IFDIR => Current::Dir { mode, uid, gid },
+        nix::libc::S_IFREG => {
+            // O_NONBLOCK: a fifo swapped in meanwhile must not hang the run.
+            let fd = nix::fcntl::openat(
+                &dir,
+                name,
+                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
             .with_context(|| format!("cannot read {}", host.display()))?;
-        let m = f.metadata()?;
-        let mut bytes = Vec::with_capacity(m.len() as usize);
-        f.read_to_end(&mut bytes)
-            .with_context(|| format!("cannot read {}", host.display()))?;
-        Current::File {
-            bytes,
-            mode: m.mode() & 0o7777,
-            uid: m.uid(),
-            gid: m.gid(),
+            let mut f = File::from(fd);
+            let m = f.metadata()?;
+            if !m.is_file() {
+                bail!("{} changed while being read; run again", host.display());
+            }
+            let mut bytes = Vec::with_capacity(m.len() as usize);
+            f.read_to_end(&mut bytes)
+                .with_context(|| format!("cannot read {}", host.display()))?;
+            Current::File {
+                bytes,
+                mode: m.mode() & 0o7777,
+                uid: m.uid(),
+                gid: m.gid(),
+            }
         }
-    } else {
-        Current::Other
+        _ => Current::Other,
     })
 }
 
