@@ -579,3 +579,32 @@ fn uninstall_after_an_update_restores_the_state_before_the_first_install() {
     let after = tree(r, false);
     assert!(before == after, "{}", tree_diff(&before, &after));
 }
+
+#[test]
+fn a_held_lock_is_waited_for_then_reported() {
+    let root = debian_root();
+    let r = root.path();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(r.join("run/lock/istio-vm.lock"))
+        .unwrap();
+    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let before = tree(r, false);
+    let out = install(r, example(), &[], &[("ISTIO_VM_LOCK_TIMEOUT", "300ms")]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = fx::json(&out);
+    assert!(
+        v["error"].as_str().unwrap().contains("lock_timeout"),
+        "{v:#}"
+    );
+    assert_eq!(tree(r, false), before, "nothing changed while waiting");
+    drop(held);
+    ok(&install(
+        r,
+        example(),
+        &[],
+        &[("ISTIO_VM_LOCK_TIMEOUT", "300ms")],
+    ));
+}
