@@ -151,6 +151,7 @@ pub fn desired(input: &Input) -> Vec<Action> {
             }));
         }
     }
+    v.extend(input.extra_dirs.iter().cloned().map(Action::Dir));
     v.extend(input.extra_files.iter().cloned().map(Action::File));
     v.extend(input.hooks.iter().cloned().map(Action::Hook));
     v

@@ -562,6 +562,8 @@ fn uninstall_after_an_update_restores_the_state_before_the_first_install() {
     let v = ok(&install(r, b.path(), &["--diff"], &[]));
     let mut changed = steps_with(&v, "changed");
     changed.sort();
+    // The capture rule record follows cluster.env's inbound ports.
+    changed.retain(|id| !id.starts_with("file:/var/lib/istio-vm/capture/"));
     assert_eq!(
         changed,
         ["file:/var/lib/istio/envoy/cluster.env", "hosts:/etc/hosts"]

@@ -105,8 +105,8 @@ fn next_state(
 // live (root `/`), in order, after every file is placed, and their `undo` runs
 // if a later step fails.
 
-/// Generated files: the systemd units, drop-ins, tmpfiles.d and sysusers.d
-/// of units.rs (capture rule records go here too when they are placed).
+/// Generated files (systemd units and drop-in from units.rs, capture rule
+/// records under /var/lib/istio-vm/capture/).
 fn generated_files(unit_files: &[units::GeneratedFile]) -> Vec<plan::FileAction> {
     unit_files
         .iter()
@@ -120,9 +120,22 @@ fn generated_files(unit_files: &[units::GeneratedFile]) -> Vec<plan::FileAction>
         .collect()
 }
 
-/// Live hooks of an install: systemctl daemon-reload, restart the sidecar.
-fn install_hooks(unit_files: &[units::GeneratedFile], args: &InstallArgs) -> Vec<plan::Hook> {
+/// Live hooks of an install (capture apply; systemctl daemon-reload, enable,
+/// start), e.g. `Hook { after_change_of: vec![layout::CAPTURE_UNIT.into()], .. }`.
+fn install_hooks(args: &InstallArgs, unit_files: &[units::GeneratedFile]) -> Vec<plan::Hook> {
     systemd::install_hooks(unit_files, !args.no_start)
+}
+
+/// Live hooks of an uninstall, run before any file is restored (systemctl
+/// stop/disable, capture remove).
+fn uninstall_hooks(state: &State) -> Vec<plan::Hook> {
+    // The sidecar (and with it the capture unit and its rules) stops before
+    // its units go.
+    if state.entries.iter().any(|e| e.path == layout::ISTIO_DROPIN) {
+        vec![systemd::uninstall_stop_hook()]
+    } else {
+        Vec::new()
+    }
 }
 
 pub fn install(ctx: &Ctx, args: &InstallArgs) -> Result<Report> {
@@ -208,19 +221,37 @@ fn install_locked(
     report: &mut Report,
     created_user: bool,
 ) -> Result<()> {
-    let live = root.is_slash();
-    let unit_files = units::render(&units::Options {
-        capture: !args.no_capture,
-    });
+    let capture = !args.no_capture && ctx.config.capture;
+    let unit_files = units::render(&units::Options { capture });
+    let mut extra_files = generated_files(&unit_files);
+    let mut extra_dirs = Vec::new();
+    if capture {
+        // The record of the rules; the capture unit renders afresh at each
+        // start, so this is what `capture status` and a reader compare with.
+        // A refused rendering (e.g. SSH captured) stops the install here,
+        // before anything changed.
+        let env = bundle::ClusterEnv::parse(bundle.file(bundle::CLUSTER_ENV).unwrap_or_default())
+            .map_err(|e| anyhow::anyhow!("cluster.env: {e}"))?;
+        extra_dirs.push(plan::DirAction {
+            path: layout::CAPTURE_DIR.into(),
+            owner: layout::Owner::Root,
+            mode: 0o700,
+        });
+        extra_files.extend(crate::commands::capture::plan_records(
+            &ctx.root,
+            &ctx.config,
+            &env.to_map(),
+        )?);
+    }
     let input = plan::Input {
         bundle: Some(bundle),
-        live,
+        live: root.is_slash(),
         cloud_init_templates: cloudinit::hosts_templates(root)?,
-        extra_dirs: Vec::new(),
-        extra_files: generated_files(&unit_files),
+        extra_dirs,
+        extra_files,
         // Under --root nothing is started: the units come up at first boot.
-        hooks: if live {
-            install_hooks(&unit_files, args)
+        hooks: if root.is_slash() {
+            install_hooks(args, &unit_files)
         } else {
             Vec::new()
         },
@@ -293,6 +324,17 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
     };
     let can_chown = nix::unistd::geteuid().is_root();
     let mut ops: Vec<(String, Op)> = Vec::new();
+    if root.is_slash() {
+        for h in uninstall_hooks(&state) {
+            report.steps.push(Step {
+                id: h.id.clone(),
+                status: StepStatus::Changed,
+                detail: h.detail.clone(),
+                diff: None,
+            });
+            ops.push((h.id.clone(), Op::Hook(h)));
+        }
+    }
     for e in state.entries.iter().rev().filter(|e| !e.meta) {
         let host = root.resolve(&e.path)?.host;
         let cur = fsops::read_current(&host)?;
@@ -415,28 +457,16 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
         });
         ops.push((id, op));
     }
-    // Live: the sidecar (and with it the capture unit and its rules) stops
-    // before its units go, and systemd forgets them after.
+    // systemd forgets the removed units after they are gone.
     if root.is_slash() && state.entries.iter().any(|e| e.path == layout::ISTIO_DROPIN) {
-        for (at_start, hook) in [
-            (true, systemd::uninstall_stop_hook()),
-            (false, systemd::uninstall_reload_hook()),
-        ] {
-            let step = Step {
-                id: hook.id.clone(),
-                status: StepStatus::Changed,
-                detail: hook.detail.clone(),
-                diff: None,
-            };
-            let op = (hook.id.clone(), Op::Hook(hook));
-            if at_start {
-                report.steps.insert(0, step);
-                ops.insert(0, op);
-            } else {
-                report.steps.push(step);
-                ops.push(op);
-            }
-        }
+        let hook = systemd::uninstall_reload_hook();
+        report.steps.push(Step {
+            id: hook.id.clone(),
+            status: StepStatus::Changed,
+            detail: hook.detail.clone(),
+            diff: None,
+        });
+        ops.push((hook.id.clone(), Op::Hook(hook)));
     }
     let mut done = |id: &str, detail: Option<String>| {
         if let (Some(d), Some(s)) = (detail, report.steps.iter_mut().find(|s| s.id == id)) {
