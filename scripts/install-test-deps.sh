@@ -4,6 +4,10 @@
 set -euo pipefail
 
 pkgs=(iptables nftables iproute2 util-linux)
+# Packaging (tests/packaging_*.rs): build, lint, cross-build and run arm64,
+# install with the real dpkg and rpm.
+pkgs+=(dpkg-dev lintian rpm rpmlint shellcheck cpio binutils groff-base
+    gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -12,4 +16,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The arm64 packages are cross-built (.cargo/config.toml names the linker).
+if ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
+    rustup target add aarch64-unknown-linux-gnu
 fi

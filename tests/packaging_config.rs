@@ -16,8 +16,9 @@ fn uncommented(text: &str) -> String {
     text.lines()
         .filter_map(|l| l.strip_prefix('#'))
         .filter(|l| {
-            l.split_once(" = ")
-                .is_some_and(|(k, _)| !k.is_empty() && k.chars().all(|c| c == '_' || c.is_ascii_lowercase()))
+            l.split_once(" = ").is_some_and(|(k, _)| {
+                !k.is_empty() && k.chars().all(|c| c == '_' || c.is_ascii_lowercase())
+            })
         })
         .map(|l| format!("{l}\n"))
         .collect()
@@ -36,7 +37,9 @@ fn shipped_file_changes_nothing() {
     c.apply_file(&shipped()).expect("shipped config parses");
     assert_eq!(c, Config::default());
     assert!(
-        shipped().lines().all(|l| l.is_empty() || l.starts_with('#')),
+        shipped()
+            .lines()
+            .all(|l| l.is_empty() || l.starts_with('#')),
         "every line of the shipped config must be a comment"
     );
 }

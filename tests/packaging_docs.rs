@@ -34,7 +34,8 @@ fn generated() -> Vec<(PathBuf, Vec<u8>)> {
     for page in pages {
         let man = clap_mangen::Man::new(page).section(MAN_SECTION);
         let mut buf = Vec::new();
-        man.render(&mut buf).expect("rendering a man page into memory");
+        man.render(&mut buf)
+            .expect("rendering a man page into memory");
         out.push((Path::new("packaging/man").join(man.get_filename()), buf));
     }
 
