@@ -77,9 +77,18 @@ fn packages() -> &'static Packages {
         std::fs::create_dir_all(out.join("rev2")).unwrap();
         let script = |name: &str, out_dir: &Path, args: &[&str], extra: &[(&str, &str)]| {
             let mut cmd = Command::new(repo().join("scripts").join(name));
+            // Run the build as from a shell: cargo gives this test process
+            // CARGO_MANIFEST_DIR and friends, and build scripts that track
+            // them (ring's) would otherwise rebuild everything each time.
+            for (key, _) in std::env::vars_os() {
+                let key = key.to_string_lossy();
+                if (key.starts_with("CARGO") && key != "CARGO_HOME") || key == "LD_LIBRARY_PATH" {
+                    cmd.env_remove(&*key);
+                }
+            }
             cmd.args(args)
                 .env("CARGO_TARGET_DIR", target_dir())
-                .env("OUT_DIR", out_dir)
+                .env("DIST_DIR", out_dir)
                 .current_dir(repo());
             for (k, v) in extra {
                 cmd.env(k, v);
@@ -910,4 +919,26 @@ fn group_without_user_is_completed() {
         "dpkg --install",
     );
     assert_eq!(root.account("etc/passwd").unwrap()[3], "990");
+}
+
+#[test]
+fn rpm_erase_with_state_runs_uninstall_and_stops_when_it_fails() {
+    let p = packages();
+    let root = Root::new();
+    ok(
+        &root.rpm(&["-i", "--nodeps", p.rpm_x86_64.to_str().unwrap()]),
+        "rpm -i",
+    );
+    std::fs::create_dir_all(root.path().join("var/lib/istio-vm")).unwrap();
+    std::fs::write(root.path().join(STATE), "not a state file").unwrap();
+    let out = root.rpm(&["-e", "istio-vm"]);
+    assert!(!out.status.success(), "erase went ahead");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("restoring the VM failed"), "{stderr}");
+    assert!(root.path().join("usr/bin/istio-vm").exists());
+    assert!(root.path().join(STATE).exists(), "%postun ran");
+    std::fs::remove_file(root.path().join(STATE)).unwrap();
+    ok(&root.rpm(&["-e", "istio-vm"]), "rpm -e");
+    assert!(!root.path().join("var/lib/istio-vm").exists());
+    assert!(!root.path().join("usr/bin/istio-vm").exists());
 }
