@@ -66,7 +66,8 @@ pub struct BundleArgs {
     /// Bundle: a directory, a .tar.gz of one, or an https:// URL
     #[arg(long, value_name = "SRC")]
     pub bundle: String,
-    /// Expected SHA-256 of the bundle (required for a URL)
+    /// Expected SHA-256 of the archive (.tar.gz, URL) or the bundle digest
+    /// (directory); required for a URL
     #[arg(long, value_name = "HEX")]
     pub sha256: Option<String>,
 }

@@ -6,10 +6,16 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 
 pub mod cluster_env;
+pub mod hosts;
+pub mod mesh_config;
+pub mod root_cert;
 pub mod source;
+pub mod token;
 
 pub use cluster_env::ClusterEnv;
+pub use mesh_config::MeshConfig;
 pub use source::load;
+pub use token::Claims;
 
 pub const CLUSTER_ENV: &str = "cluster.env";
 pub const MESH: &str = "mesh.yaml";
@@ -21,9 +27,21 @@ pub const HOSTS: &str = "hosts";
 pub const FILES: [&str; 5] = [CLUSTER_ENV, MESH, ROOT_CERT, TOKEN, HOSTS];
 
 /// Raw bytes of each bundle file that was found, keyed by file name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Bundle {
     pub files: BTreeMap<String, Vec<u8>>,
+}
+
+/// Names and sizes only: the token is a credential and must not reach a log
+/// or a panic message through `{:?}`.
+impl std::fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut m = f.debug_map();
+        for (name, bytes) in &self.files {
+            m.entry(name, &format_args!("{} bytes", bytes.len()));
+        }
+        m.finish()
+    }
 }
 
 impl Bundle {
@@ -42,5 +60,29 @@ impl Bundle {
             h.update(bytes);
         }
         format!("{:x}", h.finalize())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_contents() {
+        let mut b = Bundle::default();
+        b.files.insert(TOKEN.into(), b"eyJsecret".to_vec());
+        let d = format!("{b:?}");
+        assert_eq!(d, r#"{"istio-token": 9 bytes}"#);
+    }
+
+    #[test]
+    fn digest_depends_on_names_and_bytes() {
+        let mut a = Bundle::default();
+        a.files.insert("ab".into(), b"c".to_vec());
+        let mut b = Bundle::default();
+        b.files.insert("a".into(), b"bc".to_vec());
+        assert_ne!(a.digest(), b.digest());
+        assert_eq!(a.digest(), a.clone().digest());
+        assert_eq!(a.digest().len(), 64);
     }
 }

@@ -1,19 +1,518 @@
 //! Bundle sources: a directory, a .tar.gz of one, an https:// URL.
+//!
+//! This is the only place that reads a bundle from outside. It enforces the
+//! limits (1 MiB per file, 16 MiB unpacked, 16 MiB downloaded) and refuses tar
+//! entries that could escape or alias (absolute, `..`, links, devices), before
+//! any content is parsed.
+//!
+//! `--sha256` means:
+//! - for a `.tar.gz` file or a URL: SHA-256 of the archive bytes, as
+//!   `sha256sum bundle.tar.gz` prints it; checked before anything is unpacked;
+//! - for a directory: the bundle digest ([`Bundle::digest`]), a SHA-256 over
+//!   the bundle files' names and contents. A mismatch finding prints the actual
+//!   digest, so it can be recorded from a bundle known to be good.
+//!
+//! URLs are fetched over rustls, trusting the built-in Mozilla roots plus the
+//! PEM certificates in the file named by `SSL_CERT_FILE`, if set (the usual
+//! variable for an extra CA bundle, e.g. a private mirror's CA).
 
-use std::path::Path;
+use std::io::Read;
+use std::path::{Component, Path};
+use std::time::Duration;
+
+use flate2::read::GzDecoder;
+use sha2::{Digest, Sha256};
 
 use super::{Bundle, FILES};
 use crate::report::Finding;
 
+/// Largest bundle file; real ones are a few KiB.
+pub const MAX_FILE: u64 = 1024 * 1024;
+/// Largest unpacked archive, and largest archive or download.
+pub const MAX_TOTAL: u64 = 16 * 1024 * 1024;
+/// Variable naming an extra PEM CA bundle for https:// sources.
+pub const CA_FILE_ENV: &str = "SSL_CERT_FILE";
+
+const HINT_REGENERATE: &str = "use the files `istioctl x workload entry configure -o DIR` wrote, \
+    as a directory or packed with `tar czf bundle.tar.gz -C DIR .`";
+
+fn finding(code: &str, file: Option<&str>, msg: impl Into<String>, hint: &str) -> Vec<Finding> {
+    vec![Finding::error(code, file, msg, hint)]
+}
+
+/// True when `src` is fetched over the network.
+pub fn is_url(src: &str) -> bool {
+    src.starts_with("https://") || src.starts_with("http://")
+}
+
+/// Usage checks of `--bundle`/`--sha256` (exit 2 when they fail): a URL must be
+/// https and needs `--sha256`; `--sha256` must be 64 hex digits.
+pub fn check_args(src: &str, sha256: Option<&str>) -> Result<(), String> {
+    if src.is_empty() {
+        return Err("--bundle is empty".into());
+    }
+    if let Some(h) = sha256
+        && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(format!(
+            "--sha256 must be 64 hex digits (as `sha256sum` prints), got {} characters",
+            h.len()
+        ));
+    }
+    if src.starts_with("http://") {
+        return Err("a bundle URL must be https:// (the bundle holds a credential)".into());
+    }
+    if src.starts_with("https://") && sha256.is_none() {
+        return Err(
+            "--sha256 is required with a URL bundle: run `sha256sum bundle.tar.gz` where \
+             the bundle was made and pass the digest"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 /// Read a bundle. Files that are missing are simply absent from the result
-/// (validation reports them); problems with the source itself are findings.
-pub fn load(src: &str, _sha256: Option<&str>) -> Result<Bundle, Vec<Finding>> {
-    let dir = Path::new(src);
+/// (validation reports them as `bundle.missing_file`); problems with the source
+/// itself (unsafe archive, too large, checksum, unreadable) are findings.
+pub fn load(src: &str, sha256: Option<&str>) -> Result<Bundle, Vec<Finding>> {
+    if let Err(msg) = check_args(src, sha256) {
+        return Err(finding("bundle.checksum", None, msg, HINT_REGENERATE));
+    }
+    let sha256 = sha256.map(str::to_ascii_lowercase);
+    if is_url(src) {
+        let bytes = fetch(src)?;
+        check_sha(&bytes, sha256.as_deref(), src)?;
+        return unpack(&bytes);
+    }
+    let path = Path::new(src);
+    let meta = std::fs::metadata(path).map_err(|e| {
+        finding(
+            "bundle.missing_file",
+            None,
+            format!("cannot read bundle {src}: {}", io_reason(&e)),
+            "pass the directory `istioctl x workload entry configure -o DIR` wrote, \
+             a .tar.gz of it, or an https:// URL",
+        )
+    })?;
+    if meta.is_dir() {
+        let bundle = read_dir(path)?;
+        if let Some(want) = sha256.as_deref() {
+            let got = bundle.digest();
+            if got != want {
+                return Err(finding(
+                    "bundle.checksum",
+                    None,
+                    format!("bundle digest of directory {src} is {got}, expected {want}"),
+                    "the files differ from the bundle the digest was taken of; for a \
+                     directory --sha256 is the bundle digest (for a .tar.gz, the archive's \
+                     sha256sum)",
+                ));
+            }
+        }
+        return Ok(bundle);
+    }
+    if !meta.is_file() {
+        return Err(finding(
+            "bundle.unsafe_path",
+            None,
+            format!("{src} is neither a directory nor a regular file"),
+            HINT_REGENERATE,
+        ));
+    }
+    if meta.len() > MAX_TOTAL {
+        return Err(finding(
+            "bundle.too_large",
+            None,
+            format!(
+                "{src} is {} bytes; a bundle archive is at most {MAX_TOTAL}",
+                meta.len()
+            ),
+            HINT_REGENERATE,
+        ));
+    }
+    let bytes = read_limited(path, MAX_TOTAL, false).map_err(|e| {
+        finding(
+            "bundle.missing_file",
+            None,
+            format!("cannot read {src}: {}", io_reason(&e)),
+            HINT_REGENERATE,
+        )
+    })?;
+    check_sha(&bytes, sha256.as_deref(), src)?;
+    unpack(&bytes)
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file or directory".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
+fn check_sha(bytes: &[u8], want: Option<&str>, src: &str) -> Result<(), Vec<Finding>> {
+    let Some(want) = want else { return Ok(()) };
+    let got = format!("{:x}", Sha256::digest(bytes));
+    if got != want {
+        return Err(finding(
+            "bundle.checksum",
+            None,
+            format!("SHA-256 of {} is {got}, expected {want}", redact_url(src)),
+            "the archive is not the one the digest was taken of (changed, truncated or \
+             replaced): fetch it again or check the digest",
+        ));
+    }
+    Ok(())
+}
+
+/// Read at most `limit` bytes of a regular file; more is an error (the caller
+/// checked the size, this guards a file that grows while read). Opened
+/// non-blocking and checked on the descriptor, so a file swapped for a FIFO
+/// after the caller's check cannot hang us.
+fn read_limited(path: &Path, limit: u64, nofollow: bool) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut flags = nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY;
+    if nofollow {
+        flags |= nix::libc::O_NOFOLLOW;
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut buf = Vec::new();
+    f.take(limit + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > limit {
+        return Err(std::io::Error::other(format!("larger than {limit} bytes")));
+    }
+    Ok(buf)
+}
+
+fn too_large(name: &str, size: u64) -> Vec<Finding> {
+    finding(
+        "bundle.too_large",
+        Some(name),
+        format!("{name} is {size} bytes; a bundle file is at most {MAX_FILE}"),
+        "this is not a file istioctl writes (they are a few KiB): check you packed \
+         the right directory",
+    )
+}
+
+fn read_dir(dir: &Path) -> Result<Bundle, Vec<Finding>> {
     let mut bundle = Bundle::default();
+    let mut findings = Vec::new();
     for name in FILES {
-        if let Ok(bytes) = std::fs::read(dir.join(name)) {
-            bundle.files.insert(name.to_string(), bytes);
+        let path = dir.join(name);
+        // A symlink is refused like in an archive: a bundle directory written by
+        // a less trusted user must not make us read (and later place) any file
+        // root can read. The directory itself is the operator's own argument.
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                findings.extend(finding(
+                    "bundle.missing_file",
+                    Some(name),
+                    format!("cannot read {name}: {}", io_reason(&e)),
+                    "make the file readable by the user running istio-vm",
+                ));
+                continue;
+            }
+        };
+        if meta.file_type().is_symlink() {
+            findings.extend(finding(
+                "bundle.unsafe_path",
+                Some(name),
+                format!("{name} is a symbolic link"),
+                "copy the file itself into the bundle directory (`cp -L`)",
+            ));
+            continue;
+        }
+        if !meta.is_file() {
+            findings.extend(finding(
+                "bundle.unsafe_path",
+                Some(name),
+                format!("{name} is not a regular file"),
+                HINT_REGENERATE,
+            ));
+            continue;
+        }
+        if meta.len() > MAX_FILE {
+            findings.extend(too_large(name, meta.len()));
+            continue;
+        }
+        match read_limited(&path, MAX_FILE, true) {
+            Ok(bytes) => {
+                bundle.files.insert(name.to_string(), bytes);
+            }
+            Err(e) => findings.extend(finding(
+                "bundle.missing_file",
+                Some(name),
+                format!("cannot read {name}: {}", io_reason(&e)),
+                "make the file readable by the user running istio-vm",
+            )),
+        }
+    }
+    if findings.is_empty() {
+        Ok(bundle)
+    } else {
+        Err(findings)
+    }
+}
+
+/// Unpack a .tar.gz held in memory. The bundle files are taken from the top
+/// level or from a single top-level folder; other files are ignored.
+fn unpack(bytes: &[u8]) -> Result<Bundle, Vec<Finding>> {
+    let not_archive = |detail: String| {
+        finding(
+            "bundle.archive",
+            None,
+            format!("not a readable .tar.gz: {detail}"),
+            HINT_REGENERATE,
+        )
+    };
+    if bytes.len() < 2 || bytes[..2] != [0x1f, 0x8b] {
+        return Err(not_archive("no gzip header".into()));
+    }
+    // The decompressed stream is bounded: headers count too, so a tar of
+    // millions of empty entries cannot spin forever.
+    let gz = GzDecoder::new(bytes).take(MAX_TOTAL + 64 * 1024);
+    let mut archive = tar::Archive::new(gz);
+    let entries = archive.entries().map_err(|e| not_archive(e.to_string()))?;
+    // (components below the root, bytes)
+    let mut found: Vec<(Vec<String>, Vec<u8>)> = Vec::new();
+    let mut total: u64 = 0;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| not_archive(e.to_string()))?;
+        let raw_path = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw_path).into_owned();
+        let unsafe_entry = |why: &str| {
+            finding(
+                "bundle.unsafe_path",
+                None,
+                format!("archive entry `{shown}` {why}"),
+                "a bundle archive holds only the five regular files (optionally in one \
+                 folder); repack it with `tar czf bundle.tar.gz -C DIR .`",
+            )
+        };
+        let kind = entry.header().entry_type();
+        use tar::EntryType as T;
+        match kind {
+            T::Regular | T::Continuous | T::Directory => {}
+            // Metadata entries the tar crate folds into the next entry.
+            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => continue,
+            T::Symlink => return Err(unsafe_entry("is a symbolic link")),
+            T::Link => return Err(unsafe_entry("is a hard link")),
+            T::Char | T::Block => return Err(unsafe_entry("is a device")),
+            T::Fifo => return Err(unsafe_entry("is a FIFO")),
+            _ => return Err(unsafe_entry("is not a regular file or directory")),
+        }
+        let Ok(path_str) = std::str::from_utf8(&raw_path) else {
+            return Err(unsafe_entry("has a name that is not UTF-8"));
+        };
+        if path_str.starts_with('/') {
+            return Err(unsafe_entry("is an absolute path"));
+        }
+        let mut comps = Vec::new();
+        for c in Path::new(path_str).components() {
+            match c {
+                Component::Normal(s) => comps.push(s.to_string_lossy().into_owned()),
+                Component::CurDir => {}
+                Component::ParentDir => return Err(unsafe_entry("contains `..`")),
+                Component::RootDir | Component::Prefix(_) => {
+                    return Err(unsafe_entry("is an absolute path"));
+                }
+            }
+        }
+        if kind == T::Directory || comps.is_empty() {
+            continue;
+        }
+        let name = comps.last().cloned().unwrap_or_default();
+        let size = entry.header().size().unwrap_or(u64::MAX);
+        if size > MAX_FILE {
+            return Err(too_large(&name, size));
+        }
+        if total + size > MAX_TOTAL {
+            return Err(finding(
+                "bundle.too_large",
+                None,
+                format!("the archive unpacks to more than {MAX_TOTAL} bytes"),
+                HINT_REGENERATE,
+            ));
+        }
+        let mut data = Vec::new();
+        (&mut entry)
+            .take(MAX_FILE + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| not_archive(e.to_string()))?;
+        if data.len() as u64 > MAX_FILE {
+            return Err(too_large(&name, data.len() as u64));
+        }
+        total += data.len() as u64;
+        if total > MAX_TOTAL {
+            return Err(finding(
+                "bundle.too_large",
+                None,
+                format!("the archive unpacks to more than {MAX_TOTAL} bytes"),
+                HINT_REGENERATE,
+            ));
+        }
+        if FILES.contains(&name.as_str()) && comps.len() <= 2 {
+            found.push((comps, data));
+        }
+    }
+    // Flat layout wins; else exactly one top-level folder may hold the files.
+    let flat: Vec<_> = found.iter().filter(|(c, _)| c.len() == 1).collect();
+    let chosen: Vec<&(Vec<String>, Vec<u8>)> = if !flat.is_empty() {
+        flat
+    } else {
+        let mut tops: Vec<&str> = found.iter().map(|(c, _)| c[0].as_str()).collect();
+        tops.sort();
+        tops.dedup();
+        if tops.len() > 1 {
+            return Err(finding(
+                "bundle.archive",
+                None,
+                format!(
+                    "bundle files in several folders ({}); which one is the bundle?",
+                    tops.join(", ")
+                ),
+                "pack one bundle per archive",
+            ));
+        }
+        found.iter().collect()
+    };
+    let mut bundle = Bundle::default();
+    for (comps, data) in chosen {
+        let name = comps.last().expect("non-empty").clone();
+        if bundle.files.insert(name.clone(), data.clone()).is_some() {
+            return Err(finding(
+                "bundle.archive",
+                Some(&name),
+                format!("{name} appears twice in the archive"),
+                "pack one bundle per archive",
+            ));
         }
     }
     Ok(bundle)
+}
+
+/// Download `url` (https only, redirects only to https), at most MAX_TOTAL bytes.
+fn fetch(url: &str) -> Result<Vec<u8>, Vec<Finding>> {
+    let fail = |msg: String, hint: &str| finding("bundle.fetch", None, msg, hint);
+    let mut builder = reqwest::blocking::Client::builder()
+        .https_only(true)
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .user_agent(concat!("istio-vm/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = std::env::var_os(CA_FILE_ENV) {
+        let pem = std::fs::read(&path).map_err(|e| {
+            fail(
+                format!(
+                    "cannot read {CA_FILE_ENV}={}: {}",
+                    Path::new(&path).display(),
+                    io_reason(&e)
+                ),
+                "point SSL_CERT_FILE at a PEM file of CA certificates, or unset it",
+            )
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            fail(
+                format!("{CA_FILE_ENV} holds no usable PEM certificate: {e}"),
+                "point SSL_CERT_FILE at a PEM file of CA certificates, or unset it",
+            )
+        })?;
+        if certs.is_empty() {
+            return Err(fail(
+                format!("{CA_FILE_ENV} holds no PEM certificate"),
+                "point SSL_CERT_FILE at a PEM file of CA certificates, or unset it",
+            ));
+        }
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    let client = builder
+        .build()
+        .map_err(|e| fail(format!("cannot set up HTTPS: {e}"), ""))?;
+    let resp = client.get(url).send().map_err(|e| {
+        fail(
+            format!("cannot fetch {}: {}", redact_url(url), chain(&e)),
+            "check the URL, the network, and that the server's certificate chains to a \
+             trusted CA (an extra CA can be given with SSL_CERT_FILE)",
+        )
+    })?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(fail(
+            format!("{} answered HTTP {status}", redact_url(url)),
+            "check the URL (a signed URL may have expired)",
+        ));
+    }
+    if resp.content_length().is_some_and(|n| n > MAX_TOTAL) {
+        return Err(finding(
+            "bundle.too_large",
+            None,
+            format!("{} is larger than {MAX_TOTAL} bytes", redact_url(url)),
+            HINT_REGENERATE,
+        ));
+    }
+    let mut buf = Vec::new();
+    resp.take(MAX_TOTAL + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| fail(format!("download of {} failed: {e}", redact_url(url)), ""))?;
+    if buf.len() as u64 > MAX_TOTAL {
+        return Err(finding(
+            "bundle.too_large",
+            None,
+            format!("{} is larger than {MAX_TOTAL} bytes", redact_url(url)),
+            HINT_REGENERATE,
+        ));
+    }
+    Ok(buf)
+}
+
+/// A URL without its query (a signed URL's query is a credential).
+fn redact_url(url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, _)) => format!("{base}?…"),
+        None => url.to_string(),
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args() {
+        let h = "a".repeat(64);
+        assert!(check_args("dir", None).is_ok());
+        assert!(check_args("https://x/b.tgz", Some(&h)).is_ok());
+        assert!(check_args("https://x/b.tgz", None).is_err());
+        assert!(check_args("http://x/b.tgz", Some(&h)).is_err());
+        assert!(check_args("dir", Some("abc")).is_err());
+        assert!(check_args("dir", Some(&"g".repeat(64))).is_err());
+        assert!(check_args("", None).is_err());
+    }
+
+    #[test]
+    fn redacts_query() {
+        assert_eq!(redact_url("https://h/b?sig=1"), "https://h/b?…");
+    }
 }

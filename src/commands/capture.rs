@@ -1,10 +1,268 @@
-use anyhow::Result;
+//! `istio-vm capture render|apply|remove|status [--backend]`.
+//!
+//! Reads the *placed* cluster.env (`/var/lib/istio/envoy/cluster.env`),
+//! `/etc/resolv.conf` and the istio-proxy uid/gid from the root's
+//! `/etc/passwd` / `/etc/group`, so it works the same on a running VM and on
+//! a baked image. Under `--root` other than `/` only `render` is allowed:
+//! nothing live changes there.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
 
 use super::Ctx;
-use crate::cli::CaptureArgs;
+use crate::capture::live::{self, Resolved};
+use crate::capture::sysfiles::{self, read_inputs};
+use crate::capture::{self, Inputs, Rendered};
+use crate::cli::{Backend, CaptureAction, CaptureArgs};
+use crate::config::Config;
 use crate::error::Failure;
-use crate::report::Report;
+use crate::layout;
+use crate::report::{Report, Step, StepStatus};
 
-pub fn run(_ctx: &Ctx, _args: &CaptureArgs) -> Result<Report> {
-    Err(Failure::Usage("`capture` is not built yet".into()).into())
+fn step(id: &str, status: StepStatus, detail: impl Into<String>) -> Step {
+    Step {
+        id: id.to_string(),
+        status,
+        detail: detail.into(),
+        diff: None,
+    }
+}
+
+/// What every action starts from: the backend (live only) and the
+/// rendering of the placed inputs (an error is kept: remove and status can
+/// go on without it).
+struct Prepared {
+    backend: Option<Resolved>,
+    rendered: Result<(capture::IstioConfig, Rendered)>,
+    steps: Vec<Step>,
+}
+
+fn prepare(root: &Path, config: &Config, requested: Backend, detect: bool) -> Result<Prepared> {
+    let live = root == Path::new("/");
+    let read = read_inputs(root, live);
+    let native_nft = read
+        .as_ref()
+        .ok()
+        .and_then(|r| r.env.get("NATIVE_NFTABLES").cloned())
+        .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "True" | "t" | "T"));
+    let backend = if live && detect {
+        Some(live::detect(requested, native_nft)?)
+    } else {
+        None
+    };
+    let model_backend = match (backend, requested) {
+        (Some(b), _) => b.model(),
+        (None, Backend::Nftables) => capture::Backend::Nftables,
+        (None, Backend::Auto) if native_nft => capture::Backend::Nftables,
+        (None, _) => capture::Backend::Iptables,
+    };
+    let mut steps = Vec::new();
+    if let Some(b) = backend {
+        steps.push(step("capture:backend", StepStatus::Ok, b.name()));
+    }
+    let rendered = read.and_then(|r| {
+        if r.uid.is_none() {
+            steps.push(step(
+                "capture:user",
+                StepStatus::Skipped,
+                "no istio-proxy user in /etc/passwd: owner rules use uid 1337 (Istio's default)",
+            ));
+        }
+        let inp = Inputs {
+            env: &r.env,
+            resolv_conf: &r.resolv,
+            uid: r.uid,
+            gid: r.gid,
+            host_ipv6: r.host_ipv6,
+            exclude_inbound_ports: &config.exclude_inbound_ports,
+            allow_ssh_capture: config.allow_ssh_capture,
+        };
+        capture::render(&inp, model_backend).map_err(anyhow::Error::from)
+    });
+    Ok(Prepared {
+        backend,
+        rendered,
+        steps,
+    })
+}
+
+/// Render from the placed files under `/`, apply live (a no-op when the
+/// rules are already in place), add TPROXY policy routing if needed and
+/// record the applied rules. For `install` (after it placed cluster.env)
+/// and `capture apply`.
+pub fn apply_on_root(root: &Path, config: &Config, requested: Backend) -> Result<live::Outcome> {
+    let p = prepare(root, config, requested, true)?;
+    let mut out = live::Outcome {
+        changed: false,
+        steps: p.steps,
+    };
+    let (cfg, r) = p.rendered?;
+    let b = p.backend.context("capture apply needs the live root /")?;
+    let applied = live::apply_live(&r, b)?;
+    out.changed |= applied.changed;
+    out.steps.extend(applied.steps);
+    if let Some(t) = tproxy_routing(&cfg) {
+        let routing = live::apply_tproxy_routing(&t)?;
+        out.changed |= routing.changed;
+        out.steps.extend(routing.steps);
+    }
+    let dir = sysfiles::resolve_in_root(root, layout::CAPTURE_DIR)?;
+    out.steps.extend(live::write_record(&dir, &r)?);
+    Ok(out)
+}
+
+/// Remove every Istio capture rule by state (all backends), helped by the
+/// current rendering and the record to find Istio's non-jump built-in
+/// rules; works even when cluster.env is gone. For `uninstall` and
+/// `capture remove`.
+pub fn remove_on_root(root: &Path, config: &Config) -> Result<live::Outcome> {
+    let p = prepare(root, config, Backend::Auto, false)?;
+    let mut known = Vec::new();
+    let mut route_tables = Vec::new();
+    if let Ok((cfg, r)) = p.rendered {
+        known.push(r);
+        route_tables.push(cfg.tproxy_route_table);
+    }
+    known.extend(recorded(root));
+    let mut out = live::remove_live(&known, &route_tables)?;
+    if !out.changed {
+        out.steps.push(step(
+            "capture:remove",
+            StepStatus::Ok,
+            "no Istio rules present",
+        ));
+    }
+    Ok(out)
+}
+
+pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
+    let mut report = Report::new("capture");
+    if args.action != CaptureAction::Render && !ctx.live() {
+        return Err(Failure::Usage(format!(
+            "`capture {}` changes or reads live netfilter state and is not available under \
+             --root {}; use `capture render` (the capture unit applies the rules at boot)",
+            action_name(args.action),
+            ctx.root.display()
+        ))
+        .into());
+    }
+    let requested = if args.backend == Backend::Auto {
+        ctx.config.backend
+    } else {
+        args.backend
+    };
+    match args.action {
+        CaptureAction::Render => {
+            // The text does not depend on legacy vs nft: no detection needed.
+            let p = prepare(&ctx.root, &ctx.config, requested, false)?;
+            report.steps.extend(p.steps);
+            let (cfg, r) = p.rendered?;
+            for n in &cfg.notes {
+                report
+                    .steps
+                    .push(step("capture:note", StepStatus::Ok, n.clone()));
+            }
+            for (name, _) in r.record_files() {
+                report.steps.push(step(
+                    &format!("capture:{name}"),
+                    StepStatus::Ok,
+                    format!(
+                        "rendered ({})",
+                        if cfg.ipv6 { "IPv4 and IPv6" } else { "IPv4" }
+                    ),
+                ));
+            }
+            report.rules = Some(r.text());
+        }
+        CaptureAction::Apply => {
+            let out = apply_on_root(&ctx.root, &ctx.config, requested)?;
+            report.changed = out.changed;
+            report.steps.extend(out.steps);
+        }
+        CaptureAction::Remove => {
+            let out = remove_on_root(&ctx.root, &ctx.config)?;
+            report.changed = out.changed;
+            report.steps.extend(out.steps);
+        }
+        CaptureAction::Status => {
+            let p = prepare(&ctx.root, &ctx.config, requested, true)?;
+            report.steps.extend(p.steps);
+            let b = p.backend.context("internal: no backend")?;
+            let mut routing_ok = true;
+            let r = match p.rendered {
+                Ok((cfg, r)) => {
+                    if let Some(t) = tproxy_routing(&cfg) {
+                        routing_ok = live::tproxy_routing_present(&t);
+                        report.steps.push(step(
+                            "capture:tproxy-routing",
+                            if routing_ok {
+                                StepStatus::Ok
+                            } else {
+                                StepStatus::Failed
+                            },
+                            if routing_ok {
+                                "policy routing present"
+                            } else {
+                                "policy routing for TPROXY missing"
+                            },
+                        ));
+                    }
+                    Some(r)
+                }
+                Err(e) => {
+                    report
+                        .steps
+                        .push(step("capture:render", StepStatus::Failed, format!("{e:#}")));
+                    None
+                }
+            };
+            // Status is a check: exit 1 when the live rules are missing or
+            // differ from what this VM's files render.
+            let (steps, matches) = live::status(r.as_ref(), b)?;
+            report.steps.extend(steps);
+            report.ok = matches && routing_ok && r.is_some();
+        }
+    }
+    Ok(report)
+}
+
+/// The policy routing TPROXY interception needs, if the mode is TPROXY.
+pub fn tproxy_routing(cfg: &capture::IstioConfig) -> Option<live::TproxyRouting> {
+    (cfg.mode == capture::config::InterceptionMode::Tproxy).then(|| live::TproxyRouting {
+        mark: cfg.tproxy_mark.clone(),
+        table: cfg.tproxy_route_table.clone(),
+        ipv6: cfg.ipv6,
+    })
+}
+
+/// The last-applied record under `/var/lib/istio-vm/capture/`, if any.
+fn recorded(root: &Path) -> Vec<Rendered> {
+    let read = |n: &str| {
+        sysfiles::read_optional(root, &format!("{}/{n}", layout::CAPTURE_DIR))
+            .ok()
+            .flatten()
+    };
+    let mut out = Vec::new();
+    if let Some(v4) = read("rules-v4") {
+        out.push(Rendered::Iptables {
+            v4,
+            v6: read("rules-v6"),
+        });
+    } else if let Some(v6) = read("rules-v6") {
+        out.push(Rendered::Iptables {
+            v4: String::new(),
+            v6: Some(v6),
+        });
+    }
+    out
+}
+
+fn action_name(a: CaptureAction) -> &'static str {
+    match a {
+        CaptureAction::Render => "render",
+        CaptureAction::Apply => "apply",
+        CaptureAction::Remove => "remove",
+        CaptureAction::Status => "status",
+    }
 }

@@ -1,10 +1,29 @@
+//! `istio-vm validate --bundle SRC [--sha256 HEX] [--strict]`: read the bundle,
+//! report every finding, change nothing.
+
 use anyhow::Result;
+use time::OffsetDateTime;
 
 use super::Ctx;
+use crate::bundle;
 use crate::cli::ValidateArgs;
 use crate::error::Failure;
 use crate::report::Report;
 
-pub fn run(_ctx: &Ctx, _args: &ValidateArgs) -> Result<Report> {
-    Err(Failure::Usage("`validate` is not built yet".into()).into())
+pub fn run(_ctx: &Ctx, args: &ValidateArgs) -> Result<Report> {
+    let src = &args.bundle.bundle;
+    let sha = args.bundle.sha256.as_deref();
+    bundle::source::check_args(src, sha).map_err(Failure::Usage)?;
+    let mut report = Report::new("validate");
+    report.findings = match bundle::load(src, sha) {
+        Ok(b) => crate::validate::validate(&b, OffsetDateTime::now_utc()).findings,
+        Err(findings) => findings,
+    };
+    // Errors fail; with --strict, so do warnings.
+    report.ok = if args.strict {
+        report.findings.is_empty()
+    } else {
+        !report.has_errors()
+    };
+    Ok(report)
 }
