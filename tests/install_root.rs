@@ -67,7 +67,7 @@ fn ownership_follows_the_roots_own_user_database() {
     }
     for p in [
         "etc/tmpfiles.d/istio-vm.conf",
-        "usr/lib/sysusers.d/istio-vm.conf",
+        "etc/sysusers.d/istio-vm.conf",
         "var/lib/istio-vm",
         "var/lib/istio-vm/state.json",
         "var/lib/istio-vm/backup",
@@ -90,8 +90,10 @@ fn without_the_user_ownership_is_left_to_tmpfiles() {
     ok(&install(r, example(), &[], &[]));
     assert_eq!(owner(&r.join("etc/certs/root-cert.pem")), (0, 0));
     let tmpfiles = std::fs::read_to_string(r.join("etc/tmpfiles.d/istio-vm.conf")).unwrap();
+    // Recursive: a `z` per file would be refused below a directory just given
+    // to istio-proxy (see units::tmpfiles; proven at first boot in e2e_systemd).
     assert!(tmpfiles.contains("Z /etc/certs - istio-proxy istio-proxy -"));
-    assert!(tmpfiles.contains("z /run/secrets/tokens/istio-token 0600 istio-proxy istio-proxy -"));
+    assert!(tmpfiles.contains("d /run/secrets/tokens 0755 istio-proxy istio-proxy -"));
     // The user appears later (e.g. the istio-sidecar package): the next run
     // hands the files over.
     with_proxy_user(r);
@@ -252,7 +254,7 @@ fn first_boot_creates_the_user_and_fixes_ownership() {
     std::fs::remove_dir_all(r.join("run/secrets")).unwrap();
     let sysusers = Command::new("systemd-sysusers")
         .arg(format!("--root={}", r.display()))
-        .arg(r.join("usr/lib/sysusers.d/istio-vm.conf"))
+        .arg(r.join(istio_vm::layout::SYSUSERS.trim_start_matches('/')))
         .output()
         .expect("systemd-sysusers");
     assert!(

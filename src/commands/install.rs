@@ -3,13 +3,14 @@
 use anyhow::Result;
 
 use super::Ctx;
-use crate::apply::{self, Entry, Prior, Root, State, cloudinit, fsops, lock, user};
+use crate::apply::{self, Entry, Prior, Root, State, cloudinit, fsops, lock, systemd, user};
 use crate::bundle::{self, Bundle};
 use crate::cli::InstallArgs;
 use crate::error::Failure;
 use crate::layout;
 use crate::plan::{self, Action, Current, Facts, HookEnv, Op, Planned};
 use crate::report::{Report, Step, StepStatus};
+use crate::units;
 
 /// Read what is at every path the actions touch.
 fn gather(root: &Root, actions: &[Action]) -> Result<Facts> {
@@ -104,22 +105,50 @@ fn next_state(
 // live (root `/`), in order, after every file is placed, and their `undo` runs
 // if a later step fails.
 
-/// Generated files (systemd units and drop-in from units.rs, capture rule
-/// records under /var/lib/istio-vm/capture/).
-fn generated_files(_ctx: &Ctx, _args: &InstallArgs, _bundle: &Bundle) -> Vec<plan::FileAction> {
-    Vec::new()
+/// Files other areas generate: the systemd units, tmpfiles.d and
+/// sysusers.d of [`units::render`] (root, 0644).
+fn generated_files(_ctx: &Ctx, args: &InstallArgs, _bundle: &Bundle) -> Vec<plan::FileAction> {
+    units::render(&unit_options(args))
+        .into_iter()
+        .map(|f| plan::FileAction {
+            path: f.path.into(),
+            content: f.content.into_bytes(),
+            owner: layout::Owner::Root,
+            mode: f.mode,
+            secret: false,
+        })
+        .collect()
 }
 
-/// Live hooks of an install (capture apply; systemctl daemon-reload, enable,
-/// start), e.g. `Hook { after_change_of: vec![layout::CAPTURE_UNIT.into()], .. }`.
-fn install_hooks(_ctx: &Ctx, _args: &InstallArgs) -> Vec<plan::Hook> {
-    Vec::new()
+fn unit_options(args: &InstallArgs) -> units::Options {
+    units::Options {
+        capture: !args.no_capture,
+    }
 }
 
-/// Live hooks of an uninstall, run before any file is restored (systemctl
-/// stop/disable, capture remove).
+/// Live hooks of an install: `systemctl daemon-reload` when a unit changed,
+/// then (unless `--no-start`) `systemctl restart istio`, which applies the
+/// capture rules first (the capture unit). Under --root nothing is started:
+/// the units come up at first boot.
+fn install_hooks(_ctx: &Ctx, args: &InstallArgs) -> Vec<plan::Hook> {
+    systemd::install_hooks(&units::render(&unit_options(args)), !args.no_start)
+}
+
+/// Live hooks of an uninstall, run before any file is restored: stop the
+/// sidecar and with it the capture unit, whose stop removes the rules.
 fn uninstall_hooks(_ctx: &Ctx) -> Vec<plan::Hook> {
-    Vec::new()
+    vec![
+        systemd::uninstall_stop_hook(),
+        // Whatever else put Istio rules in (a hand-run `capture apply`,
+        // Istio's own start script before install), none are left.
+        plan::Hook {
+            id: "hook:capture-remove".into(),
+            detail: "every Istio capture rule removed".into(),
+            run: |env| super::capture::remove_on_root(&env.root, &env.config).map(|_| ()),
+            undo: None,
+            after_change_of: Vec::new(),
+        },
+    ]
 }
 
 pub fn install(ctx: &Ctx, args: &InstallArgs) -> Result<Report> {
@@ -412,6 +441,17 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
             diff: None,
         });
         ops.push((id, op));
+    }
+    if root.is_slash() {
+        // systemd forgets the removed units.
+        let h = systemd::uninstall_reload_hook();
+        report.steps.push(Step {
+            id: h.id.clone(),
+            status: StepStatus::Changed,
+            detail: h.detail.clone(),
+            diff: None,
+        });
+        ops.push((h.id.clone(), Op::Hook(h)));
     }
     let mut done = |id: &str, detail: Option<String>| {
         if let (Some(d), Some(s)) = (detail, report.steps.iter_mut().find(|s| s.id == id)) {
