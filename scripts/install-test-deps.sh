@@ -15,6 +15,19 @@ pkgs=(
     debootstrap
     systemd-container
     dbus
+    # Packaging (tests/packaging_*.rs): build, lint, cross-build and run
+    # arm64 under qemu, install with the real dpkg and rpm.
+    dpkg-dev
+    lintian
+    rpm
+    rpmlint
+    shellcheck
+    cpio
+    binutils
+    groff-base
+    gcc-aarch64-linux-gnu
+    libc6-dev-arm64-cross
+    qemu-user-static
 )
 
 missing=()
@@ -30,4 +43,9 @@ fi
 # Python tools from PyPI (fleet examples are checked with the real ones).
 if ! command -v ansible-lint >/dev/null || ! command -v ansible-playbook >/dev/null; then
     python3 -m pip install -q --root-user-action=ignore ansible-core ansible-lint
+fi
+
+# The arm64 packages are cross-built (.cargo/config.toml names the linker).
+if ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
+    rustup target add aarch64-unknown-linux-gnu
 fi
