@@ -10,11 +10,11 @@ pkgs=(
     iproute2
     util-linux
     cloud-init
+    systemd
     # The booted-Debian e2e tests (tests/e2e_*.rs, scripts/e2e/).
     debootstrap
     systemd-container
     dbus
-    systemd
     # Packaging (tests/packaging_*.rs): build, lint, cross-build and run
     # arm64 under qemu, install with the real dpkg and rpm.
     dpkg-dev

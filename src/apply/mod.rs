@@ -11,7 +11,6 @@
 //!    recorded path and returns `Failure::RolledBack` (exit 3).
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
@@ -167,6 +166,8 @@ pub struct Tx<'a> {
     started: bool,
     /// The full journal is on disk: ops may have run.
     journaled: bool,
+    /// Directory fsyncs of the ops, done once each before commit.
+    sync: fsops::Syncer,
 }
 
 impl<'a> Tx<'a> {
@@ -183,6 +184,7 @@ impl<'a> Tx<'a> {
             hook_env,
             started: false,
             journaled: false,
+            sync: fsops::Syncer::deferred(),
         }
     }
 
@@ -288,7 +290,7 @@ impl<'a> Tx<'a> {
             } else {
                 0o755
             };
-            fsops::mkdir(&self.root.host(&e.path), mode, owner)?;
+            fsops::mkdir(&self.root.host(&e.path), mode, owner, &fsops::Syncer::now())?;
         }
         // A first journal naming only the directories just made, so a
         // crash while backing up still leaves a way back.
@@ -296,7 +298,7 @@ impl<'a> Tx<'a> {
         self.write_journal(&meta, "prepare")?;
         for (name, bytes) in std::mem::take(&mut self.pending) {
             let host = self.root.host(&format!("{}/{name}", layout::BACKUP_DIR));
-            fsops::write_atomic(&host, &bytes, 0o600, owner, "backup")
+            fsops::write_atomic(&host, &bytes, 0o600, owner, "backup", &fsops::Syncer::now())
                 .context("backing up before the change")?;
         }
         let all = self.entries.clone();
@@ -313,8 +315,15 @@ impl<'a> Tx<'a> {
         };
         let bytes = serde_json::to_vec_pretty(&j)?;
         let owner = self.can_chown.then_some((0, 0));
-        fsops::write_atomic(&self.root.host(JOURNAL), &bytes, 0o600, owner, failpoint)
-            .context("writing the journal")
+        fsops::write_atomic(
+            &self.root.host(JOURNAL),
+            &bytes,
+            0o600,
+            owner,
+            failpoint,
+            &fsops::Syncer::now(),
+        )
+        .context("writing the journal")
     }
 
     /// Create missing parents of `real` (recorded by `begin`).
@@ -331,7 +340,7 @@ impl<'a> Tx<'a> {
         }
         let owner = self.can_chown.then_some((0, 0));
         for d in missing.iter().rev() {
-            fsops::mkdir(&self.root.host(d), 0o755, owner)?;
+            fsops::mkdir(&self.root.host(d), 0o755, owner, &self.sync)?;
         }
         Ok(())
     }
@@ -345,7 +354,7 @@ impl<'a> Tx<'a> {
                 let r = self.root.resolve(path)?;
                 self.ensure_parents(&r.real)?;
                 match fsops::read_current(&r.host)? {
-                    Current::Absent => fsops::mkdir(&r.host, *mode, *owner)?,
+                    Current::Absent => fsops::mkdir(&r.host, *mode, *owner, &self.sync)?,
                     Current::Dir { .. } => fsops::set_dir_meta(&r.host, *mode, *owner)?,
                     _ => bail!("{path} is not a directory; move it away"),
                 }
@@ -362,16 +371,16 @@ impl<'a> Tx<'a> {
             } => {
                 let r = self.root.resolve(path)?;
                 self.ensure_parents(&r.real)?;
-                fsops::write_atomic(&r.host, content, *mode, *owner, id)
+                fsops::write_atomic(&r.host, content, *mode, *owner, id, &self.sync)
                     .with_context(|| format!("writing {path}"))?;
             }
             Op::Remove { path } => {
                 let r = self.root.resolve(path)?;
-                fsops::remove_file(&r.host)?;
+                fsops::remove_file(&r.host, &self.sync)?;
             }
             Op::Rmdir { path } => {
                 let r = self.root.resolve(path)?;
-                if !fsops::rmdir_if_empty(&r.host)? {
+                if !fsops::rmdir_if_empty(&r.host, &self.sync)? {
                     return Ok(Some(
                         "kept: not empty (holds files istio-vm did not place)".into(),
                     ));
@@ -388,7 +397,7 @@ impl<'a> Tx<'a> {
     /// Commit: the journal goes, and backups no longer referenced by
     /// `keep` (the new state) are deleted.
     pub fn commit(self, keep: Option<&State>) -> Result<()> {
-        fsops::remove_file(&self.root.host(JOURNAL))?;
+        fsops::remove_file(&self.root.host(JOURNAL), &fsops::Syncer::now())?;
         prune_backups(self.root, keep)
     }
 
@@ -444,7 +453,7 @@ fn remove_tree(p: &std::path::Path) -> Result<()> {
         Ok(m) if m.is_dir() => {
             std::fs::remove_dir_all(p).with_context(|| format!("removing backup {}", p.display()))
         }
-        Ok(_) => fsops::remove_file(p),
+        Ok(_) => fsops::remove_file(p, &fsops::Syncer::now()),
         Err(_) => Ok(()),
     }
 }
@@ -464,15 +473,15 @@ fn read_backup(root: &Root, backup: &str) -> Result<Vec<u8>> {
 fn restore(root: &Root, e: &Entry, can_chown: bool) -> Result<()> {
     let host = root.host(&e.path);
     // A temp file a killed run left behind.
-    fsops::remove_file(&fsops::temp_of(&host))?;
+    fsops::remove_file(&fsops::temp_of(&host), &fsops::Syncer::now())?;
     let cur = fsops::read_current(&host)?;
     match &e.prior {
         Prior::Absent => match cur {
             Current::Absent => {}
             Current::Dir { .. } => {
-                fsops::rmdir_if_empty(&host)?;
+                fsops::rmdir_if_empty(&host, &fsops::Syncer::now())?;
             }
-            _ => fsops::remove_file(&host)?,
+            _ => fsops::remove_file(&host, &fsops::Syncer::now())?,
         },
         Prior::File {
             backup,
@@ -490,6 +499,7 @@ fn restore(root: &Root, e: &Entry, can_chown: bool) -> Result<()> {
                     *mode,
                     can_chown.then_some((*uid, *gid)),
                     "restore",
+                    &fsops::Syncer::now(),
                 )?;
             }
         }
@@ -503,7 +513,12 @@ fn restore(root: &Root, e: &Entry, can_chown: bool) -> Result<()> {
                     fsops::set_dir_meta(&host, *mode, can_chown.then_some((*uid, *gid)))?;
                 }
             }
-            Current::Absent => fsops::mkdir(&host, *mode, can_chown.then_some((*uid, *gid)))?,
+            Current::Absent => fsops::mkdir(
+                &host,
+                *mode,
+                can_chown.then_some((*uid, *gid)),
+                &fsops::Syncer::now(),
+            )?,
             _ => bail!(
                 "{} should be a directory again; move away what is there",
                 e.path
@@ -525,7 +540,7 @@ fn rollback_entries(root: &Root, txid: &str, entries: &[Entry], can_chown: bool)
         bail!("rollback incomplete: {}", errors.join("; "));
     }
     // The journal goes first: from then on nothing refers to the backups.
-    fsops::remove_file(&root.host(JOURNAL))?;
+    fsops::remove_file(&root.host(JOURNAL), &fsops::Syncer::now())?;
     remove_tree(&root.host(&backup_real(txid)))?;
     for e in entries.iter().rev().filter(|e| e.meta) {
         restore(root, e, can_chown)?;
@@ -545,7 +560,7 @@ pub fn recover(root: &Root) -> Result<Option<String>> {
             // complete, names what was created.
             Current::File { bytes, .. } => {
                 if serde_json::from_slice::<Journal>(&bytes).is_err() {
-                    fsops::remove_file(&tmp)?;
+                    fsops::remove_file(&tmp, &fsops::Syncer::now())?;
                     return Ok(None);
                 }
                 bytes
@@ -602,11 +617,15 @@ pub fn transact(
                     0o644,
                     tx.can_chown.then_some((0, 0)),
                     "state",
+                    &tx.sync,
                 )
                 .context("writing state.json")?
             }
-            None => fsops::remove_file(&st.host)?,
+            None => fsops::remove_file(&st.host, &tx.sync)?,
         }
+        // Everything this run changed reaches the disk before the journal
+        // that could undo it goes.
+        tx.sync.flush()?;
         failed_at = Some("commit".into());
         failpoint("commit")?;
         Ok(state)
@@ -635,11 +654,6 @@ pub fn transact(
 fn commit_error(e: anyhow::Error) -> anyhow::Error {
     // The journal removal itself failed: the next run will roll back.
     anyhow!("committing failed: {e:#}; the next run rolls this change back and redoes it")
-}
-
-/// Host path helper for reports and tests.
-pub fn host_of(root: &Root, path: &str) -> Result<PathBuf> {
-    Ok(root.resolve(path)?.host)
 }
 
 /// After an uninstall committed: drop every backup, then our bookkeeping

@@ -88,6 +88,9 @@ fn stop_sidecar(_: &HookEnv) -> Result<()> {
             }
         }
     }
+    // Whatever else put Istio rules in (a hand-run `capture apply`, Istio's
+    // own script before install), uninstall leaves none.
+    crate::capture::live::remove_live(&[], &[]).context("removing the capture rules")?;
     Ok(())
 }
 
@@ -132,7 +135,7 @@ pub fn uninstall_stop_hook() -> Hook {
     Hook {
         id: "hook:istio-stop".into(),
         detail: format!(
-            "systemctl stop {} {}",
+            "systemctl stop {} {}; capture rules removed",
             units::ISTIO_UNIT_NAME,
             units::CAPTURE_UNIT_NAME
         ),

@@ -245,7 +245,9 @@ impl IstioConfig {
                 v => port(key, v),
             }
         };
-        let envoy_port = single_port("ENVOY_PORT", "15001")?;
+        // ENVOY_PORT has not been read since Istio 1.21 (the flag lost its
+        // env binding); Envoy's outbound listener is 15001 regardless.
+        let envoy_port = "15001".to_string();
         let inbound_capture_port = single_port("INBOUND_CAPTURE_PORT", "15006")?;
         let inbound_tunnel_port = single_port("INBOUND_TUNNEL_PORT", "15008")?;
 

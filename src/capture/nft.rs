@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::model::{Chain, Family, Match, Pos, Rule, RuleSet, Table, Target};
+use super::model::{Chain, Family, Match, Pos, Proto, Rule, RuleSet, Table, Target};
 
 pub const TABLES: [&str; 3] = ["istio-proxy-nat", "istio-proxy-mangle", "istio-proxy-raw"];
 
@@ -102,16 +102,26 @@ fn rank(m: &Match, raw: bool) -> u8 {
 }
 
 /// Istio leaves out `meta l4proto` where a port match already implies it:
-/// DNS rules, raw-table rules and outbound-port redirects.
+/// raw-table rules, DNS redirects (except capture-all TCP), outbound-port
+/// redirects and outbound-port excludes.
 fn drops_l4proto(r: &Rule) -> bool {
-    let has_port = r
+    let port = r.matches.iter().find_map(|m| match m {
+        Match::Dport { proto, neg, .. } => Some((*proto, *neg)),
+        Match::Sport { proto, .. } => Some((*proto, false)),
+        _ => None,
+    });
+    let Some((proto, negated)) = port else {
+        return false;
+    };
+    let has_addr = r
         .matches
         .iter()
-        .any(|m| matches!(m, Match::Dport { .. } | Match::Sport { .. }));
-    has_port
-        && (r.table == Table::Raw
-            || r.chain == Chain::OutputDns
-            || (r.chain == Chain::IstioOutput && r.target == Target::Jump(Chain::Redirect)))
+        .any(|m| matches!(m, Match::Dst { .. } | Match::Src { .. }));
+    r.table == Table::Raw
+        || (r.chain == Chain::OutputDns && (has_addr || proto == Proto::Udp))
+        || (r.chain == Chain::IstioOutput
+            && !negated
+            && matches!(r.target, Target::Jump(Chain::Redirect) | Target::Return))
 }
 
 fn render_rule(r: &Rule) -> String {

@@ -266,3 +266,115 @@ fn action_name(a: CaptureAction) -> &'static str {
         CaptureAction::Status => "status",
     }
 }
+
+// Plug-ins for install/uninstall (src/commands/install.rs wires them into
+// `generated_files`, `install_hooks`, `uninstall_hooks`).
+
+/// The capture record files for install's plan (root, 0600, under
+/// `layout::CAPTURE_DIR`, whose directory is root 0700), rendered from the
+/// cluster.env about to be placed (`env`, from the bundle) and the root's
+/// resolv.conf and istio-proxy ids. A refused rendering (SSH captured, bad
+/// value) is an error: install must stop before changing anything. Live,
+/// the apply hook rewrites them only if its rendering differs (e.g. the
+/// istio-proxy user was created by this same install).
+pub fn plan_records(
+    root: &Path,
+    config: &Config,
+    env: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<crate::plan::FileAction>> {
+    let live = root == Path::new("/");
+    let resolv = sysfiles::read_optional(root, "/etc/resolv.conf")?.unwrap_or_default();
+    let (uid, gid) = sysfiles::proxy_ids(root, layout::PROXY_USER)?;
+    let native_nft = env
+        .get("NATIVE_NFTABLES")
+        .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "True" | "t" | "T"));
+    let backend = match config.backend {
+        Backend::Nftables => capture::Backend::Nftables,
+        Backend::Auto if native_nft => capture::Backend::Nftables,
+        _ => capture::Backend::Iptables,
+    };
+    let inp = Inputs {
+        env,
+        resolv_conf: &resolv,
+        uid,
+        gid,
+        host_ipv6: live && sysfiles::host_has_global_ipv6(),
+        exclude_inbound_ports: &config.exclude_inbound_ports,
+        allow_ssh_capture: config.allow_ssh_capture,
+    };
+    let files = capture::record_files(&inp, backend)?;
+    Ok(files
+        .into_iter()
+        .map(|(name, content)| crate::plan::FileAction {
+            path: format!("{}/{name}", layout::CAPTURE_DIR),
+            content: content.into_bytes(),
+            owner: layout::Owner::Root,
+            mode: 0o600,
+            secret: false,
+        })
+        .collect())
+}
+
+/// Install's live hook: `capture apply` from the placed files; undone by
+/// removing the Istio rules again.
+pub fn apply_hook() -> crate::plan::Hook {
+    crate::plan::Hook {
+        id: "hook:capture-apply".into(),
+        detail: "apply the traffic capture rules (one transaction per family)".into(),
+        run: |env| apply_on_root(&env.root, &env.config, env.config.backend).map(|_| ()),
+        undo: Some(|env| remove_on_root(&env.root, &env.config).map(|_| ())),
+        after_change_of: Vec::new(),
+    }
+}
+
+/// Uninstall's live hook: remove every Istio capture rule by state; undone
+/// by applying again from the still-placed files.
+pub fn remove_hook() -> crate::plan::Hook {
+    crate::plan::Hook {
+        id: "hook:capture-remove".into(),
+        detail: "remove the traffic capture rules (by state, every backend)".into(),
+        run: |env| remove_on_root(&env.root, &env.config).map(|_| ()),
+        undo: Some(|env| apply_on_root(&env.root, &env.config, env.config.backend).map(|_| ())),
+        after_change_of: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_records_render_for_the_plan_and_refuse_ssh() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("etc")).unwrap();
+        std::fs::write(d.path().join("etc/resolv.conf"), "nameserver 127.0.0.53\n").unwrap();
+        std::fs::write(
+            d.path().join("etc/passwd"),
+            "istio-proxy:x:998:997::/var/lib/istio:/usr/sbin/nologin\n",
+        )
+        .unwrap();
+        let env: std::collections::BTreeMap<String, String> = [
+            ("ISTIO_INBOUND_PORTS", "*"),
+            ("ISTIO_META_DNS_CAPTURE", "true"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let files = plan_records(d.path(), &Config::default(), &env).unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].path, "/var/lib/istio-vm/capture/rules-v4");
+        assert_eq!(
+            (files[0].mode, files[0].owner),
+            (0o600, layout::Owner::Root)
+        );
+        let text = String::from_utf8(files[0].content.clone()).unwrap();
+        assert!(text.contains("--dport 22 -j RETURN"), "{text}");
+        assert!(text.contains("--uid-owner 998"), "{text}");
+        assert!(text.contains("-d 127.0.0.53/32"), "{text}");
+
+        let mut env = env;
+        env.insert("ISTIO_INBOUND_PORTS".into(), "22".into());
+        let e = plan_records(d.path(), &Config::default(), &env).unwrap_err();
+        assert!(format!("{e:#}").contains("SSH"), "{e:#}");
+    }
+}

@@ -105,14 +105,14 @@ fn next_state(
 // live (root `/`), in order, after every file is placed, and their `undo` runs
 // if a later step fails.
 
-/// Files other areas generate: the systemd units, tmpfiles.d and
-/// sysusers.d of [`units::render`] (root, 0644).
-fn generated_files(_ctx: &Ctx, args: &InstallArgs, _bundle: &Bundle) -> Vec<plan::FileAction> {
-    units::render(&unit_options(args))
-        .into_iter()
+/// Generated files (systemd units and drop-in from units.rs, capture rule
+/// records under /var/lib/istio-vm/capture/).
+fn generated_files(unit_files: &[units::GeneratedFile]) -> Vec<plan::FileAction> {
+    unit_files
+        .iter()
         .map(|f| plan::FileAction {
             path: f.path.into(),
-            content: f.content.into_bytes(),
+            content: f.content.clone().into_bytes(),
             owner: layout::Owner::Root,
             mode: f.mode,
             secret: false,
@@ -120,35 +120,22 @@ fn generated_files(_ctx: &Ctx, args: &InstallArgs, _bundle: &Bundle) -> Vec<plan
         .collect()
 }
 
-fn unit_options(args: &InstallArgs) -> units::Options {
-    units::Options {
-        capture: !args.no_capture,
+/// Live hooks of an install (capture apply; systemctl daemon-reload, enable,
+/// start), e.g. `Hook { after_change_of: vec![layout::CAPTURE_UNIT.into()], .. }`.
+fn install_hooks(args: &InstallArgs, unit_files: &[units::GeneratedFile]) -> Vec<plan::Hook> {
+    systemd::install_hooks(unit_files, !args.no_start)
+}
+
+/// Live hooks of an uninstall, run before any file is restored (systemctl
+/// stop/disable, capture remove).
+fn uninstall_hooks(state: &State) -> Vec<plan::Hook> {
+    // The sidecar (and with it the capture unit and its rules) stops before
+    // its units go.
+    if state.entries.iter().any(|e| e.path == layout::ISTIO_DROPIN) {
+        vec![systemd::uninstall_stop_hook()]
+    } else {
+        Vec::new()
     }
-}
-
-/// Live hooks of an install: `systemctl daemon-reload` when a unit changed,
-/// then (unless `--no-start`) `systemctl restart istio`, which applies the
-/// capture rules first (the capture unit). Under --root nothing is started:
-/// the units come up at first boot.
-fn install_hooks(_ctx: &Ctx, args: &InstallArgs) -> Vec<plan::Hook> {
-    systemd::install_hooks(&units::render(&unit_options(args)), !args.no_start)
-}
-
-/// Live hooks of an uninstall, run before any file is restored: stop the
-/// sidecar and with it the capture unit, whose stop removes the rules.
-fn uninstall_hooks(_ctx: &Ctx) -> Vec<plan::Hook> {
-    vec![
-        systemd::uninstall_stop_hook(),
-        // Whatever else put Istio rules in (a hand-run `capture apply`,
-        // Istio's own start script before install), none are left.
-        plan::Hook {
-            id: "hook:capture-remove".into(),
-            detail: "every Istio capture rule removed".into(),
-            run: |env| super::capture::remove_on_root(&env.root, &env.config).map(|_| ()),
-            undo: None,
-            after_change_of: Vec::new(),
-        },
-    ]
 }
 
 pub fn install(ctx: &Ctx, args: &InstallArgs) -> Result<Report> {
@@ -213,12 +200,16 @@ pub fn install(ctx: &Ctx, args: &InstallArgs) -> Result<Report> {
         &mut report,
         created_user.is_some(),
     );
-    if result.is_err()
-        && let Some(c) = created_user
-    {
-        user::undo(c)?;
+    if let Err(e) = result {
+        if let Some(c) = created_user
+            && let Err(u) = user::undo(c)
+        {
+            return Err(e.context(format!(
+                "removing the istio-proxy user this run created failed too: {u:#}"
+            )));
+        }
+        return Err(e);
     }
-    result?;
     Ok(report)
 }
 
@@ -230,14 +221,37 @@ fn install_locked(
     report: &mut Report,
     created_user: bool,
 ) -> Result<()> {
+    let capture = !args.no_capture && ctx.config.capture;
+    let unit_files = units::render(&units::Options { capture });
+    let mut extra_files = generated_files(&unit_files);
+    let mut extra_dirs = Vec::new();
+    if capture {
+        // The record of the rules; the capture unit renders afresh at each
+        // start, so this is what `capture status` and a reader compare with.
+        // A refused rendering (e.g. SSH captured) stops the install here,
+        // before anything changed.
+        let env = bundle::ClusterEnv::parse(bundle.file(bundle::CLUSTER_ENV).unwrap_or_default())
+            .map_err(|e| anyhow::anyhow!("cluster.env: {e}"))?;
+        extra_dirs.push(plan::DirAction {
+            path: layout::CAPTURE_DIR.into(),
+            owner: layout::Owner::Root,
+            mode: 0o700,
+        });
+        extra_files.extend(crate::commands::capture::plan_records(
+            &ctx.root,
+            &ctx.config,
+            &env.to_map(),
+        )?);
+    }
     let input = plan::Input {
         bundle: Some(bundle),
         live: root.is_slash(),
         cloud_init_templates: cloudinit::hosts_templates(root)?,
-        extra_dirs: Vec::new(),
-        extra_files: generated_files(ctx, args, bundle),
+        extra_dirs,
+        extra_files,
+        // Under --root nothing is started: the units come up at first boot.
         hooks: if root.is_slash() {
-            install_hooks(ctx, args)
+            install_hooks(args, &unit_files)
         } else {
             Vec::new()
         },
@@ -281,7 +295,8 @@ fn install_locked(
         |recorded| Some(next_state(old.as_ref(), root, bundle, &planned, recorded)),
         &mut done,
     )?;
-    report.changed = true;
+    // A rewrite of state.json alone (e.g. a new tool version) is bookkeeping.
+    report.changed |= !ops.is_empty();
     Ok(())
 }
 
@@ -310,7 +325,7 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
     let can_chown = nix::unistd::geteuid().is_root();
     let mut ops: Vec<(String, Op)> = Vec::new();
     if root.is_slash() {
-        for h in uninstall_hooks(ctx) {
+        for h in uninstall_hooks(&state) {
             report.steps.push(Step {
                 id: h.id.clone(),
                 status: StepStatus::Changed,
@@ -442,16 +457,16 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
         });
         ops.push((id, op));
     }
-    if root.is_slash() {
-        // systemd forgets the removed units.
-        let h = systemd::uninstall_reload_hook();
+    // systemd forgets the removed units after they are gone.
+    if root.is_slash() && state.entries.iter().any(|e| e.path == layout::ISTIO_DROPIN) {
+        let hook = systemd::uninstall_reload_hook();
         report.steps.push(Step {
-            id: h.id.clone(),
+            id: hook.id.clone(),
             status: StepStatus::Changed,
-            detail: h.detail.clone(),
+            detail: hook.detail.clone(),
             diff: None,
         });
-        ops.push((h.id.clone(), Op::Hook(h)));
+        ops.push((hook.id.clone(), Op::Hook(hook)));
     }
     let mut done = |id: &str, detail: Option<String>| {
         if let (Some(d), Some(s)) = (detail, report.steps.iter_mut().find(|s| s.id == id)) {

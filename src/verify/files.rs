@@ -108,14 +108,22 @@ pub fn fmt_time(t: i64) -> String {
         .unwrap_or_else(|| t.to_string())
 }
 
-fn check_id(p: &Placement) -> &'static str {
+fn check_id(p: &Placement) -> String {
     match p.path {
-        layout::ROOT_CERT => "files.root_cert",
-        layout::TOKEN => "files.token",
-        layout::TOKEN_PERSISTENT => "files.token_persistent",
-        layout::CLUSTER_ENV => "files.cluster_env",
-        layout::MESH_CONFIG => "files.mesh_config",
-        _ => "files.other",
+        layout::ROOT_CERT => "files.root_cert".into(),
+        layout::TOKEN => "files.token".into(),
+        layout::TOKEN_PERSISTENT => "files.token_persistent".into(),
+        layout::CLUSTER_ENV => "files.cluster_env".into(),
+        layout::MESH_CONFIG => "files.mesh_config".into(),
+        // A placement added to layout.rs later still gets a stable id.
+        other => format!(
+            "files.{}",
+            other
+                .rsplit('/')
+                .next()
+                .unwrap_or(other)
+                .replace(['-', '.'], "_")
+        ),
     }
 }
 
@@ -174,7 +182,7 @@ pub fn checks(root: &Path, live: bool, inputs: &Inputs, now: i64) -> Vec<Check> 
     let workload = workload_cert(root, inputs, now);
     let mut out = Vec::new();
     for p in layout::PLACEMENTS {
-        let id = check_id(p);
+        let id = &check_id(p);
         let problems = match owner_mode(root, p, proxy, live) {
             Ok(v) => v,
             Err(e) => {
@@ -195,6 +203,7 @@ pub fn checks(root: &Path, live: bool, inputs: &Inputs, now: i64) -> Vec<Check> 
             layout::TOKEN => token(inputs, &workload, now),
             layout::CLUSTER_ENV => cluster_env(inputs),
             layout::MESH_CONFIG => mesh_config(root),
+            layout::TOKEN_PERSISTENT => persistent_token(root, inputs),
             _ => Ok(("present".to_string(), None)),
         };
         let c = match (problems.first(), content) {
@@ -417,6 +426,31 @@ fn token(inputs: &Inputs, workload: &Workload, now: i64) -> Content {
         }
         None => Ok((
             "token without expiry (legacy first-party token)".into(),
+            None,
+        )),
+    }
+}
+
+/// The copy tmpfiles.d puts back into /var/run at boot must be the token in use.
+fn persistent_token(root: &Path, inputs: &Inputs) -> Content {
+    let copy = inputs::read(root, layout::TOKEN_PERSISTENT).map_err(|e| (e, String::new()))?;
+    match &inputs.token {
+        Some(t) if *t != copy => Ok((
+            format!("differs from {}", layout::TOKEN),
+            Some(format!(
+                "after a reboot the copy in {} replaces the token in use: run `istio-vm install` with the current token so both match",
+                layout::TOKEN_PERSISTENT
+            )),
+        )),
+        Some(_) => Ok((
+            format!("same as {}: survives a reboot", layout::TOKEN),
+            None,
+        )),
+        None => Ok((
+            format!(
+                "present; {} is missing and is restored from it at boot",
+                layout::TOKEN
+            ),
             None,
         )),
     }

@@ -288,16 +288,27 @@ pub fn verify(root: &VmRoot, args: &[&str]) -> Run {
 /// As `verify`, with another binary and a command put in front of it
 /// (e.g. `/usr/bin/time -v`).
 pub fn verify_with(root: &VmRoot, bin: &Path, wrapper: &[&str], args: &[&str]) -> Run {
+    // Only files and DNS answer host lookups: no nscd, systemd-resolved or
+    // machined socket (reachable from any network namespace) gets asked.
+    let nss = root.dir.path().join(".verify-nsswitch.conf");
+    std::fs::write(
+        &nss,
+        "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n",
+    )
+    .unwrap();
     let script = r#"set -e
 mount --bind "$1" /etc/hosts
 if [ -e /etc/resolv.conf ]; then mount --bind "$2" /etc/resolv.conf; fi
-shift 2
+if [ -e /etc/nsswitch.conf ]; then mount --bind "$3" /etc/nsswitch.conf; fi
+if [ -d /run/nscd ]; then mount -t tmpfs tmpfs /run/nscd; fi
+shift 3
 exec "$@""#;
     let start = Instant::now();
     let out = Command::new("unshare")
         .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
         .arg(root.file("/etc/hosts"))
         .arg(root.file("/etc/resolv.conf"))
+        .arg(&nss)
         .args(wrapper)
         .arg(bin)
         .arg("--root")
