@@ -185,3 +185,53 @@ fn deb_install_upgrade_remove_purge_on_a_booted_debian() {
     vm.ok("dpkg -s istio-sidecar >/dev/null");
     vm.shutdown();
 }
+
+/// Ours first, then Istio's (stand-in) istio-sidecar, with the real dpkg on
+/// the Debian tree (no boot needed): one istio-proxy user, the one our
+/// postinst made, and the sidecar's postinst accepts it and owns its
+/// directories with it.
+#[test]
+fn ours_before_istio_sidecar_leaves_one_shared_user() {
+    let vm = prepare();
+    let dpkg = |deb: &str| {
+        let out = std::process::Command::new("unshare")
+            .args(["--net", "--", "dpkg"])
+            .arg(format!("--root={}", vm.root().display()))
+            .args(["--install", &vm.path(deb).display().to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "dpkg -i {deb}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let accounts = |file: &str| -> Vec<String> {
+        std::fs::read_to_string(vm.path(file))
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("istio-proxy:"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(accounts("/etc/passwd").is_empty());
+    dpkg(DEB);
+    let ours = accounts("/etc/passwd");
+    assert_eq!(ours.len(), 1);
+    let fields: Vec<&str> = ours[0].split(':').collect();
+    assert_eq!(fields[5], "/var/lib/istio");
+    assert_eq!(accounts("/etc/group").len(), 1);
+
+    dpkg(SIDECAR_DEB);
+    assert_eq!(
+        accounts("/etc/passwd"),
+        ours,
+        "the sidecar changed the user"
+    );
+    assert_eq!(accounts("/etc/group").len(), 1);
+    use std::os::unix::fs::MetadataExt;
+    let certs = std::fs::metadata(vm.path("/etc/certs")).unwrap();
+    assert_eq!(certs.uid().to_string(), fields[2], "/etc/certs owner");
+    assert_eq!(certs.gid().to_string(), fields[3], "/etc/certs group");
+}

@@ -439,6 +439,8 @@ impl Root {
             ("etc/group", "root:x:0:\n", 0o644),
             ("etc/shadow", "root:*:20000:0:99999:7:::\n", 0o640),
             ("etc/gshadow", "root:*::\n", 0o640),
+            ("etc/hosts", "127.0.0.1 localhost\n", 0o644),
+            ("etc/resolv.conf", "nameserver 203.0.113.53\n", 0o644),
             ("var/lib/dpkg/status", "", 0o644),
             ("var/lib/dpkg/available", "", 0o644),
         ] {
@@ -462,8 +464,13 @@ impl Root {
         self.dir.path()
     }
 
+    // dpkg and rpm run in a network namespace of their own: a maintainer
+    // script that calls `istio-vm uninstall` acts as on a live system
+    // (chroot's "/"), and its capture removal must never see this machine's
+    // netfilter.
     fn dpkg(&self, args: &[&str]) -> Output {
-        Command::new("dpkg")
+        Command::new("unshare")
+            .args(["--net", "--", "dpkg"])
             .arg(format!("--root={}", self.path().display()))
             .args(["--force-depends", "--force-confold"])
             .args(args)
@@ -472,7 +479,8 @@ impl Root {
     }
 
     fn rpm(&self, args: &[&str]) -> Output {
-        Command::new("rpm")
+        Command::new("unshare")
+            .args(["--net", "--", "rpm"])
             .arg("--root")
             .arg(self.path())
             .args(["--dbpath", "/var/lib/rpm"])
@@ -832,4 +840,67 @@ fn rpm_erase_with_state_runs_uninstall_and_stops_when_it_fails() {
     ok(&root.rpm(&["-e", "istio-vm"]), "rpm -e");
     assert!(!root.path().join("var/lib/istio-vm").exists());
     assert!(!root.path().join("usr/bin/istio-vm").exists());
+}
+
+/// `istio-vm install --root` on the tree (an image being baked), then the
+/// package removed inside it: prerm / %preun run the packaged binary's
+/// `uninstall`, and with the package's own files gone nothing is left.
+fn removal_restores_a_baked_tree(format: &str) {
+    let p = packages();
+    let root = Root::new();
+    let before = root.snapshot();
+    let out = if format == "deb" {
+        root.dpkg(&["--install", p.deb_amd64.to_str().unwrap()])
+    } else {
+        root.rpm(&["-i", "--nodeps", p.rpm_x86_64.to_str().unwrap()])
+    };
+    ok(&out, "package install");
+
+    // The packaged binary, run from this machine on the tree.
+    let bin = root.path().join("usr/bin/istio-vm");
+    let install = Command::new(&bin)
+        .arg("--root")
+        .arg(root.path())
+        .args(["--output", "json", "install", "--bundle"])
+        .arg(repo().join("examples/bundle"))
+        .output()
+        .unwrap();
+    ok(&install, "istio-vm --root install");
+    let doc: serde_json::Value = serde_json::from_slice(&install.stdout).unwrap();
+    assert_eq!(doc["changed"], true, "{doc}");
+    assert!(root.read("etc/hosts").contains("# BEGIN istio-vm"));
+    assert!(root.path().join(STATE).exists());
+    assert!(root.path().join("etc/certs/root-cert.pem").exists());
+
+    let out = if format == "deb" {
+        root.dpkg(&["--purge", "istio-vm"])
+    } else {
+        root.rpm(&["-e", "istio-vm"])
+    };
+    ok(&out, "package removal");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("uninstall: ok"),
+        "prerm did not run istio-vm uninstall:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(root.read("etc/hosts"), "127.0.0.1 localhost\n");
+    let mut after = root.snapshot();
+    let mut before = before;
+    if format == "deb" {
+        // See deb_install_upgrade_remove_purge_in_a_chroot.
+        let base = ["usr/share/doc", "usr/share/man", "usr/share/man/man8"];
+        before.retain(|p, _| !base.contains(&p.as_str()));
+        after.retain(|p, _| !base.contains(&p.as_str()));
+    }
+    assert_eq!(after, before, "{format}: something is left");
+}
+
+#[test]
+fn deb_purge_restores_a_baked_tree() {
+    removal_restores_a_baked_tree("deb");
+}
+
+#[test]
+fn rpm_erase_restores_a_baked_tree() {
+    removal_restores_a_baked_tree("rpm");
 }
