@@ -24,7 +24,36 @@ pub enum Failure {
     Usage(String),
     /// A change failed part-way; everything already done was undone.
     #[error("{message} (all changes were rolled back)")]
-    RolledBack { message: String },
+    RolledBack {
+        message: String,
+        /// Id of the step that failed, when the failure belongs to one.
+        step: Option<String>,
+    },
+}
+
+/// Attached (as anyhow context) to an error of a command that had already
+/// planned its steps: `main` prints this report, with the failed step marked,
+/// instead of a bare error.
+#[derive(Debug)]
+pub struct ReportOnError(pub Box<crate::report::Report>);
+
+impl std::fmt::Display for ReportOnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} stopped", self.0.command)
+    }
+}
+
+/// The report to print for `err`, if the command attached one.
+pub fn report_of(err: &anyhow::Error) -> Option<crate::report::Report> {
+    err.downcast_ref::<ReportOnError>().map(|r| (*r.0).clone())
+}
+
+/// The failed step of a rolled-back change, if known.
+pub fn failed_step(err: &anyhow::Error) -> Option<&str> {
+    err.chain().find_map(|e| match e.downcast_ref::<Failure>() {
+        Some(Failure::RolledBack { step: Some(s), .. }) => Some(s.as_str()),
+        _ => None,
+    })
 }
 
 impl Failure {

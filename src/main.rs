@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use istio_vm::cli::{Cli, Output};
 use istio_vm::commands;
-use istio_vm::error::{Exit, exit_for};
+use istio_vm::error::{Exit, exit_for, report_of};
 use istio_vm::report::Report;
 
 fn main() -> ExitCode {
@@ -17,9 +17,21 @@ fn main() -> ExitCode {
             (report, exit)
         }
         Err(err) => {
-            let mut report = Report::new(commands::name(&cli.command));
+            let mut report =
+                report_of(&err).unwrap_or_else(|| Report::new(commands::name(&cli.command)));
             report.ok = false;
-            report.error = Some(format!("{err:#}"));
+            report.changed = false;
+            // The attached report already says which command stopped.
+            let root_cause = match report_of(&err) {
+                Some(_) => err
+                    .chain()
+                    .skip(1)
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join(": "),
+                None => format!("{err:#}"),
+            };
+            report.error = Some(root_cause);
             (report, exit_for(&err))
         }
     };

@@ -57,6 +57,7 @@ fn new_token_bundle() -> tempfile::TempDir {
 fn a_failure_at_any_step_leaves_the_tree_untouched() {
     let names = failpoints(debian_root().path(), example());
     assert!(names.len() > 20, "{names:?}");
+    let mut marked = 0;
     for fp in &names {
         let root = debian_root();
         let r = root.path();
@@ -73,6 +74,18 @@ fn a_failure_at_any_step_leaves_the_tree_untouched() {
             v["error"].as_str().unwrap().contains("rolled back"),
             "{fp}: {v:#}"
         );
+        assert_eq!(v["changed"], false, "{fp}: {v:#}");
+        // A failpoint named after a step fails that step: the report marks
+        // it, and no step is left claiming a change.
+        let steps = v["steps"].as_array().unwrap();
+        if let Some(s) = steps.iter().find(|s| s["id"] == fp.as_str()) {
+            assert_eq!(s["status"], "failed", "{fp}: {v:#}");
+            marked += 1;
+        }
+        assert!(
+            steps.iter().all(|s| s["status"] != "changed"),
+            "{fp}: {v:#}"
+        );
         let after = tree(r, false);
         assert!(
             before == after,
@@ -80,6 +93,7 @@ fn a_failure_at_any_step_leaves_the_tree_untouched() {
             tree_diff(&before, &after)
         );
     }
+    assert!(marked > 10, "only {marked} failed steps were marked");
 }
 
 #[test]

@@ -636,10 +636,14 @@ pub fn transact(
             Ok(state)
         }
         Err(e) => {
-            let at = failed_at.map(|s| format!(" at {s}")).unwrap_or_default();
+            let at = failed_at
+                .as_ref()
+                .map(|s| format!(" at {s}"))
+                .unwrap_or_default();
             match tx.rollback() {
                 Ok(()) => Err(Failure::RolledBack {
                     message: format!("{command} failed{at}: {e:#}"),
+                    step: failed_at,
                 }
                 .into()),
                 Err(re) => Err(anyhow!(

@@ -466,7 +466,11 @@ fn apply_iptables(v: Variant, rendered: &Rendered) -> Result<Outcome> {
             }
             applied.push(p);
             rollback_iptables(v, &applied);
-            return Err(Failure::RolledBack { message: msg }.into());
+            return Err(Failure::RolledBack {
+                message: msg,
+                step: None,
+            }
+            .into());
         }
         applied.push(p);
         out.changed = true;
@@ -497,6 +501,7 @@ fn apply_iptables(v: Variant, rendered: &Rendered) -> Result<Outcome> {
                     v.bin(p.f, "save"),
                     fam(p.f)
                 ),
+                step: None,
             }
             .into());
         }
@@ -606,6 +611,7 @@ fn apply_nft(script: &str) -> Result<Outcome> {
             message: "read-back of `nft list` differs from the rules just applied; the prior \
                       tables were restored"
                 .into(),
+            step: None,
         }
         .into());
     }

@@ -208,9 +208,35 @@ pub fn install(ctx: &Ctx, args: &InstallArgs) -> Result<Report> {
                 "removing the istio-proxy user this run created failed too: {u:#}"
             )));
         }
-        return Err(e);
+        return Err(with_failed_steps(e, report));
     }
     Ok(report)
+}
+
+/// Attach the planned steps to a rolled-back run's error, so the report
+/// (JSON included) shows which step failed and that nothing stayed changed.
+fn with_failed_steps(err: anyhow::Error, mut report: Report) -> anyhow::Error {
+    let Some(failed) = crate::error::failed_step(&err).map(str::to_string) else {
+        return err;
+    };
+    let mut reached = false;
+    for s in &mut report.steps {
+        if s.id == failed {
+            s.status = StepStatus::Failed;
+            s.detail = format!("failed; planned: {}", s.detail);
+            reached = true;
+        } else if s.status == StepStatus::Changed {
+            s.status = StepStatus::Skipped;
+            s.detail = if reached {
+                format!("not run: {}", s.detail)
+            } else {
+                format!("rolled back: {}", s.detail)
+            };
+        }
+    }
+    report.ok = false;
+    report.changed = false;
+    err.context(crate::error::ReportOnError(Box::new(report)))
 }
 
 fn install_locked(
@@ -474,7 +500,9 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
             s.detail = d;
         }
     };
-    apply::transact(&root, "uninstall", hook_env(ctx), &ops, |_| None, &mut done)?;
+    if let Err(e) = apply::transact(&root, "uninstall", hook_env(ctx), &ops, |_| None, &mut done) {
+        return Err(with_failed_steps(e, report));
+    }
     apply::finish_uninstall(&root, &state)?;
     report.changed = true;
     Ok(report)
