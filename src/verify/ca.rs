@@ -158,16 +158,7 @@ async fn call(
     let id = "ca.token";
     let client = workload_credential(inputs, super::now()).map(|(c, k, _)| (c, k));
     let tls = Tls::new(root_pem, client).map_err(|e| fail(id, e.clone(), "see files.root_cert"))?;
-    let tcp = net::tcp_connect(addrs, timeout)
-        .await
-        .map_err(|e| net::tcp_failure(id, t, &e, timeout))?;
-    let stream = tls
-        .handshake(tcp, t, timeout)
-        .await
-        .map_err(|f| net::tls_failure(id, t, &f, timeout))?;
-    let channel = super::grpc::channel(stream, &t.addr())
-        .await
-        .map_err(|e| fail(id, e, "istiod did not accept an HTTP/2 (gRPC) connection"))?;
+    let channel = super::grpc::connect(id, &tls, addrs, t, timeout).await?;
     let (key, csr) = key_and_csr(&identity.spiffe()).map_err(|e| fail(id, e, "internal error"))?;
     let mut req = tonic::Request::new(proto::IstioCertificateRequest {
         csr,

@@ -50,3 +50,25 @@ pub async fn channel(stream: TlsStream<TcpStream>, authority: &str) -> Result<Ch
 pub fn status_text(s: &tonic::Status) -> String {
     format!("rpc error: code = {:?} desc = {}", s.code(), s.message())
 }
+
+/// TCP, TLS (classified as `tcp.*`/`tls.*` failures would be) and HTTP/2 to
+/// istiod, as check `id`: the common start of the CA call and the ADS stream.
+pub async fn connect(
+    id: &str,
+    tls: &super::net::Tls,
+    addrs: &[std::net::SocketAddr],
+    t: &super::inputs::Target,
+    timeout: std::time::Duration,
+) -> Result<Channel, crate::report::Check> {
+    use super::net;
+    let tcp = net::tcp_connect(addrs, timeout)
+        .await
+        .map_err(|e| net::tcp_failure(id, t, &e, timeout))?;
+    let stream = tls
+        .handshake(tcp, t, timeout)
+        .await
+        .map_err(|f| net::tls_failure(id, t, &f, timeout))?;
+    channel(stream, &t.addr())
+        .await
+        .map_err(|e| super::fail(id, e, "istiod did not accept an HTTP/2 (gRPC) connection"))
+}

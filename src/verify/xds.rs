@@ -151,16 +151,7 @@ async fn stream(
                 "the issued certificate cannot be used as a client certificate",
             )
         })?;
-    let tcp = net::tcp_connect(addrs, timeout)
-        .await
-        .map_err(|e| net::tcp_failure(id, t, &e, timeout))?;
-    let s = tls
-        .handshake(tcp, t, timeout)
-        .await
-        .map_err(|f| net::tls_failure(id, t, &f, timeout))?;
-    let channel = super::grpc::channel(s, &t.addr())
-        .await
-        .map_err(|e| fail(id, e, "istiod did not accept an HTTP/2 (gRPC) connection"))?;
+    let channel = super::grpc::connect(id, &tls, addrs, t, timeout).await?;
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.map_err(|e| {
         fail(
