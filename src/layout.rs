@@ -18,7 +18,9 @@ pub const HOSTS_END: &str = "# END istio-vm";
 pub const CAPTURE_UNIT: &str = "/etc/systemd/system/istio-vm-capture.service";
 pub const ISTIO_DROPIN: &str = "/etc/systemd/system/istio.service.d/istio-vm.conf";
 pub const TMPFILES: &str = "/etc/tmpfiles.d/istio-vm.conf";
-pub const SYSUSERS: &str = "/usr/lib/sysusers.d/istio-vm.conf";
+/// In /etc (the administrator's), not /usr/lib (the package's): `install`
+/// writes it, `uninstall` removes it.
+pub const SYSUSERS: &str = "/etc/sysusers.d/istio-vm.conf";
 
 pub const STATE_DIR: &str = "/var/lib/istio-vm";
 pub const STATE_FILE: &str = "/var/lib/istio-vm/state.json";

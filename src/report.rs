@@ -117,6 +117,9 @@ pub struct Report {
     /// Set when the command stopped on an error rather than a finding.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Rendered rule text (`capture render`), printed first in text mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rules: Option<String>,
 }
 
 impl Report {
@@ -130,6 +133,7 @@ impl Report {
             findings: Vec::new(),
             checks: Vec::new(),
             error: None,
+            rules: None,
         }
     }
 
@@ -144,6 +148,9 @@ impl Report {
     /// Human text: one line per finding, step and check.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
+        if let Some(r) = &self.rules {
+            out.push_str(r);
+        }
         for f in &self.findings {
             let sev = match f.severity {
                 Severity::Error => "error",

@@ -1,1 +1,649 @@
-//! The only writer: atomic files, ownership, journal and rollback, lock, systemctl.
+//! The only writer: atomic files, ownership, journal and rollback, lock, live
+//! hooks. Executes a plan (`plan::evaluate`) as one transaction:
+//!
+//! 1. lock; roll back a journal left by an interrupted run;
+//! 2. record the prior state of every path to be touched (bytes, mode, owner
+//!    or absent, plus parent directories that will be created), back it up
+//!    under `/var/lib/istio-vm/backup/<txid>/` (0700/0600) and write the
+//!    journal `/var/lib/istio-vm/journal.json`;
+//! 3. apply the ops, then write `state.json`;
+//! 4. commit by removing the journal. Any error before that restores every
+//!    recorded path and returns `Failure::RolledBack` (exit 3).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::Failure;
+use crate::layout;
+use crate::plan::{Current, HookEnv, Op};
+
+pub mod cloudinit;
+pub mod fsops;
+pub mod lock;
+pub mod root;
+pub mod user;
+
+pub use root::{Resolved, Root};
+
+pub const JOURNAL: &str = "/var/lib/istio-vm/journal.json";
+
+/// Test-only fault injection (cargo feature `failpoints`):
+/// `ISTIO_VM_FAILPOINT=<name>` fails there, `<name>:abort` dies there as a
+/// `kill -9` would (no cleanup, no unwinding).
+pub fn failpoint(name: &str) -> Result<()> {
+    #[cfg(feature = "failpoints")]
+    if let Ok(v) = std::env::var("ISTIO_VM_FAILPOINT") {
+        if v == name {
+            bail!("failpoint {name}");
+        }
+        if v.strip_suffix(":abort") == Some(name) {
+            std::process::abort();
+        }
+    }
+    let _ = name;
+    Ok(())
+}
+
+pub fn sha256_hex(b: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(b))
+}
+
+/// What a path was before we touched it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Prior {
+    Absent,
+    File {
+        /// `<txid>/<n>` under the backup directory.
+        backup: String,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    Dir {
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+}
+
+/// One path in the journal or in state.json.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Resolved path inside the root (no symlinks among its parents).
+    pub path: String,
+    /// `file`, `dir` or `block` (our block inside someone else's file).
+    pub kind: String,
+    /// sha256 of what we installed (files we own, not secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    pub prior: Prior,
+    /// Our own bookkeeping directories (state dir, backups).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub meta: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Journal {
+    pub txid: String,
+    pub command: String,
+    pub entries: Vec<Entry>,
+}
+
+/// What is installed: enough to undo it exactly. Never holds token bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub format: u32,
+    pub tool_version: String,
+    pub bundle_sha256: String,
+    pub entries: Vec<Entry>,
+}
+
+/// A step result as the executor reports it.
+#[derive(Debug, Clone)]
+pub struct Done {
+    pub id: String,
+    pub detail: String,
+}
+
+fn backup_real(txid: &str) -> String {
+    format!("{}/{txid}", layout::BACKUP_DIR)
+}
+
+fn new_txid() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{}-{:09}-{}",
+        now.as_secs(),
+        now.subsec_nanos(),
+        std::process::id()
+    )
+}
+
+fn euid_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Load state.json, if any.
+pub fn load_state(root: &Root) -> Result<Option<State>> {
+    let r = root.resolve(layout::STATE_FILE)?;
+    match fsops::read_current(&r.host)? {
+        Current::Absent => Ok(None),
+        Current::File { bytes, .. } => serde_json::from_slice(&bytes)
+            .map(Some)
+            .with_context(|| format!("{} is corrupt; restore it from a backup", r.real)),
+        _ => bail!("{} is not a regular file", r.real),
+    }
+}
+
+pub fn state_bytes(s: &State) -> Vec<u8> {
+    let mut v = serde_json::to_vec_pretty(s).expect("state serializes");
+    v.push(b'\n');
+    v
+}
+
+/// A transaction in progress.
+pub struct Tx<'a> {
+    root: &'a Root,
+    pub txid: String,
+    command: String,
+    can_chown: bool,
+    pub entries: Vec<Entry>,
+    seen: BTreeSet<String>,
+    /// Backup bytes waiting to be written, by entry index.
+    pending: Vec<(String, Vec<u8>)>,
+    hooks_run: Vec<crate::plan::Hook>,
+    hook_env: HookEnv,
+    started: bool,
+    /// The full journal is on disk: ops may have run.
+    journaled: bool,
+}
+
+impl<'a> Tx<'a> {
+    pub fn new(root: &'a Root, command: &str, hook_env: HookEnv) -> Tx<'a> {
+        Tx {
+            root,
+            txid: new_txid(),
+            command: command.into(),
+            can_chown: euid_root(),
+            entries: Vec::new(),
+            seen: BTreeSet::new(),
+            pending: Vec::new(),
+            hooks_run: Vec::new(),
+            hook_env,
+            started: false,
+            journaled: false,
+        }
+    }
+
+    /// Record the prior state of `real` (once).
+    fn record(&mut self, real: &str, kind: &str, meta: bool) -> Result<()> {
+        if !self.seen.insert(real.to_string()) {
+            return Ok(());
+        }
+        let host = self.root.host(real);
+        let prior = match fsops::read_current(&host)? {
+            Current::Absent => Prior::Absent,
+            Current::Dir { mode, uid, gid } => Prior::Dir { mode, uid, gid },
+            Current::File {
+                bytes,
+                mode,
+                uid,
+                gid,
+            } => {
+                let backup = format!("{}/{}", self.txid, self.pending.len());
+                self.pending.push((backup.clone(), bytes));
+                Prior::File {
+                    backup,
+                    mode,
+                    uid,
+                    gid,
+                }
+            }
+            Current::Symlink => {
+                bail!("refusing to touch {real}: it is a symbolic link (never followed); remove it")
+            }
+            Current::Other => bail!("refusing to touch {real}: not a regular file or directory"),
+        };
+        self.entries.push(Entry {
+            path: real.to_string(),
+            kind: kind.into(),
+            sha256: None,
+            prior,
+            meta,
+        });
+        Ok(())
+    }
+
+    /// Record `real` and every missing parent directory (parents first).
+    fn record_with_parents(&mut self, real: &str, kind: &str, meta: bool) -> Result<()> {
+        let mut missing = Vec::new();
+        let mut p = std::path::Path::new(real).parent();
+        while let Some(d) = p {
+            let ds = d.to_string_lossy().to_string();
+            if ds == "/" || !matches!(fsops::read_current(&self.root.host(&ds))?, Current::Absent) {
+                break;
+            }
+            missing.push(ds);
+            p = d.parent();
+        }
+        for d in missing.iter().rev() {
+            self.record(d, "dir", meta)?;
+        }
+        self.record(real, kind, meta)
+    }
+
+    fn op_path(op: &Op) -> Option<(&str, &'static str)> {
+        match op {
+            Op::Mkdir { path, .. } | Op::SetMeta { path, .. } | Op::Rmdir { path } => {
+                Some((path, "dir"))
+            }
+            Op::Write { path, .. } | Op::Remove { path } => Some((path, "file")),
+            Op::CreateUser | Op::Hook(_) => None,
+        }
+    }
+
+    /// Record every path the ops touch, write the backups and the journal.
+    /// Nothing has been changed before this returns.
+    pub fn begin(&mut self, ops: &[(String, Op)], extra: &[String]) -> Result<()> {
+        let bdir = backup_real(&self.txid);
+        // Our bookkeeping directories come first, so they are undone last.
+        self.record_with_parents(&bdir, "dir", true)?;
+        self.record(JOURNAL, "file", true)?;
+        for (_, op) in ops {
+            if let Some((path, kind)) = Self::op_path(op) {
+                let r = self.root.resolve(path)?;
+                self.record_with_parents(&r.real, kind, false)?;
+            }
+        }
+        for path in extra {
+            let r = self.root.resolve(path)?;
+            self.record_with_parents(&r.real, "file", false)?;
+        }
+        failpoint("backup")?;
+        let owner = self.can_chown.then_some((0, 0));
+        // Create the backup directory chain: from here on the journal
+        // entries above say how to remove it again.
+        let chain: Vec<Entry> = self
+            .entries
+            .iter()
+            .filter(|e| e.meta && e.kind == "dir" && e.prior == Prior::Absent)
+            .cloned()
+            .collect();
+        self.started = true;
+        for e in chain {
+            let mode = if e.path.starts_with(layout::BACKUP_DIR) {
+                0o700
+            } else {
+                0o755
+            };
+            fsops::mkdir(&self.root.host(&e.path), mode, owner)?;
+        }
+        // A first journal naming only the directories just made, so a
+        // crash while backing up still leaves a way back.
+        let meta: Vec<Entry> = self.entries.iter().filter(|e| e.meta).cloned().collect();
+        self.write_journal(&meta, "prepare")?;
+        for (name, bytes) in std::mem::take(&mut self.pending) {
+            let host = self.root.host(&format!("{}/{name}", layout::BACKUP_DIR));
+            fsops::write_atomic(&host, &bytes, 0o600, owner, "backup")
+                .context("backing up before the change")?;
+        }
+        let all = self.entries.clone();
+        self.write_journal(&all, "journal")?;
+        self.journaled = true;
+        failpoint("journal")
+    }
+
+    fn write_journal(&self, entries: &[Entry], failpoint: &str) -> Result<()> {
+        let j = Journal {
+            txid: self.txid.clone(),
+            command: self.command.clone(),
+            entries: entries.to_vec(),
+        };
+        let bytes = serde_json::to_vec_pretty(&j)?;
+        let owner = self.can_chown.then_some((0, 0));
+        fsops::write_atomic(&self.root.host(JOURNAL), &bytes, 0o600, owner, failpoint)
+            .context("writing the journal")
+    }
+
+    /// Create missing parents of `real` (recorded by `begin`).
+    fn ensure_parents(&self, real: &str) -> Result<()> {
+        let mut missing = Vec::new();
+        let mut p = std::path::Path::new(real).parent();
+        while let Some(d) = p {
+            let ds = d.to_string_lossy().to_string();
+            if ds == "/" || !matches!(fsops::read_current(&self.root.host(&ds))?, Current::Absent) {
+                break;
+            }
+            missing.push(ds);
+            p = d.parent();
+        }
+        let owner = self.can_chown.then_some((0, 0));
+        for d in missing.iter().rev() {
+            fsops::mkdir(&self.root.host(d), 0o755, owner)?;
+        }
+        Ok(())
+    }
+
+    /// Apply one op. Returns a detail override, if any.
+    pub fn exec(&mut self, id: &str, op: &Op) -> Result<Option<String>> {
+        failpoint(id)?;
+        match op {
+            Op::CreateUser => bail!("user creation runs before the transaction"),
+            Op::Mkdir { path, mode, owner } => {
+                let r = self.root.resolve(path)?;
+                self.ensure_parents(&r.real)?;
+                match fsops::read_current(&r.host)? {
+                    Current::Absent => fsops::mkdir(&r.host, *mode, *owner)?,
+                    Current::Dir { .. } => fsops::set_dir_meta(&r.host, *mode, *owner)?,
+                    _ => bail!("{path} is not a directory; move it away"),
+                }
+            }
+            Op::SetMeta { path, mode, owner } => {
+                let r = self.root.resolve(path)?;
+                fsops::set_dir_meta(&r.host, *mode, *owner)?;
+            }
+            Op::Write {
+                path,
+                content,
+                mode,
+                owner,
+            } => {
+                let r = self.root.resolve(path)?;
+                self.ensure_parents(&r.real)?;
+                fsops::write_atomic(&r.host, content, *mode, *owner, id)
+                    .with_context(|| format!("writing {path}"))?;
+            }
+            Op::Remove { path } => {
+                let r = self.root.resolve(path)?;
+                fsops::remove_file(&r.host)?;
+            }
+            Op::Rmdir { path } => {
+                let r = self.root.resolve(path)?;
+                if !fsops::rmdir_if_empty(&r.host)? {
+                    return Ok(Some(
+                        "kept: not empty (holds files istio-vm did not place)".into(),
+                    ));
+                }
+            }
+            Op::Hook(h) => {
+                (h.run)(&self.hook_env).with_context(|| h.id.clone())?;
+                self.hooks_run.push(h.clone());
+            }
+        }
+        Ok(None)
+    }
+
+    /// Commit: the journal goes, and backups no longer referenced by
+    /// `keep` (the new state) are deleted.
+    pub fn commit(self, keep: Option<&State>) -> Result<()> {
+        fsops::remove_file(&self.root.host(JOURNAL))?;
+        prune_backups(self.root, keep)
+    }
+
+    /// Undo everything recorded, newest first.
+    pub fn rollback(mut self) -> Result<()> {
+        for h in std::mem::take(&mut self.hooks_run).iter().rev() {
+            if let Some(undo) = h.undo {
+                undo(&self.hook_env).with_context(|| format!("undoing {}", h.id))?;
+            }
+        }
+        if !self.started {
+            return Ok(());
+        }
+        let entries: Vec<Entry> = if self.journaled {
+            self.entries.clone()
+        } else {
+            // Nothing but our own directories and backups exists yet.
+            self.entries.iter().filter(|e| e.meta).cloned().collect()
+        };
+        rollback_entries(self.root, &self.txid, &entries, self.can_chown)
+    }
+}
+
+/// Delete backup directories no state entry refers to.
+fn prune_backups(root: &Root, keep: Option<&State>) -> Result<()> {
+    let referenced: BTreeSet<String> = keep
+        .map(|s| {
+            s.entries
+                .iter()
+                .filter_map(|e| match &e.prior {
+                    Prior::File { backup, .. } => backup.split('/').next().map(str::to_string),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let dir = root.resolve(layout::BACKUP_DIR)?;
+    let Ok(rd) = std::fs::read_dir(&dir.host) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !referenced.contains(&name) {
+            remove_tree(&e.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Remove a backup directory tree (only ever ours, under the backup dir).
+fn remove_tree(p: &std::path::Path) -> Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => {
+            std::fs::remove_dir_all(p).with_context(|| format!("removing backup {}", p.display()))
+        }
+        Ok(_) => fsops::remove_file(p),
+        Err(_) => Ok(()),
+    }
+}
+
+fn read_backup(root: &Root, backup: &str) -> Result<Vec<u8>> {
+    let host = root.host(&format!("{}/{backup}", layout::BACKUP_DIR));
+    match fsops::read_current(&host)? {
+        Current::File { bytes, .. } => Ok(bytes),
+        _ => bail!(
+            "backup {} is missing; the prior content cannot be restored",
+            host.display()
+        ),
+    }
+}
+
+/// Restore one entry to its prior state.
+fn restore(root: &Root, e: &Entry, can_chown: bool) -> Result<()> {
+    let host = root.host(&e.path);
+    // A temp file a killed run left behind.
+    fsops::remove_file(&fsops::temp_of(&host))?;
+    let cur = fsops::read_current(&host)?;
+    match &e.prior {
+        Prior::Absent => match cur {
+            Current::Absent => {}
+            Current::Dir { .. } => {
+                fsops::rmdir_if_empty(&host)?;
+            }
+            _ => fsops::remove_file(&host)?,
+        },
+        Prior::File {
+            backup,
+            mode,
+            uid,
+            gid,
+        } => {
+            let bytes = read_backup(root, backup)?;
+            let same = matches!(&cur, Current::File { bytes: b, mode: m, uid: u, gid: g }
+                if *b == bytes && m == mode && (!can_chown || (*u, *g) == (*uid, *gid)));
+            if !same {
+                fsops::write_atomic(
+                    &host,
+                    &bytes,
+                    *mode,
+                    can_chown.then_some((*uid, *gid)),
+                    "restore",
+                )?;
+            }
+        }
+        Prior::Dir { mode, uid, gid } => match cur {
+            Current::Dir {
+                mode: m,
+                uid: u,
+                gid: g,
+            } => {
+                if m != *mode || (can_chown && (u, g) != (*uid, *gid)) {
+                    fsops::set_dir_meta(&host, *mode, can_chown.then_some((*uid, *gid)))?;
+                }
+            }
+            Current::Absent => fsops::mkdir(&host, *mode, can_chown.then_some((*uid, *gid)))?,
+            _ => bail!(
+                "{} should be a directory again; move away what is there",
+                e.path
+            ),
+        },
+    }
+    Ok(())
+}
+
+fn rollback_entries(root: &Root, txid: &str, entries: &[Entry], can_chown: bool) -> Result<()> {
+    let mut errors = Vec::new();
+    for e in entries.iter().rev().filter(|e| !e.meta) {
+        if let Err(err) = restore(root, e, can_chown) {
+            errors.push(format!("{}: {err:#}", e.path));
+        }
+    }
+    if !errors.is_empty() {
+        // Keep the journal and backups: the next run retries.
+        bail!("rollback incomplete: {}", errors.join("; "));
+    }
+    // The journal goes first: from then on nothing refers to the backups.
+    fsops::remove_file(&root.host(JOURNAL))?;
+    remove_tree(&root.host(&backup_real(txid)))?;
+    for e in entries.iter().rev().filter(|e| e.meta) {
+        restore(root, e, can_chown)?;
+    }
+    Ok(())
+}
+
+/// Roll back a run that was interrupted (its journal is still there).
+/// Returns a step detail when something was recovered.
+pub fn recover(root: &Root) -> Result<Option<String>> {
+    let r = root.resolve(JOURNAL)?;
+    let tmp = fsops::temp_of(&r.host);
+    let bytes = match fsops::read_current(&r.host)? {
+        Current::File { bytes, .. } => bytes,
+        Current::Absent => match fsops::read_current(&tmp)? {
+            // Killed while writing the first journal: its temp file, if
+            // complete, names what was created.
+            Current::File { bytes, .. } => {
+                if serde_json::from_slice::<Journal>(&bytes).is_err() {
+                    fsops::remove_file(&tmp)?;
+                    return Ok(None);
+                }
+                bytes
+            }
+            _ => return Ok(None),
+        },
+        _ => bail!("{} is not a regular file; remove it", r.real),
+    };
+    let j: Journal = serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "{} is corrupt; check the files it lists by hand, then remove it",
+            r.real
+        )
+    })?;
+    rollback_entries(root, &j.txid, &j.entries, euid_root())
+        .with_context(|| format!("rolling back the interrupted {} ({})", j.command, j.txid))?;
+    Ok(Some(format!(
+        "rolled back an interrupted {} ({} paths)",
+        j.command,
+        j.entries.iter().filter(|e| !e.meta).count()
+    )))
+}
+
+/// Run ops in a transaction. `finish` builds the state to write from the
+/// recorded entries (None: remove state.json). On error everything is rolled
+/// back and the error is a `Failure::RolledBack`.
+pub fn transact(
+    root: &Root,
+    command: &str,
+    hook_env: HookEnv,
+    ops: &[(String, Op)],
+    finish: impl FnOnce(&[Entry]) -> Option<State>,
+    on_done: &mut dyn FnMut(&str, Option<String>),
+) -> Result<Option<State>> {
+    let mut tx = Tx::new(root, command, hook_env);
+    let mut failed_at: Option<String> = None;
+    let result = (|| -> Result<Option<State>> {
+        tx.begin(ops, &[layout::STATE_FILE.to_string()])?;
+        for (id, op) in ops {
+            failed_at = Some(id.clone());
+            let d = tx.exec(id, op)?;
+            on_done(id, d);
+        }
+        failed_at = Some("state".into());
+        failpoint("state")?;
+        let state = finish(&tx.entries);
+        let st = root.resolve(layout::STATE_FILE)?;
+        match &state {
+            Some(s) => {
+                tx.ensure_parents(&st.real)?;
+                fsops::write_atomic(
+                    &st.host,
+                    &state_bytes(s),
+                    0o644,
+                    tx.can_chown.then_some((0, 0)),
+                    "state",
+                )
+                .context("writing state.json")?
+            }
+            None => fsops::remove_file(&st.host)?,
+        }
+        failed_at = Some("commit".into());
+        failpoint("commit")?;
+        Ok(state)
+    })();
+    match result {
+        Ok(state) => {
+            tx.commit(state.as_ref()).map_err(commit_error)?;
+            Ok(state)
+        }
+        Err(e) => {
+            let at = failed_at.map(|s| format!(" at {s}")).unwrap_or_default();
+            match tx.rollback() {
+                Ok(()) => Err(Failure::RolledBack {
+                    message: format!("{command} failed{at}: {e:#}"),
+                }
+                .into()),
+                Err(re) => Err(anyhow!(
+                    "{command} failed{at}: {e:#}; and the rollback failed: {re:#}. \
+                     The journal {JOURNAL} is kept; the next run retries the rollback"
+                )),
+            }
+        }
+    }
+}
+
+fn commit_error(e: anyhow::Error) -> anyhow::Error {
+    // The journal removal itself failed: the next run will roll back.
+    anyhow!("committing failed: {e:#}; the next run rolls this change back and redoes it")
+}
+
+/// Host path helper for reports and tests.
+pub fn host_of(root: &Root, path: &str) -> Result<PathBuf> {
+    Ok(root.resolve(path)?.host)
+}
+
+/// After an uninstall committed: drop every backup, then our bookkeeping
+/// directories if install created them (and they are empty).
+pub fn finish_uninstall(root: &Root, state: &State) -> Result<()> {
+    prune_backups(root, None)?;
+    let can_chown = euid_root();
+    for e in state.entries.iter().rev().filter(|e| e.meta) {
+        restore(root, e, can_chown)?;
+    }
+    Ok(())
+}

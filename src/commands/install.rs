@@ -1,14 +1,387 @@
+//! `install` and `uninstall`: bundle -> findings -> plan -> apply -> report.
+
 use anyhow::Result;
 
 use super::Ctx;
+use crate::apply::{self, Entry, Prior, Root, State, cloudinit, fsops, lock, user};
+use crate::bundle::{self, Bundle};
 use crate::cli::InstallArgs;
-use crate::error::Failure;
-use crate::report::Report;
+use crate::layout;
+use crate::plan::{self, Action, Current, Facts, HookEnv, Op, Planned};
+use crate::report::{Finding, Report, Step, StepStatus};
 
-pub fn install(_ctx: &Ctx, _args: &InstallArgs) -> Result<Report> {
-    Err(Failure::Usage("`install` is not built yet".into()).into())
+/// Bundle problems that stop an install before anything is touched.
+fn bundle_findings(b: &Bundle) -> Vec<Finding> {
+    bundle::FILES
+        .iter()
+        .filter(|f| b.file(f).is_none())
+        .map(|f| {
+            Finding::error(
+                "bundle.missing_file",
+                Some(f),
+                format!("{f} is missing from the bundle"),
+                "regenerate the bundle with `istioctl x workload entry configure`",
+            )
+        })
+        .collect()
 }
 
-pub fn uninstall(_ctx: &Ctx) -> Result<Report> {
-    Err(Failure::Usage("`uninstall` is not built yet".into()).into())
+/// Read what is at every path the actions touch.
+fn gather(root: &Root, actions: &[Action]) -> Result<Facts> {
+    let mut facts = Facts {
+        proxy_ids: user::proxy_ids(root)?,
+        can_chown: nix::unistd::geteuid().is_root(),
+        ..Default::default()
+    };
+    for a in actions {
+        let path = match a {
+            Action::Dir(d) => &d.path,
+            Action::File(f) => &f.path,
+            Action::Block(b) => &b.path,
+            Action::User | Action::Hook(_) => continue,
+        };
+        let r = root.resolve(path)?;
+        facts
+            .current
+            .insert(path.clone(), fsops::read_current(&r.host)?);
+    }
+    Ok(facts)
+}
+
+fn step(p: &Planned) -> Step {
+    Step {
+        id: p.id.clone(),
+        status: p.status,
+        detail: p.detail.clone(),
+        diff: p.diff.clone(),
+    }
+}
+
+fn hook_env(ctx: &Ctx) -> HookEnv {
+    HookEnv {
+        root: ctx.root.clone(),
+        config: ctx.config.clone(),
+    }
+}
+
+/// The state after this run: earlier entries keep their prior (what was
+/// there before the *first* install), new paths are added.
+fn next_state(
+    old: Option<&State>,
+    root: &Root,
+    bundle: &Bundle,
+    planned: &[Planned],
+    recorded: &[Entry],
+) -> State {
+    let mut entries: Vec<Entry> = old.map(|s| s.entries.clone()).unwrap_or_default();
+    let transient = |e: &Entry| {
+        e.path == apply::JOURNAL
+            || e.path == layout::STATE_FILE
+            || e.path.starts_with(&format!("{}/", layout::BACKUP_DIR))
+    };
+    for e in recorded {
+        if transient(e) || entries.iter().any(|x| x.path == e.path) {
+            continue;
+        }
+        entries.push(e.clone());
+    }
+    // Kind and installed digest of every path the plan owns.
+    for p in planned {
+        let (path, kind, digest) = match &p.action {
+            Action::File(f) => (
+                &f.path,
+                "file",
+                (!f.secret).then(|| apply::sha256_hex(&f.content)),
+            ),
+            Action::Block(b) => (&b.path, "block", None),
+            Action::Dir(d) => (&d.path, "dir", None),
+            _ => continue,
+        };
+        let Ok(r) = root.resolve(path) else { continue };
+        if let Some(e) = entries.iter_mut().find(|e| e.path == r.real) {
+            e.kind = kind.into();
+            if kind == "file" {
+                e.sha256 = digest;
+            }
+        }
+    }
+    State {
+        format: 1,
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        bundle_sha256: bundle.digest(),
+        entries,
+    }
+}
+
+pub fn install(ctx: &Ctx, args: &InstallArgs) -> Result<Report> {
+    let mut report = Report::new("install");
+    report.check_mode = args.check;
+    let bundle = match bundle::load(&args.bundle.bundle, args.bundle.sha256.as_deref()) {
+        Ok(b) => b,
+        Err(findings) => {
+            report.findings = findings;
+            report.ok = false;
+            return Ok(report);
+        }
+    };
+    report.findings = bundle_findings(&bundle);
+    if report.has_errors() {
+        report.ok = false;
+        return Ok(report);
+    }
+
+    let root = Root::new(&ctx.root)?;
+    let live = root.is_slash();
+    let _lock = if args.check {
+        lock::acquire_shared(&root, ctx.config.lock_timeout)?
+    } else {
+        Some(lock::acquire(&root, ctx.config.lock_timeout)?)
+    };
+    if args.check {
+        if matches!(
+            fsops::read_current(&root.resolve(apply::JOURNAL)?.host)?,
+            Current::File { .. }
+        ) {
+            report.steps.push(Step {
+                id: "journal".into(),
+                status: StepStatus::Changed,
+                detail: "an interrupted run would be rolled back first".into(),
+                diff: None,
+            });
+        }
+    } else if let Some(detail) = apply::recover(&root)? {
+        report.steps.push(Step {
+            id: "journal".into(),
+            status: StepStatus::Changed,
+            detail,
+            diff: None,
+        });
+        report.changed = true;
+    }
+
+    let mut created_user = None;
+    if live && !args.check && user::proxy_ids(&root)?.is_none() {
+        created_user = Some(user::create()?);
+    }
+    let result = install_locked(
+        ctx,
+        args,
+        &root,
+        &bundle,
+        &mut report,
+        created_user.is_some(),
+    );
+    if result.is_err()
+        && let Some(c) = created_user
+    {
+        user::undo(c)?;
+    }
+    result?;
+    Ok(report)
+}
+
+fn install_locked(
+    ctx: &Ctx,
+    args: &InstallArgs,
+    root: &Root,
+    bundle: &Bundle,
+    report: &mut Report,
+    created_user: bool,
+) -> Result<()> {
+    let input = plan::Input {
+        bundle: Some(bundle),
+        live: root.is_slash(),
+        cloud_init_templates: cloudinit::hosts_templates(root)?,
+        extra_files: Vec::new(),
+        hooks: Vec::new(),
+    };
+    let actions = plan::desired(&input);
+    let facts = gather(root, &actions)?;
+    let planned = plan::evaluate(&actions, &facts, args.diff)?;
+    for p in &planned {
+        let mut s = step(p);
+        if matches!(p.action, Action::User) && created_user {
+            s.status = StepStatus::Changed;
+            s.detail = "created system user and group (home /var/lib/istio, no login)".into();
+        }
+        report.steps.push(s);
+    }
+    report.changed |= report.steps.iter().any(|s| s.status == StepStatus::Changed);
+    if args.check {
+        return Ok(());
+    }
+
+    let ops: Vec<(String, Op)> = planned
+        .iter()
+        .filter_map(|p| p.op.clone().map(|o| (p.id.clone(), o)))
+        .filter(|(_, o)| !matches!(o, Op::CreateUser))
+        .collect();
+    let old = apply::load_state(root)?;
+    let unchanged_state = next_state(old.as_ref(), root, bundle, &planned, &[]);
+    if ops.is_empty() && old.as_ref() == Some(&unchanged_state) {
+        return Ok(());
+    }
+    let mut done = |id: &str, detail: Option<String>| {
+        if let (Some(d), Some(s)) = (detail, report.steps.iter_mut().find(|s| s.id == id)) {
+            s.detail = d;
+        }
+    };
+    apply::transact(
+        root,
+        "install",
+        hook_env(ctx),
+        &ops,
+        |recorded| Some(next_state(old.as_ref(), root, bundle, &planned, recorded)),
+        &mut done,
+    )?;
+    report.changed = true;
+    Ok(())
+}
+
+pub fn uninstall(ctx: &Ctx) -> Result<Report> {
+    let mut report = Report::new("uninstall");
+    let root = Root::new(&ctx.root)?;
+    let _lock = lock::acquire(&root, ctx.config.lock_timeout)?;
+    if let Some(detail) = apply::recover(&root)? {
+        report.steps.push(Step {
+            id: "journal".into(),
+            status: StepStatus::Changed,
+            detail,
+            diff: None,
+        });
+        report.changed = true;
+    }
+    let Some(state) = apply::load_state(&root)? else {
+        report.steps.push(Step {
+            id: format!("state:{}", layout::STATE_FILE),
+            status: StepStatus::Ok,
+            detail: "nothing installed".into(),
+            diff: None,
+        });
+        return Ok(report);
+    };
+    let can_chown = nix::unistd::geteuid().is_root();
+    let mut ops: Vec<(String, Op)> = Vec::new();
+    for e in state.entries.iter().rev().filter(|e| !e.meta) {
+        let host = root.resolve(&e.path)?.host;
+        let cur = fsops::read_current(&host)?;
+        let id = match e.kind.as_str() {
+            "block" => format!("hosts:{}", e.path),
+            "dir" => format!("dir:{}", e.path),
+            _ => format!("file:{}", e.path),
+        };
+        let (detail, op) = match (e.kind.as_str(), &e.prior, &cur) {
+            (
+                "block",
+                _,
+                Current::File {
+                    bytes,
+                    mode,
+                    uid,
+                    gid,
+                },
+            ) => {
+                let new = plan::remove_block(bytes)
+                    .map_err(|err| anyhow::anyhow!("{}: {err}", e.path))?;
+                if new == *bytes {
+                    continue;
+                }
+                (
+                    "removed the istio-vm block",
+                    Op::Write {
+                        path: e.path.clone(),
+                        content: new,
+                        mode: *mode,
+                        owner: can_chown.then_some((*uid, *gid)),
+                    },
+                )
+            }
+            ("block", _, _) => continue,
+            (_, Prior::Absent, Current::Absent) => continue,
+            (_, Prior::Absent, Current::Dir { .. }) => (
+                "removed (created by install)",
+                Op::Rmdir {
+                    path: e.path.clone(),
+                },
+            ),
+            (_, Prior::Absent, _) => (
+                "removed (created by install)",
+                Op::Remove {
+                    path: e.path.clone(),
+                },
+            ),
+            (
+                _,
+                Prior::File {
+                    backup,
+                    mode,
+                    uid,
+                    gid,
+                },
+                _,
+            ) => {
+                let bytes = std::fs::read(root.host(&format!("{}/{backup}", layout::BACKUP_DIR)))
+                    .map_err(|err| {
+                    anyhow::anyhow!(
+                        "the backup of {} ({}/{backup}) is unreadable: {err}",
+                        e.path,
+                        layout::BACKUP_DIR
+                    )
+                })?;
+                let same = matches!(&cur, Current::File { bytes: b, mode: m, uid: u, gid: g }
+                    if *b == bytes && m == mode && (!can_chown || (*u, *g) == (*uid, *gid)));
+                if same {
+                    continue;
+                }
+                (
+                    "restored as it was before install",
+                    Op::Write {
+                        path: e.path.clone(),
+                        content: bytes,
+                        mode: *mode,
+                        owner: can_chown.then_some((*uid, *gid)),
+                    },
+                )
+            }
+            (
+                _,
+                Prior::Dir { mode, uid, gid },
+                Current::Dir {
+                    mode: m,
+                    uid: u,
+                    gid: g,
+                },
+            ) => {
+                if m == mode && (!can_chown || (u, g) == (uid, gid)) {
+                    continue;
+                }
+                (
+                    "owner and mode restored",
+                    Op::SetMeta {
+                        path: e.path.clone(),
+                        mode: *mode,
+                        owner: can_chown.then_some((*uid, *gid)),
+                    },
+                )
+            }
+            (_, Prior::Dir { .. }, _) => continue,
+        };
+        report.steps.push(Step {
+            id: id.clone(),
+            status: StepStatus::Changed,
+            detail: detail.into(),
+            diff: None,
+        });
+        ops.push((id, op));
+    }
+    let mut done = |id: &str, detail: Option<String>| {
+        if let (Some(d), Some(s)) = (detail, report.steps.iter_mut().find(|s| s.id == id)) {
+            s.status = StepStatus::Ok;
+            s.detail = d;
+        }
+    };
+    apply::transact(&root, "uninstall", hook_env(ctx), &ops, |_| None, &mut done)?;
+    apply::finish_uninstall(&root, &state)?;
+    report.changed = true;
+    Ok(report)
 }

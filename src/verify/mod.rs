@@ -1,1 +1,272 @@
-//! Checks from local files to the XDS stream; each explains its failure.
+//! `istio-vm verify`: proves this VM reaches istiod's XDS server, in the
+//! order things depend on each other, and says why when it does not:
+//!
+//! files -> dns.discovery -> tcp.discovery -> tls.handshake -> ca.token ->
+//! xds.stream, with the local agent (`agent.*`), the agent's log
+//! (`log.errors`) and `--probe` URLs checked alongside. Each network step
+//! is bounded by `--timeout`; independent branches run concurrently, so an
+//! unreachable istiod costs about one timeout, not a sum.
+//!
+//! Files are read under `--root`; the network is probed from this host.
+//! Nothing is written anywhere. The key and certificate `ca.token` obtains
+//! live only in memory.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::report::{Check, CheckStatus};
+
+pub mod agent;
+pub mod ca;
+pub mod files;
+pub mod grpc;
+pub mod inputs;
+pub mod logs;
+pub mod net;
+pub mod probe;
+pub mod proto;
+pub mod xds;
+
+/// What one verify run looks at.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub root: PathBuf,
+    /// Root is `/`: live state (systemctl) may be looked at.
+    pub live: bool,
+    /// Bound on each network step.
+    pub timeout: Duration,
+    /// Repeat until nothing fails, for at most this long.
+    pub wait: Option<Duration>,
+    pub skip_agent: bool,
+    pub probes: Vec<String>,
+}
+
+pub(crate) fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn check(id: &str, status: CheckStatus, detail: impl Into<String>, hint: Option<String>) -> Check {
+    Check {
+        id: id.to_string(),
+        status,
+        detail: detail.into(),
+        elapsed_ms: 0,
+        hint,
+    }
+}
+
+pub(crate) fn pass(id: &str, detail: impl Into<String>) -> Check {
+    check(id, CheckStatus::Pass, detail, None)
+}
+
+pub(crate) fn fail(id: &str, detail: impl Into<String>, hint: impl Into<String>) -> Check {
+    check(id, CheckStatus::Fail, detail, Some(hint.into()))
+}
+
+pub(crate) fn warn(id: &str, detail: impl Into<String>, hint: impl Into<String>) -> Check {
+    check(id, CheckStatus::Warn, detail, Some(hint.into()))
+}
+
+pub(crate) fn skip(id: &str, detail: impl Into<String>, hint: impl Into<String>) -> Check {
+    check(id, CheckStatus::Skip, detail, Some(hint.into()))
+}
+
+fn timed(start: Instant, mut c: Check) -> Check {
+    c.elapsed_ms = start.elapsed().as_millis() as u64;
+    c
+}
+
+async fn timed_fut(f: impl std::future::Future<Output = Check>) -> Check {
+    let t = Instant::now();
+    timed(t, f.await)
+}
+
+fn blocked(id: &str, by: &str) -> Check {
+    skip(
+        id,
+        format!("not run: {by} did not pass"),
+        format!("fix {by} first"),
+    )
+}
+
+pub fn failed(checks: &[Check]) -> Vec<&str> {
+    checks
+        .iter()
+        .filter(|c| c.status == CheckStatus::Fail)
+        .map(|c| c.id.as_str())
+        .collect()
+}
+
+/// Runs the checks once, or with `wait` until nothing fails or time is up;
+/// returns the last attempt's checks.
+pub fn run(opts: &Options) -> Result<Vec<Check>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let deadline = opts.wait.map(|w| Instant::now() + w);
+    let progress = std::io::stderr().is_terminal();
+    let mut attempt = 0;
+    let checks = loop {
+        attempt += 1;
+        let checks = rt.block_on(once(opts));
+        let failing = failed(&checks);
+        let Some(deadline) = deadline else {
+            break checks;
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if failing.is_empty() || left.is_zero() {
+            if progress && attempt > 1 {
+                eprintln!();
+            }
+            break checks;
+        }
+        if progress {
+            eprint!(
+                "\r\x1b[Kverify: attempt {attempt}: {} failing ({}), {}s left",
+                failing.len(),
+                failing.join(", "),
+                left.as_secs()
+            );
+        }
+        // Retry cadence, not synchronisation: the next attempt re-reads
+        // everything from scratch.
+        rt.block_on(tokio::time::sleep(left.min(Duration::from_secs(1))));
+    };
+    // A getaddrinfo stuck on a dead resolver must not hold the exit.
+    rt.shutdown_background();
+    Ok(checks)
+}
+
+/// One pass over every check, in report order.
+pub async fn once(opts: &Options) -> Vec<Check> {
+    let t = Instant::now();
+    let inputs = inputs::Inputs::load(&opts.root);
+    let mut out: Vec<Check> = files::checks(&opts.root, opts.live, &inputs, now())
+        .into_iter()
+        .map(|c| timed(t, c))
+        .collect();
+    let (chain, agent, probes) = tokio::join!(
+        network(&inputs, opts.timeout),
+        agent_checks(opts, &inputs),
+        probe_checks(opts)
+    );
+    out.extend(chain);
+    out.extend(agent);
+    let t = Instant::now();
+    out.push(timed(t, logs::check(&opts.root)));
+    out.extend(probes);
+    out
+}
+
+/// dns -> tcp -> tls -> ca -> xds; a failed step skips the ones after it.
+async fn network(inputs: &inputs::Inputs, timeout: Duration) -> Vec<Check> {
+    let mut out = Vec::new();
+    let t = Instant::now();
+    let (c, resolved) = net::dns(inputs, timeout).await;
+    let dns_ok = c.status == CheckStatus::Pass;
+    out.push(timed(t, c));
+    let (Some(target), Some(addrs)) = (inputs.discovery.clone(), resolved.discovery) else {
+        for id in ["tcp.discovery", "tls.handshake", "ca.token", "xds.stream"] {
+            out.push(blocked(id, "dns.discovery"));
+        }
+        return out;
+    };
+    let t = Instant::now();
+    let (c, peer) = net::tcp(&target, &addrs, timeout).await;
+    out.push(timed(t, c));
+    let Some(peer) = peer else {
+        for id in ["tls.handshake", "ca.token", "xds.stream"] {
+            out.push(blocked(id, "tcp.discovery"));
+        }
+        return out;
+    };
+    let t = Instant::now();
+    let (c, tls_ok) = net::tls(inputs, &target, peer, timeout).await;
+    out.push(timed(t, c));
+    // The CA may live elsewhere (CA_ADDR); then its own connection is
+    // checked inside ca.token.
+    let (ca_target, ca_addrs) = match (&inputs.ca, resolved.ca) {
+        (Some(ca), Some(a)) => (ca.clone(), a),
+        _ => (target.clone(), vec![peer]),
+    };
+    if inputs.ca.is_none() && !tls_ok {
+        for id in ["ca.token", "xds.stream"] {
+            out.push(blocked(id, "tls.handshake"));
+        }
+        return out;
+    }
+    if !dns_ok {
+        for id in ["ca.token", "xds.stream"] {
+            out.push(blocked(id, "dns.discovery"));
+        }
+        return out;
+    }
+    let t = Instant::now();
+    let (c, issued) = ca::check(inputs, &ca_target, &ca_addrs, timeout).await;
+    out.push(timed(t, c));
+    let Some(issued) = issued else {
+        out.push(blocked("xds.stream", "ca.token"));
+        return out;
+    };
+    if !tls_ok {
+        out.push(blocked("xds.stream", "tls.handshake"));
+        return out;
+    }
+    let t = Instant::now();
+    let c = xds::check(inputs, &target, &[peer], &issued, timeout).await;
+    out.push(timed(t, c));
+    out
+}
+
+async fn agent_checks(opts: &Options, inputs: &inputs::Inputs) -> Vec<Check> {
+    let ids = [
+        "agent.service",
+        "agent.ready",
+        "agent.xds",
+        "agent.live",
+        "agent.dns",
+    ];
+    if opts.skip_agent {
+        return ids
+            .iter()
+            .map(|id| {
+                skip(
+                    id,
+                    "--skip-agent",
+                    "run without --skip-agent to check the local sidecar",
+                )
+            })
+            .collect();
+    }
+    let to = opts.timeout;
+    let (a, b, c, d, e) = tokio::join!(
+        timed_fut(agent::service(opts.live)),
+        timed_fut(agent::ready(to)),
+        timed_fut(agent::connected(to)),
+        timed_fut(agent::live(to)),
+        timed_fut(agent::dns(inputs, to)),
+    );
+    vec![a, b, c, d, e]
+}
+
+async fn probe_checks(opts: &Options) -> Vec<Check> {
+    let mut ids: Vec<String> = Vec::new();
+    for (i, u) in opts.probes.iter().enumerate() {
+        let id = probe::check_id(u, i, &ids);
+        ids.push(id);
+    }
+    let to = opts.timeout;
+    net::futures_join(
+        ids.into_iter()
+            .zip(&opts.probes)
+            .map(|(id, url)| async move {
+                let t = Instant::now();
+                timed(t, probe::check(id, url, to).await)
+            }),
+    )
+    .await
+}

@@ -1,0 +1,612 @@
+//! What istio-iptables would read from its environment, derived from the
+//! placed cluster.env, resolv.conf and the istio-proxy uid/gid, plus
+//! istio-vm's VM-safety layer on top.
+//!
+//! Istio reference (istio/istio): `tools/common/config/config.go`
+//! (defaults, list splitting, owner groups) and `tools/istio-iptables/pkg/cmd/root.go`
+//! (flag <-> environment binding).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use thiserror::Error;
+
+/// Ports never captured inbound on a VM: SSH, and the agent's own ports
+/// (15090 Prometheus, 15021 health, 15020 merged metrics) that istioctl's
+/// cluster.env lists but 1.10 bundles forget (15020).
+pub const ALWAYS_EXCLUDED_INBOUND: [u16; 4] = [22, 15090, 15021, 15020];
+pub const SSH_PORT: u16 = 22;
+
+/// Why rendering refused. Every variant is the user's input being wrong or
+/// unsafe; nothing was changed (exit 1).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CaptureError {
+    #[error("cluster.env: {key}={value:?}: {reason}")]
+    InvalidValue {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error(
+        "cluster.env: ISTIO_INBOUND_PORTS={ports:?} captures inbound SSH (port 22): \
+         remove 22 from ISTIO_INBOUND_PORTS, or set allow_ssh_capture = true in \
+         /etc/istio-vm/config.toml if SSH really must go through the sidecar"
+    )]
+    SshCaptured { ports: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterceptionMode {
+    Redirect,
+    Tproxy,
+}
+
+/// Inbound capture: none (`""`), all ports but some (`*`), or a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboundPorts {
+    None,
+    All { exclude: Vec<String> },
+    List(Vec<String>),
+}
+
+/// Outbound destination capture (ISTIO_SERVICE_CIDR).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CidrInclude {
+    All,
+    List(Vec<String>),
+}
+
+/// Owner-group filter (ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnerGroups {
+    /// Default `*` with optional excludes.
+    All {
+        exclude: Vec<String>,
+    },
+    Only(Vec<String>),
+}
+
+/// Everything the rule generator needs, values verbatim as Istio emits them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IstioConfig {
+    pub envoy_port: String,
+    pub inbound_capture_port: String,
+    pub inbound_tunnel_port: String,
+    pub proxy_uids: Vec<String>,
+    pub proxy_gids: Vec<String>,
+    pub mode: InterceptionMode,
+    pub tproxy_mark: String,
+    pub inbound: InboundPorts,
+    pub exclude_interfaces: Vec<String>,
+    pub kube_virt_interfaces: Vec<String>,
+    pub cidr_include: CidrInclude,
+    pub cidr_exclude: Vec<String>,
+    pub outbound_ports: Vec<String>,
+    pub outbound_ports_exclude: Vec<String>,
+    /// DNS capture after Istio's "no servers means off" rule.
+    pub redirect_dns: bool,
+    pub capture_all_dns: bool,
+    pub dns_v4: Vec<String>,
+    pub dns_v6: Vec<String>,
+    pub ipv6: bool,
+    pub drop_invalid: bool,
+    pub owner_groups: OwnerGroups,
+    pub ipv4_loopback_cidr: String,
+    /// Notes for the report (e.g. DNS capture requested but off).
+    pub notes: Vec<String>,
+}
+
+/// The inputs of a render, all read by the caller (pure from here on).
+#[derive(Debug, Clone)]
+pub struct Inputs<'a> {
+    /// cluster.env variables (`bundle::ClusterEnv::to_map()`).
+    pub env: &'a BTreeMap<String, String>,
+    pub resolv_conf: &'a str,
+    /// istio-proxy uid/gid from the root's passwd/group (None: not found).
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// The host has a global IPv6 address.
+    pub host_ipv6: bool,
+    /// istio-vm config: extra inbound ports never captured.
+    pub exclude_inbound_ports: &'a [u16],
+    pub allow_ssh_capture: bool,
+}
+
+/// Istio's `strconv.ParseBool`.
+fn parse_bool(key: &str, v: &str) -> Result<bool, CaptureError> {
+    match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" | "" => Ok(false),
+        _ => Err(invalid(key, v, "expected true or false")),
+    }
+}
+
+fn invalid(key: &str, value: &str, reason: &str) -> CaptureError {
+    CaptureError::InvalidValue {
+        key: key.to_string(),
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Istio splits on commas and drops empty items (`6000,7000,`).
+fn split(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn port(key: &str, p: &str) -> Result<String, CaptureError> {
+    match p.parse::<u16>() {
+        Ok(n) if n > 0 => Ok(p.to_string()),
+        _ => Err(invalid(key, p, "not a port number (1-65535)")),
+    }
+}
+
+fn ports(key: &str, v: &str) -> Result<Vec<String>, CaptureError> {
+    split(v).iter().map(|p| port(key, p)).collect()
+}
+
+/// Values end up inside iptables-restore / nft input: anything but a plain
+/// token would let a cluster.env inject rules.
+fn name_token(key: &str, v: &str, max: usize) -> Result<String, CaptureError> {
+    let ok = !v.is_empty()
+        && v.len() <= max
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@' | ':'));
+    if ok && !v.starts_with('-') {
+        Ok(v.to_string())
+    } else {
+        Err(invalid(key, v, "not a valid name"))
+    }
+}
+
+fn names(key: &str, v: &str, max: usize) -> Result<Vec<String>, CaptureError> {
+    split(v).iter().map(|n| name_token(key, n, max)).collect()
+}
+
+fn owner_id(key: &str, v: &str) -> Result<String, CaptureError> {
+    v.parse::<u32>()
+        .map(|_| v.to_string())
+        .map_err(|_| invalid(key, v, "not a numeric id"))
+}
+
+/// A CIDR as Istio accepts it; kept verbatim (`127.0.0.1/8` stays), a bare
+/// address gets its host prefix. Returns (text, is_v6).
+fn cidr(key: &str, v: &str) -> Result<(String, bool), CaptureError> {
+    let (addr, prefix) = match v.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (v, None),
+    };
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| invalid(key, v, "not an IP address or CIDR"))?;
+    let max = if ip.is_ipv6() { 128 } else { 32 };
+    let text = match prefix {
+        Some(p) => match p.parse::<u8>() {
+            Ok(n) if n <= max => v.to_string(),
+            _ => return Err(invalid(key, v, "bad prefix length")),
+        },
+        None => format!("{v}/{max}"),
+    };
+    Ok((text, ip.is_ipv6()))
+}
+
+/// Nameservers of resolv.conf, split by family (Istio reads them with
+/// miekg/dns `ClientConfigFromFile`; zone suffixes are not supported).
+pub fn parse_resolv_conf(text: &str) -> (Vec<String>, Vec<String>) {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        if it.next() != Some("nameserver") {
+            continue;
+        }
+        let Some(addr) = it.next() else { continue };
+        match addr.parse::<IpAddr>() {
+            Ok(IpAddr::V4(_)) => v4.push(addr.to_string()),
+            Ok(IpAddr::V6(_)) => v6.push(addr.to_string()),
+            Err(_) => {}
+        }
+    }
+    (v4, v6)
+}
+
+impl IstioConfig {
+    /// Istio's own reading of the inputs, without the VM-safety layer: what
+    /// `pilot-agent istio-iptables` would do on this VM (with the documented
+    /// deviations below). Golden tests use this directly.
+    ///
+    /// Deviations from Istio, on purpose:
+    /// - PROXY_GID defaults to the istio-proxy *group* id, not to the uid
+    ///   string (`config.go` copies the uid, which on a VM where they differ
+    ///   exempts an unrelated group).
+    /// - IPv6 is on when the host has a global IPv6 address or DUAL_STACK is
+    ///   set (Istio looks only at the first non-loopback address).
+    pub fn from_inputs(inp: &Inputs<'_>) -> Result<IstioConfig, CaptureError> {
+        let env = inp.env;
+        let get = |k: &str| env.get(k).map(String::as_str).unwrap_or("").trim();
+        fn first<'k, 'e>(
+            env: &'e BTreeMap<String, String>,
+            keys: &[&'k str],
+        ) -> (&'k str, &'e str) {
+            keys.iter()
+                .find_map(|k| env.get(*k).map(|v| (*k, v.trim())))
+                .unwrap_or((keys[0], ""))
+        }
+
+        let single_port = |key: &str, default: &str| -> Result<String, CaptureError> {
+            match get(key) {
+                "" => Ok(default.to_string()),
+                v => port(key, v),
+            }
+        };
+        let envoy_port = single_port("ENVOY_PORT", "15001")?;
+        let inbound_capture_port = single_port("INBOUND_CAPTURE_PORT", "15006")?;
+        let inbound_tunnel_port = single_port("INBOUND_TUNNEL_PORT", "15008")?;
+
+        let proxy_uids = match get("PROXY_UID") {
+            "" => vec![inp.uid.unwrap_or(1337).to_string()],
+            v => split(v)
+                .iter()
+                .map(|u| owner_id("PROXY_UID", u))
+                .collect::<Result<_, _>>()?,
+        };
+        let proxy_gids = match get("PROXY_GID") {
+            "" => match inp.gid {
+                Some(g) => vec![g.to_string()],
+                None => proxy_uids.clone(),
+            },
+            v => split(v)
+                .iter()
+                .map(|g| owner_id("PROXY_GID", g))
+                .collect::<Result<_, _>>()?,
+        };
+
+        let mode = match get("ISTIO_INBOUND_INTERCEPTION_MODE") {
+            "TPROXY" => InterceptionMode::Tproxy,
+            "" | "REDIRECT" => InterceptionMode::Redirect,
+            v => {
+                return Err(invalid(
+                    "ISTIO_INBOUND_INTERCEPTION_MODE",
+                    v,
+                    "expected REDIRECT or TPROXY",
+                ));
+            }
+        };
+        let tproxy_mark = match get("ISTIO_INBOUND_TPROXY_MARK") {
+            "" => "1337".to_string(),
+            v => owner_id("ISTIO_INBOUND_TPROXY_MARK", v)?,
+        };
+
+        let inbound_raw = get("ISTIO_INBOUND_PORTS");
+        let inbound = if split(inbound_raw).is_empty() {
+            InboundPorts::None
+        } else if inbound_raw == "*" {
+            InboundPorts::All {
+                exclude: ports(
+                    "ISTIO_LOCAL_EXCLUDE_PORTS",
+                    get("ISTIO_LOCAL_EXCLUDE_PORTS"),
+                )?,
+            }
+        } else {
+            // Istio ignores the exclude list unless the include is `*`.
+            InboundPorts::List(ports("ISTIO_INBOUND_PORTS", inbound_raw)?)
+        };
+
+        let exclude_interfaces = names(
+            "ISTIO_EXCLUDE_INTERFACES",
+            get("ISTIO_EXCLUDE_INTERFACES"),
+            15,
+        )?;
+        let kube_virt_interfaces = names("KUBE_VIRT_INTERFACES", get("KUBE_VIRT_INTERFACES"), 15)?;
+
+        let cidr_include = match get("ISTIO_SERVICE_CIDR") {
+            "*" => CidrInclude::All,
+            v => CidrInclude::List(
+                split(v)
+                    .iter()
+                    .map(|c| cidr("ISTIO_SERVICE_CIDR", c).map(|t| t.0))
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        let cidr_exclude = split(get("ISTIO_SERVICE_EXCLUDE_CIDR"))
+            .iter()
+            .map(|c| cidr("ISTIO_SERVICE_EXCLUDE_CIDR", c).map(|t| t.0))
+            .collect::<Result<_, _>>()?;
+        let outbound_ports = ports("ISTIO_OUTBOUND_PORTS", get("ISTIO_OUTBOUND_PORTS"))?;
+        let outbound_ports_exclude = ports(
+            "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE",
+            get("ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE"),
+        )?;
+
+        let (k, v) = first(env, &["REDIRECT_DNS", "ISTIO_META_DNS_CAPTURE"]);
+        let dns_requested = parse_bool(k, v)?;
+        let capture_all_dns = parse_bool("CAPTURE_ALL_DNS", get("CAPTURE_ALL_DNS"))?;
+        let (k, v) = first(env, &["DROP_INVALID", "INVALID_DROP"]);
+        let drop_invalid = parse_bool(k, v)?;
+        let (k, v) = first(env, &["DUAL_STACK", "ISTIO_DUAL_STACK"]);
+        let dual_stack = parse_bool(k, v)?;
+
+        let mut notes = Vec::new();
+        let (dns_v4, dns_v6) = if dns_requested && !capture_all_dns {
+            parse_resolv_conf(inp.resolv_conf)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        // capture/run.go: requested, not capture-all and no servers -> off.
+        let redirect_dns =
+            dns_requested && (capture_all_dns || !dns_v4.is_empty() || !dns_v6.is_empty());
+        if dns_requested && !redirect_dns {
+            notes.push(
+                "DNS capture is on in cluster.env but resolv.conf lists no nameserver: \
+                 DNS capture disabled (as istio-iptables does)"
+                    .to_string(),
+            );
+        }
+
+        let groups_inc = get("ISTIO_OUTBOUND_OWNER_GROUPS");
+        let owner_groups = if groups_inc.is_empty() || groups_inc == "*" {
+            OwnerGroups::All {
+                exclude: names(
+                    "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE",
+                    get("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"),
+                    32,
+                )?,
+            }
+        } else {
+            OwnerGroups::Only(names("ISTIO_OUTBOUND_OWNER_GROUPS", groups_inc, 32)?)
+        };
+        let ipv4_loopback_cidr = match get("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR") {
+            "" => "127.0.0.1/32".to_string(),
+            v => {
+                let (text, v6) = cidr("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", v)?;
+                if v6 {
+                    return Err(invalid(
+                        "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",
+                        v,
+                        "must be an IPv4 CIDR",
+                    ));
+                }
+                text
+            }
+        };
+
+        Ok(IstioConfig {
+            envoy_port,
+            inbound_capture_port,
+            inbound_tunnel_port,
+            proxy_uids,
+            proxy_gids,
+            mode,
+            tproxy_mark,
+            inbound,
+            exclude_interfaces,
+            kube_virt_interfaces,
+            cidr_include,
+            cidr_exclude,
+            outbound_ports,
+            outbound_ports_exclude,
+            redirect_dns,
+            capture_all_dns,
+            dns_v4,
+            dns_v6,
+            ipv6: inp.host_ipv6 || dual_stack,
+            drop_invalid,
+            owner_groups,
+            ipv4_loopback_cidr,
+            notes,
+        })
+    }
+
+    /// Whether an include CIDR is a loopback address (quirk: it removes the
+    /// "out lo, owner not X -> RETURN" rules).
+    pub fn include_has_loopback(&self) -> bool {
+        match &self.cidr_include {
+            CidrInclude::All => false,
+            CidrInclude::List(l) => l.iter().any(|c| {
+                c.split('/')
+                    .next()
+                    .and_then(|a| a.parse::<IpAddr>().ok())
+                    .is_some_and(|ip| ip.is_loopback())
+            }),
+        }
+    }
+
+    /// istio-vm's layer on top of Istio: SSH and the agent ports are never
+    /// captured inbound (1.10 bundles forget 15020), `exclude_inbound_ports`
+    /// adds more, and an explicit inbound list naming 22 is refused unless
+    /// `allow_ssh_capture`.
+    pub fn apply_vm_safety(
+        &mut self,
+        exclude_inbound_ports: &[u16],
+        allow_ssh_capture: bool,
+    ) -> Result<(), CaptureError> {
+        let mut forced: Vec<u16> = ALWAYS_EXCLUDED_INBOUND
+            .iter()
+            .copied()
+            .filter(|p| !(allow_ssh_capture && *p == SSH_PORT))
+            .collect();
+        for p in exclude_inbound_ports {
+            if !forced.contains(p) {
+                forced.push(*p);
+            }
+        }
+        match &mut self.inbound {
+            InboundPorts::None => {}
+            InboundPorts::All { exclude } => {
+                for p in forced {
+                    let p = p.to_string();
+                    if !exclude.contains(&p) {
+                        self.notes.push(format!(
+                            "inbound port {p} excluded from capture (VM safety)"
+                        ));
+                        exclude.push(p);
+                    }
+                }
+            }
+            InboundPorts::List(list) => {
+                if !allow_ssh_capture && list.iter().any(|p| p == "22") {
+                    return Err(CaptureError::SshCaptured {
+                        ports: list.join(","),
+                    });
+                }
+                let before = list.len();
+                list.retain(|p| !forced.iter().any(|f| f.to_string() == *p));
+                if list.len() != before {
+                    self.notes.push(
+                        "ISTIO_INBOUND_PORTS names a port istio-vm never captures; dropped"
+                            .to_string(),
+                    );
+                }
+                if list.is_empty() {
+                    self.inbound = InboundPorts::None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Istio's reading plus the VM-safety layer: what istio-vm applies.
+    pub fn for_vm(inp: &Inputs<'_>) -> Result<IstioConfig, CaptureError> {
+        let mut cfg = IstioConfig::from_inputs(inp)?;
+        cfg.apply_vm_safety(inp.exclude_inbound_ports, inp.allow_ssh_capture)?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn inputs<'a>(env: &'a BTreeMap<String, String>, resolv: &'a str) -> Inputs<'a> {
+        Inputs {
+            env,
+            resolv_conf: resolv,
+            uid: Some(998),
+            gid: Some(997),
+            host_ipv6: false,
+            exclude_inbound_ports: &[],
+            allow_ssh_capture: false,
+        }
+    }
+
+    #[test]
+    fn wildcard_inbound_always_keeps_ssh_and_agent_ports_out() {
+        // A 1.10 bundle: 15020 missing from the excludes.
+        let e = env(&[
+            ("ISTIO_INBOUND_PORTS", "*"),
+            ("ISTIO_LOCAL_EXCLUDE_PORTS", "15090,15021"),
+        ]);
+        let mut inp = inputs(&e, "");
+        inp.exclude_inbound_ports = &[2222];
+        let cfg = IstioConfig::for_vm(&inp).unwrap();
+        assert_eq!(
+            cfg.inbound,
+            InboundPorts::All {
+                exclude: ["15090", "15021", "22", "15020", "2222"]
+                    .map(String::from)
+                    .to_vec()
+            }
+        );
+    }
+
+    #[test]
+    fn explicit_ssh_in_list_is_refused_unless_allowed() {
+        let e = env(&[("ISTIO_INBOUND_PORTS", "8080,22")]);
+        let err = IstioConfig::for_vm(&inputs(&e, "")).unwrap_err();
+        assert!(matches!(err, CaptureError::SshCaptured { .. }), "{err}");
+        assert!(err.to_string().contains("allow_ssh_capture"));
+        let mut inp = inputs(&e, "");
+        inp.allow_ssh_capture = true;
+        let cfg = IstioConfig::for_vm(&inp).unwrap();
+        assert_eq!(
+            cfg.inbound,
+            InboundPorts::List(vec!["8080".into(), "22".into()])
+        );
+    }
+
+    #[test]
+    fn agent_ports_are_dropped_from_a_list() {
+        let e = env(&[("ISTIO_INBOUND_PORTS", "15020,8080")]);
+        let cfg = IstioConfig::for_vm(&inputs(&e, "")).unwrap();
+        assert_eq!(cfg.inbound, InboundPorts::List(vec!["8080".into()]));
+    }
+
+    #[test]
+    fn uid_gid_come_from_the_user_unless_set() {
+        let e = env(&[]);
+        let cfg = IstioConfig::from_inputs(&inputs(&e, "")).unwrap();
+        assert_eq!(cfg.proxy_uids, vec!["998"]);
+        assert_eq!(cfg.proxy_gids, vec!["997"]);
+        let e = env(&[("PROXY_UID", "3,4"), ("PROXY_GID", "1,2")]);
+        let cfg = IstioConfig::from_inputs(&inputs(&e, "")).unwrap();
+        assert_eq!(cfg.proxy_uids, vec!["3", "4"]);
+        assert_eq!(cfg.proxy_gids, vec!["1", "2"]);
+        let mut inp = inputs(&e, "");
+        inp.uid = None;
+        inp.gid = None;
+        let e = env(&[]);
+        inp.env = &e;
+        let cfg = IstioConfig::from_inputs(&inp).unwrap();
+        assert_eq!(cfg.proxy_uids, vec!["1337"]);
+        assert_eq!(cfg.proxy_gids, vec!["1337"]);
+    }
+
+    #[test]
+    fn dns_without_servers_is_off() {
+        let e = env(&[("ISTIO_META_DNS_CAPTURE", "true")]);
+        let cfg = IstioConfig::from_inputs(&inputs(&e, "search x\n")).unwrap();
+        assert!(!cfg.redirect_dns);
+        assert_eq!(cfg.notes.len(), 1);
+        let cfg = IstioConfig::from_inputs(&inputs(
+            &e,
+            "# c\nnameserver 127.0.0.53\nnameserver ::1\noptions edns0\n",
+        ))
+        .unwrap();
+        assert!(cfg.redirect_dns);
+        assert_eq!(cfg.dns_v4, vec!["127.0.0.53"]);
+        assert_eq!(cfg.dns_v6, vec!["::1"]);
+    }
+
+    #[test]
+    fn injection_and_bad_values_are_refused() {
+        for (k, v) in [
+            ("ISTIO_INBOUND_PORTS", "80 -j DROP"),
+            ("ISTIO_SERVICE_CIDR", "10.0.0.0/8\n-A OUTPUT -j DROP"),
+            ("ISTIO_EXCLUDE_INTERFACES", "eth0;x"),
+            ("ISTIO_LOCAL_EXCLUDE_PORTS", "70000"),
+            ("PROXY_UID", "root"),
+            ("ISTIO_META_DNS_CAPTURE", "yes please"),
+            ("ISTIO_INBOUND_INTERCEPTION_MODE", "MAGIC"),
+        ] {
+            let mut pairs = vec![(k, v)];
+            if k == "ISTIO_LOCAL_EXCLUDE_PORTS" {
+                pairs.push(("ISTIO_INBOUND_PORTS", "*"));
+            }
+            let e = env(&pairs);
+            let err = IstioConfig::from_inputs(&inputs(&e, "")).unwrap_err();
+            assert!(
+                matches!(err, CaptureError::InvalidValue { .. }),
+                "{k}={v}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn dual_stack_turns_on_ipv6() {
+        let e = env(&[("DUAL_STACK", "true")]);
+        assert!(IstioConfig::from_inputs(&inputs(&e, "")).unwrap().ipv6);
+        let e = env(&[]);
+        assert!(!IstioConfig::from_inputs(&inputs(&e, "")).unwrap().ipv6);
+    }
+}

@@ -1,0 +1,144 @@
+//! Reading the capture inputs from a root: the placed cluster.env,
+//! resolv.conf, the istio-proxy user and group. Symlinks resolve inside the
+//! root as in a chroot (a Debian image's `/etc/resolv.conf ->
+//! /run/systemd/resolve/stub-resolv.conf` means `ROOT/run/...`).
+
+use std::io::ErrorKind;
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+/// Resolve `path` (absolute, as on the VM) under `root`, following symlinks
+/// within the root. Missing final components are fine (returns the path).
+pub fn resolve_in_root(root: &Path, path: &str) -> Result<PathBuf> {
+    let mut resolved = PathBuf::from("/");
+    let mut pending: Vec<String> = components(path);
+    pending.reverse();
+    let mut hops = 0;
+    while let Some(c) = pending.pop() {
+        match c.as_str() {
+            "." | "" => continue,
+            ".." => {
+                resolved.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let candidate = resolved.join(&c);
+        let host = join_root(root, &candidate);
+        match std::fs::symlink_metadata(&host) {
+            Ok(m) if m.file_type().is_symlink() => {
+                hops += 1;
+                if hops > 40 {
+                    bail!("{path}: too many symbolic links under {}", root.display());
+                }
+                let target = std::fs::read_link(&host)
+                    .with_context(|| format!("reading link {}", host.display()))?;
+                let t = target.to_string_lossy().to_string();
+                if t.starts_with('/') {
+                    resolved = PathBuf::from("/");
+                }
+                let mut more = components(&t);
+                more.reverse();
+                pending.extend(more);
+            }
+            _ => resolved = candidate,
+        }
+    }
+    Ok(join_root(root, &resolved))
+}
+
+fn components(p: &str) -> Vec<String> {
+    Path::new(p)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_string_lossy().to_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn join_root(root: &Path, p: &Path) -> PathBuf {
+    root.join(p.strip_prefix("/").unwrap_or(p))
+}
+
+/// Read a text file under the root; `Ok(None)` if it does not exist.
+pub fn read_optional(root: &Path, path: &str) -> Result<Option<String>> {
+    let p = resolve_in_root(root, path)?;
+    match std::fs::read_to_string(&p) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+    }
+}
+
+/// The numeric id of `name` in a passwd- or group-format file (field 3).
+pub fn lookup_id(text: &str, name: &str) -> Option<u32> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then_some(())?;
+        f.next()?;
+        f.next()?.parse().ok()
+    })
+}
+
+/// uid and gid of istio-proxy from the root's `/etc/passwd` and
+/// `/etc/group` (so a baked image's ids are used, not the build host's).
+pub fn proxy_ids(root: &Path, user: &str) -> Result<(Option<u32>, Option<u32>)> {
+    let uid = read_optional(root, "/etc/passwd")?.and_then(|t| lookup_id(&t, user));
+    let gid = read_optional(root, "/etc/group")?.and_then(|t| lookup_id(&t, user));
+    Ok((uid, gid))
+}
+
+/// A global-scope IPv6 address exists in this network namespace
+/// (`/proc/net/if_inet6`, scope field 00).
+pub fn host_has_global_ipv6() -> bool {
+    std::fs::read_to_string("/proc/net/if_inet6")
+        .map(|t| {
+            t.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() >= 6 && f[3] == "00" && f[5] != "lo"
+            })
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absolute_symlinks_stay_in_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(root.join("run/systemd/resolve")).unwrap();
+        std::fs::write(
+            root.join("run/systemd/resolve/stub-resolv.conf"),
+            "nameserver 127.0.0.53\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/var/run", root.join("var-run-link")).unwrap();
+        std::os::unix::fs::symlink(
+            "/run/systemd/resolve/stub-resolv.conf",
+            root.join("etc/resolv.conf"),
+        )
+        .unwrap();
+        let text = read_optional(root, "/etc/resolv.conf").unwrap().unwrap();
+        assert_eq!(text, "nameserver 127.0.0.53\n");
+        assert!(read_optional(root, "/etc/nothing").unwrap().is_none());
+        // `..` cannot climb out of the root.
+        std::os::unix::fs::symlink("../../../../etc/passwd", root.join("etc/up")).unwrap();
+        let p = resolve_in_root(root, "/etc/up").unwrap();
+        assert_eq!(p, root.join("etc/passwd"));
+    }
+
+    #[test]
+    fn ids_from_passwd_and_group() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nistio-proxy:x:998:997::/var/lib/istio:/usr/sbin/nologin\n";
+        assert_eq!(lookup_id(passwd, "istio-proxy"), Some(998));
+        assert_eq!(lookup_id(passwd, "nobody"), None);
+        assert_eq!(lookup_id("istio-proxy:x:997:\n", "istio-proxy"), Some(997));
+    }
+}

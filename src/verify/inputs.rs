@@ -1,0 +1,446 @@
+//! What verify reads from the placed files under `--root`: where istiod is,
+//! who this VM is, what it trusts and what it presents.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Component, Path, PathBuf};
+
+use crate::layout;
+
+/// Istio's default when the mesh config names no discovery address
+/// (pkg/config/mesh/mesh.go `DefaultProxyConfig`).
+pub const DEFAULT_DISCOVERY: &str = "istiod.istio-system.svc:15012";
+pub const DEFAULT_PORT: u16 = 15012;
+/// Host pilot-agent verifies when the address says `localhost`
+/// (pilot/pkg/grpc/tls.go).
+pub const DEFAULT_SAN: &str = "istiod.istio-system.svc";
+
+/// `path` (absolute, as on the VM) inside `root`, with every symlink resolved
+/// as a chroot would: absolute targets restart at `root`, `..` never climbs
+/// above it. The last component is resolved too.
+pub fn resolve(root: &Path, path: &str) -> io::Result<PathBuf> {
+    let mut pending: Vec<String> = components(path);
+    pending.reverse();
+    let mut cur: Vec<String> = Vec::new();
+    let mut hops = 0;
+    while let Some(c) = pending.pop() {
+        match c.as_str() {
+            "." => {}
+            ".." => {
+                cur.pop();
+            }
+            _ => {
+                let candidate = join(root, &cur).join(&c);
+                match std::fs::symlink_metadata(&candidate) {
+                    Ok(m) if m.file_type().is_symlink() => {
+                        hops += 1;
+                        if hops > 40 {
+                            return Err(io::Error::other(format!(
+                                "too many symbolic links resolving {path}"
+                            )));
+                        }
+                        let target = std::fs::read_link(&candidate)?;
+                        let t = target.to_string_lossy().into_owned();
+                        if target.is_absolute() {
+                            cur.clear();
+                        }
+                        let mut more = components(&t);
+                        more.reverse();
+                        pending.extend(more);
+                    }
+                    _ => cur.push(c),
+                }
+            }
+        }
+    }
+    Ok(join(root, &cur))
+}
+
+fn components(p: &str) -> Vec<String> {
+    Path::new(p)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn join(root: &Path, parts: &[String]) -> PathBuf {
+    let mut p = root.to_path_buf();
+    for c in parts {
+        p.push(c);
+    }
+    p
+}
+
+/// Reads a placed file; the error names the VM path.
+pub fn read(root: &Path, path: &str) -> Result<Vec<u8>, String> {
+    let real = resolve(root, path).map_err(|e| format!("{path}: {e}"))?;
+    std::fs::read(&real).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => format!("{path} does not exist"),
+        _ => format!("{path}: {e}"),
+    })
+}
+
+/// `host:port` of istiod (or of the CA), and the name its certificate must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    /// What the TLS check verifies: `ISTIOD_SAN`, else the host
+    /// (`localhost` becomes `istiod.istio-system.svc`, as pilot-agent does).
+    pub server_name: String,
+    /// Where the address came from, for messages.
+    pub source: &'static str,
+}
+
+impl Target {
+    pub fn parse(addr: &str, san: Option<&str>, source: &'static str) -> Result<Target, String> {
+        let addr = addr.trim();
+        let (host, port) = if let Some(rest) = addr.strip_prefix('[') {
+            let (h, tail) = rest
+                .split_once(']')
+                .ok_or_else(|| format!("`{addr}`: unclosed `[`"))?;
+            (h.to_string(), tail.strip_prefix(':'))
+        } else {
+            match addr.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') => (h.to_string(), Some(p)),
+                _ => (addr.to_string(), None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("`{addr}` has no host"));
+        }
+        let port = match port {
+            None => DEFAULT_PORT,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("`{addr}`: `{p}` is not a port"))?,
+        };
+        let server_name = match san.filter(|s| !s.is_empty()) {
+            Some(s) => s.to_string(),
+            None if host.contains("localhost") => DEFAULT_SAN.to_string(),
+            None => host.clone(),
+        };
+        Ok(Target {
+            host,
+            port,
+            server_name,
+            source,
+        })
+    }
+
+    pub fn addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The workload identity cluster.env declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub trust_domain: String,
+    pub namespace: String,
+    pub service_account: String,
+}
+
+impl Identity {
+    pub fn spiffe(&self) -> String {
+        format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
+    }
+}
+
+/// Everything the network checks need, read once per attempt.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub env: BTreeMap<String, String>,
+    pub env_error: Option<String>,
+    pub discovery: Option<Target>,
+    /// `CA_ADDR` when it names another place than the discovery address.
+    pub ca: Option<Target>,
+    pub target_error: Option<String>,
+    pub root_cert_pem: Option<Vec<u8>>,
+    pub token: Option<Vec<u8>>,
+    /// Entries of the VM's /etc/hosts (the whole file).
+    pub hosts: Vec<(IpAddr, Vec<String>)>,
+    /// Entries inside the `# BEGIN istio-vm` block only.
+    pub hosts_block: Vec<(IpAddr, Vec<String>)>,
+}
+
+impl Inputs {
+    pub fn load(root: &Path) -> Inputs {
+        let mut i = Inputs::default();
+        match read(root, layout::CLUSTER_ENV) {
+            Ok(b) => match parse_env(&String::from_utf8_lossy(&b)) {
+                Ok(m) => i.env = m,
+                Err(e) => i.env_error = Some(format!("{}: {e}", layout::CLUSTER_ENV)),
+            },
+            Err(e) => i.env_error = Some(e),
+        }
+        let mesh_addr = read(root, layout::MESH_CONFIG)
+            .ok()
+            .and_then(|b| discovery_address(&b));
+        let san = i.env.get("ISTIOD_SAN").map(String::as_str);
+        // 1.10's istio-start.sh honours PILOT_ADDRESS over the mesh file.
+        let disco = i
+            .env
+            .get("PILOT_ADDRESS")
+            .filter(|s| !s.is_empty())
+            .map(|a| (a.clone(), "PILOT_ADDRESS in cluster.env"))
+            .or(mesh_addr.map(|a| (a, "discoveryAddress in the mesh config")))
+            .unwrap_or_else(|| (DEFAULT_DISCOVERY.to_string(), "Istio's default"));
+        match Target::parse(&disco.0, san, disco.1) {
+            Ok(t) => i.discovery = Some(t),
+            Err(e) => i.target_error = Some(format!("{}: {e}", disco.1)),
+        }
+        if let Some(ca) = i.env.get("CA_ADDR").filter(|s| !s.is_empty()) {
+            match Target::parse(ca, san, "CA_ADDR in cluster.env") {
+                Ok(t) if Some(&t) != i.discovery.as_ref() => {
+                    if i.discovery.as_ref().map(|d| (&d.host, d.port)) != Some((&t.host, t.port)) {
+                        i.ca = Some(t);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => i.target_error = Some(format!("CA_ADDR in cluster.env: {e}")),
+            }
+        }
+        i.root_cert_pem = read(root, layout::ROOT_CERT).ok();
+        i.token = read(root, layout::TOKEN).ok();
+        if let Ok(b) = read(root, layout::ETC_HOSTS) {
+            let text = String::from_utf8_lossy(&b);
+            i.hosts = parse_hosts(&text);
+            i.hosts_block = parse_hosts(&managed_block(&text));
+        }
+        i
+    }
+
+    /// Where the CA call goes: `CA_ADDR`, else the discovery address.
+    pub fn ca_target(&self) -> Option<&Target> {
+        self.ca.as_ref().or(self.discovery.as_ref())
+    }
+
+    pub fn identity(&self) -> Option<Identity> {
+        let get = |k: &str| self.env.get(k).filter(|v| !v.is_empty()).cloned();
+        Some(Identity {
+            // pkg/env treats a set-but-empty TRUST_DOMAIN as empty; istiod's
+            // default trust domain is cluster.local, which is what it signs.
+            trust_domain: get("TRUST_DOMAIN").unwrap_or_else(|| "cluster.local".into()),
+            namespace: get("POD_NAMESPACE").or_else(|| get("ISTIO_NAMESPACE"))?,
+            service_account: get("SERVICE_ACCOUNT")?,
+        })
+    }
+
+    pub fn dns_capture(&self) -> bool {
+        self.env.get("ISTIO_META_DNS_CAPTURE").map(String::as_str) == Some("true")
+    }
+
+    /// Addresses /etc/hosts gives `name`, preferring the istio-vm block.
+    pub fn hosts_addrs(&self, name: &str) -> (Vec<IpAddr>, bool) {
+        let find = |entries: &[(IpAddr, Vec<String>)]| -> Vec<IpAddr> {
+            entries
+                .iter()
+                .filter(|(_, names)| names.iter().any(|n| n.eq_ignore_ascii_case(name)))
+                .map(|(a, _)| *a)
+                .collect()
+        };
+        let block = find(&self.hosts_block);
+        if !block.is_empty() {
+            return (block, true);
+        }
+        (find(&self.hosts), false)
+    }
+}
+
+/// `defaultConfig.discoveryAddress` of a mesh config (MeshConfig YAML).
+pub fn discovery_address(yaml: &[u8]) -> Option<String> {
+    let v: serde_yaml_ng::Value = serde_yaml_ng::from_slice(yaml).ok()?;
+    v.get("defaultConfig")?
+        .get("discoveryAddress")?
+        .as_str()
+        .filter(|s| !s.trim().is_empty())
+        .map(str::to_string)
+}
+
+/// cluster.env as bash reads it (istio-start.sh `source`s it): `KEY=value`
+/// lines, values in POSIX single or double quotes or bare, `#` comments.
+pub fn parse_env(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut m = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let (k, raw) = line
+            .split_once('=')
+            .ok_or_else(|| format!("line {}: expected KEY=value", n + 1))?;
+        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("line {}: `{k}` is not a variable name", n + 1));
+        }
+        m.insert(
+            k.to_string(),
+            unquote(raw).map_err(|e| format!("line {}: {e}", n + 1))?,
+        );
+    }
+    Ok(m)
+}
+
+fn unquote(raw: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => loop {
+                match chars.next() {
+                    Some('\'') => break,
+                    Some(c) => out.push(c),
+                    None => return Err("unterminated single quote".into()),
+                }
+            },
+            '"' => loop {
+                match chars.next() {
+                    Some('"') => break,
+                    Some('\\') => match chars.next() {
+                        Some(c) => out.push(c),
+                        None => return Err("unterminated double quote".into()),
+                    },
+                    Some(c) => out.push(c),
+                    None => return Err("unterminated double quote".into()),
+                }
+            },
+            '\\' => {
+                if let Some(c) = chars.next() {
+                    out.push(c)
+                }
+            }
+            c if c.is_whitespace() => break,
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// `addr name...` lines of a hosts file; comments and bad lines skipped.
+pub fn parse_hosts(text: &str) -> Vec<(IpAddr, Vec<String>)> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.split('#').next().unwrap_or("");
+            let mut parts = l.split_whitespace();
+            let ip: IpAddr = parts.next()?.parse().ok()?;
+            let names: Vec<String> = parts.map(str::to_string).collect();
+            (!names.is_empty()).then_some((ip, names))
+        })
+        .collect()
+}
+
+/// The lines between istio-vm's markers in /etc/hosts.
+pub fn managed_block(text: &str) -> String {
+    let mut inside = false;
+    let mut out = String::new();
+    for l in text.lines() {
+        if l.trim() == layout::HOSTS_BEGIN {
+            inside = true;
+        } else if l.trim() == layout::HOSTS_END {
+            inside = false;
+        } else if inside {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_follow_pilot_agent() {
+        let t = Target::parse("istiod.istio-system.svc:15012", None, "x").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port),
+            ("istiod.istio-system.svc", 15012)
+        );
+        assert_eq!(t.server_name, "istiod.istio-system.svc");
+        // 1.10 revisions wrote no port.
+        assert_eq!(
+            Target::parse("istiod-rev.istio-system.svc.cluster.local", None, "x")
+                .unwrap()
+                .port,
+            15012
+        );
+        assert_eq!(
+            Target::parse("localhost:15012", None, "x")
+                .unwrap()
+                .server_name,
+            DEFAULT_SAN
+        );
+        let t = Target::parse("127.0.0.1:4000", Some("istiod.istio-system.svc"), "x").unwrap();
+        assert_eq!(t.server_name, "istiod.istio-system.svc");
+        let t = Target::parse("[fd00::2]:15012", None, "x").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.addr()),
+            ("fd00::2", "[fd00::2]:15012".to_string())
+        );
+        assert!(Target::parse("istiod:http", None, "x").is_err());
+        assert!(Target::parse(":15012", None, "x").is_err());
+    }
+
+    #[test]
+    fn env_quoting_as_bash_reads_it() {
+        let m =
+            parse_env("A='x y'\nB=''\nC='it'\"'\"'s'\nD=bare\n# c\nE=\"q\\\"d\"\nexport F='1'\n")
+                .unwrap();
+        assert_eq!(m["A"], "x y");
+        assert_eq!(m["B"], "");
+        assert_eq!(m["C"], "it's");
+        assert_eq!(m["D"], "bare");
+        assert_eq!(m["E"], "q\"d");
+        assert_eq!(m["F"], "1");
+        assert!(parse_env("A='x\n").is_err());
+        assert!(parse_env("no equals\n").is_err());
+    }
+
+    #[test]
+    fn hosts_block_and_mesh() {
+        let text = "127.0.0.1 localhost\n# BEGIN istio-vm\n203.0.113.10 istiod.istio-system.svc\n# END istio-vm\n";
+        assert_eq!(parse_hosts(&managed_block(text)).len(), 1);
+        assert_eq!(parse_hosts(text).len(), 2);
+        assert_eq!(
+            discovery_address(b"defaultConfig:\n  discoveryAddress: a:1\n").as_deref(),
+            Some("a:1")
+        );
+        assert_eq!(discovery_address(b"defaultConfig: {}\n"), None);
+    }
+
+    #[test]
+    fn resolve_stays_inside_root() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("run/secrets")).unwrap();
+        std::fs::create_dir_all(root.join("var")).unwrap();
+        std::os::unix::fs::symlink("/run", root.join("var/run")).unwrap();
+        std::os::unix::fs::symlink("../../../../etc/x", root.join("run/secrets/up")).unwrap();
+        assert_eq!(
+            resolve(root, "/var/run/secrets/tokens/t").unwrap(),
+            root.join("run/secrets/tokens/t")
+        );
+        assert_eq!(
+            resolve(root, "/run/secrets/up").unwrap(),
+            root.join("etc/x")
+        );
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        assert!(resolve(root, "/loop").is_err());
+    }
+}

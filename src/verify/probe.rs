@@ -1,0 +1,153 @@
+//! `probe.*`: the seed's last step (`curl nginx.jd.com` from the VM) as a
+//! check: the name resolves (through the DNS proxy when capture is on), a
+//! request gets an answer, and the answer came through the sidecar.
+
+use std::time::{Duration, Instant};
+
+use super::net;
+use super::{fail, pass};
+use crate::report::Check;
+
+/// Envoy as Istio configures it names itself `istio-envoy` and adds the
+/// upstream time header on routed requests.
+pub fn via_sidecar(server: Option<&str>, upstream_time: bool) -> bool {
+    upstream_time || server.is_some_and(|s| s.eq_ignore_ascii_case("istio-envoy"))
+}
+
+pub fn check_id(url: &str, index: usize, seen: &[String]) -> String {
+    let host = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{}", index + 1));
+    let id = format!("probe.{host}");
+    if seen.contains(&id) {
+        format!("{id}.{}", index + 1)
+    } else {
+        id
+    }
+}
+
+pub async fn check(id: String, url: &str, timeout: Duration) -> Check {
+    let parsed = match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => u,
+        _ => {
+            return fail(
+                &id,
+                format!("`{url}` is not an http:// or https:// URL"),
+                "pass a full URL, e.g. --probe http://nginx.jd.com/",
+            );
+        }
+    };
+    let host = parsed
+        .host_str()
+        .unwrap_or_default()
+        .trim_matches(['[', ']'])
+        .to_string();
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let addrs = match net::resolve(&host, port, timeout).await {
+        Ok(a) => a,
+        Err(e) => {
+            return fail(
+                &id,
+                format!("{host} does not resolve: {e}"),
+                "mesh service names resolve only through the agent's DNS proxy: needs ISTIO_META_DNS_CAPTURE=true, \
+                 traffic capture applied (DNS to 15053, see `istio-vm capture status`) and agent.dns passing; \
+                 otherwise use the full name <svc>.<ns>.svc.cluster.local with a hosts entry, or a ServiceEntry for external names",
+            );
+        }
+    };
+    let ips: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+    let mesh = addrs.iter().any(|a| net::mesh_allocated(&a.ip()));
+    let resolved = format!(
+        "{host} -> {}{}",
+        ips.join(", "),
+        if mesh {
+            " (auto-allocated by the mesh: answered by the DNS proxy)"
+        } else {
+            ""
+        }
+    );
+    let client = match reqwest::Client::builder()
+        .no_proxy()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("istio-vm/", env!("CARGO_PKG_VERSION")))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => return fail(&id, format!("HTTP client: {e}"), "internal error"),
+    };
+    let start = Instant::now();
+    let resp = match client.get(parsed.clone()).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            let (what, hint) = if e.is_timeout() {
+                (
+                    "no answer in time",
+                    "the sidecar accepted the request but the upstream did not answer, or capture sends it nowhere",
+                )
+            } else if e.is_connect() {
+                (
+                    "could not connect",
+                    "with capture on, outbound connections go to Envoy on 15001: is the sidecar running (agent.ready)? Without capture the address must be reachable directly",
+                )
+            } else {
+                ("request failed", "see the error")
+            };
+            return fail(&id, format!("{resolved}; {what}: {e}"), hint);
+        }
+    };
+    let ms = start.elapsed().as_millis();
+    let status = resp.status().as_u16();
+    let server = resp
+        .headers()
+        .get("server")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let upstream = resp.headers().contains_key("x-envoy-upstream-service-time");
+    let detail = format!(
+        "{resolved}; HTTP {status} in {ms} ms; server: {}",
+        server.as_deref().unwrap_or("-")
+    );
+    if !via_sidecar(server.as_deref(), upstream) {
+        return fail(
+            &id,
+            format!("{detail}; the response did not pass through the sidecar"),
+            "no `server: istio-envoy` or `x-envoy-upstream-service-time`: outbound traffic is not captured (`istio-vm capture status`), \
+             the port is excluded (ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE), or the address is outside ISTIO_SERVICE_CIDR",
+        );
+    }
+    if status >= 500 {
+        let hint = if status == 503 {
+            "the sidecar has no healthy endpoint for this service: the service has no ready pods, or on a multi-network mesh \
+             traffic does not route through the east-west gateway (ISTIO_META_NETWORK, meshNetworks; istio#33268)"
+        } else {
+            "the request passed through the sidecar but the upstream failed"
+        };
+        return fail(&id, format!("{detail} (through the sidecar)"), hint);
+    }
+    pass(&id, format!("{detail} (through the sidecar)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sidecar_evidence() {
+        assert!(via_sidecar(Some("istio-envoy"), false));
+        assert!(via_sidecar(None, true));
+        assert!(!via_sidecar(Some("nginx"), false));
+        assert!(!via_sidecar(None, false));
+    }
+
+    #[test]
+    fn ids_are_unique() {
+        let a = check_id("http://nginx.jd.com/", 0, &[]);
+        assert_eq!(a, "probe.nginx.jd.com");
+        assert_eq!(
+            check_id("http://nginx.jd.com/x", 1, &[a]),
+            "probe.nginx.jd.com.2"
+        );
+    }
+}

@@ -1,0 +1,375 @@
+//! Test harness for `istio-vm verify`: a VM root written per layout.rs, a
+//! private network namespace per test, and the CLI run inside it with the
+//! root's /etc/hosts bind-mounted over the host's (private mount namespace),
+//! so getaddrinfo sees exactly what the VM would.
+//!
+//! Every test gets its own network namespace (a thread that unshared
+//! CLONE_NEWNET; processes it spawns inherit it), so the default ports
+//! (15012, 15021, 15000, 15053) are free and tests run in parallel. Nothing
+//! leaves the namespace: it has only a loopback interface.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::fake_istiod;
+
+/// uid/gid the root's /etc/passwd gives istio-proxy; placed files are
+/// chowned to it for real (tests run as root).
+pub const PROXY_UID: u32 = 4242;
+
+/// Runs `f` on a thread inside a fresh network namespace with `lo` up.
+pub fn in_netns<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    let h = std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("unshare(CLONE_NEWNET): these tests need root");
+        let st = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .expect("running ip (iproute2)");
+        assert!(st.success(), "ip link set lo up failed");
+        f()
+    });
+    match h.join() {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e),
+    }
+}
+
+/// A multi-thread runtime whose workers live in the caller's namespace.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// What goes into the VM root.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub namespace: String,
+    pub service_account: String,
+    /// Token subject; defaults to the namespace/service account above.
+    pub token_sub: Option<String>,
+    pub token_aud: Vec<String>,
+    /// Token expiry relative to now, in seconds (negative: expired).
+    pub token_exp_in: i64,
+    pub discovery_address: String,
+    /// Lines of the istio-vm block in /etc/hosts.
+    pub hosts_block: Vec<String>,
+    /// Extra /etc/hosts lines outside the block.
+    pub hosts_extra: Vec<String>,
+    /// Extra cluster.env lines (`KEY='value'`).
+    pub env_extra: Vec<String>,
+    pub dns_capture: bool,
+}
+
+impl Default for VmSpec {
+    fn default() -> Self {
+        VmSpec {
+            namespace: "vm-apps".into(),
+            service_account: "ratings-sa".into(),
+            token_sub: None,
+            token_aud: vec!["istio-ca".into()],
+            token_exp_in: 3600,
+            discovery_address: "istiod.istio-system.svc:15012".into(),
+            hosts_block: vec!["127.0.0.1 istiod.istio-system.svc".into()],
+            hosts_extra: Vec::new(),
+            env_extra: Vec::new(),
+            dns_capture: true,
+        }
+    }
+}
+
+pub struct VmRoot {
+    pub dir: tempfile::TempDir,
+}
+
+fn write(root: &Path, path: &str, body: &[u8], mode: u32) {
+    let p = root.join(path.trim_start_matches('/'));
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, body).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn chown(p: &Path) {
+    std::os::unix::fs::chown(p, Some(PROXY_UID), Some(PROXY_UID)).unwrap();
+}
+
+impl VmRoot {
+    /// Writes the placed files as `istio-vm install` would (layout.rs),
+    /// with `root_pem` as the mesh root.
+    pub fn new(spec: &VmSpec, root_pem: &str) -> VmRoot {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        // A Debian-like tree: /var/run is a symlink to /run.
+        std::fs::create_dir_all(root.join("run")).unwrap();
+        std::fs::create_dir_all(root.join("var")).unwrap();
+        std::os::unix::fs::symlink("/run", root.join("var/run")).unwrap();
+        write(
+            root,
+            "/etc/passwd",
+            format!("root:x:0:0:root:/root:/bin/sh\nistio-proxy:x:{PROXY_UID}:{PROXY_UID}::/var/lib/istio:/usr/sbin/nologin\n").as_bytes(),
+            0o644,
+        );
+        for d in [
+            "etc/certs",
+            "var/lib/istio",
+            "var/lib/istio/envoy",
+            "etc/istio/proxy",
+            "etc/istio/config",
+            "run/secrets",
+            "run/secrets/tokens",
+            "var/log/istio",
+        ] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+            chown(&root.join(d));
+        }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let sub = spec.token_sub.clone().unwrap_or_else(|| {
+            format!(
+                "system:serviceaccount:{}:{}",
+                spec.namespace, spec.service_account
+            )
+        });
+        let aud: Vec<&str> = spec.token_aud.iter().map(String::as_str).collect();
+        let tok = fake_istiod::token(&sub, &aud, now + spec.token_exp_in);
+        let mut env = vec![
+            "CANONICAL_REVISION='v1'".to_string(),
+            "CANONICAL_SERVICE='ratings'".into(),
+            "ISTIO_INBOUND_PORTS='9080'".into(),
+            "ISTIO_LOCAL_EXCLUDE_PORTS='22,15090,15021,15020'".into(),
+            r#"ISTIO_METAJSON_LABELS='{"app":"ratings","version":"v1"}'"#.into(),
+            "ISTIO_META_AUTO_REGISTER_GROUP='ratings-vm'".into(),
+            "ISTIO_META_CLUSTER_ID='cluster1'".into(),
+            "ISTIO_META_MESH_ID='mesh1'".into(),
+            "ISTIO_META_NETWORK='vm-network'".into(),
+            "ISTIO_META_WORKLOAD_NAME='ratings-vm'".into(),
+            format!("ISTIO_NAMESPACE='{}'", spec.namespace),
+            "ISTIO_SERVICE='ratings-vm.vm-apps'".into(),
+            "ISTIO_SERVICE_CIDR='*'".into(),
+            "ISTIO_SVC_IP='198.51.100.10'".into(),
+            format!("POD_NAMESPACE='{}'", spec.namespace),
+            format!("SERVICE_ACCOUNT='{}'", spec.service_account),
+            "TRUST_DOMAIN='cluster.local'".into(),
+        ];
+        if spec.dns_capture {
+            env.push("ISTIO_META_DNS_CAPTURE='true'".into());
+        }
+        env.extend(spec.env_extra.iter().cloned());
+        env.sort();
+        let mesh = format!(
+            "defaultConfig:\n  discoveryAddress: {}\n  meshId: mesh1\n  proxyMetadata:\n    POD_NAMESPACE: {}\n",
+            spec.discovery_address, spec.namespace
+        );
+        let mut hosts = String::from("127.0.0.1 localhost\n::1 localhost ip6-localhost\n");
+        for l in &spec.hosts_extra {
+            hosts.push_str(l);
+            hosts.push('\n');
+        }
+        hosts.push_str("# BEGIN istio-vm\n");
+        for l in &spec.hosts_block {
+            hosts.push_str(l);
+            hosts.push('\n');
+        }
+        hosts.push_str("# END istio-vm\n");
+        let placed: [(&str, Vec<u8>, u32); 5] = [
+            (
+                "/etc/certs/root-cert.pem",
+                root_pem.as_bytes().to_vec(),
+                0o644,
+            ),
+            (
+                "/run/secrets/tokens/istio-token",
+                tok.clone().into_bytes(),
+                0o600,
+            ),
+            ("/var/lib/istio-vm/istio-token", tok.into_bytes(), 0o600),
+            (
+                "/var/lib/istio/envoy/cluster.env",
+                (env.join("\n") + "\n").into_bytes(),
+                0o644,
+            ),
+            ("/etc/istio/config/mesh", mesh.into_bytes(), 0o644),
+        ];
+        for (p, body, mode) in placed {
+            write(root, p, &body, mode);
+            chown(&root.join(p.trim_start_matches('/')));
+        }
+        write(root, "/etc/hosts", hosts.as_bytes(), 0o644);
+        // The resolver inside the namespace: nothing listens there, so a
+        // name that is not in /etc/hosts fails at once and stays local.
+        write(root, "/etc/resolv.conf", b"nameserver 127.0.0.1\n", 0o644);
+        VmRoot { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn file(&self, vm_path: &str) -> PathBuf {
+        self.dir.path().join(vm_path.trim_start_matches('/'))
+    }
+
+    pub fn append_log(&self, vm_path: &str, lines: &[&str]) {
+        use std::io::Write;
+        let p = self.file(vm_path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .unwrap();
+        for l in lines {
+            writeln!(f, "{l}").unwrap();
+        }
+    }
+}
+
+/// The result of one `istio-vm verify` run.
+pub struct Run {
+    pub code: i32,
+    pub json: serde_json::Value,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    pub fn check(&self, id: &str) -> &serde_json::Value {
+        self.json["checks"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["id"] == id))
+            .unwrap_or_else(|| panic!("no check {id} in {}", self.json))
+    }
+
+    pub fn status(&self, id: &str) -> &str {
+        self.check(id)["status"].as_str().unwrap_or_default()
+    }
+
+    pub fn hint(&self, id: &str) -> &str {
+        self.check(id)["hint"].as_str().unwrap_or_default()
+    }
+
+    pub fn detail(&self, id: &str) -> &str {
+        self.check(id)["detail"].as_str().unwrap_or_default()
+    }
+
+    /// Asserts `id` has `status` and its hint contains `needle`.
+    pub fn expect(&self, id: &str, status: &str, needle: &str) {
+        assert_eq!(self.status(id), status, "{id}: {}", self.check(id));
+        if !needle.is_empty() {
+            let c = self.check(id);
+            let text = format!("{} {}", c["detail"], c["hint"]);
+            assert!(text.contains(needle), "{id} should mention `{needle}`: {c}");
+        }
+    }
+
+    pub fn failing(&self) -> Vec<String> {
+        self.json["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["status"] == "fail")
+            .map(|c| c["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+/// `istio-vm --root ROOT --output json verify ARGS...`, run from the calling
+/// thread (so in its network namespace) inside a private mount namespace
+/// where the root's /etc/hosts and resolv.conf are the host's.
+pub fn verify(root: &VmRoot, args: &[&str]) -> Run {
+    let bin = env!("CARGO_BIN_EXE_istio-vm");
+    let script = r#"set -e
+mount --bind "$1" /etc/hosts
+if [ -e /etc/resolv.conf ]; then mount --bind "$2" /etc/resolv.conf; fi
+shift 2
+exec "$@""#;
+    let start = Instant::now();
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(root.file("/etc/hosts"))
+        .arg(root.file("/etc/resolv.conf"))
+        .arg(bin)
+        .arg("--root")
+        .arg(root.path())
+        .args(["--output", "json", "verify"])
+        .args(args)
+        .env_remove("ISTIO_VM_TIMEOUT")
+        .env_remove("ISTIO_VM_CONFIG")
+        .output()
+        .expect("running unshare (util-linux)");
+    let elapsed = start.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "verify printed no JSON ({e}): stdout={stdout} stderr={}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        json,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed,
+    }
+}
+
+/// Kills the child (by its pid) when dropped, also on a failed assertion.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Path of the stand-in agent example, building it if this test run did not.
+pub fn stand_in_agent() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/examples/stand-in-agent
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let bin = profile_dir.join("examples/stand-in-agent");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--example", "stand-in-agent"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("cargo build --example stand-in-agent");
+        assert!(st.success());
+    }
+    bin
+}
+
+/// Starts the stand-in agent in the caller's namespace and waits (bounded)
+/// until its health port answers.
+pub fn start_agent(root: &VmRoot, extra: &[&str]) -> ChildGuard {
+    let child = Command::new(stand_in_agent())
+        .arg("--root")
+        .arg(root.path())
+        .args(["--health-addr", "127.0.0.1:15021"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting stand-in-agent");
+    let guard = ChildGuard(child);
+    wait_port("127.0.0.1:15021");
+    wait_port("127.0.0.1:15000");
+    guard
+}
+
+/// Polls until something accepts on `addr` (deadline 10 s).
+pub fn wait_port(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{addr} never came up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

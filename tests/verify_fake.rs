@@ -1,0 +1,533 @@
+//! `istio-vm verify` against a fake istiod and the stand-in agent, each test
+//! in its own network namespace: every failure mode is detected by the right
+//! check with the right hint, and a healthy setup passes.
+
+#[path = "common/fake_istiod.rs"]
+mod fake_istiod;
+#[path = "common/verify_harness.rs"]
+mod verify_harness;
+
+use std::net::SocketAddr;
+
+use fake_istiod::{Behaviour, FakeIstiod, Seen};
+use verify_harness::{Run, VmRoot, VmSpec, in_netns, runtime, start_agent, verify};
+
+const ISTIOD: &str = "127.0.0.1:15012";
+
+/// Fake istiod with `b`, a VM root from `spec`, the stand-in agent with
+/// `agent` flags (None: no agent), then `verify ARGS`.
+fn scenario(
+    spec: VmSpec,
+    b: Behaviour,
+    agent: Option<&'static [&'static str]>,
+    args: &'static [&'static str],
+) -> (Run, Seen) {
+    in_netns(move || {
+        let rt = runtime();
+        let fake = rt.block_on(FakeIstiod::start(ISTIOD.parse::<SocketAddr>().unwrap(), b));
+        let root = VmRoot::new(&spec, fake.root_pem());
+        let _agent = agent.map(|a| start_agent(&root, a));
+        let run = verify(&root, args);
+        let seen = fake.seen();
+        drop(fake);
+        (run, seen)
+    })
+}
+
+const T: &[&str] = &["--timeout", "2s"];
+
+#[test]
+fn healthy_mesh_passes_everything() {
+    let (run, seen) = scenario(VmSpec::default(), Behaviour::default(), Some(&[]), T);
+    assert_eq!(run.failing(), Vec::<String>::new(), "{}", run.json);
+    assert_eq!(run.code, 0);
+    assert_eq!(run.json["ok"], true);
+    for id in [
+        "files.root_cert",
+        "files.token",
+        "files.token_persistent",
+        "files.cluster_env",
+        "files.mesh_config",
+        "files.dirs",
+        "files.hosts",
+        "dns.discovery",
+        "tcp.discovery",
+        "tls.handshake",
+        "ca.token",
+        "xds.stream",
+        "agent.ready",
+        "agent.xds",
+        "agent.live",
+        "agent.dns",
+    ] {
+        assert_eq!(run.status(id), "pass", "{id}: {}", run.check(id));
+    }
+    // Under --root nothing live is looked at.
+    assert_eq!(run.status("agent.service"), "skip");
+    assert!(
+        run.detail("ca.token")
+            .contains("spiffe://cluster.local/ns/vm-apps/sa/ratings-sa")
+    );
+    assert!(
+        run.detail("xds.stream").contains("2 cluster(s)"),
+        "{}",
+        run.detail("xds.stream")
+    );
+    assert!(
+        run.detail("dns.discovery")
+            .contains("127.0.0.1 (as /etc/hosts says)")
+    );
+    // The CA saw the token's subject; XDS saw the issued identity and a node
+    // in Istio's format, without auto-registration.
+    assert_eq!(
+        seen.ca_subjects,
+        vec!["system:serviceaccount:vm-apps:ratings-sa"]
+    );
+    assert_eq!(
+        seen.xds_identities,
+        vec!["spiffe://cluster.local/ns/vm-apps/sa/ratings-sa"]
+    );
+    let (id, md) = &seen.nodes[0];
+    assert!(
+        id.starts_with("sidecar~198.51.100.10~")
+            && id.ends_with(".vm-apps~vm-apps.svc.cluster.local"),
+        "{id}"
+    );
+    assert_eq!(md["NAMESPACE"], "vm-apps");
+    assert_eq!(md["CLUSTER_ID"], "cluster1");
+    assert_eq!(md["LABELS"]["app"], "ratings");
+    assert!(
+        md.get("AUTO_REGISTER_GROUP").is_none(),
+        "verify must never trigger auto-registration: {md}"
+    );
+    // Every check has its timing; no secret leaks into the report.
+    let text = run.json.to_string();
+    assert!(
+        !text.contains("bm90LWEtcmVhbC1zaWduYXR1cmU"),
+        "the token's signature leaked"
+    );
+    for c in run.json["checks"].as_array().unwrap() {
+        assert!(c["elapsed_ms"].is_u64());
+        if c["status"] != "pass" {
+            assert!(c["hint"].as_str().is_some_and(|h| !h.is_empty()), "{c}");
+        }
+    }
+}
+
+#[test]
+fn no_hosts_entry() {
+    let spec = VmSpec {
+        hosts_block: vec![],
+        ..Default::default()
+    };
+    let (run, _) = scenario(spec, Behaviour::default(), Some(&[]), T);
+    run.expect("dns.discovery", "fail", "--ingressIP");
+    run.expect(
+        "files.hosts",
+        "warn",
+        "no entry for istiod.istio-system.svc",
+    );
+    run.expect("tcp.discovery", "skip", "dns.discovery");
+    assert_eq!(run.code, 1);
+}
+
+#[test]
+fn stale_hosts_line_is_reported() {
+    // A line outside the block shadows the bundle's address.
+    let spec = VmSpec {
+        hosts_extra: vec!["127.0.0.9 istiod.istio-system.svc".into()],
+        ..Default::default()
+    };
+    let (run, _) = scenario(spec, Behaviour::default(), Some(&[]), T);
+    run.expect("dns.discovery", "warn", "also resolves to 127.0.0.9");
+    assert_eq!(run.code, 0, "a warning is not a failure");
+}
+
+#[test]
+fn port_closed() {
+    in_netns(|| {
+        let root = VmRoot::new(&VmSpec::default(), &fake_istiod::TestCa::new("x").cert_pem);
+        let run = verify(&root, &["--timeout", "2s", "--skip-agent"]);
+        run.expect("tcp.discovery", "fail", "expose-istiod.yaml");
+        assert!(run.detail("tcp.discovery").contains("refused"));
+        run.expect("tls.handshake", "skip", "tcp.discovery");
+        run.expect("xds.stream", "skip", "");
+        run.expect("agent.ready", "skip", "--skip-agent");
+        assert_eq!(run.code, 1);
+    });
+}
+
+#[test]
+fn server_certificate_from_another_ca() {
+    let b = Behaviour {
+        other_ca: true,
+        ..Default::default()
+    };
+    let (run, _) = scenario(VmSpec::default(), b, Some(&[]), T);
+    run.expect("tls.handshake", "fail", "unknown authority");
+    assert!(
+        run.detail("tls.handshake").contains("some other CA"),
+        "{}",
+        run.detail("tls.handshake")
+    );
+    run.expect("ca.token", "skip", "tls.handshake");
+}
+
+#[test]
+fn wrong_san() {
+    let b = Behaviour {
+        sans: vec!["istiod.example.com".into()],
+        ..Default::default()
+    };
+    let (run, _) = scenario(VmSpec::default(), b, Some(&[]), T);
+    run.expect("tls.handshake", "fail", "ISTIOD_SAN");
+    assert!(run.detail("tls.handshake").contains("istiod.example.com"));
+    assert!(!run.hint("tls.handshake").contains("unknown authority"));
+}
+
+#[test]
+fn istiod_san_overrides_the_verified_name() {
+    // An IP discovery address works once ISTIOD_SAN names istiod's certificate.
+    let spec = VmSpec {
+        discovery_address: "127.0.0.1:15012".into(),
+        hosts_block: vec![],
+        env_extra: vec!["ISTIOD_SAN='istiod.istio-system.svc'".into()],
+        ..Default::default()
+    };
+    let (run, _) = scenario(
+        spec,
+        Behaviour::default(),
+        None,
+        &["--timeout", "2s", "--skip-agent"],
+    );
+    for id in ["dns.discovery", "tls.handshake", "ca.token", "xds.stream"] {
+        assert_eq!(run.status(id), "pass", "{id}: {}", run.check(id));
+    }
+}
+
+#[test]
+fn expired_token() {
+    let spec = VmSpec {
+        token_exp_in: -120,
+        ..Default::default()
+    };
+    let (run, seen) = scenario(spec, Behaviour::default(), Some(&[]), T);
+    run.expect("files.token", "fail", "new token");
+    run.expect("ca.token", "fail", "expired");
+    assert!(run.detail("ca.token").contains("Unauthenticated"));
+    run.expect("xds.stream", "skip", "ca.token");
+    assert!(seen.ca_subjects.is_empty());
+}
+
+#[test]
+fn expired_token_with_a_valid_workload_cert_can_still_renew() {
+    in_netns(|| {
+        let rt = runtime();
+        let fake = rt.block_on(FakeIstiod::start(
+            ISTIOD.parse().unwrap(),
+            Behaviour::default(),
+        ));
+        let spec = VmSpec {
+            token_exp_in: -120,
+            ..Default::default()
+        };
+        let root = VmRoot::new(&spec, fake.root_pem());
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem =
+            fake.ca
+                .workload_cert("spiffe://cluster.local/ns/vm-apps/sa/ratings-sa", &key, 24);
+        std::fs::write(root.file("/etc/certs/cert-chain.pem"), pem).unwrap();
+        let run = verify(&root, &["--timeout", "2s", "--skip-agent"]);
+        run.expect(
+            "files.token",
+            "warn",
+            "renews with its workload certificate",
+        );
+        run.expect("files.workload_cert", "pass", "");
+    });
+}
+
+#[test]
+fn token_with_wrong_audience() {
+    let spec = VmSpec {
+        token_aud: vec!["https://kubernetes.default.svc".into()],
+        ..Default::default()
+    };
+    let (run, _) = scenario(spec, Behaviour::default(), Some(&[]), T);
+    run.expect("ca.token", "fail", "istio-ca");
+    assert!(
+        run.hint("ca.token").contains("audience"),
+        "{}",
+        run.hint("ca.token")
+    );
+    run.expect("files.token", "fail", "audience");
+}
+
+#[test]
+fn namespace_service_account_mismatch() {
+    let spec = VmSpec {
+        token_sub: Some("system:serviceaccount:other-ns:other-sa".into()),
+        ..Default::default()
+    };
+    let (run, seen) = scenario(spec, Behaviour::default(), Some(&[]), T);
+    run.expect("ca.token", "fail", "35249");
+    assert!(
+        run.detail("ca.token")
+            .contains("spiffe://cluster.local/ns/other-ns/sa/other-sa")
+    );
+    // XDS runs with the certificate anyway, and istiod refuses it.
+    run.expect("xds.stream", "fail", "no identities");
+    assert!(run.detail("xds.stream").contains("PermissionDenied"));
+    assert_eq!(
+        seen.xds_identities,
+        vec!["spiffe://cluster.local/ns/other-ns/sa/other-sa"]
+    );
+}
+
+#[test]
+fn ca_answers_unimplemented() {
+    let b = Behaviour {
+        ca_unimplemented: true,
+        ..Default::default()
+    };
+    let (run, _) = scenario(VmSpec::default(), b, Some(&[]), T);
+    run.expect("ca.token", "fail", "57664");
+    assert!(run.detail("ca.token").contains("Unimplemented"));
+    assert!(
+        run.detail("ca.token")
+            .contains("unknown service istio.v1.auth.IstioCertificateService")
+    );
+}
+
+#[test]
+fn ca_rejects_the_token() {
+    let b = Behaviour {
+        reject_token: true,
+        ..Default::default()
+    };
+    let (run, _) = scenario(VmSpec::default(), b, Some(&[]), T);
+    run.expect("ca.token", "fail", "TokenReview");
+}
+
+#[test]
+fn ads_closes_the_stream() {
+    let b = Behaviour {
+        ads_close: true,
+        ..Default::default()
+    };
+    let (run, seen) = scenario(VmSpec::default(), b, Some(&[]), T);
+    run.expect("ca.token", "pass", "");
+    run.expect("xds.stream", "fail", "closed the XDS stream");
+    assert_eq!(seen.nodes.len(), 1);
+}
+
+#[test]
+fn agent_not_running() {
+    let (run, _) = scenario(VmSpec::default(), Behaviour::default(), None, T);
+    run.expect("xds.stream", "pass", "");
+    run.expect("agent.ready", "fail", "systemctl start istio");
+    assert!(run.detail("agent.ready").contains("nothing listens"));
+    run.expect("agent.xds", "fail", "not running");
+    run.expect("agent.dns", "fail", "DNS proxy is not running");
+    assert_eq!(run.code, 1);
+}
+
+#[test]
+fn agent_up_but_not_connected() {
+    let (run, _) = scenario(
+        VmSpec::default(),
+        Behaviour::default(),
+        Some(&["--disconnected"]),
+        T,
+    );
+    run.expect("agent.xds", "fail", "not connected");
+    assert!(run.detail("agent.xds").contains("connected_state is 0"));
+    run.expect("agent.ready", "fail", "XDS is not flowing");
+    run.expect("agent.live", "pass", "");
+}
+
+#[test]
+fn dns_proxy_silent() {
+    let (run, _) = scenario(
+        VmSpec::default(),
+        Behaviour::default(),
+        Some(&["--dns-silent"]),
+        &["--timeout", "1s"],
+    );
+    run.expect("agent.dns", "fail", "silent");
+    run.expect("agent.ready", "pass", "");
+}
+
+#[test]
+fn dns_proxy_not_checked_without_capture() {
+    let spec = VmSpec {
+        dns_capture: false,
+        ..Default::default()
+    };
+    let (run, _) = scenario(spec, Behaviour::default(), Some(&["--no-dns"]), T);
+    run.expect("agent.dns", "skip", "ISTIO_META_DNS_CAPTURE");
+    assert_eq!(run.code, 0, "{}", run.json);
+}
+
+#[test]
+fn known_log_lines_are_explained() {
+    in_netns(|| {
+        let rt = runtime();
+        let fake = rt.block_on(FakeIstiod::start(
+            ISTIOD.parse().unwrap(),
+            Behaviour::default(),
+        ));
+        let root = VmRoot::new(&VmSpec::default(), fake.root_pem());
+        root.append_log("/var/log/istio/istio.log", &[
+            "2026-11-27T05:00:00.000000Z\tinfo\txdsproxy\tconnected to upstream XDS server: istiod.istio-system.svc:15012",
+            "2026-11-27T05:01:00.000000Z\twarn\txdsproxy\tupstream terminated with unexpected error rpc error: code = PermissionDenied desc = authorization failed: no identities ([spiffe://cluster.local/ns/a/sa/x]) matched vm-apps/ratings-sa",
+        ]);
+        root.append_log(
+            "/var/log/istio/istio.err.log",
+            &["iptables-restore: line 3 failed: Chain already exists"],
+        );
+        let run = verify(&root, &["--timeout", "2s", "--skip-agent"]);
+        run.expect("log.errors", "fail", "35249");
+        assert!(
+            run.hint("log.errors").contains("52835"),
+            "{}",
+            run.hint("log.errors")
+        );
+        assert!(run.detail("log.errors").contains("xds.permission_denied"));
+        // Only history: an error followed by a successful connection.
+        let root = VmRoot::new(&VmSpec::default(), fake.root_pem());
+        root.append_log("/var/log/istio/istio.log", &[
+            "2026-11-27T05:00:00.000000Z\twarn\txdsproxy\tfailed to connect to upstream istiod.istio-system.svc:15012: i/o timeout",
+            "2026-11-27T05:00:05.000000Z\tinfo\txdsproxy\tconnected to upstream XDS server: istiod.istio-system.svc:15012",
+        ]);
+        let run = verify(&root, &["--timeout", "2s", "--skip-agent"]);
+        run.expect("log.errors", "pass", "1 older");
+    });
+}
+
+/// A one-request-at-a-time HTTP server answering with `headers`.
+fn http_server(rt: &tokio::runtime::Runtime, bind: &str, headers: &'static str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = rt.block_on(tokio::net::TcpListener::bind(bind)).unwrap();
+    rt.spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf).await;
+            let body = "hello\n";
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+        }
+    });
+}
+
+#[test]
+fn probes() {
+    in_netns(|| {
+        let rt = runtime();
+        let fake = rt.block_on(FakeIstiod::start(
+            ISTIOD.parse().unwrap(),
+            Behaviour::default(),
+        ));
+        // A mesh-allocated address on loopback inside this namespace only.
+        let st = std::process::Command::new("ip")
+            .args(["addr", "add", "240.240.0.7/32", "dev", "lo"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        http_server(
+            &rt,
+            "240.240.0.7:80",
+            "server: istio-envoy\r\nx-envoy-upstream-service-time: 3\r\n",
+        );
+        http_server(&rt, "127.0.0.1:8080", "server: nginx\r\n");
+        let spec = VmSpec {
+            hosts_extra: vec![
+                "240.240.0.7 nginx.jd.com".into(),
+                "127.0.0.1 direct.example.com".into(),
+            ],
+            ..Default::default()
+        };
+        let root = VmRoot::new(&spec, fake.root_pem());
+        let run = verify(
+            &root,
+            &[
+                "--timeout",
+                "2s",
+                "--skip-agent",
+                "--probe",
+                "http://nginx.jd.com/",
+                "--probe",
+                "http://direct.example.com:8080/",
+                "--probe",
+                "http://nosuch.vm-apps.svc.cluster.local/",
+            ],
+        );
+        run.expect("probe.nginx.jd.com", "pass", "through the sidecar");
+        assert!(run.detail("probe.nginx.jd.com").contains("auto-allocated"));
+        assert!(run.detail("probe.nginx.jd.com").contains("HTTP 200"));
+        run.expect(
+            "probe.direct.example.com",
+            "fail",
+            "did not pass through the sidecar",
+        );
+        run.expect(
+            "probe.nosuch.vm-apps.svc.cluster.local",
+            "fail",
+            "DNS proxy",
+        );
+        assert!(
+            run.detail("probe.nosuch.vm-apps.svc.cluster.local")
+                .contains("does not resolve")
+        );
+    });
+}
+
+#[test]
+fn unreachable_istiod_costs_one_timeout() {
+    in_netns(|| {
+        // Packets to 15012 vanish (as behind a firewall that drops), and the
+        // DNS proxy is silent: two waits that must overlap, not add up.
+        let st = std::process::Command::new("iptables")
+            .args(["-A", "INPUT", "-p", "tcp", "--dport", "15012", "-j", "DROP"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let root = VmRoot::new(&VmSpec::default(), &fake_istiod::TestCa::new("x").cert_pem);
+        let _agent = start_agent(&root, &["--dns-silent"]);
+        let run = verify(&root, &["--timeout", "2s"]);
+        run.expect("tcp.discovery", "fail", "firewall");
+        run.expect("agent.dns", "fail", "silent");
+        // Sequential waits would take at least 4 s.
+        assert!(run.elapsed.as_millis() < 3800, "took {:?}", run.elapsed);
+    });
+}
+
+#[test]
+fn wait_retries_until_istiod_answers() {
+    in_netns(|| {
+        let rt = runtime();
+        // Something that accepts and hangs up, until verify has tried once.
+        let l = std::net::TcpListener::bind(ISTIOD).unwrap();
+        let ca = std::sync::Arc::new(fake_istiod::TestCa::new("cluster.local"));
+        let root = VmRoot::new(&VmSpec::default(), &ca.cert_pem);
+        let root_path = root.path().to_path_buf();
+        let h = std::thread::spawn(move || {
+            let _keep = root_path;
+            verify(&root, &["--timeout", "2s", "--skip-agent", "--wait", "20s"])
+        });
+        let (s, _) = l.accept().unwrap();
+        drop(s);
+        drop(l);
+        let _fake = rt.block_on(FakeIstiod::start_with_ca(
+            ISTIOD.parse().unwrap(),
+            Behaviour::default(),
+            ca,
+        ));
+        let run = h.join().unwrap();
+        assert_eq!(run.failing(), Vec::<String>::new(), "{}", run.json);
+        assert_eq!(run.code, 0);
+    });
+}
