@@ -10,6 +10,7 @@ pkgs=(
     iproute2
     util-linux
     cloud-init
+    systemd
 )
 
 missing=()

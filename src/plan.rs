@@ -194,36 +194,40 @@ pub fn sysusers_conf() -> String {
 /// tmpfiles.d lines: recreate the token under /run at every boot from the
 /// persistent copy, and give istio-proxy its directories and files (this is
 /// how ownership lands in an image baked with `--root`, where the user only
-/// exists from first boot on). Paths below /var/run are written as /run, the
-/// canonical form systemd-tmpfiles expects.
+/// exists from first boot on, after systemd-sysusers).
+///
+/// systemd-tmpfiles refuses a root-owned path below a directory owned by
+/// someone else ("unsafe path transition"), and it handles parents before
+/// children. So ownership goes recursively with `Z` (mode untouched: the
+/// files already carry theirs), as Istio's VM guide does with `chown -R`,
+/// and the runtime directories under /run stay root's: the token itself is
+/// made istio-proxy's there, and istio.service's `ExecStartPre=+install -d
+/// -o istio-proxy /var/run/secrets` hands the directory over at start.
+/// Paths below /var/run are written as /run, as systemd-tmpfiles expects.
 pub fn tmpfiles_conf() -> String {
     let u = layout::PROXY_USER;
-    let canon = |p: &str| match p.strip_prefix("/var/run/") {
-        Some(rest) => format!("/run/{rest}"),
-        None => p.to_string(),
-    };
     let mut s =
         String::from("# istio-vm: runtime token and istio-proxy ownership (see istio-vm(8)).\n");
-    for d in layout::PROXY_DIRS {
-        let letter = if d.starts_with("/var/run/") { 'd' } else { 'z' };
-        s.push_str(&format!("{letter} {} 0755 {u} {u} -\n", canon(d)));
+    let runtime = |p: &str| p.starts_with("/var/run/");
+    // Top-most proxy directories outside /run: each is chowned recursively.
+    for d in layout::PROXY_DIRS.iter().filter(|d| !runtime(d)) {
+        let nested = layout::PROXY_DIRS
+            .iter()
+            .any(|p| p != d && !runtime(p) && d.starts_with(&format!("{p}/")));
+        if !nested {
+            s.push_str(&format!("Z {d} - {u} {u} -\n"));
+        }
     }
-    s.push_str(&format!(
-        "C {} - - - - {}\n",
-        canon(layout::TOKEN),
-        layout::TOKEN_PERSISTENT
-    ));
-    for p in layout::PLACEMENTS {
-        let owner = match p.owner {
-            Owner::IstioProxy => u,
-            Owner::Root => "root",
-        };
+    for d in layout::PROXY_DIRS.iter().filter(|d| runtime(d)) {
         s.push_str(&format!(
-            "z {} {:04o} {owner} {owner} -\n",
-            canon(p.path),
-            p.mode
+            "d /run/{} 0755 root root -\n",
+            &d["/var/run/".len()..]
         ));
     }
+    let token = format!("/run/{}", &layout::TOKEN["/var/run/".len()..]);
+    s.push_str(&format!("C {token} - - - - {}\n", layout::TOKEN_PERSISTENT));
+    s.push_str(&format!("z {token} 0600 {u} {u} -\n"));
+    s.push_str(&format!("z {} 0600 {u} {u} -\n", layout::TOKEN_PERSISTENT));
     s
 }
 

@@ -6,25 +6,10 @@ use super::Ctx;
 use crate::apply::{self, Entry, Prior, Root, State, cloudinit, fsops, lock, user};
 use crate::bundle::{self, Bundle};
 use crate::cli::InstallArgs;
+use crate::error::Failure;
 use crate::layout;
 use crate::plan::{self, Action, Current, Facts, HookEnv, Op, Planned};
-use crate::report::{Finding, Report, Step, StepStatus};
-
-/// Bundle problems that stop an install before anything is touched.
-fn bundle_findings(b: &Bundle) -> Vec<Finding> {
-    bundle::FILES
-        .iter()
-        .filter(|f| b.file(f).is_none())
-        .map(|f| {
-            Finding::error(
-                "bundle.missing_file",
-                Some(f),
-                format!("{f} is missing from the bundle"),
-                "regenerate the bundle with `istioctl x workload entry configure`",
-            )
-        })
-        .collect()
-}
+use crate::report::{Report, Step, StepStatus};
 
 /// Read what is at every path the actions touch.
 fn gather(root: &Root, actions: &[Action]) -> Result<Facts> {
@@ -116,7 +101,9 @@ fn next_state(
 pub fn install(ctx: &Ctx, args: &InstallArgs) -> Result<Report> {
     let mut report = Report::new("install");
     report.check_mode = args.check;
-    let bundle = match bundle::load(&args.bundle.bundle, args.bundle.sha256.as_deref()) {
+    let (src, sha) = (&args.bundle.bundle, args.bundle.sha256.as_deref());
+    bundle::source::check_args(src, sha).map_err(Failure::Usage)?;
+    let bundle = match bundle::load(src, sha) {
         Ok(b) => b,
         Err(findings) => {
             report.findings = findings;
@@ -124,7 +111,9 @@ pub fn install(ctx: &Ctx, args: &InstallArgs) -> Result<Report> {
             return Ok(report);
         }
     };
-    report.findings = bundle_findings(&bundle);
+    // A bundle with errors is refused before anything is touched (exit 1);
+    // warnings are reported and the install goes on.
+    report.findings = crate::validate::validate(&bundle, time::OffsetDateTime::now_utc()).findings;
     if report.has_errors() {
         report.ok = false;
         return Ok(report);
