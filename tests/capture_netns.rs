@@ -221,6 +221,19 @@ impl Lab {
                 normalize_save(&String::from_utf8_lossy(&o.stdout))
             ));
         }
+        for cmd in [
+            "ip -4 rule show",
+            "ip -6 rule show",
+            "ip -6 addr show dev lo",
+        ] {
+            let o = self.app.try_exec(cmd);
+            s.push_str(&format!("== {cmd}\n{}", String::from_utf8_lossy(&o.stdout)));
+        }
+        let o = self.app.try_exec("ip route show table 133");
+        s.push_str(&format!(
+            "== table 133\n{}",
+            String::from_utf8_lossy(&o.stdout)
+        ));
         let o = self.app.try_exec("nft -s list ruleset");
         s.push_str("== nft\n");
         s.push_str(&drop_empty_nft(&String::from_utf8_lossy(&o.stdout)));
@@ -564,6 +577,14 @@ fn mixed_legacy_and_nft_is_refused() {
         "{log}"
     );
     assert_eq!(lab.snapshot(), before);
+    // Remove works by state on such a host too (nothing of Istio's there).
+    let (code, json, log) = lab.tool("remove", None);
+    assert_eq!(
+        (code, &json["changed"]),
+        (0, &serde_json::Value::Bool(false)),
+        "{log}"
+    );
+    assert_eq!(lab.snapshot(), before);
 }
 
 #[test]
@@ -668,6 +689,89 @@ fn render_under_root_and_refusals() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("--dport 22 -j ISTIO_IN_REDIRECT"), "{text}");
+}
+
+/// A listener like Envoy's inbound one in TPROXY mode: IP_TRANSPARENT, so
+/// it accepts connections addressed to any destination.
+fn listen_transparent(port: u16) -> TcpListener {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, setsockopt, socket,
+        sockopt,
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .unwrap();
+    setsockopt(&fd, sockopt::IpTransparent, &true).unwrap();
+    setsockopt(&fd, sockopt::ReuseAddr, &true).unwrap();
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::new(0, 0, 0, 0, port),
+    )
+    .unwrap();
+    listen(&fd, Backlog::new(64).unwrap()).unwrap();
+    let l = TcpListener::from(fd);
+    l.set_nonblocking(true).unwrap();
+    l
+}
+
+fn tproxy_scenario(backend: &str) {
+    let lab = Lab::new();
+    lab.write_env(&format!(
+        "{VM_ENV}ISTIO_INBOUND_INTERCEPTION_MODE='TPROXY'\n"
+    ));
+    let before = lab.snapshot();
+    let (code, json, log) = lab.tool(&format!("apply --backend {backend}"), None);
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(json["changed"], true, "{log}");
+    assert!(log.contains("capture:tproxy-routing:ipv4"), "{log}");
+    let applied = lab.snapshot();
+    assert!(applied.contains("lookup 133"), "{applied}");
+    let (code, json, log) = lab.tool(&format!("apply --backend {backend}"), None);
+    assert_eq!(
+        (code, &json["changed"]),
+        (0, &serde_json::Value::Bool(false)),
+        "{log}"
+    );
+    let (code, _, log) = lab.tool(&format!("status --backend {backend}"), None);
+    assert_eq!(code, 0, "{log}");
+
+    let d = Duration::from_secs(5);
+    let (inbound, ssh, outbound) = lab
+        .app
+        .within(|| (listen_transparent(15006), listen_tcp(22), listen_tcp(15001)));
+    client(&lab.peer, 0, "tcp", APP, 8080);
+    let s = accept_within(&inbound, d).expect("TPROXY inbound did not reach 15006");
+    // TPROXY keeps the original destination as the socket's local address.
+    assert_eq!(
+        s.local_addr().unwrap(),
+        format!("{APP}:8080").parse().unwrap()
+    );
+    client(&lab.peer, 0, "tcp", APP, 22);
+    accept_within(&ssh, d).expect("inbound SSH did not reach port 22");
+    assert!(nothing_pending(&inbound), "SSH was diverted to 15006");
+    client(&lab.app, APP_UID, "tcp", PEER, 80);
+    let s = accept_within(&outbound, d).expect("app outbound did not reach 15001");
+    assert_eq!(original_dst(&s), format!("{PEER}:80").parse().unwrap());
+
+    let (code, _, log) = lab.tool("remove", None);
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(lab.snapshot(), before, "remove left TPROXY state behind");
+}
+
+#[test]
+fn tproxy_iptables_real_packets() {
+    require_root();
+    tproxy_scenario("iptables");
+}
+
+#[test]
+fn tproxy_nftables_real_packets() {
+    require_root();
+    tproxy_scenario("nftables");
 }
 
 #[cfg(feature = "failpoints")]

@@ -76,6 +76,8 @@ pub struct IstioConfig {
     pub proxy_gids: Vec<String>,
     pub mode: InterceptionMode,
     pub tproxy_mark: String,
+    /// Policy-routing table for TPROXY (`ip rule fwmark MARK lookup TABLE`).
+    pub tproxy_route_table: String,
     pub inbound: InboundPorts,
     pub exclude_interfaces: Vec<String>,
     pub kube_virt_interfaces: Vec<String>,
@@ -281,6 +283,11 @@ impl IstioConfig {
             v => owner_id("ISTIO_INBOUND_TPROXY_MARK", v)?,
         };
 
+        let tproxy_route_table = match get("ISTIO_INBOUND_TPROXY_ROUTE_TABLE") {
+            "" => "133".to_string(),
+            v => owner_id("ISTIO_INBOUND_TPROXY_ROUTE_TABLE", v)?,
+        };
+
         let inbound_raw = get("ISTIO_INBOUND_PORTS");
         let inbound = if split(inbound_raw).is_empty() {
             InboundPorts::None
@@ -382,6 +389,7 @@ impl IstioConfig {
             proxy_gids,
             mode,
             tproxy_mark,
+            tproxy_route_table,
             inbound,
             exclude_interfaces,
             kube_virt_interfaces,

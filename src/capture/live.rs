@@ -558,8 +558,17 @@ fn apply_nft(script: &str) -> Result<Outcome> {
 /// rule sets (e.g. the last-applied record and the current rendering) whose
 /// built-in-chain rules also count as Istio's (exclude-interface RETURNs,
 /// TPROXY marks), as long as they are present.
-pub fn remove_live(known: &[Rendered]) -> Result<Outcome> {
-    remove_except_impl(None, known)
+///
+/// Also removes TPROXY policy routing that looks up `route_tables` (Istio's
+/// default table 133 is always included).
+pub fn remove_live(known: &[Rendered], route_tables: &[String]) -> Result<Outcome> {
+    let mut out = remove_except_impl(None, known)?;
+    let mut tables = vec!["133".to_string()];
+    tables.extend(route_tables.iter().filter(|t| *t != "133").cloned());
+    let routing = remove_tproxy_routing(&tables)?;
+    out.changed |= routing.changed;
+    out.steps.extend(routing.steps);
+    Ok(out)
 }
 
 fn remove_except(keep: Resolved, known: &[Rendered]) -> Result<Outcome> {
@@ -665,18 +674,20 @@ pub fn status(rendered: Option<&Rendered>, backend: Resolved) -> Result<(Vec<Ste
                     ),
                 ));
             } else if !part.is_empty() {
-                if chosen || rendered.is_some() {
-                    matches = false;
-                }
-                steps.push(step(
-                    &id,
-                    StepStatus::Failed,
+                matches = false;
+                let detail = if chosen {
+                    format!(
+                        "{} Istio rules (nothing rendered to compare with)",
+                        part.rule_count()
+                    )
+                } else {
                     format!(
                         "{} Istio rules in a backend other than {}",
                         part.rule_count(),
                         backend.name()
-                    ),
-                ));
+                    )
+                };
+                steps.push(step(&id, StepStatus::Failed, detail));
             }
         }
     }
@@ -719,4 +730,170 @@ pub fn status(rendered: Option<&Rendered>, backend: Resolved) -> Result<(Vec<Ste
         ));
     }
     Ok((steps, matches))
+}
+
+/// TPROXY policy routing, as Istio's `tools/common/tproxy/run_linux.go`
+/// sets it up: marked packets are routed to the local stack (`ip rule
+/// fwmark MARK lookup TABLE`, `local default dev lo` in TABLE), and for
+/// IPv6 the inbound-passthrough source `::6/128` on `lo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TproxyRouting {
+    pub mark: String,
+    pub table: String,
+    pub ipv6: bool,
+}
+
+fn ip_family(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "inet",
+        Family::V6 => "inet6",
+    }
+}
+
+fn mark_hex(mark: &str) -> String {
+    mark.parse::<u32>()
+        .map(|m| format!("{m:#x}"))
+        .unwrap_or_else(|_| mark.to_string())
+}
+
+fn has_rule(f: Family, mark: &str, table: &str) -> bool {
+    run("ip", &["-f", ip_family(f), "rule", "show"], None).is_ok_and(|out| {
+        out.lines().any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.windows(2)
+                .any(|p| p == ["fwmark", mark_hex(mark).as_str()])
+                && w.windows(2).any(|p| p == ["lookup", table])
+        })
+    })
+}
+
+fn has_local_route(f: Family, table: &str) -> bool {
+    run(
+        "ip",
+        &["-f", ip_family(f), "route", "show", "table", table],
+        None,
+    )
+    .is_ok_and(|out| out.lines().any(|l| l.starts_with("local default dev lo")))
+}
+
+fn has_v6_passthrough() -> bool {
+    run("ip", &["-6", "addr", "show", "dev", "lo"], None)
+        .is_ok_and(|out| out.contains("inet6 ::6/128"))
+}
+
+/// Whether the TPROXY routing `t` is fully in place.
+pub fn tproxy_routing_present(t: &TproxyRouting) -> bool {
+    let fams: &[Family] = if t.ipv6 {
+        &[Family::V4, Family::V6]
+    } else {
+        &[Family::V4]
+    };
+    fams.iter()
+        .all(|f| has_rule(*f, &t.mark, &t.table) && has_local_route(*f, &t.table))
+        && (!t.ipv6 || has_v6_passthrough())
+}
+
+/// Add whatever part of the TPROXY routing is missing (idempotent).
+pub fn apply_tproxy_routing(t: &TproxyRouting) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    let fams: &[Family] = if t.ipv6 {
+        &[Family::V4, Family::V6]
+    } else {
+        &[Family::V4]
+    };
+    for f in fams {
+        let fam_s = ip_family(*f);
+        let mut did = Vec::new();
+        if !has_rule(*f, &t.mark, &t.table) {
+            run(
+                "ip",
+                &[
+                    "-f", fam_s, "rule", "add", "fwmark", &t.mark, "lookup", &t.table,
+                ],
+                None,
+            )
+            .context("adding the TPROXY policy rule")?;
+            did.push(format!("rule fwmark {} lookup {}", t.mark, t.table));
+        }
+        if !has_local_route(*f, &t.table) {
+            run(
+                "ip",
+                &[
+                    "-f", fam_s, "route", "add", "local", "default", "dev", "lo", "table", &t.table,
+                ],
+                None,
+            )
+            .context("adding the TPROXY local route")?;
+            did.push(format!("local default route in table {}", t.table));
+        }
+        if *f == Family::V6 && !has_v6_passthrough() {
+            run("ip", &["-6", "addr", "add", "::6/128", "dev", "lo"], None)
+                .context("adding ::6/128 to lo")?;
+            did.push("::6/128 on lo".into());
+        }
+        let id = format!("capture:tproxy-routing:{}", fam(*f));
+        if did.is_empty() {
+            out.steps
+                .push(step(&id, StepStatus::Ok, "policy routing present"));
+        } else {
+            out.changed = true;
+            out.steps.push(step(
+                &id,
+                StepStatus::Changed,
+                format!("added {}", did.join(", ")),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Remove TPROXY policy routing by state: every `ip rule` with a fwmark
+/// that looks up one of `tables`, the routes in those tables, `::6/128` on
+/// lo.
+pub fn remove_tproxy_routing(tables: &[String]) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    for f in [Family::V4, Family::V6] {
+        let fam_s = ip_family(f);
+        let Ok(rules) = run("ip", &["-f", fam_s, "rule", "show"], None) else {
+            continue;
+        };
+        let mut removed = 0;
+        for line in rules.lines() {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            let mark = w.windows(2).find(|p| p[0] == "fwmark").map(|p| p[1]);
+            let table = w.windows(2).find(|p| p[0] == "lookup").map(|p| p[1]);
+            if let (Some(mark), Some(table)) = (mark, table) {
+                if tables.iter().any(|t| t == table) {
+                    run(
+                        "ip",
+                        &["-f", fam_s, "rule", "del", "fwmark", mark, "lookup", table],
+                        None,
+                    )
+                    .context("removing the TPROXY policy rule")?;
+                    removed += 1;
+                }
+            }
+        }
+        for t in tables {
+            if has_local_route(f, t) {
+                run("ip", &["-f", fam_s, "route", "flush", "table", t], None)
+                    .context("removing the TPROXY route table")?;
+                removed += 1;
+            }
+        }
+        if f == Family::V6 && has_v6_passthrough() {
+            run("ip", &["-6", "addr", "del", "::6/128", "dev", "lo"], None)
+                .context("removing ::6/128 from lo")?;
+            removed += 1;
+        }
+        if removed > 0 {
+            out.changed = true;
+            out.steps.push(step(
+                &format!("capture:tproxy-routing:{}", fam(f)),
+                StepStatus::Changed,
+                format!("removed {removed} routing entries"),
+            ));
+        }
+    }
+    Ok(out)
 }

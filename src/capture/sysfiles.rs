@@ -3,10 +3,11 @@
 //! root as in a chroot (a Debian image's `/etc/resolv.conf ->
 //! /run/systemd/resolve/stub-resolv.conf` means `ROOT/run/...`).
 
+use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 
 /// Resolve `path` (absolute, as on the VM) under `root`, following symlinks
 /// within the root. Missing final components are fine (returns the path).
@@ -104,9 +105,87 @@ pub fn host_has_global_ipv6() -> bool {
         .unwrap_or(false)
 }
 
+/// cluster.env as istio-start.sh's `set -a; . cluster.env` sees it, for the
+/// plain `KEY=value` / `KEY='value'` / `KEY="value"` lines istioctl writes.
+/// (The full parser with Istio's quoting lives in `bundle::ClusterEnv`.)
+pub fn parse_env(text: &str) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let v = v.trim();
+        let v = if v.len() >= 2
+            && ((v.starts_with('\'') && v.ends_with('\''))
+                || (v.starts_with('"') && v.ends_with('"')))
+        {
+            &v[1..v.len() - 1]
+        } else {
+            v
+        };
+        m.insert(k.trim().to_string(), v.to_string());
+    }
+    m
+}
+
+/// The inputs of a render, read from `root`.
+pub struct Read {
+    pub env: BTreeMap<String, String>,
+    pub resolv: String,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub host_ipv6: bool,
+}
+
+/// Read the capture inputs under `root`: the placed cluster.env (required),
+/// resolv.conf, the istio-proxy ids; `live` also probes the host's IPv6.
+pub fn read_inputs(root: &Path, live: bool) -> Result<Read> {
+    let env_text = read_optional(root, crate::layout::CLUSTER_ENV)?.ok_or_else(|| {
+        anyhow!(
+            "no cluster.env at {}: run `istio-vm install --bundle DIR` first (capture reads the \
+             placed file)",
+            root.join(crate::layout::CLUSTER_ENV.trim_start_matches('/'))
+                .display()
+        )
+    })?;
+    let resolv = read_optional(root, "/etc/resolv.conf")?.unwrap_or_default();
+    let (uid, gid) = proxy_ids(root, crate::layout::PROXY_USER)?;
+    Ok(Read {
+        env: parse_env(&env_text),
+        resolv,
+        uid,
+        gid,
+        // Under --root the target host is unknown; DUAL_STACK still applies.
+        host_ipv6: live && host_has_global_ipv6(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn env_lines_as_istioctl_writes_them() {
+        let m = parse_env(
+            "# c\nISTIO_INBOUND_PORTS='*'\nexport A=\"b c\"\nISTIO_SERVICE_CIDR=*\n\nX=\n",
+        );
+        assert_eq!(m["ISTIO_INBOUND_PORTS"], "*");
+        assert_eq!(m["A"], "b c");
+        assert_eq!(m["ISTIO_SERVICE_CIDR"], "*");
+        assert_eq!(m["X"], "");
+    }
+
+    #[test]
+    fn missing_cluster_env_says_what_to_do() {
+        let d = tempfile::tempdir().unwrap();
+        let e = read_inputs(d.path(), false).err().unwrap();
+        assert!(format!("{e:#}").contains("istio-vm install"), "{e:#}");
+    }
 
     #[test]
     fn absolute_symlinks_stay_in_the_root() {

@@ -6,77 +6,18 @@
 //! a baked image. Under `--root` other than `/` only `render` is allowed:
 //! nothing live changes there.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 
 use super::Ctx;
 use crate::capture::live::{self, Resolved};
-use crate::capture::sysfiles;
+use crate::capture::sysfiles::{self, read_inputs};
 use crate::capture::{self, Inputs, Rendered};
 use crate::cli::{Backend, CaptureAction, CaptureArgs};
 use crate::error::Failure;
 use crate::layout;
 use crate::report::{Report, Step, StepStatus};
-
-/// cluster.env as istio-start.sh's `set -a; . cluster.env` sees it, for the
-/// plain `KEY=value` / `KEY='value'` / `KEY="value"` lines istioctl writes.
-/// (The full parser with Istio's quoting lives in `bundle::ClusterEnv`.)
-pub fn parse_env(text: &str) -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((k, v)) = line.split_once('=') else {
-            continue;
-        };
-        let v = v.trim();
-        let v = if v.len() >= 2
-            && ((v.starts_with('\'') && v.ends_with('\''))
-                || (v.starts_with('"') && v.ends_with('"')))
-        {
-            &v[1..v.len() - 1]
-        } else {
-            v
-        };
-        m.insert(k.trim().to_string(), v.to_string());
-    }
-    m
-}
-
-/// The inputs of a render, read from `root`.
-pub struct Read {
-    pub env: BTreeMap<String, String>,
-    pub resolv: String,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub host_ipv6: bool,
-}
-
-pub fn read_inputs(root: &Path, live: bool) -> Result<Read> {
-    let env_text = sysfiles::read_optional(root, layout::CLUSTER_ENV)?.ok_or_else(|| {
-        anyhow!(
-            "no cluster.env at {}: run `istio-vm install --bundle DIR` first (capture reads the \
-             placed file)",
-            root.join(layout::CLUSTER_ENV.trim_start_matches('/'))
-                .display()
-        )
-    })?;
-    let resolv = sysfiles::read_optional(root, "/etc/resolv.conf")?.unwrap_or_default();
-    let (uid, gid) = sysfiles::proxy_ids(root, layout::PROXY_USER)?;
-    Ok(Read {
-        env: parse_env(&env_text),
-        resolv,
-        uid,
-        gid,
-        // Under --root the target host is unknown; DUAL_STACK still applies.
-        host_ipv6: live && sysfiles::host_has_global_ipv6(),
-    })
-}
 
 fn step(id: &str, status: StepStatus, detail: impl Into<String>) -> Step {
     Step {
@@ -114,7 +55,9 @@ pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
         .and_then(|r| r.env.get("NATIVE_NFTABLES").cloned())
         .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "True" | "t" | "T"));
 
-    let backend = if live {
+    // Remove works by state across every backend, so it needs no choice
+    // (and must work on a mixed legacy/nft host, which detect refuses).
+    let backend = if live && args.action != CaptureAction::Remove {
         Some(live::detect(requested, native_nft)?)
     } else {
         None
@@ -175,25 +118,24 @@ pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
         CaptureAction::Apply => {
             let (cfg, r) = rendered?;
             let b = backend.context("internal: no backend")?;
-            if cfg.mode == capture::config::InterceptionMode::Tproxy {
-                return Err(anyhow!(
-                    "cluster.env sets ISTIO_INBOUND_INTERCEPTION_MODE=TPROXY, which needs policy \
-                     routing (ip rule fwmark {} lookup 133) that istio-vm does not manage: use \
-                     REDIRECT (remove the variable) or apply the rules with istio-iptables",
-                    cfg.tproxy_mark
-                ));
-            }
             let out = apply_live(&r, b)?;
             report.changed = out.changed;
             report.steps.extend(out.steps);
+            if let Some(t) = tproxy_routing(&cfg) {
+                let out = live::apply_tproxy_routing(&t)?;
+                report.changed |= out.changed;
+                report.steps.extend(out.steps);
+            }
         }
         CaptureAction::Remove => {
             let mut known = Vec::new();
-            if let Ok((_, r)) = rendered {
+            let mut route_tables = Vec::new();
+            if let Ok((cfg, r)) = rendered {
                 known.push(r);
+                route_tables.push(cfg.tproxy_route_table);
             }
             known.extend(recorded(&ctx.root));
-            let out = live::remove_live(&known)?;
+            let out = live::remove_live(&known, &route_tables)?;
             if !out.changed {
                 report.steps.push(step(
                     "capture:remove",
@@ -206,8 +148,27 @@ pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
         }
         CaptureAction::Status => {
             let b = backend.context("internal: no backend")?;
+            let mut routing_ok = true;
             let r = match rendered {
-                Ok((_, r)) => Some(r),
+                Ok((cfg, r)) => {
+                    if let Some(t) = tproxy_routing(&cfg) {
+                        routing_ok = live::tproxy_routing_present(&t);
+                        report.steps.push(step(
+                            "capture:tproxy-routing",
+                            if routing_ok {
+                                StepStatus::Ok
+                            } else {
+                                StepStatus::Failed
+                            },
+                            if routing_ok {
+                                "policy routing present"
+                            } else {
+                                "policy routing for TPROXY missing"
+                            },
+                        ));
+                    }
+                    Some(r)
+                }
                 Err(e) => {
                     report
                         .steps
@@ -217,7 +178,7 @@ pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
             };
             let (steps, matches) = live::status(r.as_ref(), b)?;
             report.steps.extend(steps);
-            report.ok = matches && r.is_some();
+            report.ok = matches && routing_ok && r.is_some();
         }
     }
     Ok(report)
@@ -227,6 +188,15 @@ pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
 /// record files).
 pub fn apply_live(r: &Rendered, b: Resolved) -> Result<live::Outcome> {
     live::apply_live(r, b)
+}
+
+/// The policy routing TPROXY interception needs, if the mode is TPROXY.
+pub fn tproxy_routing(cfg: &capture::IstioConfig) -> Option<live::TproxyRouting> {
+    (cfg.mode == capture::config::InterceptionMode::Tproxy).then(|| live::TproxyRouting {
+        mark: cfg.tproxy_mark.clone(),
+        table: cfg.tproxy_route_table.clone(),
+        ipv6: cfg.ipv6,
+    })
 }
 
 /// The last-applied record under `/var/lib/istio-vm/capture/`, if any.
@@ -257,28 +227,5 @@ fn action_name(a: CaptureAction) -> &'static str {
         CaptureAction::Apply => "apply",
         CaptureAction::Remove => "remove",
         CaptureAction::Status => "status",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn env_lines_as_istioctl_writes_them() {
-        let m = parse_env(
-            "# c\nISTIO_INBOUND_PORTS='*'\nexport A=\"b c\"\nISTIO_SERVICE_CIDR=*\n\nX=\n",
-        );
-        assert_eq!(m["ISTIO_INBOUND_PORTS"], "*");
-        assert_eq!(m["A"], "b c");
-        assert_eq!(m["ISTIO_SERVICE_CIDR"], "*");
-        assert_eq!(m["X"], "");
-    }
-
-    #[test]
-    fn missing_cluster_env_says_what_to_do() {
-        let d = tempfile::tempdir().unwrap();
-        let e = read_inputs(d.path(), false).err().unwrap();
-        assert!(format!("{e:#}").contains("istio-vm install"), "{e:#}");
     }
 }
