@@ -67,13 +67,17 @@ fn files_land_where_design_says() {
     assert!(
         hosts.ends_with("# BEGIN istio-vm\n203.0.113.10 istiod.istio-system.svc\n# END istio-vm\n")
     );
-    let sysusers = String::from_utf8(read("usr/lib/sysusers.d/istio-vm.conf")).unwrap();
-    assert!(sysusers.contains("u istio-proxy - \"istio-proxy\" /var/lib/istio"));
-    let tmpfiles = String::from_utf8(read("etc/tmpfiles.d/istio-vm.conf")).unwrap();
-    assert!(
-        tmpfiles
-            .contains("C /run/secrets/tokens/istio-token - - - - /var/lib/istio-vm/istio-token")
-    );
+    // Units, tmpfiles.d and sysusers.d as units::render has them (their
+    // behaviour is tested on a booted Debian in tests/e2e_systemd.rs).
+    for g in istio_vm::units::render(&istio_vm::units::Options::default()) {
+        assert_eq!(
+            read(g.path.trim_start_matches('/')),
+            g.content.as_bytes(),
+            "{}",
+            g.path
+        );
+        assert_eq!(mode(g.path.trim_start_matches('/')), 0o644, "{}", g.path);
+    }
     // Nothing escaped the root through var/run.
     assert!(
         !Path::new("/run/secrets/tokens/istio-token").exists() || {

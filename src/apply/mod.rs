@@ -25,6 +25,7 @@ pub mod cloudinit;
 pub mod fsops;
 pub mod lock;
 pub mod root;
+pub mod systemd;
 pub mod user;
 
 pub use root::{Resolved, Root};

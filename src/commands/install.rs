@@ -3,13 +3,14 @@
 use anyhow::Result;
 
 use super::Ctx;
-use crate::apply::{self, Entry, Prior, Root, State, cloudinit, fsops, lock, user};
+use crate::apply::{self, Entry, Prior, Root, State, cloudinit, fsops, lock, systemd, user};
 use crate::bundle::{self, Bundle};
 use crate::cli::InstallArgs;
 use crate::error::Failure;
 use crate::layout;
 use crate::plan::{self, Action, Current, Facts, HookEnv, Op, Planned};
 use crate::report::{Report, Step, StepStatus};
+use crate::units;
 
 /// Read what is at every path the actions touch.
 fn gather(root: &Root, actions: &[Action]) -> Result<Facts> {
@@ -177,12 +178,30 @@ fn install_locked(
     report: &mut Report,
     created_user: bool,
 ) -> Result<()> {
+    let live = root.is_slash();
+    let unit_files = units::render(&units::Options {
+        capture: !args.no_capture,
+    });
     let input = plan::Input {
         bundle: Some(bundle),
-        live: root.is_slash(),
+        live,
         cloud_init_templates: cloudinit::hosts_templates(root)?,
-        extra_files: Vec::new(),
-        hooks: Vec::new(),
+        extra_files: unit_files
+            .iter()
+            .map(|f| plan::FileAction {
+                path: f.path.into(),
+                content: f.content.clone().into_bytes(),
+                owner: layout::Owner::Root,
+                mode: f.mode,
+                secret: false,
+            })
+            .collect(),
+        // Under --root nothing is started: the units come up at first boot.
+        hooks: if live {
+            systemd::install_hooks(&unit_files, !args.no_start)
+        } else {
+            Vec::new()
+        },
     };
     let actions = plan::desired(&input);
     let facts = gather(root, &actions)?;
@@ -362,6 +381,29 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
             diff: None,
         });
         ops.push((id, op));
+    }
+    // Live: the sidecar (and with it the capture unit and its rules) stops
+    // before its units go, and systemd forgets them after.
+    if root.is_slash() && state.entries.iter().any(|e| e.path == layout::ISTIO_DROPIN) {
+        for (at_start, hook) in [
+            (true, systemd::uninstall_stop_hook()),
+            (false, systemd::uninstall_reload_hook()),
+        ] {
+            let step = Step {
+                id: hook.id.clone(),
+                status: StepStatus::Changed,
+                detail: hook.detail.clone(),
+                diff: None,
+            };
+            let op = (hook.id.clone(), Op::Hook(hook));
+            if at_start {
+                report.steps.insert(0, step);
+                ops.insert(0, op);
+            } else {
+                report.steps.push(step);
+                ops.push(op);
+            }
+        }
     }
     let mut done = |id: &str, detail: Option<String>| {
         if let (Some(d), Some(s)) = (detail, report.steps.iter_mut().find(|s| s.id == id)) {
