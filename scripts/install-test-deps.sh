@@ -13,6 +13,14 @@ pkgs=(
     systemd
 )
 
+# Packaging (tests/packaging_*.rs): build, lint, cross-build and run arm64,
+# install with the real dpkg and rpm.
+pkgs+=(dpkg-dev lintian rpm rpmlint shellcheck cpio binutils groff-base
+    gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
+# Fleet e2e (tests/fleet_*.rs): booted Debian containers, and the Ansible
+# controller's ssh client.
+pkgs+=(debootstrap systemd-container dbus openssh-client)
+
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -26,4 +34,9 @@ fi
 # Python tools from PyPI (fleet examples are checked with the real ones).
 if ! command -v ansible-lint >/dev/null || ! command -v ansible-playbook >/dev/null; then
     python3 -m pip install -q --root-user-action=ignore ansible-core ansible-lint
+fi
+
+# The arm64 packages are cross-built (.cargo/config.toml names the linker).
+if ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
+    rustup target add aarch64-unknown-linux-gnu
 fi
