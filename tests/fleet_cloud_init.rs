@@ -23,7 +23,9 @@ const VERIFY_LINE: &str = "  - [istio-vm, verify, --wait, 120s, --output, json]\
 
 #[test]
 fn a_nocloud_seed_onboards_the_vm_at_first_boot() {
-    let tree = fleet::variant_tree("cloud-init");
+    // locales: cloud-init's locale module (on by default) needs it, as a
+    // Debian cloud image has it.
+    let tree = fleet::variant_tree("cloud-init,locales");
     let mut vm = Vm::from_tree("cloudinit", &tree);
 
     let example = std::fs::read_to_string(e2e::repo().join("packaging/cloud-init/user-data.yaml"))
@@ -56,7 +58,21 @@ fn a_nocloud_seed_onboards_the_vm_at_first_boot() {
     // (cloud-final.service, which runs runcmd, is part of it) and fails on a
     // degraded system.
     let started = Instant::now();
-    vm.boot();
+    if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vm.boot())) {
+        // The tree is still there: say what cloud-init did.
+        let read = |p: &str| std::fs::read_to_string(vm.path(p)).unwrap_or_default();
+        let warnings: Vec<String> = read("/var/log/cloud-init.log")
+            .lines()
+            .filter(|l| l.contains("WARNING") || l.contains("FAIL"))
+            .map(String::from)
+            .collect();
+        eprintln!(
+            "cloud-init-output.log:\n{}\ncloud-init.log warnings:\n{}",
+            read("/var/log/cloud-init-output.log"),
+            warnings.join("\n")
+        );
+        std::panic::resume_unwind(e);
+    }
     let status = vm.ok("cloud-init status --wait --format json");
     eprintln!(
         "cloud-init: booted and onboarded in {:.1} s",

@@ -78,6 +78,12 @@ if ! {
     die "apt-get in the chroot failed (full log: $log)"
 fi
 
+# With locales, the locale a Debian cloud image has generated (cloud-init's
+# locale module sets en_US.UTF-8 and fails if it is not there).
+if [ -f "$r/etc/locale.gen" ]; then
+    sed -i 's/^# *\(en_US.UTF-8 UTF-8\)/\1/' "$r/etc/locale.gen"
+    chroot "$r" locale-gen >>"$log" 2>&1 || die "locale-gen failed (log: $log)"
+fi
 rm -f "$r/usr/sbin/policy-rc.d"
 cp "$dest.tmp/resolv.conf.image" "$r/etc/resolv.conf"
 chroot "$r" apt-get clean
