@@ -211,15 +211,31 @@ fn require_ansible() {
     }
 }
 
-#[track_caller]
-fn assert_ok(run: &Run, what: &str) {
-    assert!(
-        run.status.success(),
-        "{what}: ansible-playbook failed ({}):\n{}\n{}",
-        run.status,
-        run.stdout,
-        run.stderr
-    );
+impl Fleet {
+    /// Panics unless `run` succeeded, with the sidecar's journal of each host.
+    #[track_caller]
+    fn assert_ok(&self, run: &Run, what: &str) {
+        if run.status.success() {
+            return;
+        }
+        let journals: Vec<String> = self
+            .vms
+            .iter()
+            .map(|vm| {
+                let out = vm.sh(
+                    "journalctl -b --no-pager -u istio-vm-capture -u istio | tail -n 25",
+                );
+                format!("{}:\n{}", vm.name, String::from_utf8_lossy(&out.stdout))
+            })
+            .collect();
+        panic!(
+            "{what}: ansible-playbook failed ({}):\n{}\n{}\n{}",
+            run.status,
+            run.stdout,
+            run.stderr,
+            journals.join("\n")
+        );
+    }
 }
 
 /// `PLAY RECAP` counters per host: `vm-1 : ok=12 changed=9 ...`.
@@ -300,7 +316,7 @@ fn one_playbook_onboards_three_vms_idempotently() {
 
     // 1. The first run onboards all three.
     let first = f.playbook(false, &[]);
-    assert_ok(&first, "first run");
+    f.assert_ok(&first, "first run");
     let r = recap(&first);
     for h in HOSTS {
         let c = &r[h];
@@ -323,7 +339,7 @@ fn one_playbook_onboards_three_vms_idempotently() {
 
     // 2. The same again: nothing changes on any host.
     let second = f.playbook(false, &[]);
-    assert_ok(&second, "second run");
+    f.assert_ok(&second, "second run");
     for (h, c) in recap(&second) {
         assert_eq!(c["changed"], 0, "{h} changed on the second run:\n{}", second.stdout);
         assert_eq!(c["failed"], 0, "{h}");
@@ -346,7 +362,7 @@ fn one_playbook_onboards_three_vms_idempotently() {
     secrets.extend(new_tokens.iter().cloned());
     let before = f.snapshot();
     let check = f.playbook(true, &["--check"]);
-    assert_ok(&check, "--check run");
+    f.assert_ok(&check, "--check run");
     assert_eq!(f.snapshot(), before, "a --check run changed a host");
     let doc = json(&check);
     for (h, tasks) in changed_tasks(&doc) {
@@ -359,7 +375,7 @@ fn one_playbook_onboards_three_vms_idempotently() {
     // 4. For real: only the token task changes, and the install task, whose
     // changed flag is istio-vm's (the token files).
     let run = f.playbook(true, &[]);
-    assert_ok(&run, "new-token run");
+    f.assert_ok(&run, "new-token run");
     let doc = json(&run);
     let want: BTreeSet<String> = [TOKEN_TASK, INSTALL_TASK].map(String::from).into();
     for (h, tasks) in changed_tasks(&doc) {

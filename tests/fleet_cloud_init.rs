@@ -19,6 +19,8 @@ use std::time::Instant;
 use e2e::Vm;
 use istio_vm::layout;
 
+/// How install's JSON result starts (pretty-printed, one document).
+const INSTALL_RESULT: &str = "{\n  \"command\": \"install\"";
 const VERIFY_LINE: &str = "  - [istio-vm, verify, --wait, 120s, --output, json]\n";
 
 #[test]
@@ -94,12 +96,14 @@ fn a_nocloud_seed_onboards_the_vm_at_first_boot() {
         );
     }
     // install ran and printed its JSON result into cloud-init's output log.
-    let result: serde_json::Value = log
-        .lines()
-        .filter(|l| l.starts_with("{\"command\":\"install\""))
-        .map(|l| serde_json::from_str(l).expect("install JSON"))
-        .next()
+    let start = log
+        .find(INSTALL_RESULT)
         .unwrap_or_else(|| panic!("no install result in cloud-init-output.log:\n{log}"));
+    let result: serde_json::Value = serde_json::Deserializer::from_str(&log[start..])
+        .into_iter()
+        .next()
+        .expect("a JSON document")
+        .expect("install's JSON result");
     assert_eq!(result["ok"], true, "{result}");
     assert_eq!(result["changed"], true, "{result}");
 
@@ -123,9 +127,10 @@ fn a_nocloud_seed_onboards_the_vm_at_first_boot() {
     vm.reboot();
     vm.ok("cloud-init status --wait");
     fleet::assert_onboarded(&vm, "203.0.113.10 istiod.istio-system.svc\n");
-    let runs = vm
-        .ok("grep -c '^{\"command\":\"install\"' /var/log/cloud-init-output.log || true")
-        .trim()
-        .to_string();
-    assert_eq!(runs, "1", "install ran again on the second boot");
+    let log = vm.ok("cat /var/log/cloud-init-output.log");
+    assert_eq!(
+        log.matches(INSTALL_RESULT).count(),
+        1,
+        "install ran again on the second boot:\n{log}"
+    );
 }

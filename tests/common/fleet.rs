@@ -274,8 +274,18 @@ pub fn assert_onboarded(vm: &e2e::Vm, hosts_block: &str) {
     let hosts = vm.ok("cat /etc/hosts");
     let want = format!("{}\n{hosts_block}{}\n", layout::HOSTS_BEGIN, layout::HOSTS_END);
     assert!(hosts.contains(&want), "in {}: /etc/hosts:\n{hosts}", vm.name);
-    let rules = vm.ok("iptables-save");
-    for want in ["-A OUTPUT -p tcp -j ISTIO_OUTPUT", "--to-ports 15001", "--to-ports 15006"] {
+    let rules = vm.ok("iptables-save -t nat");
+    let jumps = |chain: &str, target: &str| {
+        rules
+            .lines()
+            .any(|l| l.starts_with(&format!("-A {chain} ")) && l.ends_with(&format!("-j {target}")))
+    };
+    assert!(
+        jumps("OUTPUT", "ISTIO_OUTPUT") && jumps("PREROUTING", "ISTIO_INBOUND"),
+        "in {}: no jumps into Istio's chains:\n{rules}",
+        vm.name
+    );
+    for want in ["--to-ports 15001", "--to-ports 15006", "--to-ports 15053"] {
         assert!(rules.contains(want), "in {}: no `{want}` in:\n{rules}", vm.name);
     }
     vm.wait_until(
