@@ -54,7 +54,12 @@ fn a_nocloud_seed_onboards_the_vm_at_first_boot() {
         0o644,
     );
     let sidecar = e2e::stand_in_deb(vm.work_dir());
-    e2e::put(&vm, &sidecar, "/var/cache/istio-vm/istio-sidecar.deb", 0o644);
+    e2e::put(
+        &vm,
+        &sidecar,
+        "/var/cache/istio-vm/istio-sidecar.deb",
+        0o644,
+    );
 
     // Boot; the harness waits until systemd reports the boot finished
     // (cloud-final.service, which runs runcmd, is part of it) and fails on a
@@ -109,16 +114,21 @@ fn a_nocloud_seed_onboards_the_vm_at_first_boot() {
 
     // The bundle as write_files left it: the token root-only, written late.
     assert_eq!(
-        vm.ok("stat -c '%U %G %a' /etc/istio-vm/bundle/istio-token").trim(),
+        vm.ok("stat -c '%U %G %a' /etc/istio-vm/bundle/istio-token")
+            .trim(),
         "root root 600"
     );
     fleet::assert_onboarded(&vm, "203.0.113.10 istiod.istio-system.svc\n");
     // The token never reaches the console or the logs cloud-init keeps.
     let token = std::fs::read_to_string(e2e::repo().join("examples/bundle/istio-token")).unwrap();
     let token = token.trim();
-    let logs = vm.ok("cat /var/log/cloud-init.log /var/log/cloud-init-output.log; journalctl -b --no-pager");
+    let logs = vm
+        .ok("cat /var/log/cloud-init.log /var/log/cloud-init-output.log; journalctl -b --no-pager");
     assert!(!logs.contains(token), "the token appears in the VM's logs");
-    assert!(!vm.console_tail(10_000).contains(token), "the token appears on the console");
+    assert!(
+        !vm.console_tail(10_000).contains(token),
+        "the token appears on the console"
+    );
     let placed = vm.ok(&format!("cat {}", layout::TOKEN));
     assert_eq!(placed.trim(), token);
 

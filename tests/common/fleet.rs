@@ -62,7 +62,8 @@ pub fn istio_vm_deb() -> PathBuf {
     DEB.get_or_init(|| {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let version = Command::new(&cargo).args(["deb", "--version"]).output();
-        let ok = matches!(&version, Ok(o) if String::from_utf8_lossy(&o.stdout).trim() == CARGO_DEB);
+        let ok =
+            matches!(&version, Ok(o) if String::from_utf8_lossy(&o.stdout).trim() == CARGO_DEB);
         assert!(
             ok,
             "the fleet tests package istio-vm with {CARGO_DEB}, which is missing \
@@ -73,11 +74,32 @@ pub fn istio_vm_deb() -> PathBuf {
             .parent()
             .expect("target directory")
             .to_path_buf();
+        // One directory per process (parallel test binaries build their own).
         let out_dir = target.join(format!("fleet-deb-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&out_dir);
         std::fs::create_dir_all(&out_dir).expect("creating the .deb directory");
+        // Left-overs of finished runs go.
+        if let Ok(dir) = std::fs::read_dir(&target) {
+            for e in dir.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_prefix("fleet-deb-")
+                    && pid.parse::<u32>().is_ok()
+                    && !Path::new(&format!("/proc/{pid}")).exists()
+                {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         let out = Command::new(&cargo)
-            .args(["deb", "--no-build", "--locked", "--profile", "dev", "--fast", "-q"])
+            .args([
+                "deb",
+                "--no-build",
+                "--locked",
+                "--profile",
+                "dev",
+                "--fast",
+                "-q",
+            ])
             .arg("--output")
             .arg(&out_dir)
             .env("CARGO_TARGET_DIR", &target)
@@ -189,10 +211,19 @@ impl Lan {
         lan
     }
 
-    /// The systemd-nspawn option that puts a container into host `i`'s
-    /// namespace.
-    pub fn nspawn_network(&self, i: usize) -> String {
-        format!("--network-namespace-path=/run/netns/{}", self.hosts[i].netns)
+    /// The systemd-nspawn options that put a container into host `i`'s
+    /// namespace. Unlike `--private-network`, `--network-namespace-path`
+    /// does not keep CAP_NET_ADMIN in the container's bounding set, and
+    /// without it the container's services (the capture unit) cannot read
+    /// or write netfilter; it only reaches this namespace.
+    pub fn nspawn_network(&self, i: usize) -> Vec<String> {
+        vec![
+            format!(
+                "--network-namespace-path=/run/netns/{}",
+                self.hosts[i].netns
+            ),
+            "--capability=CAP_NET_ADMIN".into(),
+        ]
     }
 
     /// A command run in the controller's namespace.
@@ -272,8 +303,16 @@ pub fn assert_onboarded(vm: &e2e::Vm, hosts_block: &str) {
         assert_eq!(got.trim(), "root root 644", "in {}: {}", vm.name, g.path);
     }
     let hosts = vm.ok("cat /etc/hosts");
-    let want = format!("{}\n{hosts_block}{}\n", layout::HOSTS_BEGIN, layout::HOSTS_END);
-    assert!(hosts.contains(&want), "in {}: /etc/hosts:\n{hosts}", vm.name);
+    let want = format!(
+        "{}\n{hosts_block}{}\n",
+        layout::HOSTS_BEGIN,
+        layout::HOSTS_END
+    );
+    assert!(
+        hosts.contains(&want),
+        "in {}: /etc/hosts:\n{hosts}",
+        vm.name
+    );
     let rules = vm.ok("iptables-save -t nat");
     let jumps = |chain: &str, target: &str| {
         rules
@@ -286,7 +325,11 @@ pub fn assert_onboarded(vm: &e2e::Vm, hosts_block: &str) {
         vm.name
     );
     for want in ["--to-ports 15001", "--to-ports 15006", "--to-ports 15053"] {
-        assert!(rules.contains(want), "in {}: no `{want}` in:\n{rules}", vm.name);
+        assert!(
+            rules.contains(want),
+            "in {}: no `{want}` in:\n{rules}",
+            vm.name
+        );
     }
     vm.wait_until(
         "the agent is ready",
