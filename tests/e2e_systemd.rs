@@ -45,7 +45,10 @@ fn rules(vm: &Vm) -> String {
 }
 
 fn istio_lines(rules: &str) -> Vec<&str> {
-    rules.lines().filter(|l| l.contains("ISTIO_")).collect()
+    rules
+        .lines()
+        .filter(|l| l.contains("ISTIO_"))
+        .collect()
 }
 
 fn proxy_uid(vm: &Vm) -> String {
@@ -113,11 +116,7 @@ fn assert_onboarded(vm: &Vm) {
     );
     // The sidecar runs as istio-proxy and is ready (the stand-in agent is
     // ready only with the root cert, token and cluster.env in place).
-    vm.wait_until(
-        "the agent runs as istio-proxy",
-        Duration::from_secs(20),
-        AGENT_USER,
-    );
+    vm.wait_until("the agent runs as istio-proxy", Duration::from_secs(20), AGENT_USER);
     vm.wait_until("the agent is ready", Duration::from_secs(20), AGENT_READY);
 }
 
@@ -142,11 +141,7 @@ fn snapshot(vm: &Vm, paths: &[&str]) -> String {
 
 fn watched_paths() -> Vec<&'static str> {
     let mut v: Vec<&str> = layout::PLACEMENTS.iter().map(|p| p.path).collect();
-    v.extend(
-        units::render(&units::Options::default())
-            .iter()
-            .map(|g| g.path),
-    );
+    v.extend(units::render(&units::Options::default()).iter().map(|g| g.path));
     v.push(layout::ETC_HOSTS);
     v
 }
@@ -184,8 +179,7 @@ fn install_survives_a_reboot_and_uninstall_restores_everything() {
     );
 
     // A second run changes nothing, live services included.
-    let capture_since =
-        vm.ok("systemctl show -p ActiveEnterTimestampMonotonic --value istio-vm-capture");
+    let capture_since = vm.ok("systemctl show -p ActiveEnterTimestampMonotonic --value istio-vm-capture");
     let r = install(&vm, "");
     assert_eq!(r["changed"], false, "{r}");
     assert_eq!(
@@ -197,12 +191,8 @@ fn install_survives_a_reboot_and_uninstall_restores_everything() {
     vm.reboot();
     assert_onboarded(&vm);
     assert_eq!(
-        vm.ok(&format!(
-            "cmp {} {} && echo same",
-            layout::TOKEN_PERSISTENT,
-            layout::TOKEN
-        ))
-        .trim(),
+        vm.ok(&format!("cmp {} {} && echo same", layout::TOKEN_PERSISTENT, layout::TOKEN))
+            .trim(),
         "same"
     );
 
@@ -259,21 +249,13 @@ fn capture_follows_explicit_stops_but_stays_through_a_crash() {
         Duration::from_secs(5),
         "[ \"$(systemctl show -p SubState --value istio)\" = auto-restart ]",
     );
-    assert!(
-        vm.sh("systemctl is-active -q istio-vm-capture")
-            .status
-            .success()
-    );
+    assert!(vm.sh("systemctl is-active -q istio-vm-capture").status.success());
     assert_eq!(istio_lines(&rules(&vm)), applied);
     // Still so a few seconds into the gap (polled, not slept: every probe
     // must see the rules until the restart).
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     while std::time::Instant::now() < deadline {
-        assert_eq!(
-            istio_lines(&rules(&vm)),
-            applied,
-            "rules gone during the gap"
-        );
+        assert_eq!(istio_lines(&rules(&vm)), applied, "rules gone during the gap");
     }
     vm.wait_until(
         "istio.service restarted by systemd",
@@ -306,10 +288,7 @@ fn an_image_baked_with_root_comes_up_onboarded_at_first_boot() {
         String::from_utf8_lossy(&st.stderr)
     );
     let passwd = std::fs::read_to_string(vm.path("/etc/passwd")).unwrap();
-    assert!(
-        !passwd.contains("istio-proxy"),
-        "the image already has istio-proxy"
-    );
+    assert!(!passwd.contains("istio-proxy"), "the image already has istio-proxy");
 
     // istio-vm install from outside, into the image tree.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_istio-vm"))
