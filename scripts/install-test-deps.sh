@@ -40,3 +40,9 @@ fi
 if ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
     rustup target add aarch64-unknown-linux-gnu
 fi
+
+# The fleet e2e tests package this run's binary as the real .deb with the
+# cargo-deb that scripts/build-deb.sh pins.
+if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb 3.8.0" ]; then
+    cargo install --locked cargo-deb --version 3.8.0
+fi

@@ -156,7 +156,7 @@ impl Fleet {
     }
 
     /// One `ansible-playbook playbook.yml` in the controller namespace.
-    fn playbook(&self, json: bool, extra: &[&str]) -> Run {
+    fn playbook(&self, extra: &[&str]) -> Run {
         let p = self.dir();
         // Bounded: a run that hangs fails the test instead of the suite.
         let mut cmd = self.lan.controller_cmd("timeout");
@@ -180,10 +180,9 @@ impl Fleet {
             )
             .env("ANSIBLE_NOCOLOR", "1")
             .env("ANSIBLE_RETRY_FILES_ENABLED", "0")
-            .env(
-                "ANSIBLE_STDOUT_CALLBACK",
-                if json { "json" } else { "default" },
-            )
+            .env("ANSIBLE_STDOUT_CALLBACK", "default")
+            .env("ANSIBLE_CALLBACK_RESULT_FORMAT", "json")
+            .env("ANSIBLE_CALLBACK_FORMAT_PRETTY", "false")
             .stdin(Stdio::null());
         let started = Instant::now();
         let out = cmd
@@ -314,45 +313,76 @@ fn recap(run: &Run) -> BTreeMap<String, BTreeMap<String, u32>> {
     hosts
 }
 
-fn json(run: &Run) -> serde_json::Value {
-    serde_json::from_str(&run.stdout).unwrap_or_else(|e| {
-        panic!(
-            "the json callback printed no JSON ({e}):\n{}\n{}",
-            run.stdout, run.stderr
-        )
-    })
+/// One task's outcome on one host, from the default callback's lines
+/// (`changed: [vm-1] => {...}`, `fatal: [vm-2]: FAILED! => {...}`); with `-v`
+/// every result carries its JSON (ansible-core ships no JSON stdout callback
+/// since 2.19: it moved to the ansible.posix collection, which is not on PyPI
+/// by itself).
+struct Outcome {
+    task: String,
+    host: String,
+    status: String,
+    result: Option<serde_json::Value>,
 }
 
-/// Per host, the names of the tasks that reported `changed`.
-fn changed_tasks(doc: &serde_json::Value) -> BTreeMap<String, BTreeSet<String>> {
+fn outcomes(run: &Run) -> Vec<Outcome> {
+    let mut v = Vec::new();
+    let mut task = String::new();
+    for line in run.stdout.lines() {
+        if let Some(rest) = line.strip_prefix("TASK [") {
+            let name = rest
+                .split("] ")
+                .next()
+                .unwrap_or(rest)
+                .trim_end_matches(']');
+            // Role tasks are shown as `role : name`.
+            task = name.rsplit(" : ").next().unwrap_or(name).to_string();
+            continue;
+        }
+        let Some((status, rest)) = line.split_once(": [") else {
+            continue;
+        };
+        if !["ok", "changed", "fatal", "skipping", "failed"].contains(&status) {
+            continue;
+        }
+        let Some((host, rest)) = rest.split_once(']') else {
+            continue;
+        };
+        let result = rest
+            .split_once("=> ")
+            .and_then(|(_, j)| serde_json::from_str(j).ok());
+        v.push(Outcome {
+            task: task.clone(),
+            host: host.to_string(),
+            status: status.to_string(),
+            result,
+        });
+    }
+    v
+}
+
+/// Per host, the names of the tasks that reported `changed` (for a loop:
+/// any item).
+fn changed_tasks(run: &Run) -> BTreeMap<String, BTreeSet<String>> {
     let mut m: BTreeMap<String, BTreeSet<String>> = HOSTS
         .iter()
         .map(|h| (h.to_string(), BTreeSet::new()))
         .collect();
-    for play in doc["plays"].as_array().expect("plays") {
-        for task in play["tasks"].as_array().expect("tasks") {
-            let name = task["task"]["name"].as_str().unwrap_or("");
-            for (host, res) in task["hosts"].as_object().expect("hosts") {
-                if res["changed"] == true {
-                    m.entry(host.clone()).or_default().insert(name.to_string());
-                }
-            }
+    for o in outcomes(run) {
+        if o.status == "changed" {
+            m.entry(o.host).or_default().insert(o.task);
         }
     }
     m
 }
 
-/// The result of task `name` on `host`.
-fn task_result<'a>(doc: &'a serde_json::Value, name: &str, host: &str) -> &'a serde_json::Value {
-    doc["plays"][0]["tasks"]
-        .as_array()
-        .expect("tasks")
-        .iter()
-        .find(|t| t["task"]["name"] == name)
-        .unwrap_or_else(|| panic!("no task `{name}` in the run"))
-        .get("hosts")
-        .and_then(|h| h.get(host))
-        .unwrap_or_else(|| panic!("task `{name}` did not run on {host}"))
+/// The JSON result of task `name` on `host` (needs `-v`).
+fn task_result(run: &Run, name: &str, host: &str) -> (String, serde_json::Value) {
+    outcomes(run)
+        .into_iter()
+        .find(|o| o.task == name && o.host == host && o.result.is_some())
+        .map(|o| (o.status, o.result.unwrap()))
+        .unwrap_or_else(|| panic!("no result of `{name}` on {host} in:\n{}", run.stdout))
 }
 
 fn set_token(dir: &Path, token: &str) {
@@ -371,7 +401,7 @@ fn one_playbook_onboards_three_vms_idempotently() {
         .collect();
 
     // 1. The first run onboards all three.
-    let first = f.playbook(false, &[]);
+    let first = f.playbook(&[]);
     f.assert_ok(&first, "first run");
     let r = recap(&first);
     for h in HOSTS {
@@ -397,7 +427,7 @@ fn one_playbook_onboards_three_vms_idempotently() {
     }
 
     // 2. The same again: nothing changes on any host.
-    let second = f.playbook(false, &[]);
+    let second = f.playbook(&[]);
     f.assert_ok(&second, "second run");
     for (h, c) in recap(&second) {
         assert_eq!(
@@ -424,11 +454,10 @@ fn one_playbook_onboards_three_vms_idempotently() {
         .collect();
     secrets.extend(new_tokens.iter().cloned());
     let before = f.snapshot();
-    let check = f.playbook(true, &["--check"]);
+    let check = f.playbook(&["--check"]);
     f.assert_ok(&check, "--check run");
     assert_eq!(f.snapshot(), before, "a --check run changed a host");
-    let doc = json(&check);
-    for (h, tasks) in changed_tasks(&doc) {
+    for (h, tasks) in changed_tasks(&check) {
         assert!(
             tasks.contains(TOKEN_TASK),
             "{h}: --check does not report the new token: {tasks:?}"
@@ -437,14 +466,13 @@ fn one_playbook_onboards_three_vms_idempotently() {
 
     // 4. For real: only the token task changes, and the install task, whose
     // changed flag is istio-vm's (the token files).
-    let run = f.playbook(true, &[]);
+    let run = f.playbook(&["-v"]);
     f.assert_ok(&run, "new-token run");
-    let doc = json(&run);
     let want: BTreeSet<String> = [TOKEN_TASK, INSTALL_TASK].map(String::from).into();
-    for (h, tasks) in changed_tasks(&doc) {
+    for (h, tasks) in changed_tasks(&run) {
         assert_eq!(tasks, want, "{h}: tasks changed by a new token");
         let out: serde_json::Value = serde_json::from_str(
-            task_result(&doc, INSTALL_TASK, &h)["stdout"]
+            task_result(&run, INSTALL_TASK, &h).1["stdout"]
                 .as_str()
                 .unwrap(),
         )
@@ -478,7 +506,7 @@ fn one_playbook_onboards_three_vms_idempotently() {
     set_token(&f.bundle("vm-2"), &expired);
     secrets.push(expired);
     let before = f.snapshot();
-    let bad = f.playbook(true, &[]);
+    let bad = f.playbook(&["-v"]);
     assert_eq!(
         bad.status.code(),
         Some(2),
@@ -486,15 +514,14 @@ fn one_playbook_onboards_three_vms_idempotently() {
         bad.stdout,
         bad.stderr
     );
-    let doc = json(&bad);
-    let stats = &doc["stats"];
-    assert_eq!(stats["vm-2"]["failures"], 1, "{stats}");
+    let stats = recap(&bad);
+    assert_eq!(stats["vm-2"]["failed"], 1, "{stats:?}");
     for h in ["vm-1", "vm-3"] {
-        assert_eq!(stats[h]["failures"], 0, "{h}: {stats}");
-        assert_eq!(stats[h]["changed"], 0, "{h}: {stats}");
+        assert_eq!(stats[h]["failed"], 0, "{h}: {stats:?}");
+        assert_eq!(stats[h]["changed"], 0, "{h}: {stats:?}");
     }
-    let failed = task_result(&doc, INSTALL_TASK, "vm-2");
-    assert_eq!(failed["failed"], true, "{failed}");
+    let (status, failed) = task_result(&bad, INSTALL_TASK, "vm-2");
+    assert_eq!(status, "fatal", "{failed}");
     assert_eq!(failed["rc"], 1, "{failed}");
     let out: serde_json::Value =
         serde_json::from_str(failed["stdout"].as_str().unwrap()).expect("install JSON");
