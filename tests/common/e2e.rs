@@ -210,7 +210,7 @@ impl Vm {
         let root = work.path().join("rootfs");
         let st = Command::new("cp")
             .args(["-a", "--reflink=auto"])
-            .arg(&cached)
+            .arg(cached)
             .arg(&root)
             .status()
             .expect("running cp");
