@@ -11,6 +11,10 @@ pkgs=(
     util-linux
     cloud-init
     systemd
+    # The booted-Debian e2e tests (tests/e2e_*.rs, scripts/e2e/).
+    debootstrap
+    systemd-container
+    dbus
 )
 
 # Packaging (tests/packaging_*.rs): build, lint, cross-build and run arm64,

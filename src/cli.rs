@@ -104,9 +104,9 @@ pub struct VerifyArgs {
     /// Repeat until every check passes or this much time has passed
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub wait: Option<Duration>,
-    /// Bound on each network step
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "3s")]
-    pub timeout: Duration,
+    /// Bound on each network step [default: 3s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
     /// Do not check the local agent (istio.service, Envoy admin, DNS proxy)
     #[arg(long)]
     pub skip_agent: bool,

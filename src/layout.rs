@@ -25,6 +25,8 @@ pub const SYSUSERS: &str = "/etc/sysusers.d/istio-vm.conf";
 pub const STATE_DIR: &str = "/var/lib/istio-vm";
 pub const STATE_FILE: &str = "/var/lib/istio-vm/state.json";
 pub const BACKUP_DIR: &str = "/var/lib/istio-vm/backup";
+/// Present only while a change is in progress (or was interrupted).
+pub const JOURNAL: &str = "/var/lib/istio-vm/journal.json";
 pub const CAPTURE_DIR: &str = "/var/lib/istio-vm/capture";
 pub const LOCK_FILE: &str = "/run/lock/istio-vm.lock";
 pub const CONFIG_FILE: &str = "/etc/istio-vm/config.toml";

@@ -510,3 +510,24 @@ fn readme_first_command_works() {
     );
     assert!(t.path().join("etc/certs/root-cert.pem").is_file());
 }
+
+#[test]
+fn a_missing_hosts_file_is_created_then_removed() {
+    let root = debian_root();
+    let r = root.path();
+    std::fs::remove_file(r.join("etc/hosts")).unwrap();
+    let before = tree(r, false);
+    ok(&install(r, example(), &[], &[]));
+    let hosts = std::fs::read_to_string(r.join("etc/hosts")).unwrap();
+    assert!(hosts.starts_with("# BEGIN istio-vm\n"), "{hosts}");
+    ok(&fx::run(r, &["--output", "json", "uninstall"], &[]));
+    assert_eq!(tree(r, false), before);
+}
+
+#[test]
+fn a_bad_root_is_a_usage_error() {
+    let t = tempfile::tempdir().unwrap();
+    let out = install(&t.path().join("missing"), example(), &[], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(fx::json(&out)["error"].as_str().unwrap().contains("--root"));
+}

@@ -140,6 +140,7 @@ fn stale_hosts_line_is_reported() {
     };
     let (run, _) = scenario(spec, Behaviour::default(), Some(&[]), T);
     run.expect("dns.discovery", "warn", "also resolves to 127.0.0.9");
+    run.expect("xds.stream", "pass", "");
     assert_eq!(run.code, 0, "a warning is not a failure");
 }
 
@@ -237,6 +238,7 @@ fn expired_token_with_a_valid_workload_cert_can_still_renew() {
             fake.ca
                 .workload_cert("spiffe://cluster.local/ns/vm-apps/sa/ratings-sa", &key, 24);
         std::fs::write(root.file("/etc/certs/cert-chain.pem"), pem).unwrap();
+        std::fs::write(root.file("/etc/certs/key.pem"), key.serialize_pem()).unwrap();
         let run = verify(&root, &["--timeout", "2s", "--skip-agent"]);
         run.expect(
             "files.token",
@@ -244,6 +246,19 @@ fn expired_token_with_a_valid_workload_cert_can_still_renew() {
             "renews with its workload certificate",
         );
         run.expect("files.workload_cert", "pass", "");
+        // The CA accepts the certificate where the token no longer works,
+        // exactly the agent's renewal path.
+        run.expect(
+            "ca.token",
+            "pass",
+            "authenticated with the workload certificate",
+        );
+        run.expect("xds.stream", "pass", "");
+        assert_eq!(
+            fake.seen().ca_subjects,
+            vec!["spiffe://cluster.local/ns/vm-apps/sa/ratings-sa"]
+        );
+        assert_eq!(run.code, 0, "{}", run.json);
     });
 }
 
@@ -352,7 +367,7 @@ fn dns_proxy_silent() {
         VmSpec::default(),
         Behaviour::default(),
         Some(&["--dns-silent"]),
-        &["--timeout", "1s"],
+        &["--timeout", "2s"],
     );
     run.expect("agent.dns", "fail", "silent");
     run.expect("agent.ready", "pass", "");
@@ -518,10 +533,14 @@ fn wait_retries_until_istiod_answers() {
             let _keep = root_path;
             verify(&root, &["--timeout", "2s", "--skip-agent", "--wait", "20s"])
         });
-        let (s, _) = l.accept().unwrap();
-        drop(s);
+        // The first attempt's tcp.discovery and tls.handshake connections:
+        // the handshake fails, so that attempt fails.
+        for _ in 0..2 {
+            let (s, _) = l.accept().unwrap();
+            drop(s);
+        }
         drop(l);
-        let _fake = rt.block_on(FakeIstiod::start_with_ca(
+        let fake = rt.block_on(FakeIstiod::start_with_ca(
             ISTIOD.parse().unwrap(),
             Behaviour::default(),
             ca,
@@ -529,5 +548,260 @@ fn wait_retries_until_istiod_answers() {
         let run = h.join().unwrap();
         assert_eq!(run.failing(), Vec::<String>::new(), "{}", run.json);
         assert_eq!(run.code, 0);
+        assert_eq!(
+            fake.seen().ca_subjects.len(),
+            1,
+            "a later attempt reached the CA"
+        );
+    });
+}
+
+#[test]
+fn ca_addr_is_used_for_the_certificate() {
+    in_netns(|| {
+        let rt = runtime();
+        // istiod without a CA on 15012; the CA (same root) on 15013.
+        let ca = std::sync::Arc::new(fake_istiod::TestCa::new("cluster.local"));
+        let xds = rt.block_on(FakeIstiod::start_with_ca(
+            ISTIOD.parse().unwrap(),
+            Behaviour {
+                ca_unimplemented: true,
+                ..Default::default()
+            },
+            ca.clone(),
+        ));
+        let ca_server = rt.block_on(FakeIstiod::start_with_ca(
+            "127.0.0.1:15013".parse().unwrap(),
+            Behaviour {
+                sans: vec!["istiod-ca.istio-system.svc".into()],
+                ..Default::default()
+            },
+            ca.clone(),
+        ));
+        let spec = VmSpec {
+            hosts_block: vec![
+                "127.0.0.1 istiod.istio-system.svc istiod-ca.istio-system.svc".into(),
+            ],
+            env_extra: vec!["CA_ADDR='istiod-ca.istio-system.svc:15013'".into()],
+            ..Default::default()
+        };
+        let root = VmRoot::new(&spec, &ca.cert_pem);
+        let run = verify(&root, &["--timeout", "2s", "--skip-agent"]);
+        assert!(
+            run.detail("dns.discovery")
+                .contains("istiod-ca.istio-system.svc -> 127.0.0.1"),
+            "{}",
+            run.detail("dns.discovery")
+        );
+        run.expect("ca.token", "pass", "istiod-ca.istio-system.svc:15013");
+        run.expect("xds.stream", "pass", "");
+        assert_eq!(ca_server.seen().ca_subjects.len(), 1);
+        assert!(xds.seen().ca_subjects.is_empty());
+        assert_eq!(xds.seen().nodes.len(), 1);
+    });
+}
+
+#[test]
+fn token_copies_that_differ_are_reported() {
+    in_netns(|| {
+        let root = VmRoot::new(&VmSpec::default(), &fake_istiod::TestCa::new("x").cert_pem);
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let other = fake_istiod::token(
+            "system:serviceaccount:vm-apps:ratings-sa",
+            &["istio-ca"],
+            now + 7200,
+        );
+        std::fs::write(root.file("/var/lib/istio-vm/istio-token"), other).unwrap();
+        let run = verify(&root, &["--timeout", "1s", "--skip-agent"]);
+        run.expect("files.token_persistent", "warn", "after a reboot");
+        // The token itself never shows up in the report.
+        assert!(!run.json.to_string().contains("eyJ"));
+    });
+}
+
+#[test]
+fn token_lost_after_reboot() {
+    // /var/run is a tmpfs: after a reboot the token is gone until something
+    // restores it; the stand-in, like the agent, cannot get ready without it.
+    in_netns(|| {
+        let rt = runtime();
+        let fake = rt.block_on(FakeIstiod::start(
+            ISTIOD.parse().unwrap(),
+            Behaviour::default(),
+        ));
+        let root = VmRoot::new(&VmSpec::default(), fake.root_pem());
+        std::fs::remove_file(root.file("/run/secrets/tokens/istio-token")).unwrap();
+        let _agent = start_agent(&root, &[]);
+        let run = verify(&root, &["--timeout", "2s"]);
+        run.expect("files.token", "fail", "reboot");
+        run.expect("files.token_persistent", "pass", "restored from it at boot");
+        run.expect("ca.token", "fail", "files.token");
+        run.expect(
+            "agent.ready",
+            "fail",
+            "missing /var/run/secrets/tokens/istio-token",
+        );
+    });
+}
+
+#[test]
+fn stand_in_dns_proxy_answers_over_tcp_too() {
+    use std::io::{Read, Write};
+    in_netns(|| {
+        let spec = VmSpec {
+            hosts_extra: vec!["240.240.0.9 nginx.jd.com".into()],
+            ..Default::default()
+        };
+        let root = VmRoot::new(&spec, &fake_istiod::TestCa::new("x").cert_pem);
+        let _agent = start_agent(&root, &[]);
+        verify_harness::wait_port("127.0.0.1:15053");
+        let q = istio_vm::verify::agent::dns_query("nginx.jd.com", 0x4242);
+        let mut s = std::net::TcpStream::connect("127.0.0.1:15053").unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut msg = (q.len() as u16).to_be_bytes().to_vec();
+        msg.extend_from_slice(&q);
+        s.write_all(&msg).unwrap();
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).unwrap();
+        let mut resp = vec![0u8; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut resp).unwrap();
+        let (rcode, addrs) = istio_vm::verify::agent::dns_answers(&resp, 0x4242).unwrap();
+        assert_eq!(rcode, 0);
+        assert_eq!(
+            addrs,
+            vec!["240.240.0.9".parse::<std::net::Ipv4Addr>().unwrap()]
+        );
+        // Unknown names: NXDOMAIN (3), no answer.
+        let q = istio_vm::verify::agent::dns_query("nosuch.example", 7);
+        let mut msg = (q.len() as u16).to_be_bytes().to_vec();
+        msg.extend_from_slice(&q);
+        s.write_all(&msg).unwrap();
+        s.read_exact(&mut len).unwrap();
+        let mut resp = vec![0u8; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut resp).unwrap();
+        assert_eq!(
+            istio_vm::verify::agent::dns_answers(&resp, 7),
+            Some((3, vec![]))
+        );
+    });
+}
+
+#[test]
+fn owners_and_modes() {
+    use std::os::unix::fs::PermissionsExt;
+    in_netns(|| {
+        let root = VmRoot::new(&VmSpec::default(), &fake_istiod::TestCa::new("x").cert_pem);
+        // A world-readable token is a leaked credential: a failure.
+        let tok = root.file("/run/secrets/tokens/istio-token");
+        std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // A root-owned root cert only departs from the layout: a warning.
+        let cert = root.file("/etc/certs/root-cert.pem");
+        std::os::unix::fs::chown(&cert, Some(0), Some(0)).unwrap();
+        // The agent cannot write its certificates here.
+        std::os::unix::fs::chown(root.file("/etc/certs"), Some(0), Some(0)).unwrap();
+        let run = verify(&root, &["--timeout", "1s", "--skip-agent"]);
+        run.expect("files.token", "fail", "chmod 0600");
+        run.expect(
+            "files.root_cert",
+            "warn",
+            "chown istio-proxy:istio-proxy /etc/certs/root-cert.pem",
+        );
+        run.expect("files.dirs", "fail", "/etc/certs (owner uid 0)");
+    });
+}
+
+#[test]
+fn live_vm_without_root_flag() {
+    // `istio-vm verify` as on a VM: no --root. A private mount namespace puts
+    // the VM tree at the real paths (a copy of this machine's /etc with the
+    // placed files added; /var/lib, /var/log and /run from the tree), so
+    // nothing of the host changes.
+    in_netns(|| {
+        let rt = runtime();
+        let fake = rt.block_on(FakeIstiod::start(
+            ISTIOD.parse().unwrap(),
+            Behaviour::default(),
+        ));
+        let vm = VmRoot::new(&VmSpec::default(), fake.root_pem());
+        let etc = tempfile::tempdir().unwrap();
+        let st = std::process::Command::new("cp")
+            .arg("-a")
+            .arg("/etc/.")
+            .arg(etc.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let st = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(vm.file("/etc/certs"))
+            .arg(vm.file("/etc/istio"))
+            .arg(vm.file("/etc/hosts"))
+            .arg(vm.file("/etc/resolv.conf"))
+            .arg(etc.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let passwd = etc.path().join("passwd");
+        let mut text = std::fs::read_to_string(&passwd).unwrap_or_default();
+        text.push_str(&format!(
+            "istio-proxy:x:{0}:{0}::/var/lib/istio:/usr/sbin/nologin\n",
+            verify_harness::PROXY_UID
+        ));
+        std::fs::write(&passwd, text).unwrap();
+        std::fs::write(
+            etc.path().join("nsswitch.conf"),
+            "passwd: files\ngroup: files\nhosts: files dns\n",
+        )
+        .unwrap();
+        let _agent = start_agent(&vm, &[]);
+        let script = r#"set -e
+mount --bind "$1" /etc
+mount --bind "$2/var/lib" /var/lib
+mount --bind "$2/var/log" /var/log
+mount --bind "$2/run" /run
+shift 2
+exec "$@""#;
+        let out = std::process::Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+            .arg(etc.path())
+            .arg(vm.path())
+            .arg(env!("CARGO_BIN_EXE_istio-vm"))
+            .args(["--output", "json", "verify", "--timeout", "2s"])
+            .env_remove("ISTIO_VM_ROOT")
+            .env_remove("ISTIO_VM_CONFIG")
+            .env_remove("ISTIO_VM_TIMEOUT")
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        let run = verify_harness::Run {
+            code: out.status.code().unwrap_or(-1),
+            json,
+            stderr: String::new(),
+            elapsed: std::time::Duration::ZERO,
+        };
+        for id in [
+            "files.root_cert",
+            "files.token",
+            "files.cluster_env",
+            "files.mesh_config",
+            "files.dirs",
+            "files.hosts",
+            "dns.discovery",
+            "tls.handshake",
+            "ca.token",
+            "xds.stream",
+            "agent.ready",
+            "agent.dns",
+        ] {
+            assert_eq!(run.status(id), "pass", "{id}: {}", run.check(id));
+        }
+        // Live, systemctl is asked; without a systemd here it cannot tell.
+        assert_ne!(
+            run.detail("agent.service"),
+            "not checked under --root: nothing live is looked at there"
+        );
+        assert_ne!(run.status("agent.service"), "pass");
     });
 }

@@ -18,8 +18,10 @@
 //! (root cert, token, cluster.env under `--root`) and is never "ready" if one
 //! is missing, as the real agent cannot connect without them. Misbehaviour is
 //! chosen with flags or `STAND_IN_*` environment variables so a systemd unit
-//! can set it. Logs go to stderr; `--log FILE` also appends the agent's
-//! success-path log lines (reference §4.5) to FILE.
+//! can set it. Its own messages go to stderr; the agent's success-path log
+//! lines (reference §4.5) go to stdout (which istio-start.sh appends to
+//! istio.log), or to `--log FILE`. Unknown `--flags` are ignored with a
+//! message, as the stand-in runs where pilot-agent would, with its flags.
 //!
 //! ```text
 //! stand-in-agent [--root DIR] [--health-addr A] [--admin-addr A] [--dns-addr A]
@@ -111,7 +113,9 @@ fn parse_opts() -> Result<Opts, String> {
             "--dns-silent" => o.dns_silent = true,
             "--no-dns" => o.no_dns = true,
             "-h" | "--help" => return Err(USAGE.to_string()),
-            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+            // pilot-agent takes many flags with values (ISTIO_AGENT_FLAGS);
+            // a stand-in started in its place must not die on them.
+            other => log(&format!("ignoring pilot-agent argument `{other}`")),
         }
     }
     Ok(o)
@@ -132,12 +136,17 @@ fn log(msg: &str) {
 }
 
 /// Appends to the agent-style log file, like istio-start.sh's `>>` redirect.
+/// Without `--log`, the lines go to stdout, which istio-start.sh appends to
+/// /var/log/istio/istio.log like the real agent's.
 fn agent_log(path: &Option<PathBuf>, line: &str) {
-    let Some(p) = path else { return };
     // Istio's log format: RFC 3339 time, level, scope, message, tab-separated.
     let now = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
+    let Some(p) = path else {
+        println!("{now}\tinfo\t{line}");
+        return;
+    };
     match std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -178,16 +187,10 @@ fn parse_hosts(text: &str) -> HashMap<String, Vec<IpAddr>> {
 
 /// The discovery address from the placed mesh config, for the log lines.
 fn discovery_address(root: &Path) -> String {
-    std::fs::read_to_string(under_root(root, MESH_CONFIG))
+    std::fs::read(under_root(root, MESH_CONFIG))
         .ok()
-        .and_then(|t| {
-            t.lines().find_map(|l| {
-                l.trim()
-                    .strip_prefix("discoveryAddress:")
-                    .map(|v| v.trim().trim_matches('"').trim_matches('\'').to_string())
-            })
-        })
-        .unwrap_or_else(|| "istiod.istio-system.svc:15012".to_string())
+        .and_then(|b| istio_vm::verify::inputs::discovery_address(&b))
+        .unwrap_or_else(|| istio_vm::verify::inputs::DEFAULT_DISCOVERY.to_string())
 }
 
 fn load_state(o: &Opts) -> State {

@@ -89,6 +89,7 @@ pub fn write_atomic(
     mode: u32,
     owner: Option<(u32, u32)>,
     failpoint: &str,
+    sync: &Syncer,
 ) -> Result<()> {
     refuse_symlink(host)?;
     let tmp = temp_of(host);
@@ -126,7 +127,7 @@ pub fn write_atomic(
                 return Err(e).with_context(|| format!("renaming into {}", host.display()));
             }
         }
-        sync_parent(host)
+        sync.parent_of(host)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -151,6 +152,59 @@ fn write_in_place(host: &Path, content: &[u8], mode: u32, owner: Option<(u32, u3
         .with_context(|| format!("syncing {}", host.display()))
 }
 
+/// When directory fsyncs happen: at once, or batched until `flush` (a
+/// transaction syncs each touched directory once, before it commits; the
+/// journal covers a crash before that).
+#[derive(Debug, Default)]
+pub struct Syncer {
+    deferred: Option<std::cell::RefCell<std::collections::BTreeSet<PathBuf>>>,
+}
+
+impl Syncer {
+    pub fn now() -> Syncer {
+        Syncer { deferred: None }
+    }
+
+    pub fn deferred() -> Syncer {
+        Syncer {
+            deferred: Some(Default::default()),
+        }
+    }
+
+    /// The directory holding `host` must reach the disk.
+    pub fn parent_of(&self, host: &Path) -> Result<()> {
+        match &self.deferred {
+            None => sync_parent(host),
+            Some(set) => {
+                if let Some(p) = host.parent() {
+                    set.borrow_mut().insert(p.to_path_buf());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// fsync every directory recorded so far.
+    pub fn flush(&self) -> Result<()> {
+        if let Some(set) = &self.deferred {
+            for d in std::mem::take(&mut *set.borrow_mut()) {
+                match File::open(&d) {
+                    Ok(f) => f
+                        .sync_all()
+                        .with_context(|| format!("syncing directory {}", d.display()))?,
+                    // Removed again later in the same run.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("syncing directory {}", d.display()));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// fsync the directory holding `host`, so a rename or unlink is durable.
 pub fn sync_parent(host: &Path) -> Result<()> {
     if let Some(p) = host.parent() {
@@ -170,12 +224,12 @@ fn open_dir_nofollow(host: &Path) -> Result<File> {
 }
 
 /// Create one directory (its parent must exist) with exact mode and owner.
-pub fn mkdir(host: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
+pub fn mkdir(host: &Path, mode: u32, owner: Option<(u32, u32)>, sync: &Syncer) -> Result<()> {
     std::fs::create_dir(host).with_context(|| format!("creating directory {}", host.display()))?;
     let d = open_dir_nofollow(host)?;
     set_fd_meta(&d, mode, owner)
         .with_context(|| format!("setting owner/mode of {}", host.display()))?;
-    sync_parent(host)
+    sync.parent_of(host)
 }
 
 /// chmod/chown an existing directory (not through a symlink).
@@ -188,19 +242,19 @@ pub fn set_dir_meta(host: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result
 }
 
 /// Remove a file (or a symlink itself); absent is fine.
-pub fn remove_file(host: &Path) -> Result<()> {
+pub fn remove_file(host: &Path, sync: &Syncer) -> Result<()> {
     match std::fs::remove_file(host) {
-        Ok(()) => sync_parent(host),
+        Ok(()) => sync.parent_of(host),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("removing {}", host.display())),
     }
 }
 
 /// Remove a directory if it is empty. Returns false if it was left in place.
-pub fn rmdir_if_empty(host: &Path) -> Result<bool> {
+pub fn rmdir_if_empty(host: &Path, sync: &Syncer) -> Result<bool> {
     match std::fs::remove_dir(host) {
         Ok(()) => {
-            sync_parent(host)?;
+            sync.parent_of(host)?;
             Ok(true)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),

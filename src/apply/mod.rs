@@ -30,7 +30,7 @@ pub mod user;
 
 pub use root::{Resolved, Root};
 
-pub const JOURNAL: &str = "/var/lib/istio-vm/journal.json";
+pub use crate::layout::JOURNAL;
 
 /// Test-only fault injection (cargo feature `failpoints`):
 /// `ISTIO_VM_FAILPOINT=<name>` fails there, `<name>:abort` dies there as a
@@ -77,6 +77,9 @@ pub enum Prior {
 pub struct Entry {
     /// Resolved path inside the root (no symlinks among its parents).
     pub path: String,
+    /// Step id of the action that placed it, if any (`file:/var/run/...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// `file`, `dir` or `block` (our block inside someone else's file).
     pub kind: String,
     /// sha256 of what we installed (files we own, not secrets).
@@ -164,6 +167,8 @@ pub struct Tx<'a> {
     started: bool,
     /// The full journal is on disk: ops may have run.
     journaled: bool,
+    /// Directory fsyncs of the ops, done once each before commit.
+    sync: fsops::Syncer,
 }
 
 impl<'a> Tx<'a> {
@@ -180,6 +185,7 @@ impl<'a> Tx<'a> {
             hook_env,
             started: false,
             journaled: false,
+            sync: fsops::Syncer::deferred(),
         }
     }
 
@@ -214,6 +220,7 @@ impl<'a> Tx<'a> {
         };
         self.entries.push(Entry {
             path: real.to_string(),
+            id: None,
             kind: kind.into(),
             sha256: None,
             prior,
@@ -284,7 +291,7 @@ impl<'a> Tx<'a> {
             } else {
                 0o755
             };
-            fsops::mkdir(&self.root.host(&e.path), mode, owner)?;
+            fsops::mkdir(&self.root.host(&e.path), mode, owner, &fsops::Syncer::now())?;
         }
         // A first journal naming only the directories just made, so a
         // crash while backing up still leaves a way back.
@@ -292,7 +299,7 @@ impl<'a> Tx<'a> {
         self.write_journal(&meta, "prepare")?;
         for (name, bytes) in std::mem::take(&mut self.pending) {
             let host = self.root.host(&format!("{}/{name}", layout::BACKUP_DIR));
-            fsops::write_atomic(&host, &bytes, 0o600, owner, "backup")
+            fsops::write_atomic(&host, &bytes, 0o600, owner, "backup", &fsops::Syncer::now())
                 .context("backing up before the change")?;
         }
         let all = self.entries.clone();
@@ -309,8 +316,15 @@ impl<'a> Tx<'a> {
         };
         let bytes = serde_json::to_vec_pretty(&j)?;
         let owner = self.can_chown.then_some((0, 0));
-        fsops::write_atomic(&self.root.host(JOURNAL), &bytes, 0o600, owner, failpoint)
-            .context("writing the journal")
+        fsops::write_atomic(
+            &self.root.host(JOURNAL),
+            &bytes,
+            0o600,
+            owner,
+            failpoint,
+            &fsops::Syncer::now(),
+        )
+        .context("writing the journal")
     }
 
     /// Create missing parents of `real` (recorded by `begin`).
@@ -327,7 +341,7 @@ impl<'a> Tx<'a> {
         }
         let owner = self.can_chown.then_some((0, 0));
         for d in missing.iter().rev() {
-            fsops::mkdir(&self.root.host(d), 0o755, owner)?;
+            fsops::mkdir(&self.root.host(d), 0o755, owner, &self.sync)?;
         }
         Ok(())
     }
@@ -341,7 +355,7 @@ impl<'a> Tx<'a> {
                 let r = self.root.resolve(path)?;
                 self.ensure_parents(&r.real)?;
                 match fsops::read_current(&r.host)? {
-                    Current::Absent => fsops::mkdir(&r.host, *mode, *owner)?,
+                    Current::Absent => fsops::mkdir(&r.host, *mode, *owner, &self.sync)?,
                     Current::Dir { .. } => fsops::set_dir_meta(&r.host, *mode, *owner)?,
                     _ => bail!("{path} is not a directory; move it away"),
                 }
@@ -358,16 +372,16 @@ impl<'a> Tx<'a> {
             } => {
                 let r = self.root.resolve(path)?;
                 self.ensure_parents(&r.real)?;
-                fsops::write_atomic(&r.host, content, *mode, *owner, id)
+                fsops::write_atomic(&r.host, content, *mode, *owner, id, &self.sync)
                     .with_context(|| format!("writing {path}"))?;
             }
             Op::Remove { path } => {
                 let r = self.root.resolve(path)?;
-                fsops::remove_file(&r.host)?;
+                fsops::remove_file(&r.host, &self.sync)?;
             }
             Op::Rmdir { path } => {
                 let r = self.root.resolve(path)?;
-                if !fsops::rmdir_if_empty(&r.host)? {
+                if !fsops::rmdir_if_empty(&r.host, &self.sync)? {
                     return Ok(Some(
                         "kept: not empty (holds files istio-vm did not place)".into(),
                     ));
@@ -384,7 +398,7 @@ impl<'a> Tx<'a> {
     /// Commit: the journal goes, and backups no longer referenced by
     /// `keep` (the new state) are deleted.
     pub fn commit(self, keep: Option<&State>) -> Result<()> {
-        fsops::remove_file(&self.root.host(JOURNAL))?;
+        fsops::remove_file(&self.root.host(JOURNAL), &fsops::Syncer::now())?;
         prune_backups(self.root, keep)
     }
 
@@ -440,7 +454,7 @@ fn remove_tree(p: &std::path::Path) -> Result<()> {
         Ok(m) if m.is_dir() => {
             std::fs::remove_dir_all(p).with_context(|| format!("removing backup {}", p.display()))
         }
-        Ok(_) => fsops::remove_file(p),
+        Ok(_) => fsops::remove_file(p, &fsops::Syncer::now()),
         Err(_) => Ok(()),
     }
 }
@@ -460,15 +474,15 @@ fn read_backup(root: &Root, backup: &str) -> Result<Vec<u8>> {
 fn restore(root: &Root, e: &Entry, can_chown: bool) -> Result<()> {
     let host = root.host(&e.path);
     // A temp file a killed run left behind.
-    fsops::remove_file(&fsops::temp_of(&host))?;
+    fsops::remove_file(&fsops::temp_of(&host), &fsops::Syncer::now())?;
     let cur = fsops::read_current(&host)?;
     match &e.prior {
         Prior::Absent => match cur {
             Current::Absent => {}
             Current::Dir { .. } => {
-                fsops::rmdir_if_empty(&host)?;
+                fsops::rmdir_if_empty(&host, &fsops::Syncer::now())?;
             }
-            _ => fsops::remove_file(&host)?,
+            _ => fsops::remove_file(&host, &fsops::Syncer::now())?,
         },
         Prior::File {
             backup,
@@ -486,6 +500,7 @@ fn restore(root: &Root, e: &Entry, can_chown: bool) -> Result<()> {
                     *mode,
                     can_chown.then_some((*uid, *gid)),
                     "restore",
+                    &fsops::Syncer::now(),
                 )?;
             }
         }
@@ -499,7 +514,12 @@ fn restore(root: &Root, e: &Entry, can_chown: bool) -> Result<()> {
                     fsops::set_dir_meta(&host, *mode, can_chown.then_some((*uid, *gid)))?;
                 }
             }
-            Current::Absent => fsops::mkdir(&host, *mode, can_chown.then_some((*uid, *gid)))?,
+            Current::Absent => fsops::mkdir(
+                &host,
+                *mode,
+                can_chown.then_some((*uid, *gid)),
+                &fsops::Syncer::now(),
+            )?,
             _ => bail!(
                 "{} should be a directory again; move away what is there",
                 e.path
@@ -521,7 +541,7 @@ fn rollback_entries(root: &Root, txid: &str, entries: &[Entry], can_chown: bool)
         bail!("rollback incomplete: {}", errors.join("; "));
     }
     // The journal goes first: from then on nothing refers to the backups.
-    fsops::remove_file(&root.host(JOURNAL))?;
+    fsops::remove_file(&root.host(JOURNAL), &fsops::Syncer::now())?;
     remove_tree(&root.host(&backup_real(txid)))?;
     for e in entries.iter().rev().filter(|e| e.meta) {
         restore(root, e, can_chown)?;
@@ -541,7 +561,7 @@ pub fn recover(root: &Root) -> Result<Option<String>> {
             // complete, names what was created.
             Current::File { bytes, .. } => {
                 if serde_json::from_slice::<Journal>(&bytes).is_err() {
-                    fsops::remove_file(&tmp)?;
+                    fsops::remove_file(&tmp, &fsops::Syncer::now())?;
                     return Ok(None);
                 }
                 bytes
@@ -598,11 +618,15 @@ pub fn transact(
                     0o644,
                     tx.can_chown.then_some((0, 0)),
                     "state",
+                    &tx.sync,
                 )
                 .context("writing state.json")?
             }
-            None => fsops::remove_file(&st.host)?,
+            None => fsops::remove_file(&st.host, &tx.sync)?,
         }
+        // Everything this run changed reaches the disk before the journal
+        // that could undo it goes.
+        tx.sync.flush()?;
         failed_at = Some("commit".into());
         failpoint("commit")?;
         Ok(state)
@@ -647,4 +671,107 @@ pub fn finish_uninstall(root: &Root, state: &State) -> Result<()> {
         restore(root, e, can_chown)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Hook;
+
+    fn env(root: &std::path::Path) -> HookEnv {
+        HookEnv {
+            root: root.to_path_buf(),
+            config: crate::config::Config::default(),
+        }
+    }
+
+    fn mark(e: &HookEnv) -> Result<()> {
+        std::fs::write(e.root.join("hook-ran"), "yes")?;
+        Ok(())
+    }
+
+    fn unmark(e: &HookEnv) -> Result<()> {
+        std::fs::remove_file(e.root.join("hook-ran"))?;
+        Ok(())
+    }
+
+    fn fail(_: &HookEnv) -> Result<()> {
+        bail!("service did not start")
+    }
+
+    fn hook(id: &str, run: fn(&HookEnv) -> Result<()>) -> Hook {
+        Hook {
+            id: id.into(),
+            detail: String::new(),
+            run,
+            undo: Some(unmark),
+            after_change_of: Vec::new(),
+        }
+    }
+
+    fn write(path: &str) -> (String, Op) {
+        (
+            format!("file:{path}"),
+            Op::Write {
+                path: path.into(),
+                content: b"unit\n".to_vec(),
+                mode: 0o644,
+                owner: None,
+            },
+        )
+    }
+
+    #[test]
+    fn a_failing_hook_undoes_earlier_hooks_and_files() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Root::new(t.path()).unwrap();
+        let ops = vec![
+            write("/etc/systemd/system/x.service"),
+            ("hook:mark".into(), Op::Hook(hook("hook:mark", mark))),
+            ("hook:start".into(), Op::Hook(hook("hook:start", fail))),
+        ];
+        let e = transact(
+            &root,
+            "install",
+            env(t.path()),
+            &ops,
+            |_| None,
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+        assert!(matches!(
+            e.downcast_ref::<Failure>(),
+            Some(Failure::RolledBack { .. })
+        ));
+        assert!(format!("{e:#}").contains("service did not start"));
+        assert!(!t.path().join("hook-ran").exists(), "undo ran");
+        assert_eq!(
+            std::fs::read_dir(t.path()).unwrap().count(),
+            0,
+            "tree empty again"
+        );
+    }
+
+    #[test]
+    fn hooks_run_after_files() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Root::new(t.path()).unwrap();
+        let ops = vec![
+            write("/etc/systemd/system/x.service"),
+            ("hook:mark".into(), Op::Hook(hook("hook:mark", mark))),
+        ];
+        let mut seen = Vec::new();
+        transact(
+            &root,
+            "install",
+            env(t.path()),
+            &ops,
+            |_| None,
+            &mut |id, _| seen.push(id.to_string()),
+        )
+        .unwrap();
+        assert_eq!(seen, ["file:/etc/systemd/system/x.service", "hook:mark"]);
+        assert!(t.path().join("hook-ran").exists());
+        assert!(t.path().join("etc/systemd/system/x.service").exists());
+    }
 }

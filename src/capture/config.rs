@@ -56,7 +56,7 @@ pub enum CidrInclude {
     List(Vec<String>),
 }
 
-/// Owner-group filter (ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]).
+/// Owner-group filter (`ISTIO_OUTBOUND_OWNER_GROUPS`, `..._EXCLUDE`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OwnerGroups {
     /// Default `*` with optional excludes.
@@ -157,7 +157,7 @@ fn name_token(key: &str, v: &str, max: usize) -> Result<String, CaptureError> {
     let ok = !v.is_empty()
         && v.len() <= max
         && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@' | ':'));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok && !v.starts_with('-') {
         Ok(v.to_string())
     } else {
@@ -245,7 +245,9 @@ impl IstioConfig {
                 v => port(key, v),
             }
         };
-        let envoy_port = single_port("ENVOY_PORT", "15001")?;
+        // ENVOY_PORT has not been read since Istio 1.21 (the flag lost its
+        // env binding); Envoy's outbound listener is 15001 regardless.
+        let envoy_port = "15001".to_string();
         let inbound_capture_port = single_port("INBOUND_CAPTURE_PORT", "15006")?;
         let inbound_tunnel_port = single_port("INBOUND_TUNNEL_PORT", "15008")?;
 

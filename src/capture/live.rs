@@ -43,12 +43,33 @@ impl Variant {
             Variant::Nft => "nft",
             Variant::Legacy => "legacy",
         };
-        if tool.is_empty() {
-            format!("{base}-{v}")
-        } else {
-            format!("{base}-{v}-{tool}")
+        let join = |parts: &[&str]| {
+            parts
+                .iter()
+                .filter(|p| !p.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join("-")
+        };
+        let named = join(&[base, v, tool]);
+        // iptables before 1.8 (RHEL/CentOS 7) has only the plain names, and
+        // they are legacy x_tables.
+        if self == Variant::Legacy && !on_path(&named) && plain_is_legacy() {
+            return join(&[base, tool]);
         }
+        named
     }
+}
+
+/// The unsuffixed `iptables` is the legacy flavour (iptables < 1.8 has no
+/// `-legacy`/`-nft` names; 1.8+ says `(nf_tables)` or `(legacy)`).
+fn plain_is_legacy() -> bool {
+    static PLAIN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PLAIN.get_or_init(|| {
+        on_path("iptables-restore")
+            && !on_path("iptables-legacy-restore")
+            && run("iptables", &["--version"], None).is_ok_and(|v| !v.contains("nf_tables"))
+    })
 }
 
 /// The backend that will hold the rules.
@@ -73,16 +94,28 @@ impl Resolved {
     }
 }
 
-fn on_path(bin: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+/// Full path of `bin` from PATH, or the sbin directories (a non-root
+/// shell's PATH often lacks them; the tools live there).
+fn which(bin: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/sbin".into()])
-        .any(|d| d.join(bin).is_file())
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+}
+
+fn on_path(bin: &str) -> bool {
+    which(bin).is_some()
 }
 
 /// Run a program, feeding `stdin`; its stdout, or an error with its stderr.
 fn run(prog: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
-    let mut child = Command::new(prog)
+    let exe = if prog.contains('/') {
+        prog.into()
+    } else {
+        which(prog).unwrap_or_else(|| prog.into())
+    };
+    let mut child = Command::new(exe)
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -150,18 +183,36 @@ fn nft_tables() -> Vec<(String, String)> {
         .collect()
 }
 
-/// Variants whose binaries exist, and whether each holds any rules.
-pub fn probe_variants() -> Vec<(Variant, bool)> {
+/// One iptables variant whose binaries exist, with its `*-save` output per
+/// family (None: that family is unusable here).
+pub struct Probe {
+    pub variant: Variant,
+    saves: [Option<String>; 2],
+}
+
+impl Probe {
+    fn save(&self, f: Family) -> Option<&str> {
+        self.saves[f as usize].as_deref()
+    }
+
+    /// Holds any rule or user chain (Istio's choice of variant and the
+    /// mixed-setup check both look at this).
+    pub fn holds_rules(&self) -> bool {
+        self.saves
+            .iter()
+            .flatten()
+            .any(|s| Tables::parse(s).is_ok_and(|t| t.has_content()))
+    }
+}
+
+/// The iptables variants present, each read once.
+pub fn probe_variants() -> Vec<Probe> {
     [Variant::Nft, Variant::Legacy]
         .into_iter()
         .filter(|v| on_path(&v.bin(Family::V4, "restore")))
-        .map(|v| {
-            let holds = [Family::V4, Family::V6].iter().any(|f| {
-                save(v, *f)
-                    .and_then(|s| Tables::parse(&s).ok())
-                    .is_some_and(|t| t.has_content())
-            });
-            (v, holds)
+        .map(|v| Probe {
+            variant: v,
+            saves: [save(v, Family::V4), save(v, Family::V6)],
         })
         .collect()
 }
@@ -181,7 +232,10 @@ pub fn detect(requested: crate::cli::Backend, native_nft: bool) -> Result<Resolv
         }
         return Ok(Resolved::Nftables);
     }
-    let variants = probe_variants();
+    let variants: Vec<(Variant, bool)> = probe_variants()
+        .iter()
+        .map(|p| (p.variant, p.holds_rules()))
+        .collect();
     if variants.is_empty() {
         if requested == B::Auto && on_path("nft") {
             return Ok(Resolved::Nftables);
@@ -218,6 +272,10 @@ pub fn detect(requested: crate::cli::Backend, native_nft: bool) -> Result<Resolv
     Ok(Resolved::Iptables(v))
 }
 
+const SCRATCH_HINT: &str = "loading the rendered rules into a throw-away network namespace to read \
+     back the kernel's spelling of them (needs `unshare` from util-linux and CAP_SYS_ADMIN; \
+     inside a container, run istio-vm with those)";
+
 /// The kernel's spelling of `restore_text` for one family: loaded into a
 /// throw-away network namespace and read back.
 fn canonical_iptables(v: Variant, f: Family, restore_text: &str) -> Result<Tables> {
@@ -231,7 +289,7 @@ fn canonical_iptables(v: Variant, f: Family, restore_text: &str) -> Result<Table
         &["--net", "--", "sh", "-c", &script],
         Some(restore_text),
     )
-    .context("loading the rendered rules into a scratch network namespace")?;
+    .context(SCRATCH_HINT)?;
     Tables::parse(&out).map_err(|e| anyhow!("reading back rendered rules: {e}"))
 }
 
@@ -247,7 +305,7 @@ fn canonical_nft(script: &str) -> Result<Vec<(String, String)>> {
         &["--net", "--", "sh", "-c", &lines.join("\n")],
         Some(script),
     )
-    .context("loading the rendered rules into a scratch network namespace")?;
+    .context(SCRATCH_HINT)?;
     let mut blocks = Vec::new();
     for part in out.split("### ").skip(1) {
         if let Some((name, body)) = part.split_once('\n') {
@@ -345,11 +403,18 @@ fn apply_iptables(v: Variant, rendered: &Rendered) -> Result<Outcome> {
         let desired_text = desired_for(rendered, f);
         let Some(before) = save(v, f) else {
             if desired_text.is_some() {
-                bail!(
-                    "{} is not usable here but IPv6 capture is on (DUAL_STACK or a global IPv6 \
-                     address): install ip6tables or turn DUAL_STACK off",
-                    v.bin(f, "save")
-                );
+                match f {
+                    Family::V6 => bail!(
+                        "{} is not usable here but IPv6 capture is on (DUAL_STACK or a global \
+                         IPv6 address): install ip6tables or turn DUAL_STACK off",
+                        v.bin(f, "save")
+                    ),
+                    Family::V4 => bail!(
+                        "{} does not work here: is the iptables package installed and the \
+                         kernel's netfilter available?",
+                        v.bin(f, "save")
+                    ),
+                }
             }
             continue;
         };
@@ -577,20 +642,29 @@ fn remove_except(keep: Resolved, known: &[Rendered]) -> Result<Outcome> {
 
 fn remove_except_impl(keep: Option<Resolved>, known: &[Rendered]) -> Result<Outcome> {
     let mut out = Outcome::default();
-    for (v, _) in probe_variants() {
+    for probe in probe_variants() {
+        let v = probe.variant;
         if keep == Some(Resolved::Iptables(v)) {
             continue;
         }
         for f in [Family::V4, Family::V6] {
-            let Some(before) = save(v, f) else { continue };
+            let Some(before) = probe.save(f) else {
+                continue;
+            };
             let live =
-                Tables::parse(&before).map_err(|e| anyhow!("reading {}: {e}", v.bin(f, "save")))?;
+                Tables::parse(before).map_err(|e| anyhow!("reading {}: {e}", v.bin(f, "save")))?;
+            // No ISTIO_* chain or jump: nothing of Istio's here (and no
+            // need for the scratch-namespace canonicalisation below).
+            if live.istio_part(&BTreeSet::new()).is_empty() {
+                continue;
+            }
+            // The record usually equals the current rendering: load each
+            // distinct text once.
+            let texts: BTreeSet<String> = known.iter().filter_map(|r| desired_for(r, f)).collect();
             let mut also = BTreeSet::new();
-            for r in known {
-                if let Some(t) = desired_for(r, f) {
-                    if let Ok(c) = canonical_iptables(v, f, &t) {
-                        also.extend(c.builtin_rules());
-                    }
+            for t in texts {
+                if let Ok(c) = canonical_iptables(v, f, &t) {
+                    also.extend(c.builtin_rules());
                 }
             }
             let part = live.istio_part(&also);
@@ -639,10 +713,13 @@ fn remove_except_impl(keep: Option<Resolved>, known: &[Rendered]) -> Result<Outc
 pub fn status(rendered: Option<&Rendered>, backend: Resolved) -> Result<(Vec<Step>, bool)> {
     let mut steps = Vec::new();
     let mut matches = true;
-    for (v, _) in probe_variants() {
+    for probe in probe_variants() {
+        let v = probe.variant;
         for f in [Family::V4, Family::V6] {
-            let Some(before) = save(v, f) else { continue };
-            let live = Tables::parse(&before).map_err(|e| anyhow!("{e}"))?;
+            let Some(before) = probe.save(f) else {
+                continue;
+            };
+            let live = Tables::parse(before).map_err(|e| anyhow!("{e}"))?;
             let chosen = backend == Resolved::Iptables(v);
             let desired_text = rendered.filter(|_| chosen).and_then(|r| desired_for(r, f));
             let desired = match &desired_text {
@@ -896,4 +973,80 @@ pub fn remove_tproxy_routing(tables: &[String]) -> Result<Outcome> {
         }
     }
     Ok(out)
+}
+
+/// Write the rules just applied to `dir` (`/var/lib/istio-vm/capture/`,
+/// root-only): `rules-v4`/`rules-v6` or `rules.nft`, and drop the files of
+/// the other backend. Unchanged files are not rewritten (no mtime change),
+/// so a re-apply at boot stays a no-op. `capture remove` reads them back to
+/// recognise Istio's built-in-chain rules that do not jump to `ISTIO_*`.
+pub fn write_record(dir: &std::path::Path, rendered: &Rendered) -> Result<Vec<Step>> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let mut steps = Vec::new();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let files = rendered.record_files();
+    for name in ["rules-v4", "rules-v6", "rules.nft"] {
+        let path = dir.join(name);
+        let id = format!("file:{}", path.display());
+        let Some((_, content)) = files.iter().find(|(n, _)| *n == name) else {
+            if path.exists() {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+                steps.push(step(&id, StepStatus::Changed, "removed (other backend)"));
+            }
+            continue;
+        };
+        if std::fs::read(&path).ok().as_deref() == Some(content.as_bytes()) {
+            continue;
+        }
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(content.as_bytes())
+            .and_then(|_| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        steps.push(step(&id, StepStatus::Changed, "recorded the applied rules"));
+    }
+    Ok(steps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_names() {
+        assert_eq!(Variant::Nft.bin(Family::V4, "save"), "iptables-nft-save");
+        assert_eq!(
+            Variant::Nft.bin(Family::V6, "restore"),
+            "ip6tables-nft-restore"
+        );
+        if on_path("iptables-legacy") {
+            assert_eq!(Variant::Legacy.bin(Family::V6, ""), "ip6tables-legacy");
+        }
+    }
+
+    #[test]
+    fn save_dumps_compare_without_counters_and_comments() {
+        let a = "# Generated by x on Mon\n*nat\n:OUTPUT ACCEPT [12:720]\n-A OUTPUT -j X\nCOMMIT\n";
+        let b = "# Generated by x on Tue\n*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j X\nCOMMIT\n";
+        assert_eq!(normalize_save(a), normalize_save(b));
+        assert_ne!(
+            normalize_save(a),
+            normalize_save(&b.replace("-j X", "-j Y"))
+        );
+    }
 }

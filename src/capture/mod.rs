@@ -6,14 +6,24 @@
 //! Pure part: [`config`] (cluster.env + resolv.conf + uid/gid -> what
 //! istio-iptables would use, plus the VM-safety layer), [`model`] (the rules
 //! in Istio's emission order), [`iptables`] and [`nft`] (renderers and
-//! readers). Live part: [`live`] (backend detection, one transaction per
-//! family, read-back, rollback, removal by state).
+//! readers), [`sysfiles`] (reading the inputs under a root). Live part:
+//! [`live`] (backend detection, one transaction per family, read-back,
+//! rollback, removal by state, TPROXY policy routing).
 //!
-//! Exit codes: a refused render (SSH captured without `allow_ssh_capture`,
-//! an invalid cluster.env value) is exit 1, like a validation error —
-//! checked and not OK, nothing changed. A mixed iptables-legacy/nft host is
-//! exit 1 too. Exit 3 only when an apply changed something and rolled it
-//! back.
+//! For install/uninstall: `commands::capture::apply_on_root` and
+//! `remove_on_root` do everything `capture apply`/`remove` do; the pieces
+//! are [`render`] + [`Rendered::record_files`] (files for
+//! `/var/lib/istio-vm/capture/`), [`live::detect`], [`live::apply_live`],
+//! [`live::remove_live`], [`live::write_record`].
+//!
+//! Exit codes (DESIGN.md): a refused render (SSH captured without
+//! `allow_ssh_capture`, an invalid cluster.env value) is exit 1, like a
+//! validation error — checked and not OK, nothing changed. So is a mixed
+//! iptables-legacy/nft host, and an nft transaction the kernel rejects (nft
+//! is atomic). iptables-restore commits table by table, so a rejected
+//! iptables transaction may have committed earlier tables: those are put
+//! back and the exit is 3, as for a read-back mismatch. `capture status` is
+//! a check: exit 1 when the live rules are missing or differ.
 
 pub mod config;
 pub mod iptables;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::model::{Chain, Family, Match, Pos, Rule, RuleSet, Table, Target};
+use super::model::{Chain, Family, Match, Pos, Proto, Rule, RuleSet, Table, Target};
 
 pub const TABLES: [&str; 3] = ["istio-proxy-nat", "istio-proxy-mangle", "istio-proxy-raw"];
 
@@ -74,11 +74,67 @@ fn addr_kw(f: Option<Family>) -> &'static str {
     }
 }
 
+/// Where a match goes in the rule, to read like Istio's nft rules:
+/// interface, protocol, conntrack state, then addresses and ports (ports
+/// first in raw, as Istio writes them), marks, owners.
+fn rank(m: &Match, raw: bool) -> u8 {
+    match m {
+        Match::InIface(_) | Match::OutIface(_) => 0,
+        Match::Proto(_) => 1,
+        Match::CtState(_) => 2,
+        Match::Src { .. } | Match::Dst { .. } => {
+            if raw {
+                4
+            } else {
+                3
+            }
+        }
+        Match::Dport { .. } | Match::Sport { .. } | Match::DportsNot { .. } => {
+            if raw {
+                3
+            } else {
+                4
+            }
+        }
+        Match::Mark { .. } | Match::Connmark(_) => 5,
+        Match::Uid { .. } | Match::Gid { .. } | Match::GidsNot(_) => 6,
+    }
+}
+
+/// Istio leaves out `meta l4proto` where a port match already implies it:
+/// raw-table rules, DNS redirects (except capture-all TCP), outbound-port
+/// redirects and outbound-port excludes.
+fn drops_l4proto(r: &Rule) -> bool {
+    let port = r.matches.iter().find_map(|m| match m {
+        Match::Dport { proto, neg, .. } => Some((*proto, *neg)),
+        Match::Sport { proto, .. } => Some((*proto, false)),
+        _ => None,
+    });
+    let Some((proto, negated)) = port else {
+        return false;
+    };
+    let has_addr = r
+        .matches
+        .iter()
+        .any(|m| matches!(m, Match::Dst { .. } | Match::Src { .. }));
+    r.table == Table::Raw
+        || (r.chain == Chain::OutputDns && (has_addr || proto == Proto::Udp))
+        || (r.chain == Chain::IstioOutput
+            && !negated
+            && matches!(r.target, Target::Jump(Chain::Redirect) | Target::Return))
+}
+
 fn render_rule(r: &Rule) -> String {
     let mut parts: Vec<String> = Vec::new();
     // Istio spells owners `skuid` in nat/mangle and `meta skuid` in raw.
-    let meta = if r.table == Table::Raw { "meta " } else { "" };
-    for m in &r.matches {
+    let raw = r.table == Table::Raw;
+    let meta = if raw { "meta " } else { "" };
+    let mut matches: Vec<&Match> = r.matches.iter().collect();
+    if drops_l4proto(r) {
+        matches.retain(|m| !matches!(m, Match::Proto(_)));
+    }
+    matches.sort_by_key(|m| rank(m, raw));
+    for m in matches {
         parts.push(match m {
             Match::InIface(i) => format!("iifname {i}"),
             Match::OutIface(i) => format!("oifname {i}"),

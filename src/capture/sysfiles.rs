@@ -105,34 +105,6 @@ pub fn host_has_global_ipv6() -> bool {
         .unwrap_or(false)
 }
 
-/// cluster.env as istio-start.sh's `set -a; . cluster.env` sees it, for the
-/// plain `KEY=value` / `KEY='value'` / `KEY="value"` lines istioctl writes.
-/// (The full parser with Istio's quoting lives in `bundle::ClusterEnv`.)
-pub fn parse_env(text: &str) -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((k, v)) = line.split_once('=') else {
-            continue;
-        };
-        let v = v.trim();
-        let v = if v.len() >= 2
-            && ((v.starts_with('\'') && v.ends_with('\''))
-                || (v.starts_with('"') && v.ends_with('"')))
-        {
-            &v[1..v.len() - 1]
-        } else {
-            v
-        };
-        m.insert(k.trim().to_string(), v.to_string());
-    }
-    m
-}
-
 /// The inputs of a render, read from `root`.
 pub struct Read {
     pub env: BTreeMap<String, String>,
@@ -155,8 +127,12 @@ pub fn read_inputs(root: &Path, live: bool) -> Result<Read> {
     })?;
     let resolv = read_optional(root, "/etc/resolv.conf")?.unwrap_or_default();
     let (uid, gid) = proxy_ids(root, crate::layout::PROXY_USER)?;
+    let path = root.join(crate::layout::CLUSTER_ENV.trim_start_matches('/'));
+    let env = crate::bundle::ClusterEnv::parse(env_text.as_bytes())
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?
+        .to_map();
     Ok(Read {
-        env: parse_env(&env_text),
+        env,
         resolv,
         uid,
         gid,
@@ -170,14 +146,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn env_lines_as_istioctl_writes_them() {
-        let m = parse_env(
-            "# c\nISTIO_INBOUND_PORTS='*'\nexport A=\"b c\"\nISTIO_SERVICE_CIDR=*\n\nX=\n",
-        );
-        assert_eq!(m["ISTIO_INBOUND_PORTS"], "*");
-        assert_eq!(m["A"], "b c");
-        assert_eq!(m["ISTIO_SERVICE_CIDR"], "*");
-        assert_eq!(m["X"], "");
+    fn placed_cluster_env_is_read_as_bash_would() {
+        let d = tempfile::tempdir().unwrap();
+        let envdir = d.path().join("var/lib/istio/envoy");
+        std::fs::create_dir_all(&envdir).unwrap();
+        std::fs::write(
+            envdir.join("cluster.env"),
+            "ISTIO_INBOUND_PORTS='*'\nISTIO_SERVICE_CIDR='*'\nISTIO_META_DNS_CAPTURE='true'\n",
+        )
+        .unwrap();
+        let r = read_inputs(d.path(), false).unwrap();
+        assert_eq!(r.env["ISTIO_INBOUND_PORTS"], "*");
+        assert_eq!(r.env["ISTIO_META_DNS_CAPTURE"], "true");
+        assert!(!r.host_ipv6);
+        std::fs::write(
+            envdir.join("cluster.env"),
+            "ISTIO_INBOUND_PORTS=$(reboot)\n",
+        )
+        .unwrap();
+        let e = read_inputs(d.path(), false).err().unwrap();
+        assert!(format!("{e:#}").contains("cluster.env"), "{e:#}");
     }
 
     #[test]

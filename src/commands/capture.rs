@@ -15,6 +15,7 @@ use crate::capture::live::{self, Resolved};
 use crate::capture::sysfiles::{self, read_inputs};
 use crate::capture::{self, Inputs, Rendered};
 use crate::cli::{Backend, CaptureAction, CaptureArgs};
+use crate::config::Config;
 use crate::error::Failure;
 use crate::layout;
 use crate::report::{Report, Step, StepStatus};
@@ -28,10 +29,116 @@ fn step(id: &str, status: StepStatus, detail: impl Into<String>) -> Step {
     }
 }
 
+/// What every action starts from: the backend (live only) and the
+/// rendering of the placed inputs (an error is kept: remove and status can
+/// go on without it).
+struct Prepared {
+    backend: Option<Resolved>,
+    rendered: Result<(capture::IstioConfig, Rendered)>,
+    steps: Vec<Step>,
+}
+
+fn prepare(root: &Path, config: &Config, requested: Backend, detect: bool) -> Result<Prepared> {
+    let live = root == Path::new("/");
+    let read = read_inputs(root, live);
+    let native_nft = read
+        .as_ref()
+        .ok()
+        .and_then(|r| r.env.get("NATIVE_NFTABLES").cloned())
+        .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "True" | "t" | "T"));
+    let backend = if live && detect {
+        Some(live::detect(requested, native_nft)?)
+    } else {
+        None
+    };
+    let model_backend = match (backend, requested) {
+        (Some(b), _) => b.model(),
+        (None, Backend::Nftables) => capture::Backend::Nftables,
+        (None, Backend::Auto) if native_nft => capture::Backend::Nftables,
+        (None, _) => capture::Backend::Iptables,
+    };
+    let mut steps = Vec::new();
+    if let Some(b) = backend {
+        steps.push(step("capture:backend", StepStatus::Ok, b.name()));
+    }
+    let rendered = read.and_then(|r| {
+        if r.uid.is_none() {
+            steps.push(step(
+                "capture:user",
+                StepStatus::Skipped,
+                "no istio-proxy user in /etc/passwd: owner rules use uid 1337 (Istio's default)",
+            ));
+        }
+        let inp = Inputs {
+            env: &r.env,
+            resolv_conf: &r.resolv,
+            uid: r.uid,
+            gid: r.gid,
+            host_ipv6: r.host_ipv6,
+            exclude_inbound_ports: &config.exclude_inbound_ports,
+            allow_ssh_capture: config.allow_ssh_capture,
+        };
+        capture::render(&inp, model_backend).map_err(anyhow::Error::from)
+    });
+    Ok(Prepared {
+        backend,
+        rendered,
+        steps,
+    })
+}
+
+/// Render from the placed files under `/`, apply live (a no-op when the
+/// rules are already in place), add TPROXY policy routing if needed and
+/// record the applied rules. For `install` (after it placed cluster.env)
+/// and `capture apply`.
+pub fn apply_on_root(root: &Path, config: &Config, requested: Backend) -> Result<live::Outcome> {
+    let p = prepare(root, config, requested, true)?;
+    let mut out = live::Outcome {
+        changed: false,
+        steps: p.steps,
+    };
+    let (cfg, r) = p.rendered?;
+    let b = p.backend.context("capture apply needs the live root /")?;
+    let applied = live::apply_live(&r, b)?;
+    out.changed |= applied.changed;
+    out.steps.extend(applied.steps);
+    if let Some(t) = tproxy_routing(&cfg) {
+        let routing = live::apply_tproxy_routing(&t)?;
+        out.changed |= routing.changed;
+        out.steps.extend(routing.steps);
+    }
+    let dir = sysfiles::resolve_in_root(root, layout::CAPTURE_DIR)?;
+    out.steps.extend(live::write_record(&dir, &r)?);
+    Ok(out)
+}
+
+/// Remove every Istio capture rule by state (all backends), helped by the
+/// current rendering and the record to find Istio's non-jump built-in
+/// rules; works even when cluster.env is gone. For `uninstall` and
+/// `capture remove`.
+pub fn remove_on_root(root: &Path, config: &Config) -> Result<live::Outcome> {
+    let p = prepare(root, config, Backend::Auto, false)?;
+    let mut known = Vec::new();
+    let mut route_tables = Vec::new();
+    if let Ok((cfg, r)) = p.rendered {
+        known.push(r);
+        route_tables.push(cfg.tproxy_route_table);
+    }
+    known.extend(recorded(root));
+    let mut out = live::remove_live(&known, &route_tables)?;
+    if !out.changed {
+        out.steps.push(step(
+            "capture:remove",
+            StepStatus::Ok,
+            "no Istio rules present",
+        ));
+    }
+    Ok(out)
+}
+
 pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
     let mut report = Report::new("capture");
-    let live = ctx.live();
-    if args.action != CaptureAction::Render && !live {
+    if args.action != CaptureAction::Render && !ctx.live() {
         return Err(Failure::Usage(format!(
             "`capture {}` changes or reads live netfilter state and is not available under \
              --root {}; use `capture render` (the capture unit applies the rules at boot)",
@@ -45,59 +152,12 @@ pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
     } else {
         args.backend
     };
-
-    // Render first: every action needs it except remove, which works by
-    // state and only uses the rendering to recognise Istio's built-in rules.
-    let read = read_inputs(&ctx.root, live);
-    let native_nft = read
-        .as_ref()
-        .ok()
-        .and_then(|r| r.env.get("NATIVE_NFTABLES").cloned())
-        .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "True" | "t" | "T"));
-
-    // Remove works by state across every backend, so it needs no choice
-    // (and must work on a mixed legacy/nft host, which detect refuses).
-    let backend = if live && args.action != CaptureAction::Remove {
-        Some(live::detect(requested, native_nft)?)
-    } else {
-        None
-    };
-    let model_backend = match (backend, requested) {
-        (Some(b), _) => b.model(),
-        (None, Backend::Nftables) => capture::Backend::Nftables,
-        (None, Backend::Auto) if native_nft => capture::Backend::Nftables,
-        (None, _) => capture::Backend::Iptables,
-    };
-
-    let rendered = read.and_then(|r| {
-        if r.uid.is_none() {
-            report.steps.push(step(
-                "capture:user",
-                StepStatus::Skipped,
-                "no istio-proxy user in /etc/passwd: owner rules use uid 1337 (Istio's default)",
-            ));
-        }
-        let inp = Inputs {
-            env: &r.env,
-            resolv_conf: &r.resolv,
-            uid: r.uid,
-            gid: r.gid,
-            host_ipv6: r.host_ipv6,
-            exclude_inbound_ports: &ctx.config.exclude_inbound_ports,
-            allow_ssh_capture: ctx.config.allow_ssh_capture,
-        };
-        capture::render(&inp, model_backend).map_err(anyhow::Error::from)
-    });
-
-    if let Some(b) = backend {
-        report
-            .steps
-            .push(step("capture:backend", StepStatus::Ok, b.name()));
-    }
-
     match args.action {
         CaptureAction::Render => {
-            let (cfg, r) = rendered?;
+            // The text does not depend on legacy vs nft: no detection needed.
+            let p = prepare(&ctx.root, &ctx.config, requested, false)?;
+            report.steps.extend(p.steps);
+            let (cfg, r) = p.rendered?;
             for n in &cfg.notes {
                 report
                     .steps
@@ -116,40 +176,21 @@ pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
             report.rules = Some(r.text());
         }
         CaptureAction::Apply => {
-            let (cfg, r) = rendered?;
-            let b = backend.context("internal: no backend")?;
-            let out = apply_live(&r, b)?;
+            let out = apply_on_root(&ctx.root, &ctx.config, requested)?;
             report.changed = out.changed;
             report.steps.extend(out.steps);
-            if let Some(t) = tproxy_routing(&cfg) {
-                let out = live::apply_tproxy_routing(&t)?;
-                report.changed |= out.changed;
-                report.steps.extend(out.steps);
-            }
         }
         CaptureAction::Remove => {
-            let mut known = Vec::new();
-            let mut route_tables = Vec::new();
-            if let Ok((cfg, r)) = rendered {
-                known.push(r);
-                route_tables.push(cfg.tproxy_route_table);
-            }
-            known.extend(recorded(&ctx.root));
-            let out = live::remove_live(&known, &route_tables)?;
-            if !out.changed {
-                report.steps.push(step(
-                    "capture:remove",
-                    StepStatus::Ok,
-                    "no Istio rules present",
-                ));
-            }
+            let out = remove_on_root(&ctx.root, &ctx.config)?;
             report.changed = out.changed;
             report.steps.extend(out.steps);
         }
         CaptureAction::Status => {
-            let b = backend.context("internal: no backend")?;
+            let p = prepare(&ctx.root, &ctx.config, requested, true)?;
+            report.steps.extend(p.steps);
+            let b = p.backend.context("internal: no backend")?;
             let mut routing_ok = true;
-            let r = match rendered {
+            let r = match p.rendered {
                 Ok((cfg, r)) => {
                     if let Some(t) = tproxy_routing(&cfg) {
                         routing_ok = live::tproxy_routing_present(&t);
@@ -176,18 +217,14 @@ pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
                     None
                 }
             };
+            // Status is a check: exit 1 when the live rules are missing or
+            // differ from what this VM's files render.
             let (steps, matches) = live::status(r.as_ref(), b)?;
             report.steps.extend(steps);
             report.ok = matches && routing_ok && r.is_some();
         }
     }
     Ok(report)
-}
-
-/// Apply live and report; the entry point install uses (after writing the
-/// record files).
-pub fn apply_live(r: &Rendered, b: Resolved) -> Result<live::Outcome> {
-    live::apply_live(r, b)
 }
 
 /// The policy routing TPROXY interception needs, if the mode is TPROXY.
@@ -227,5 +264,117 @@ fn action_name(a: CaptureAction) -> &'static str {
         CaptureAction::Apply => "apply",
         CaptureAction::Remove => "remove",
         CaptureAction::Status => "status",
+    }
+}
+
+// Plug-ins for install/uninstall (src/commands/install.rs wires them into
+// `generated_files`, `install_hooks`, `uninstall_hooks`).
+
+/// The capture record files for install's plan (root, 0600, under
+/// `layout::CAPTURE_DIR`, whose directory is root 0700), rendered from the
+/// cluster.env about to be placed (`env`, from the bundle) and the root's
+/// resolv.conf and istio-proxy ids. A refused rendering (SSH captured, bad
+/// value) is an error: install must stop before changing anything. Live,
+/// the apply hook rewrites them only if its rendering differs (e.g. the
+/// istio-proxy user was created by this same install).
+pub fn plan_records(
+    root: &Path,
+    config: &Config,
+    env: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<crate::plan::FileAction>> {
+    let live = root == Path::new("/");
+    let resolv = sysfiles::read_optional(root, "/etc/resolv.conf")?.unwrap_or_default();
+    let (uid, gid) = sysfiles::proxy_ids(root, layout::PROXY_USER)?;
+    let native_nft = env
+        .get("NATIVE_NFTABLES")
+        .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "True" | "t" | "T"));
+    let backend = match config.backend {
+        Backend::Nftables => capture::Backend::Nftables,
+        Backend::Auto if native_nft => capture::Backend::Nftables,
+        _ => capture::Backend::Iptables,
+    };
+    let inp = Inputs {
+        env,
+        resolv_conf: &resolv,
+        uid,
+        gid,
+        host_ipv6: live && sysfiles::host_has_global_ipv6(),
+        exclude_inbound_ports: &config.exclude_inbound_ports,
+        allow_ssh_capture: config.allow_ssh_capture,
+    };
+    let files = capture::record_files(&inp, backend)?;
+    Ok(files
+        .into_iter()
+        .map(|(name, content)| crate::plan::FileAction {
+            path: format!("{}/{name}", layout::CAPTURE_DIR),
+            content: content.into_bytes(),
+            owner: layout::Owner::Root,
+            mode: 0o600,
+            secret: false,
+        })
+        .collect())
+}
+
+/// Install's live hook: `capture apply` from the placed files; undone by
+/// removing the Istio rules again.
+pub fn apply_hook() -> crate::plan::Hook {
+    crate::plan::Hook {
+        id: "hook:capture-apply".into(),
+        detail: "apply the traffic capture rules (one transaction per family)".into(),
+        run: |env| apply_on_root(&env.root, &env.config, env.config.backend).map(|_| ()),
+        undo: Some(|env| remove_on_root(&env.root, &env.config).map(|_| ())),
+        after_change_of: Vec::new(),
+    }
+}
+
+/// Uninstall's live hook: remove every Istio capture rule by state; undone
+/// by applying again from the still-placed files.
+pub fn remove_hook() -> crate::plan::Hook {
+    crate::plan::Hook {
+        id: "hook:capture-remove".into(),
+        detail: "remove the traffic capture rules (by state, every backend)".into(),
+        run: |env| remove_on_root(&env.root, &env.config).map(|_| ()),
+        undo: Some(|env| apply_on_root(&env.root, &env.config, env.config.backend).map(|_| ())),
+        after_change_of: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_records_render_for_the_plan_and_refuse_ssh() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("etc")).unwrap();
+        std::fs::write(d.path().join("etc/resolv.conf"), "nameserver 127.0.0.53\n").unwrap();
+        std::fs::write(
+            d.path().join("etc/passwd"),
+            "istio-proxy:x:998:997::/var/lib/istio:/usr/sbin/nologin\n",
+        )
+        .unwrap();
+        let env: std::collections::BTreeMap<String, String> = [
+            ("ISTIO_INBOUND_PORTS", "*"),
+            ("ISTIO_META_DNS_CAPTURE", "true"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let files = plan_records(d.path(), &Config::default(), &env).unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].path, "/var/lib/istio-vm/capture/rules-v4");
+        assert_eq!(
+            (files[0].mode, files[0].owner),
+            (0o600, layout::Owner::Root)
+        );
+        let text = String::from_utf8(files[0].content.clone()).unwrap();
+        assert!(text.contains("--dport 22 -j RETURN"), "{text}");
+        assert!(text.contains("--uid-owner 998"), "{text}");
+        assert!(text.contains("-d 127.0.0.53/32"), "{text}");
+
+        let mut env = env;
+        env.insert("ISTIO_INBOUND_PORTS".into(), "22".into());
+        let e = plan_records(d.path(), &Config::default(), &env).unwrap_err();
+        assert!(format!("{e:#}").contains("SSH"), "{e:#}");
     }
 }

@@ -86,6 +86,7 @@ fn next_state(
         let Ok(r) = root.resolve(path) else { continue };
         if let Some(e) = entries.iter_mut().find(|e| e.path == r.real) {
             e.kind = kind.into();
+            e.id = Some(p.id.clone());
             if kind == "file" {
                 e.sha256 = digest;
             }
@@ -96,6 +97,44 @@ fn next_state(
         tool_version: env!("CARGO_PKG_VERSION").into(),
         bundle_sha256: bundle.digest(),
         entries,
+    }
+}
+
+// Where other areas plug in. Files are planned, backed up, placed, recorded
+// in state.json and removed by uninstall like every other file; hooks run only
+// live (root `/`), in order, after every file is placed, and their `undo` runs
+// if a later step fails.
+
+/// Generated files (systemd units and drop-in from units.rs, capture rule
+/// records under /var/lib/istio-vm/capture/).
+fn generated_files(unit_files: &[units::GeneratedFile]) -> Vec<plan::FileAction> {
+    unit_files
+        .iter()
+        .map(|f| plan::FileAction {
+            path: f.path.into(),
+            content: f.content.clone().into_bytes(),
+            owner: layout::Owner::Root,
+            mode: f.mode,
+            secret: false,
+        })
+        .collect()
+}
+
+/// Live hooks of an install (capture apply; systemctl daemon-reload, enable,
+/// start), e.g. `Hook { after_change_of: vec![layout::CAPTURE_UNIT.into()], .. }`.
+fn install_hooks(args: &InstallArgs, unit_files: &[units::GeneratedFile]) -> Vec<plan::Hook> {
+    systemd::install_hooks(unit_files, !args.no_start)
+}
+
+/// Live hooks of an uninstall, run before any file is restored (systemctl
+/// stop/disable, capture remove).
+fn uninstall_hooks(state: &State) -> Vec<plan::Hook> {
+    // The sidecar (and with it the capture unit and its rules) stops before
+    // its units go.
+    if state.entries.iter().any(|e| e.path == layout::ISTIO_DROPIN) {
+        vec![systemd::uninstall_stop_hook()]
+    } else {
+        Vec::new()
     }
 }
 
@@ -120,7 +159,7 @@ pub fn install(ctx: &Ctx, args: &InstallArgs) -> Result<Report> {
         return Ok(report);
     }
 
-    let root = Root::new(&ctx.root)?;
+    let root = Root::new(&ctx.root).map_err(|e| Failure::Usage(format!("{e:#}")))?;
     let live = root.is_slash();
     let _lock = if args.check {
         lock::acquire_shared(&root, ctx.config.lock_timeout)?
@@ -161,12 +200,16 @@ pub fn install(ctx: &Ctx, args: &InstallArgs) -> Result<Report> {
         &mut report,
         created_user.is_some(),
     );
-    if result.is_err()
-        && let Some(c) = created_user
-    {
-        user::undo(c)?;
+    if let Err(e) = result {
+        if let Some(c) = created_user
+            && let Err(u) = user::undo(c)
+        {
+            return Err(e.context(format!(
+                "removing the istio-proxy user this run created failed too: {u:#}"
+            )));
+        }
+        return Err(e);
     }
-    result?;
     Ok(report)
 }
 
@@ -178,27 +221,37 @@ fn install_locked(
     report: &mut Report,
     created_user: bool,
 ) -> Result<()> {
-    let live = root.is_slash();
-    let unit_files = units::render(&units::Options {
-        capture: !args.no_capture,
-    });
+    let capture = !args.no_capture && ctx.config.capture;
+    let unit_files = units::render(&units::Options { capture });
+    let mut extra_files = generated_files(&unit_files);
+    let mut extra_dirs = Vec::new();
+    if capture {
+        // The record of the rules; the capture unit renders afresh at each
+        // start, so this is what `capture status` and a reader compare with.
+        // A refused rendering (e.g. SSH captured) stops the install here,
+        // before anything changed.
+        let env = bundle::ClusterEnv::parse(bundle.file(bundle::CLUSTER_ENV).unwrap_or_default())
+            .map_err(|e| anyhow::anyhow!("cluster.env: {e}"))?;
+        extra_dirs.push(plan::DirAction {
+            path: layout::CAPTURE_DIR.into(),
+            owner: layout::Owner::Root,
+            mode: 0o700,
+        });
+        extra_files.extend(crate::commands::capture::plan_records(
+            &ctx.root,
+            &ctx.config,
+            &env.to_map(),
+        )?);
+    }
     let input = plan::Input {
         bundle: Some(bundle),
-        live,
+        live: root.is_slash(),
         cloud_init_templates: cloudinit::hosts_templates(root)?,
-        extra_files: unit_files
-            .iter()
-            .map(|f| plan::FileAction {
-                path: f.path.into(),
-                content: f.content.clone().into_bytes(),
-                owner: layout::Owner::Root,
-                mode: f.mode,
-                secret: false,
-            })
-            .collect(),
+        extra_dirs,
+        extra_files,
         // Under --root nothing is started: the units come up at first boot.
-        hooks: if live {
-            systemd::install_hooks(&unit_files, !args.no_start)
+        hooks: if root.is_slash() {
+            install_hooks(args, &unit_files)
         } else {
             Vec::new()
         },
@@ -242,13 +295,14 @@ fn install_locked(
         |recorded| Some(next_state(old.as_ref(), root, bundle, &planned, recorded)),
         &mut done,
     )?;
-    report.changed = true;
+    // A rewrite of state.json alone (e.g. a new tool version) is bookkeeping.
+    report.changed |= !ops.is_empty();
     Ok(())
 }
 
 pub fn uninstall(ctx: &Ctx) -> Result<Report> {
     let mut report = Report::new("uninstall");
-    let root = Root::new(&ctx.root)?;
+    let root = Root::new(&ctx.root).map_err(|e| Failure::Usage(format!("{e:#}")))?;
     let _lock = lock::acquire(&root, ctx.config.lock_timeout)?;
     if let Some(detail) = apply::recover(&root)? {
         report.steps.push(Step {
@@ -270,14 +324,25 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
     };
     let can_chown = nix::unistd::geteuid().is_root();
     let mut ops: Vec<(String, Op)> = Vec::new();
+    if root.is_slash() {
+        for h in uninstall_hooks(&state) {
+            report.steps.push(Step {
+                id: h.id.clone(),
+                status: StepStatus::Changed,
+                detail: h.detail.clone(),
+                diff: None,
+            });
+            ops.push((h.id.clone(), Op::Hook(h)));
+        }
+    }
     for e in state.entries.iter().rev().filter(|e| !e.meta) {
         let host = root.resolve(&e.path)?.host;
         let cur = fsops::read_current(&host)?;
-        let id = match e.kind.as_str() {
+        let id = e.id.clone().unwrap_or_else(|| match e.kind.as_str() {
             "block" => format!("hosts:{}", e.path),
             "dir" => format!("dir:{}", e.path),
             _ => format!("file:{}", e.path),
-        };
+        });
         let (detail, op) = match (e.kind.as_str(), &e.prior, &cur) {
             (
                 "block",
@@ -294,15 +359,25 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
                 if new == *bytes {
                     continue;
                 }
-                (
-                    "removed the istio-vm block",
-                    Op::Write {
-                        path: e.path.clone(),
-                        content: new,
-                        mode: *mode,
-                        owner: can_chown.then_some((*uid, *gid)),
-                    },
-                )
+                if new.is_empty() && e.prior == Prior::Absent {
+                    // install created the file for the block alone.
+                    (
+                        "removed (created by install for the istio-vm block)",
+                        Op::Remove {
+                            path: e.path.clone(),
+                        },
+                    )
+                } else {
+                    (
+                        "removed the istio-vm block",
+                        Op::Write {
+                            path: e.path.clone(),
+                            content: new,
+                            mode: *mode,
+                            owner: can_chown.then_some((*uid, *gid)),
+                        },
+                    )
+                }
             }
             ("block", _, _) => continue,
             (_, Prior::Absent, Current::Absent) => continue,
@@ -382,28 +457,16 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
         });
         ops.push((id, op));
     }
-    // Live: the sidecar (and with it the capture unit and its rules) stops
-    // before its units go, and systemd forgets them after.
+    // systemd forgets the removed units after they are gone.
     if root.is_slash() && state.entries.iter().any(|e| e.path == layout::ISTIO_DROPIN) {
-        for (at_start, hook) in [
-            (true, systemd::uninstall_stop_hook()),
-            (false, systemd::uninstall_reload_hook()),
-        ] {
-            let step = Step {
-                id: hook.id.clone(),
-                status: StepStatus::Changed,
-                detail: hook.detail.clone(),
-                diff: None,
-            };
-            let op = (hook.id.clone(), Op::Hook(hook));
-            if at_start {
-                report.steps.insert(0, step);
-                ops.insert(0, op);
-            } else {
-                report.steps.push(step);
-                ops.push(op);
-            }
-        }
+        let hook = systemd::uninstall_reload_hook();
+        report.steps.push(Step {
+            id: hook.id.clone(),
+            status: StepStatus::Changed,
+            detail: hook.detail.clone(),
+            diff: None,
+        });
+        ops.push((hook.id.clone(), Op::Hook(hook)));
     }
     let mut done = |id: &str, detail: Option<String>| {
         if let (Some(d), Some(s)) = (detail, report.steps.iter_mut().find(|s| s.id == id)) {

@@ -9,7 +9,7 @@ use crate::cli::{Cli, Command, Output};
 use crate::config::Config;
 use crate::report::Report;
 
-mod capture;
+pub mod capture;
 mod install;
 mod validate;
 mod verify;

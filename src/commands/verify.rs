@@ -1,7 +1,5 @@
 //! `istio-vm verify`: runs the checks of `crate::verify` and reports them.
 
-use std::time::Duration;
-
 use anyhow::Result;
 
 use super::Ctx;
@@ -9,16 +7,9 @@ use crate::cli::VerifyArgs;
 use crate::report::Report;
 use crate::verify;
 
-/// clap's default for `--timeout`; when the flag still has it, the config
-/// file or environment (`timeout`, `ISTIO_VM_TIMEOUT`) decides.
-const FLAG_DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
-
 pub fn run(ctx: &Ctx, args: &VerifyArgs) -> Result<Report> {
-    let timeout = if args.timeout == FLAG_DEFAULT_TIMEOUT {
-        ctx.config.timeout
-    } else {
-        args.timeout
-    };
+    // The flag wins over the config file and ISTIO_VM_TIMEOUT (default 3s).
+    let timeout = args.timeout.unwrap_or(ctx.config.timeout);
     let opts = verify::Options {
         root: ctx.root.clone(),
         live: ctx.live(),

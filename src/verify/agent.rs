@@ -139,35 +139,64 @@ pub async fn service(live: bool) -> Check {
             "run verify without --root on the VM to check istio.service",
         );
     }
+    // LoadState tells a missing package from a stopped service.
     let out = tokio::task::spawn_blocking(|| {
         std::process::Command::new("systemctl")
-            .args(["is-active", "istio.service"])
+            .args([
+                "show",
+                "--property=LoadState,ActiveState,SubState",
+                "istio.service",
+            ])
             .output()
     })
     .await;
-    match out {
+    let o = match out {
+        Ok(Ok(o)) if o.status.success() => o,
         Ok(Ok(o)) => {
-            let state = String::from_utf8_lossy(&o.stdout).trim().to_string();
-            if state == "active" {
-                pass(id, "istio.service is active")
-            } else {
-                fail(
-                    id,
-                    format!(
-                        "istio.service is {}",
-                        if state.is_empty() { "unknown" } else { &state }
-                    ),
-                    "start it with `systemctl enable --now istio` (the istio.io guide never enables it, so it does not start at boot); \
-                     if it keeps restarting see `journalctl -u istio` and /var/log/istio/istio.err.log",
-                )
-            }
+            let why = String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
+            return skip(
+                id,
+                format!("systemctl cannot tell: {why}"),
+                "systemd is not running here (a container?): check the sidecar process by hand",
+            );
         }
-        _ => skip(
+        _ => {
+            return skip(
+                id,
+                "systemctl is not available here",
+                "check the sidecar process by hand (ps, journalctl)",
+            );
+        }
+    };
+    let text = String::from_utf8_lossy(&o.stdout);
+    let prop = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+            .unwrap_or("")
+            .to_string()
+    };
+    let (load, active, sub) = (prop("LoadState"), prop("ActiveState"), prop("SubState"));
+    if load == "not-found" {
+        return fail(
             id,
-            "systemctl is not available here",
-            "check the sidecar process by hand (ps, journalctl)",
-        ),
+            "istio.service does not exist",
+            "install the istio-sidecar package (.deb/.rpm from the Istio release): it ships pilot-agent, Envoy and istio.service",
+        );
     }
+    if active == "active" {
+        return pass(id, format!("istio.service is active ({sub})"));
+    }
+    let hint = if active == "activating" || active == "failed" {
+        "istio.service keeps failing: see `journalctl -u istio` and /var/log/istio/istio.err.log (log.errors below)"
+    } else {
+        "start it with `systemctl enable --now istio` (the istio.io guide never enables it, so it does not start at boot)"
+    };
+    fail(id, format!("istio.service is {active} ({sub})"), hint)
 }
 
 pub async fn ready(timeout: Duration) -> Check {

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 use tonic::metadata::MetadataValue;
 
@@ -26,6 +27,28 @@ impl Issued {
     pub fn key_clone(&self) -> PrivateKeyDer<'static> {
         self.key.clone_key()
     }
+}
+
+/// The workload certificate and key the agent wrote, when the certificate is
+/// valid now: pilot-agent presents them on the CA connection and istiod tries
+/// them before the token (pilot/pkg/grpc/tls.go, reference §4.3), which is how
+/// a VM renews after its token expired.
+pub fn workload_credential(
+    inputs: &Inputs,
+    now: i64,
+) -> Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, i64)> {
+    let (cert_pem, key_pem) = inputs.workload.as_ref()?;
+    let certs = files::parse_pem_certs(cert_pem).ok()?;
+    let (not_before, not_after) = certs.first().map(|(c, _)| (c.not_before, c.not_after))?;
+    if now < not_before || now > not_after {
+        return None;
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).ok()?;
+    let chain = certs
+        .into_iter()
+        .map(|(_, d)| CertificateDer::from(d))
+        .collect();
+    Some((chain, key, not_after))
 }
 
 /// Key pair and PEM CSR for `identity`. istiod ignores the CSR's names and
@@ -63,20 +86,31 @@ pub async fn check(
             None,
         );
     };
-    let Some(token) = inputs.token.as_deref() else {
+    let now = super::now();
+    let credential_until = workload_credential(inputs, now).map(|(_, _, until)| until);
+    let token = inputs
+        .token
+        .as_deref()
+        .map(|t| String::from_utf8_lossy(t).trim().to_string());
+    if token.is_none() && credential_until.is_none() {
         return (
-            fail(id, "no token to authenticate with", "see files.token"),
+            fail(
+                id,
+                "no token and no valid workload certificate to authenticate with",
+                "see files.token: place a fresh token",
+            ),
             None,
         );
-    };
-    let token = String::from_utf8_lossy(token).trim().to_string();
-    let claims = files::decode_claims(token.as_bytes()).ok();
+    }
+    let claims = token
+        .as_deref()
+        .and_then(|t| files::decode_claims(t.as_bytes()).ok());
     let Some(pem) = inputs.root_cert_pem.as_deref() else {
         return (fail(id, "no root-cert.pem", "see files.root_cert"), None);
     };
     match tokio::time::timeout(
         timeout,
-        call(pem, t, addrs, &token, &identity, inputs, timeout),
+        call(pem, t, addrs, token.as_deref(), &identity, inputs, timeout),
     )
     .await
     {
@@ -94,7 +128,20 @@ pub async fn check(
         ),
         Ok(Err(c)) => (c, None),
         Ok(Ok((chain_pem, key))) => {
-            verify_chain(id, pem, &chain_pem, key, &identity, claims.as_ref(), t)
+            let (mut c, issued) =
+                verify_chain(id, pem, &chain_pem, key, &identity, claims.as_ref(), t);
+            if let Some(until) = credential_until {
+                let expired = claims.as_ref().and_then(|c| c.exp).is_none_or(|e| e <= now);
+                c.detail.push_str(&if expired {
+                    format!(
+                        "; authenticated with the workload certificate (the token has expired): this VM keeps renewing as long as it renews before {}",
+                        files::fmt_time(until)
+                    )
+                } else {
+                    "; presented the workload certificate and the token, as the agent does".to_string()
+                });
+            }
+            (c, issued)
         }
     }
 }
@@ -103,13 +150,14 @@ async fn call(
     root_pem: &[u8],
     t: &Target,
     addrs: &[SocketAddr],
-    token: &str,
+    token: Option<&str>,
     identity: &Identity,
     inputs: &Inputs,
     timeout: Duration,
 ) -> Result<(Vec<String>, rcgen::KeyPair), Check> {
     let id = "ca.token";
-    let tls = Tls::new(root_pem, None).map_err(|e| fail(id, e.clone(), "see files.root_cert"))?;
+    let client = workload_credential(inputs, super::now()).map(|(c, k, _)| (c, k));
+    let tls = Tls::new(root_pem, client).map_err(|e| fail(id, e.clone(), "see files.root_cert"))?;
     let tcp = net::tcp_connect(addrs, timeout)
         .await
         .map_err(|e| net::tcp_failure(id, t, &e, timeout))?;
@@ -127,14 +175,16 @@ async fn call(
         validity_duration: 3600,
         metadata: None,
     });
-    let bearer = MetadataValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-        fail(
-            id,
-            "the token has characters a header cannot carry",
-            "place the token exactly as istioctl wrote it",
-        )
-    })?;
-    req.metadata_mut().insert("authorization", bearer);
+    if let Some(token) = token {
+        let bearer = MetadataValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            fail(
+                id,
+                "the token has characters a header cannot carry",
+                "place the token exactly as istioctl wrote it",
+            )
+        })?;
+        req.metadata_mut().insert("authorization", bearer);
+    }
     // The agent sends its cluster ID so istiod picks the right kube client
     // for the TokenReview (security/pkg/nodeagent/caclient/providers/citadel).
     if let Some(cid) = inputs

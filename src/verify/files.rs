@@ -4,7 +4,6 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use base64::Engine;
 use x509_parser::prelude::*;
 
 use super::inputs::{self, Inputs};
@@ -31,45 +30,12 @@ pub fn proxy_ids(root: &Path) -> Option<(u32, u32)> {
     })
 }
 
-/// Token claims verify needs (decoded only: the signature is the API server's business).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Claims {
-    pub sub: Option<String>,
-    pub aud: Vec<String>,
-    pub exp: Option<i64>,
-    pub nbf: Option<i64>,
-}
+pub use crate::bundle::token::Claims;
 
+/// The token's claims, decoded only: the signature is the API server's
+/// business (istiod checks it with a TokenReview).
 pub fn decode_claims(token: &[u8]) -> Result<Claims, String> {
-    let text = std::str::from_utf8(token)
-        .map_err(|_| "the token is not text".to_string())?
-        .trim();
-    let parts: Vec<&str> = text.split('.').collect();
-    if parts.len() != 3 {
-        return Err(format!(
-            "the token is not a JWT (header.payload.signature): it has {} part(s)",
-            parts.len()
-        ));
-    }
-    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(parts[1].trim_end_matches('='))
-        .map_err(|_| "the token payload is not base64url".to_string())?;
-    let v: serde_json::Value = serde_json::from_slice(&payload)
-        .map_err(|_| "the token payload is not JSON".to_string())?;
-    let aud = match &v["aud"] {
-        serde_json::Value::String(s) => vec![s.clone()],
-        serde_json::Value::Array(a) => a
-            .iter()
-            .filter_map(|x| x.as_str().map(str::to_string))
-            .collect(),
-        _ => Vec::new(),
-    };
-    Ok(Claims {
-        sub: v["sub"].as_str().map(str::to_string),
-        aud,
-        exp: v["exp"].as_i64(),
-        nbf: v["nbf"].as_i64(),
-    })
+    Claims::decode(token).map_err(|e| format!("the token {e}"))
 }
 
 /// A certificate's validity window and URI SANs.
@@ -142,14 +108,22 @@ pub fn fmt_time(t: i64) -> String {
         .unwrap_or_else(|| t.to_string())
 }
 
-fn check_id(p: &Placement) -> &'static str {
+fn check_id(p: &Placement) -> String {
     match p.path {
-        layout::ROOT_CERT => "files.root_cert",
-        layout::TOKEN => "files.token",
-        layout::TOKEN_PERSISTENT => "files.token_persistent",
-        layout::CLUSTER_ENV => "files.cluster_env",
-        layout::MESH_CONFIG => "files.mesh_config",
-        _ => "files.other",
+        layout::ROOT_CERT => "files.root_cert".into(),
+        layout::TOKEN => "files.token".into(),
+        layout::TOKEN_PERSISTENT => "files.token_persistent".into(),
+        layout::CLUSTER_ENV => "files.cluster_env".into(),
+        layout::MESH_CONFIG => "files.mesh_config".into(),
+        // A placement added to layout.rs later still gets a stable id.
+        other => format!(
+            "files.{}",
+            other
+                .rsplit('/')
+                .next()
+                .unwrap_or(other)
+                .replace(['-', '.'], "_")
+        ),
     }
 }
 
@@ -208,17 +182,17 @@ pub fn checks(root: &Path, live: bool, inputs: &Inputs, now: i64) -> Vec<Check> 
     let workload = workload_cert(root, inputs, now);
     let mut out = Vec::new();
     for p in layout::PLACEMENTS {
-        let id = check_id(p);
+        let id = &check_id(p);
         let problems = match owner_mode(root, p, proxy, live) {
             Ok(v) => v,
             Err(e) => {
                 let hint = match p.path {
                     layout::TOKEN => format!(
-                        "{e}: /var/run is a tmpfs and a reboot empties it; run `istio-vm install` again \
+                        "/var/run is a tmpfs and a reboot empties it; run `istio-vm install` again \
                          (it restores the token from {}) or place a fresh token",
                         layout::TOKEN_PERSISTENT
                     ),
-                    _ => format!("{e}: run `istio-vm install --bundle DIR` to place it"),
+                    _ => "run `istio-vm install --bundle DIR` to place it".to_string(),
                 };
                 out.push(fail(id, e, hint));
                 continue;
@@ -229,6 +203,7 @@ pub fn checks(root: &Path, live: bool, inputs: &Inputs, now: i64) -> Vec<Check> 
             layout::TOKEN => token(inputs, &workload, now),
             layout::CLUSTER_ENV => cluster_env(inputs),
             layout::MESH_CONFIG => mesh_config(root),
+            layout::TOKEN_PERSISTENT => persistent_token(root, inputs),
             _ => Ok(("present".to_string(), None)),
         };
         let c = match (problems.first(), content) {
@@ -264,14 +239,14 @@ type Content = Result<(String, Option<String>), (String, String)>;
 
 fn root_cert(inputs: &Inputs, now: i64) -> Content {
     let pem = inputs.root_cert_pem.as_deref().unwrap_or_default();
-    let certs = parse_pem_certs(pem).map_err(|e| {
+    let certs = crate::bundle::root_cert::parse(pem).map_err(|e| {
         (
             format!("{}: {e}", layout::ROOT_CERT),
             "place the bundle's root-cert.pem (the istio-ca-root-cert configmap's root-cert.pem)"
                 .into(),
         )
     })?;
-    for (c, _) in &certs {
+    for c in &certs {
         if now > c.not_after {
             return Err((
                 format!("root certificate {} expired at {}", c.subject, fmt_time(c.not_after)),
@@ -296,15 +271,11 @@ fn root_cert(inputs: &Inputs, now: i64) -> Content {
             ));
         }
     }
-    let first = certs
-        .iter()
-        .map(|(c, _)| c.not_after)
-        .min()
-        .unwrap_or(i64::MAX);
+    let first = certs.iter().map(|c| c.not_after).min().unwrap_or(i64::MAX);
     let detail = format!(
         "{} certificate(s), {}, valid until {}",
         certs.len(),
-        certs[0].0.subject,
+        certs[0].subject,
         fmt_time(first)
     );
     let soon = (first - now < CERT_SOON_SECS).then(|| {
@@ -460,6 +431,31 @@ fn token(inputs: &Inputs, workload: &Workload, now: i64) -> Content {
     }
 }
 
+/// The copy tmpfiles.d puts back into /var/run at boot must be the token in use.
+fn persistent_token(root: &Path, inputs: &Inputs) -> Content {
+    let copy = inputs::read(root, layout::TOKEN_PERSISTENT).map_err(|e| (e, String::new()))?;
+    match &inputs.token {
+        Some(t) if *t != copy => Ok((
+            format!("differs from {}", layout::TOKEN),
+            Some(format!(
+                "after a reboot the copy in {} replaces the token in use: run `istio-vm install` with the current token so both match",
+                layout::TOKEN_PERSISTENT
+            )),
+        )),
+        Some(_) => Ok((
+            format!("same as {}: survives a reboot", layout::TOKEN),
+            None,
+        )),
+        None => Ok((
+            format!(
+                "present; {} is missing and is restored from it at boot",
+                layout::TOKEN
+            ),
+            None,
+        )),
+    }
+}
+
 fn cluster_env(inputs: &Inputs) -> Content {
     if let Some(e) = &inputs.env_error {
         return Err((
@@ -591,6 +587,7 @@ mod tests {
     use super::*;
 
     fn jwt(payload: &str) -> Vec<u8> {
+        use base64::Engine;
         let e = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
         format!("{}.{}.{}", e("{\"alg\":\"RS256\"}"), e(payload), e("sig")).into_bytes()
     }

@@ -1,6 +1,9 @@
 //! A tonic channel over a TLS connection verify made (and classified) itself.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -9,20 +12,36 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Hands the already-verified stream to tonic exactly once; a reconnect
 /// attempt fails rather than silently dialling without our checks.
-pub async fn channel(stream: TlsStream<TcpStream>, authority: &str) -> Result<Channel, String> {
-    let slot = Arc::new(Mutex::new(Some(stream)));
-    let connector = tower::service_fn(move |_: Uri| {
-        let taken = slot.lock().ok().and_then(|mut s| s.take());
-        async move {
+#[derive(Clone)]
+struct OneShot(Arc<Mutex<Option<TlsStream<TcpStream>>>>);
+
+type Connecting =
+    Pin<Box<dyn Future<Output = std::io::Result<TokioIo<TlsStream<TcpStream>>>> + Send>>;
+
+impl tower::Service<Uri> for OneShot {
+    type Response = TokioIo<TlsStream<TcpStream>>;
+    type Error = std::io::Error;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let taken = self.0.lock().ok().and_then(|mut s| s.take());
+        Box::pin(async move {
             taken
                 .map(TokioIo::new)
                 .ok_or_else(|| std::io::Error::other("connection already used"))
-        }
-    });
+        })
+    }
+}
+
+pub async fn channel(stream: TlsStream<TcpStream>, authority: &str) -> Result<Channel, String> {
     // The scheme only shapes `:scheme`/`:authority`; TLS is already done.
     Endpoint::from_shared(format!("http://{authority}"))
         .map_err(|e| format!("bad address {authority}: {e}"))?
-        .connect_with_connector(connector)
+        .connect_with_connector(OneShot(Arc::new(Mutex::new(Some(stream)))))
         .await
         .map_err(|e| format!("HTTP/2 setup failed: {e}"))
 }

@@ -6,6 +6,7 @@ use std::io;
 use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
 
+use crate::bundle::{ClusterEnv, MeshConfig};
 use crate::layout;
 
 /// Istio's default when the mesh config names no discovery address
@@ -172,6 +173,9 @@ pub struct Inputs {
     pub target_error: Option<String>,
     pub root_cert_pem: Option<Vec<u8>>,
     pub token: Option<Vec<u8>>,
+    /// The agent's workload certificate chain and key (`OUTPUT_CERTS`), if
+    /// both files exist; the agent presents them to the CA and to istiod.
+    pub workload: Option<(Vec<u8>, Vec<u8>)>,
     /// Entries of the VM's /etc/hosts (the whole file).
     pub hosts: Vec<(IpAddr, Vec<String>)>,
     /// Entries inside the `# BEGIN istio-vm` block only.
@@ -182,8 +186,8 @@ impl Inputs {
     pub fn load(root: &Path) -> Inputs {
         let mut i = Inputs::default();
         match read(root, layout::CLUSTER_ENV) {
-            Ok(b) => match parse_env(&String::from_utf8_lossy(&b)) {
-                Ok(m) => i.env = m,
+            Ok(b) => match ClusterEnv::parse(&b) {
+                Ok(e) => i.env = e.to_map(),
                 Err(e) => i.env_error = Some(format!("{}: {e}", layout::CLUSTER_ENV)),
             },
             Err(e) => i.env_error = Some(e),
@@ -217,6 +221,12 @@ impl Inputs {
         }
         i.root_cert_pem = read(root, layout::ROOT_CERT).ok();
         i.token = read(root, layout::TOKEN).ok();
+        if let (Ok(c), Ok(k)) = (
+            read(root, super::files::WORKLOAD_CERT),
+            read(root, super::files::WORKLOAD_KEY),
+        ) {
+            i.workload = Some((c, k));
+        }
         if let Ok(b) = read(root, layout::ETC_HOSTS) {
             let text = String::from_utf8_lossy(&b);
             i.hosts = parse_hosts(&text);
@@ -262,76 +272,17 @@ impl Inputs {
     }
 }
 
-/// `defaultConfig.discoveryAddress` of a mesh config (MeshConfig YAML).
+/// `defaultConfig.discoveryAddress` of a mesh config.
 pub fn discovery_address(yaml: &[u8]) -> Option<String> {
-    let v: serde_yaml_ng::Value = serde_yaml_ng::from_slice(yaml).ok()?;
-    v.get("defaultConfig")?
-        .get("discoveryAddress")?
-        .as_str()
+    MeshConfig::parse(yaml)
+        .ok()?
+        .discovery_address
         .filter(|s| !s.trim().is_empty())
-        .map(str::to_string)
 }
 
-/// cluster.env as bash reads it (istio-start.sh `source`s it): `KEY=value`
-/// lines, values in POSIX single or double quotes or bare, `#` comments.
-pub fn parse_env(text: &str) -> Result<BTreeMap<String, String>, String> {
-    let mut m = BTreeMap::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let (k, raw) = line
-            .split_once('=')
-            .ok_or_else(|| format!("line {}: expected KEY=value", n + 1))?;
-        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("line {}: `{k}` is not a variable name", n + 1));
-        }
-        m.insert(
-            k.to_string(),
-            unquote(raw).map_err(|e| format!("line {}: {e}", n + 1))?,
-        );
-    }
-    Ok(m)
-}
-
-fn unquote(raw: &str) -> Result<String, String> {
-    let mut out = String::new();
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => loop {
-                match chars.next() {
-                    Some('\'') => break,
-                    Some(c) => out.push(c),
-                    None => return Err("unterminated single quote".into()),
-                }
-            },
-            '"' => loop {
-                match chars.next() {
-                    Some('"') => break,
-                    Some('\\') => match chars.next() {
-                        Some(c) => out.push(c),
-                        None => return Err("unterminated double quote".into()),
-                    },
-                    Some(c) => out.push(c),
-                    None => return Err("unterminated double quote".into()),
-                }
-            },
-            '\\' => {
-                if let Some(c) = chars.next() {
-                    out.push(c)
-                }
-            }
-            c if c.is_whitespace() => break,
-            c => out.push(c),
-        }
-    }
-    Ok(out)
-}
-
-/// `addr name...` lines of a hosts file; comments and bad lines skipped.
+/// `addr name...` lines of the VM's /etc/hosts; comments and lines a
+/// resolver would ignore are skipped (unlike the bundle's strict hosts parser,
+/// this file is the system's and may hold anything).
 pub fn parse_hosts(text: &str) -> Vec<(IpAddr, Vec<String>)> {
     text.lines()
         .filter_map(|l| {
@@ -395,21 +346,6 @@ mod tests {
         );
         assert!(Target::parse("istiod:http", None, "x").is_err());
         assert!(Target::parse(":15012", None, "x").is_err());
-    }
-
-    #[test]
-    fn env_quoting_as_bash_reads_it() {
-        let m =
-            parse_env("A='x y'\nB=''\nC='it'\"'\"'s'\nD=bare\n# c\nE=\"q\\\"d\"\nexport F='1'\n")
-                .unwrap();
-        assert_eq!(m["A"], "x y");
-        assert_eq!(m["B"], "");
-        assert_eq!(m["C"], "it's");
-        assert_eq!(m["D"], "bare");
-        assert_eq!(m["E"], "q\"d");
-        assert_eq!(m["F"], "1");
-        assert!(parse_env("A='x\n").is_err());
-        assert!(parse_env("no equals\n").is_err());
     }
 
     #[test]

@@ -124,6 +124,11 @@ pub fn run(opts: &Options) -> Result<Vec<Check>> {
             }
             break checks;
         }
+        tracing::info!(
+            "verify attempt {attempt}: failing {}; retrying ({}s left)",
+            failing.join(", "),
+            left.as_secs()
+        );
         if progress {
             eprint!(
                 "\r\x1b[Kverify: attempt {attempt}: {} failing ({}), {}s left",
@@ -134,7 +139,8 @@ pub fn run(opts: &Options) -> Result<Vec<Check>> {
         }
         // Retry cadence, not synchronisation: the next attempt re-reads
         // everything from scratch.
-        rt.block_on(tokio::time::sleep(left.min(Duration::from_secs(1))));
+        let pause = left.min(Duration::from_secs(1));
+        rt.block_on(async move { tokio::time::sleep(pause).await });
     };
     // A getaddrinfo stuck on a dead resolver must not hold the exit.
     rt.shutdown_background();
@@ -150,7 +156,7 @@ pub async fn once(opts: &Options) -> Vec<Check> {
         .map(|c| timed(t, c))
         .collect();
     let (chain, agent, probes) = tokio::join!(
-        network(&inputs, opts.timeout),
+        network(&inputs, opts.live, opts.timeout),
         agent_checks(opts, &inputs),
         probe_checks(opts)
     );
@@ -163,11 +169,10 @@ pub async fn once(opts: &Options) -> Vec<Check> {
 }
 
 /// dns -> tcp -> tls -> ca -> xds; a failed step skips the ones after it.
-async fn network(inputs: &inputs::Inputs, timeout: Duration) -> Vec<Check> {
+async fn network(inputs: &inputs::Inputs, live: bool, timeout: Duration) -> Vec<Check> {
     let mut out = Vec::new();
     let t = Instant::now();
-    let (c, resolved) = net::dns(inputs, timeout).await;
-    let dns_ok = c.status == CheckStatus::Pass;
+    let (c, resolved) = net::dns(inputs, live, timeout).await;
     out.push(timed(t, c));
     let (Some(target), Some(addrs)) = (inputs.discovery.clone(), resolved.discovery) else {
         for id in ["tcp.discovery", "tls.handshake", "ca.token", "xds.stream"] {
@@ -196,12 +201,6 @@ async fn network(inputs: &inputs::Inputs, timeout: Duration) -> Vec<Check> {
     if inputs.ca.is_none() && !tls_ok {
         for id in ["ca.token", "xds.stream"] {
             out.push(blocked(id, "tls.handshake"));
-        }
-        return out;
-    }
-    if !dns_ok {
-        for id in ["ca.token", "xds.stream"] {
-            out.push(blocked(id, "dns.discovery"));
         }
         return out;
     }

@@ -74,7 +74,9 @@ pub struct Resolved {
     pub ca: Option<Vec<SocketAddr>>,
 }
 
-pub async fn dns(inputs: &Inputs, timeout: Duration) -> (Check, Resolved) {
+/// `live` is false under `--root`: names then resolve through this machine's
+/// resolver, not the image's /etc/hosts.
+pub async fn dns(inputs: &Inputs, live: bool, timeout: Duration) -> (Check, Resolved) {
     let id = "dns.discovery";
     let none = Resolved {
         discovery: None,
@@ -107,9 +109,16 @@ pub async fn dns(inputs: &Inputs, timeout: Duration) -> (Check, Resolved) {
                          has only a hostname: regenerate with --ingressIP <gateway IP> (istio#31624)",
                         t.host
                     )
+                } else if !live {
+                    format!(
+                        "the root's /etc/hosts maps {} but verify --root resolves through this machine's resolver: \
+                         the block takes effect when the image boots; run verify on the VM itself",
+                        t.host
+                    )
                 } else {
                     format!(
-                        "{} does not resolve through this VM's resolver: check /etc/nsswitch.conf and /etc/hosts",
+                        "{} does not resolve through this VM's resolver although /etc/hosts names it: \
+                         check the `hosts:` line of /etc/nsswitch.conf (it must include `files`)",
                         t.host
                     )
                 };

@@ -333,7 +333,17 @@ impl FakeIstiod {
         });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let svc = Svc(state.clone());
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // grpc-go (istiod) sets TCP_NODELAY on every connection; without it
+        // delayed ACKs add ~40 ms per round trip.
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            |s| {
+                if let Ok(s) = &s {
+                    let _ = s.set_nodelay(true);
+                }
+                s
+            },
+        );
         let server = Server::builder().tls_config(tls).expect("tls config");
         tokio::spawn(async move {
             let _ = server
@@ -436,6 +446,27 @@ impl tower::Service<Request<CertRequest>> for Ca {
             let denied = || Status::unauthenticated("authentication failure");
             if st.b.reject_token {
                 return Err(denied());
+            }
+            // ClientCertAuthenticator first: a verified workload certificate
+            // is the caller's identity (how a VM renews after its token expired).
+            let cert_id = req.peer_certs().and_then(|c| {
+                let (_, x) = x509_parser::parse_x509_certificate(c.first()?).ok()?;
+                let san = x.subject_alternative_name().ok()??;
+                san.value.general_names.iter().find_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+                    _ => None,
+                })
+            });
+            if let Some(spiffe) = cert_id {
+                st.seen.lock().unwrap().ca_subjects.push(spiffe.clone());
+                let r = req.into_inner();
+                let leaf = st
+                    .ca
+                    .sign_csr(&r.csr, &spiffe, r.validity_duration)
+                    .map_err(Status::invalid_argument)?;
+                return Ok(Response::new(CertResponse {
+                    cert_chain: vec![leaf, st.ca.cert_pem.clone()],
+                }));
             }
             let token = req
                 .metadata()

@@ -282,17 +282,34 @@ impl Run {
 /// thread (so in its network namespace) inside a private mount namespace
 /// where the root's /etc/hosts and resolv.conf are the host's.
 pub fn verify(root: &VmRoot, args: &[&str]) -> Run {
-    let bin = env!("CARGO_BIN_EXE_istio-vm");
+    verify_with(root, env!("CARGO_BIN_EXE_istio-vm").as_ref(), &[], args)
+}
+
+/// As `verify`, with another binary and a command put in front of it
+/// (e.g. `/usr/bin/time -v`).
+pub fn verify_with(root: &VmRoot, bin: &Path, wrapper: &[&str], args: &[&str]) -> Run {
+    // Only files and DNS answer host lookups: no nscd, systemd-resolved or
+    // machined socket (reachable from any network namespace) gets asked.
+    let nss = root.dir.path().join(".verify-nsswitch.conf");
+    std::fs::write(
+        &nss,
+        "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n",
+    )
+    .unwrap();
     let script = r#"set -e
 mount --bind "$1" /etc/hosts
 if [ -e /etc/resolv.conf ]; then mount --bind "$2" /etc/resolv.conf; fi
-shift 2
+if [ -e /etc/nsswitch.conf ]; then mount --bind "$3" /etc/nsswitch.conf; fi
+if [ -d /run/nscd ]; then mount -t tmpfs tmpfs /run/nscd; fi
+shift 3
 exec "$@""#;
     let start = Instant::now();
     let out = Command::new("unshare")
         .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
         .arg(root.file("/etc/hosts"))
         .arg(root.file("/etc/resolv.conf"))
+        .arg(&nss)
+        .args(wrapper)
         .arg(bin)
         .arg("--root")
         .arg(root.path())
@@ -300,6 +317,8 @@ exec "$@""#;
         .args(args)
         .env_remove("ISTIO_VM_TIMEOUT")
         .env_remove("ISTIO_VM_CONFIG")
+        .env_remove("ISTIO_VM_OUTPUT")
+        .env_remove("ISTIO_VM_ROOT")
         .output()
         .expect("running unshare (util-linux)");
     let elapsed = start.elapsed();
