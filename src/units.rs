@@ -153,6 +153,9 @@ PartOf={istio}
 [Service]
 Type=oneshot
 RemainAfterExit=yes
+# A oneshot has no start timeout by default; a netfilter lock held forever
+# must not hang the boot.
+TimeoutSec=90s
 ExecStart={bin} capture apply
 ExecStop={bin} capture remove
 # No [Install]: started as a dependency of the sidecar, never alone, since
@@ -348,6 +351,7 @@ mod tests {
         let u = capture_unit();
         assert_eq!(values(&u, "Service", "Type"), ["oneshot"]);
         assert_eq!(values(&u, "Service", "RemainAfterExit"), ["yes"]);
+        assert_eq!(values(&u, "Service", "TimeoutSec"), ["90s"]);
         assert_eq!(
             values(&u, "Service", "ExecStart"),
             ["/usr/bin/istio-vm capture apply"]

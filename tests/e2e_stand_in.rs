@@ -56,9 +56,9 @@ fn stand_in_package_behaves_like_istios_and_fails_open_on_a_crash() {
         AGENT_USER,
     );
 
-    // A crash: systemd runs `istio-start.sh clean` (ExecStopPost) and waits
+    // A crash of the agent: systemd runs `istio-start.sh clean` (ExecStopPost) and waits
     // RestartSec=10 before the restart. During that gap there are no rules.
-    vm.ok("systemctl kill --signal=SIGKILL istio");
+    vm.kill_process("stand-in-agent");
     vm.wait_until(
         "istio.service waits to restart",
         Duration::from_secs(5),

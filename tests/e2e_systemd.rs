@@ -267,10 +267,7 @@ fn capture_follows_explicit_stops_but_stays_through_a_crash() {
     // for the whole gap (fail-closed), the capture unit stays active.
     // The agent dies (not a stop): its parent, the unit's main process,
     // exits with it.
-    vm.ok(
-        "pid=; for d in /proc/[0-9]*; do [ \"$(cat $d/comm 2>/dev/null)\" = stand-in-agent ] && \
-         pid=${d#/proc/}; done; [ -n \"$pid\" ] && kill -KILL $pid",
-    );
+    vm.kill_process("stand-in-agent");
     vm.wait_until(
         "istio.service waits to restart",
         Duration::from_secs(5),
@@ -361,4 +358,27 @@ fn an_image_baked_with_root_comes_up_onboarded_at_first_boot() {
     let complaints = vm.ok("journalctl -b -p warning --no-pager -o cat \
          -u systemd-tmpfiles-setup -u systemd-sysusers");
     assert!(complaints.trim().is_empty(), "{complaints}");
+}
+
+#[test]
+fn no_start_places_the_units_and_starts_nothing() {
+    let mut vm = prepare("nostart");
+    vm.boot();
+    vm.ok(&format!("dpkg -i {SIDECAR_DEB}"));
+    let r = install(&vm, "--no-start");
+    assert_eq!(r["ok"], true, "{r}");
+    // systemd has read the units (daemon-reload ran) ...
+    let dropins = vm.ok("systemctl show -p DropInPaths --value istio");
+    assert!(dropins.contains(layout::ISTIO_DROPIN), "{dropins}");
+    let wanted = vm.ok("systemctl show -p WantedBy --value istio");
+    assert!(wanted.contains("multi-user.target"), "{wanted}");
+    // ... but nothing runs, and no rules are in.
+    for unit in ["istio", "istio-vm-capture"] {
+        let state = vm.ok(&format!("systemctl show -p ActiveState --value {unit}"));
+        assert_eq!(state.trim(), "inactive", "{unit}");
+    }
+    assert!(istio_lines(&rules(&vm)).is_empty(), "{}", rules(&vm));
+    // Starting the sidecar by hand brings up everything.
+    vm.ok("systemctl start istio");
+    assert_onboarded(&vm);
 }

@@ -238,3 +238,78 @@ fn bind_mounted_hosts_is_written_in_place() {
         "127.0.0.1 localhost\n"
     );
 }
+
+/// The baked-image path, with systemd's own tools standing in for first
+/// boot: sysusers.d creates istio-proxy inside the root, tmpfiles.d hands
+/// over ownership and recreates the token under /run from its copy.
+#[test]
+fn first_boot_creates_the_user_and_fixes_ownership() {
+    require_root();
+    let root = debian_root();
+    let r = root.path();
+    std::fs::write(r.join("etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n").unwrap();
+    std::fs::write(r.join("etc/group"), "root:x:0:\n").unwrap();
+    ok(&install(r, example(), &[], &[]));
+    // "Reboot": /run is a fresh tmpfs.
+    std::fs::remove_dir_all(r.join("run/secrets")).unwrap();
+    let sysusers = Command::new("systemd-sysusers")
+        .arg(format!("--root={}", r.display()))
+        .arg(r.join(istio_vm::layout::SYSUSERS.trim_start_matches('/')))
+        .output()
+        .expect("systemd-sysusers");
+    assert!(
+        sysusers.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sysusers.stderr)
+    );
+    let passwd = std::fs::read_to_string(r.join("etc/passwd")).unwrap();
+    let line = passwd
+        .lines()
+        .find(|l| l.starts_with("istio-proxy:"))
+        .expect("user created");
+    assert!(
+        line.ends_with(":/var/lib/istio:/usr/sbin/nologin"),
+        "{line}"
+    );
+    let f: Vec<&str> = line.split(':').collect();
+    let (uid, gid): (u32, u32) = (f[2].parse().unwrap(), f[3].parse().unwrap());
+    assert!(uid < 1000, "a system user: {line}");
+    for boot in ["first boot", "second boot"] {
+        if boot == "second boot" {
+            std::fs::remove_dir_all(r.join("run/secrets")).unwrap();
+        }
+        let tmpfiles = Command::new("systemd-tmpfiles")
+            .arg(format!("--root={}", r.display()))
+            .arg("--create")
+            .arg(r.join("etc/tmpfiles.d/istio-vm.conf"))
+            .output()
+            .expect("systemd-tmpfiles");
+        let err = String::from_utf8_lossy(&tmpfiles.stderr);
+        assert!(tmpfiles.status.success() && err.is_empty(), "{boot}: {err}");
+        let tok = r.join("run/secrets/tokens/istio-token");
+        assert_eq!(
+            std::fs::read(&tok).unwrap(),
+            std::fs::read(example().join("istio-token")).unwrap()
+        );
+        assert_eq!(
+            std::fs::metadata(&tok).unwrap().mode() & 0o7777,
+            0o600,
+            "{boot}"
+        );
+        for p in [
+            "run/secrets/tokens/istio-token",
+            "var/lib/istio-vm/istio-token",
+            "etc/certs/root-cert.pem",
+            "etc/certs",
+            "var/lib/istio/envoy",
+            "var/lib/istio/envoy/cluster.env",
+            "etc/istio/config/mesh",
+            "var/log/istio",
+        ] {
+            assert_eq!(owner(&r.join(p)), (uid, gid), "{boot}: {p}");
+        }
+        let mode = |p: &str| std::fs::metadata(r.join(p)).unwrap().mode() & 0o7777;
+        assert_eq!(mode("etc/certs/root-cert.pem"), 0o644, "{boot}");
+        assert_eq!(mode("var/lib/istio-vm/istio-token"), 0o600, "{boot}");
+    }
+}

@@ -42,4 +42,4 @@ Description: STAND-IN for Istio's istio-sidecar package (tests only)
 CONTROL
 
 mkdir -p "$(dirname "$out")"
-dpkg-deb --root-owner-group -Zgzip --build "$tree" "$out" >/dev/null
+dpkg-deb --root-owner-group -Zgzip -z1 --build "$tree" "$out" >/dev/null

@@ -208,6 +208,7 @@ impl Vm {
             .tempdir_in(WORK_PARENT)
             .expect("creating the work directory");
         let root = work.path().join("rootfs");
+        let started = Instant::now();
         let st = Command::new("cp")
             .args(["-a", "--reflink=auto"])
             .arg(cached)
@@ -216,6 +217,7 @@ impl Vm {
             .expect("running cp");
         assert!(st.success(), "copying {} failed", cached.display());
         let name = format!("ivm-{tag}-{}", std::process::id());
+        eprintln!("{name}: rootfs copied in {:.1?}", started.elapsed());
         assert!(name.len() <= 60, "machine name {name} too long");
         Vm {
             name,
@@ -259,6 +261,7 @@ impl Vm {
     pub fn boot(&mut self) {
         assert!(self.running.is_none(), "{} is already booted", self.name);
         self.boots += 1;
+        let started = Instant::now();
         let log = fs::File::create(self.console_log()).expect("creating console log");
         let nspawn = Command::new("systemd-nspawn")
             .args([
@@ -311,6 +314,12 @@ impl Vm {
         };
         self.running.as_mut().unwrap().init = init;
         let state = self.wait_boot_finished(Duration::from_secs(90));
+        eprintln!(
+            "{}: boot {} reached `{state}` in {:.1?}",
+            self.name,
+            self.boots,
+            started.elapsed()
+        );
         if state != "running" {
             let failed = self.sh("systemctl --failed --no-legend --no-pager; journalctl -b -p warning --no-pager | tail -n 40");
             panic!(
@@ -407,11 +416,21 @@ impl Vm {
         }
     }
 
+    /// SIGKILLs the container's one process named `comm`; panics if none.
+    #[track_caller]
+    pub fn kill_process(&self, comm: &str) {
+        self.ok(&format!(
+            "pid=; for d in /proc/[0-9]*; do [ \"$(cat $d/comm 2>/dev/null)\" = {comm} ] && \
+             pid=${{d#/proc/}}; done; [ -n \"$pid\" ] && kill -KILL $pid"
+        ));
+    }
+
     /// Clean stop: `systemctl poweroff`, a bounded wait, then kill by pid.
     pub fn shutdown(&mut self) {
         let Some(mut r) = self.running.take() else {
             return;
         };
+        let started = Instant::now();
         if r.init > 0 {
             let _ = Command::new("nsenter")
                 .args([
@@ -447,6 +466,7 @@ impl Vm {
             let _ = r.nspawn.wait();
         }
         let _ = fs::remove_file(format!("/run/systemd/nspawn/propagate/{}", self.name));
+        eprintln!("{}: stopped in {:.1?}", self.name, started.elapsed());
     }
 
     /// Stops the container and boots the same tree again.
