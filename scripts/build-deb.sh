@@ -4,7 +4,7 @@
 #   scripts/build-deb.sh [amd64] [arm64]
 #
 # Environment:
-#   OUT_DIR       where the packages go (default: dist)
+#   DIST_DIR       where the packages go (default: dist)
 #   DEB_REVISION  Debian revision (default: 1); a rebuilt package for an
 #                 upgrade test uses 2
 #   NO_BUILD=1    reuse the release binary already built (scripts/build-rpm.sh
@@ -23,7 +23,7 @@ if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $CARGO_DEB_VERSION" ]; t
     cargo install --locked cargo-deb --version "$CARGO_DEB_VERSION" >&2
 fi
 
-out_dir=${OUT_DIR:-dist}
+out_dir=${DIST_DIR:-dist}
 mkdir -p "$out_dir"
 archs=("$@")
 [ "${#archs[@]}" -gt 0 ] || archs=(amd64)

@@ -5,7 +5,7 @@
 #   scripts/build-rpm.sh [x86_64] [aarch64]
 #
 # Environment:
-#   OUT_DIR       where the packages go (default: dist)
+#   DIST_DIR       where the packages go (default: dist)
 #   NO_BUILD=1    reuse the release binary already built
 #
 # Prints the path of each package on stdout; progress goes to stderr.
@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 
-out_dir=${OUT_DIR:-dist}
+out_dir=${DIST_DIR:-dist}
 mkdir -p "$out_dir"
 out_dir=$(cd "$out_dir" && pwd)
 archs=("$@")

@@ -15,15 +15,23 @@ pkgs=(
     debootstrap
     systemd-container
     dbus
+    systemd
+    # Packaging (tests/packaging_*.rs): build, lint, cross-build and run
+    # arm64 under qemu, install with the real dpkg and rpm.
+    dpkg-dev
+    lintian
+    rpm
+    rpmlint
+    shellcheck
+    cpio
+    binutils
+    groff-base
+    gcc-aarch64-linux-gnu
+    libc6-dev-arm64-cross
+    qemu-user-static
+    # Fleet e2e (tests/fleet_*.rs): the Ansible controller's ssh client.
+    openssh-client
 )
-
-# Packaging (tests/packaging_*.rs): build, lint, cross-build and run arm64,
-# install with the real dpkg and rpm.
-pkgs+=(dpkg-dev lintian rpm rpmlint shellcheck cpio binutils groff-base
-    gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
-# Fleet e2e (tests/fleet_*.rs): booted Debian containers, and the Ansible
-# controller's ssh client.
-pkgs+=(debootstrap systemd-container dbus openssh-client)
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -12,13 +12,15 @@
 //! shellcheck, qemu-user-static, gcc-aarch64-linux-gnu and libc6-dev-arm64-cross
 //! (scripts/install-test-deps.sh).
 
+#[path = "common/pkg.rs"]
+mod pkg;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
-use sha2::{Digest, Sha256};
+use pkg::{packages, repo, run, sha256, stdout, target_dir};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const CONFFILE: &str = "/etc/istio-vm/config.toml";
@@ -27,98 +29,6 @@ const STATE: &str = "var/lib/istio-vm/state.json";
 /// Size targets of the issue: stripped binary and .deb.
 const MAX_BINARY: u64 = 8 * 1024 * 1024;
 const MAX_DEB: u64 = 4 * 1024 * 1024;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The cargo target directory this test binary was built into
-/// (`<target>/debug/deps/<test>`), so the package builds share it.
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("locating the test binary");
-    exe.ancestors()
-        .nth(3)
-        .expect("test binary lives in <target>/<profile>/deps")
-        .to_path_buf()
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn stdout(cmd: &mut Command) -> String {
-    String::from_utf8(run(cmd).stdout).expect("utf-8 output")
-}
-
-struct Packages {
-    deb_amd64: PathBuf,
-    deb_arm64: PathBuf,
-    /// amd64 again with Debian revision 2: the upgrade.
-    deb_amd64_rev2: PathBuf,
-    rpm_x86_64: PathBuf,
-    rpm_aarch64: PathBuf,
-}
-
-fn packages() -> &'static Packages {
-    static BUILT: OnceLock<Packages> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let out = target_dir().join("packaging-test");
-        let _ = std::fs::remove_dir_all(&out);
-        std::fs::create_dir_all(out.join("rev2")).unwrap();
-        let script = |name: &str, out_dir: &Path, args: &[&str], extra: &[(&str, &str)]| {
-            let mut cmd = Command::new(repo().join("scripts").join(name));
-            cmd.args(args)
-                .env("CARGO_TARGET_DIR", target_dir())
-                .env("OUT_DIR", out_dir)
-                .current_dir(repo());
-            for (k, v) in extra {
-                cmd.env(k, v);
-            }
-            let listed: Vec<PathBuf> = stdout(&mut cmd).lines().map(PathBuf::from).collect();
-            assert_eq!(listed.len(), args.len(), "{name} printed {listed:?}");
-            listed
-        };
-        let debs = script("build-deb.sh", &out, &["amd64", "arm64"], &[]);
-        // The same binaries: rpmbuild packages what cargo built for the debs.
-        let rpms = script(
-            "build-rpm.sh",
-            &out,
-            &["x86_64", "aarch64"],
-            &[("NO_BUILD", "1")],
-        );
-        let rev2 = script(
-            "build-deb.sh",
-            &out.join("rev2"),
-            &["amd64"],
-            &[("NO_BUILD", "1"), ("DEB_REVISION", "2")],
-        );
-        Packages {
-            deb_amd64: debs[0].clone(),
-            deb_arm64: debs[1].clone(),
-            deb_amd64_rev2: rev2[0].clone(),
-            rpm_x86_64: rpms[0].clone(),
-            rpm_aarch64: rpms[1].clone(),
-        }
-    })
-}
-
-fn sha256(path: &Path) -> String {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 // ---------------------------------------------------------------- lint
 
@@ -458,20 +368,10 @@ fn arm64_binary_runs_under_qemu_like_the_native_one() {
     let doc: serde_json::Value = serde_json::from_slice(&on_arm.stdout)
         .unwrap_or_else(|e| panic!("validate --output json: {e}"));
     assert_eq!(doc["command"], "validate");
-    match on_arm.status.code() {
-        // The example bundle is valid until 2126.
-        Some(0) => assert_eq!(doc["ok"], true, "{doc}"),
-        // `validate` is still being written on its own branch: until it is
-        // merged the skeleton answers with a usage error.
-        Some(2) => assert!(
-            doc["error"]
-                .as_str()
-                .unwrap_or("")
-                .contains("not built yet"),
-            "{doc}"
-        ),
-        other => panic!("validate on the example bundle exited {other:?}: {doc}"),
-    }
+    // The example bundle is valid until 2126: no finding at all.
+    assert_eq!(on_arm.status.code(), Some(0), "{doc}");
+    assert_eq!(doc["ok"], true, "{doc}");
+    assert_eq!(doc["findings"], serde_json::json!([]), "{doc}");
 }
 
 // ---------------------------------------------------------------- installs in a chroot
@@ -910,4 +810,26 @@ fn group_without_user_is_completed() {
         "dpkg --install",
     );
     assert_eq!(root.account("etc/passwd").unwrap()[3], "990");
+}
+
+#[test]
+fn rpm_erase_with_state_runs_uninstall_and_stops_when_it_fails() {
+    let p = packages();
+    let root = Root::new();
+    ok(
+        &root.rpm(&["-i", "--nodeps", p.rpm_x86_64.to_str().unwrap()]),
+        "rpm -i",
+    );
+    std::fs::create_dir_all(root.path().join("var/lib/istio-vm")).unwrap();
+    std::fs::write(root.path().join(STATE), "not a state file").unwrap();
+    let out = root.rpm(&["-e", "istio-vm"]);
+    assert!(!out.status.success(), "erase went ahead");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("restoring the VM failed"), "{stderr}");
+    assert!(root.path().join("usr/bin/istio-vm").exists());
+    assert!(root.path().join(STATE).exists(), "%postun ran");
+    std::fs::remove_file(root.path().join(STATE)).unwrap();
+    ok(&root.rpm(&["-e", "istio-vm"]), "rpm -e");
+    assert!(!root.path().join("var/lib/istio-vm").exists());
+    assert!(!root.path().join("usr/bin/istio-vm").exists());
 }

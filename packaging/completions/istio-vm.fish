@@ -38,7 +38,7 @@ complete -c istio-vm -n "__fish_istio_vm_needs_command" -f -a "verify" -d 'Expla
 complete -c istio-vm -n "__fish_istio_vm_needs_command" -f -a "capture" -d 'Traffic capture rules (iptables or nftables)'
 complete -c istio-vm -n "__fish_istio_vm_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand validate" -l bundle -d 'Bundle: a directory, a .tar.gz of one, or an https:// URL' -r
-complete -c istio-vm -n "__fish_istio_vm_using_subcommand validate" -l sha256 -d 'Expected SHA-256 of the bundle (required for a URL)' -r
+complete -c istio-vm -n "__fish_istio_vm_using_subcommand validate" -l sha256 -d 'Expected SHA-256 of the archive (.tar.gz, URL) or the bundle digest (directory); required for a URL' -r
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand validate" -l root -d 'Prefix every path read or written; under a root other than / nothing live (services, netfilter, users) is changed' -r -F
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand validate" -l config -d 'Configuration file [default: /etc/istio-vm/config.toml]' -r -F
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand validate" -l output -d 'Output format [default: text]' -r -f -a "text\t''
@@ -47,7 +47,7 @@ complete -c istio-vm -n "__fish_istio_vm_using_subcommand validate" -l strict -d
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand validate" -s v -l verbose -d 'More log detail on stderr (repeat for more)'
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand validate" -s h -l help -d 'Print help'
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand install" -l bundle -d 'Bundle: a directory, a .tar.gz of one, or an https:// URL' -r
-complete -c istio-vm -n "__fish_istio_vm_using_subcommand install" -l sha256 -d 'Expected SHA-256 of the bundle (required for a URL)' -r
+complete -c istio-vm -n "__fish_istio_vm_using_subcommand install" -l sha256 -d 'Expected SHA-256 of the archive (.tar.gz, URL) or the bundle digest (directory); required for a URL' -r
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand install" -l root -d 'Prefix every path read or written; under a root other than / nothing live (services, netfilter, users) is changed' -r -F
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand install" -l config -d 'Configuration file [default: /etc/istio-vm/config.toml]' -r -F
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand install" -l output -d 'Output format [default: text]' -r -f -a "text\t''
