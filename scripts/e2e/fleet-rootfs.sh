@@ -14,8 +14,11 @@ set -euo pipefail
 
 die() { echo "scripts/e2e/fleet-rootfs.sh: $*" >&2; exit 1; }
 
-[ $# -eq 1 ] && [ -n "$1" ] || die "usage: $0 PACKAGE[,PACKAGE...]"
+if [ $# -ne 1 ] || [ -z "$1" ]; then
+    die "usage: $0 PACKAGE[,PACKAGE...]"
+fi
 extra=$1
+IFS=, read -r -a extra_pkgs <<<"$extra"
 [ "$(id -u)" -eq 0 ] || die "needs root (chroot, apt)"
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -72,7 +75,7 @@ if ! {
     chroot "$r" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
         apt-get update &&
         chroot "$r" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
-            apt-get install -y --no-install-recommends ${extra//,/ }
+            apt-get install -y --no-install-recommends "${extra_pkgs[@]}"
 } >"$log" 2>&1; then
     tail -n 30 "$log" >&2
     die "apt-get in the chroot failed (full log: $log)"
