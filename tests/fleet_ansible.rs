@@ -86,9 +86,21 @@ impl Fleet {
             BundleSpec::valid().write(&p.join("bundles").join(h));
         }
 
+        // The copies of the tree are disk-bound: made side by side.
+        let copies: Vec<Vm> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..HOSTS.len())
+                .map(|i| {
+                    let tree = &tree;
+                    s.spawn(move || Vm::from_tree(&format!("ans{i}"), tree))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
         let mut vms = Vec::new();
-        for (i, h) in HOSTS.iter().enumerate() {
-            let mut vm = Vm::from_tree(&format!("ans{i}"), &tree);
+        for ((i, h), mut vm) in HOSTS.iter().enumerate().zip(copies) {
             let net = lan.nspawn_network(i);
             vm.set_network(&net.iter().map(String::as_str).collect::<Vec<_>>());
             fleet::enable_ssh(&vm, &pubkey);
