@@ -15,7 +15,6 @@ pkgs=(
     debootstrap
     systemd-container
     dbus
-    systemd
     # Packaging (tests/packaging_*.rs): build, lint, cross-build and run
     # arm64 under qemu, install with the real dpkg and rpm.
     dpkg-dev

@@ -265,6 +265,12 @@ fn capture_follows_explicit_stops_but_stays_through_a_crash() {
 
     // A crash: systemd waits RestartSec=10 before restarting. The rules stay
     // for the whole gap (fail-closed), the capture unit stays active.
+    let capture_since = || {
+        vm.ok("systemctl show -p ActiveEnterTimestampMonotonic --value istio-vm-capture")
+            .trim()
+            .to_string()
+    };
+    let before_crash = capture_since();
     // The agent dies (not a stop): its parent, the unit's main process,
     // exits with it.
     vm.kill_process("stand-in-agent");
@@ -273,22 +279,31 @@ fn capture_follows_explicit_stops_but_stays_through_a_crash() {
         Duration::from_secs(5),
         "[ \"$(systemctl show -p SubState --value istio)\" = auto-restart ]",
     );
-    assert!(
-        vm.sh("systemctl is-active -q istio-vm-capture")
-            .status
-            .success()
-    );
-    assert_eq!(istio_lines(&rules(&vm)), applied);
-    // Still so a few seconds into the gap (polled, not slept: every probe
-    // must see the rules until the restart).
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while std::time::Instant::now() < deadline {
-        assert_eq!(
-            istio_lines(&rules(&vm)),
-            applied,
-            "rules gone during the gap"
-        );
+    // Probe the whole gap: rules first, then the states. While the capture
+    // unit is still the same active instance afterwards, its ExecStop had not
+    // begun when the rules were read, so they must all be there.
+    let mut probes = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = vm.ok("iptables-save; ip6tables-save; echo '=== states'; \
+             systemctl show -p ActiveState --value istio-vm-capture; \
+             systemctl show -p ActiveEnterTimestampMonotonic --value istio-vm-capture; \
+             systemctl show -p SubState --value istio");
+        let (rules_now, states) = out.split_once("=== states\n").unwrap();
+        let st: Vec<&str> = states.lines().collect();
+        let same_capture = st[0] == "active" && st[1] == before_crash;
+        if !(same_capture && st[2] == "auto-restart") {
+            break;
+        }
+        assert_eq!(istio_lines(rules_now), applied, "rules gone during the gap");
+        probes += 1;
+        assert!(std::time::Instant::now() < deadline, "no restart in 30 s");
     }
+    assert!(probes >= 5, "only {probes} probes in the restart gap");
+    eprintln!(
+        "{}: rules present at each of {probes} probes in the restart gap",
+        vm.name
+    );
     vm.wait_until(
         "istio.service restarted by systemd",
         Duration::from_secs(20),
@@ -296,6 +311,9 @@ fn capture_follows_explicit_stops_but_stays_through_a_crash() {
     );
     assert_onboarded(&vm);
     assert_eq!(istio_lines(&rules(&vm)), applied);
+    // At the restart the capture unit was restarted with it (PartOf=): the
+    // rules were rendered afresh for the new agent.
+    assert_ne!(capture_since(), before_crash);
 
     // A restart keeps the sidecar captured.
     vm.ok("systemctl restart istio");

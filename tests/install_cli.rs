@@ -531,3 +531,82 @@ fn a_bad_root_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(fx::json(&out)["error"].as_str().unwrap().contains("--root"));
 }
+
+#[test]
+fn uninstall_after_an_update_restores_the_state_before_the_first_install() {
+    let root = debian_root();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("var/lib/istio/envoy")).unwrap();
+    std::fs::write(
+        r.join("var/lib/istio/envoy/cluster.env"),
+        "# from an earlier setup\n",
+    )
+    .unwrap();
+    let before = tree(r, false);
+    ok(&install(r, example(), &[], &[]));
+    let b = fx::bundle_copy();
+    let env = std::fs::read_to_string(b.path().join("cluster.env")).unwrap();
+    std::fs::write(
+        b.path().join("cluster.env"),
+        env.replace(
+            "ISTIO_INBOUND_PORTS='9080'",
+            "ISTIO_INBOUND_PORTS='9080,9090'",
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        b.path().join("hosts"),
+        "203.0.113.11 istiod.istio-system.svc\n",
+    )
+    .unwrap();
+    let v = ok(&install(r, b.path(), &["--diff"], &[]));
+    let mut changed = steps_with(&v, "changed");
+    changed.sort();
+    // The capture rule record follows cluster.env's inbound ports.
+    changed.retain(|id| !id.starts_with("file:/var/lib/istio-vm/capture/"));
+    assert_eq!(
+        changed,
+        ["file:/var/lib/istio/envoy/cluster.env", "hosts:/etc/hosts"]
+    );
+    let diff = v["steps"].to_string();
+    assert!(diff.contains("+ISTIO_INBOUND_PORTS='9080,9090'"), "{diff}");
+    assert!(
+        diff.contains("-203.0.113.10 istiod.istio-system.svc"),
+        "{diff}"
+    );
+    let hosts = std::fs::read_to_string(r.join("etc/hosts")).unwrap();
+    assert_eq!(hosts.matches("# BEGIN istio-vm").count(), 1);
+    assert!(hosts.contains("203.0.113.11 istiod") && !hosts.contains("203.0.113.10"));
+    ok(&fx::run(r, &["--output", "json", "uninstall"], &[]));
+    let after = tree(r, false);
+    assert!(before == after, "{}", tree_diff(&before, &after));
+}
+
+#[test]
+fn a_held_lock_is_waited_for_then_reported() {
+    let root = debian_root();
+    let r = root.path();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(r.join("run/lock/istio-vm.lock"))
+        .unwrap();
+    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let before = tree(r, false);
+    let out = install(r, example(), &[], &[("ISTIO_VM_LOCK_TIMEOUT", "300ms")]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = fx::json(&out);
+    assert!(
+        v["error"].as_str().unwrap().contains("lock_timeout"),
+        "{v:#}"
+    );
+    assert_eq!(tree(r, false), before, "nothing changed while waiting");
+    drop(held);
+    ok(&install(
+        r,
+        example(),
+        &[],
+        &[("ISTIO_VM_LOCK_TIMEOUT", "300ms")],
+    ));
+}

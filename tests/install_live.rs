@@ -1,6 +1,7 @@
-//! A live install (`--root /`) with real useradd, run in a private mount
-//! namespace whose /etc, /var/lib, /var/log and /run are scratch copies, so
-//! the host's user database and files are never touched. Needs root.
+//! A live install (`--root /`) with real useradd, run in private mount and
+//! network namespaces: /etc, /var/lib, /var/log and /run are scratch copies,
+//! so the host's user database, files and netfilter rules are never touched.
+//! Needs root.
 
 mod common;
 
@@ -9,8 +10,10 @@ use std::process::Command;
 
 fn live(work: &Path, script: &str) -> std::process::Output {
     let bin = assert_cmd::cargo::cargo_bin("istio-vm");
+    // A private network namespace too: a live uninstall removes Istio's
+    // netfilter rules, which must never be the host's.
     Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-ec"])
+        .args(["--mount", "--net", "--propagation", "private", "sh", "-ec"])
         .arg(format!(
             "W=\"$1\"; BIN=\"$2\"; B=\"$3\"\n\
              mount --bind \"$W/etc\" /etc\n\

@@ -11,7 +11,6 @@
 //!    recorded path and returns `Failure::RolledBack` (exit 3).
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
@@ -655,11 +654,6 @@ pub fn transact(
 fn commit_error(e: anyhow::Error) -> anyhow::Error {
     // The journal removal itself failed: the next run will roll back.
     anyhow!("committing failed: {e:#}; the next run rolls this change back and redoes it")
-}
-
-/// Host path helper for reports and tests.
-pub fn host_of(root: &Root, path: &str) -> Result<PathBuf> {
-    Ok(root.resolve(path)?.host)
 }
 
 /// After an uninstall committed: drop every backup, then our bookkeeping

@@ -542,10 +542,18 @@ pub fn stand_in_deb(dir: &Path) -> PathBuf {
     deb
 }
 
-/// Copies a file of this machine into the container's tree.
+/// Copies a file of this machine into the container's tree. `dest` must not
+/// pass through an absolute symlink of the tree (`/var/run`): followed from
+/// here, it would lead out of the tree into this machine's own.
 pub fn put(vm: &Vm, src: &Path, dest: &str, mode: u32) {
     let to = vm.path(dest);
     fs::create_dir_all(to.parent().unwrap()).expect("mkdir in rootfs");
+    let parent = fs::canonicalize(to.parent().unwrap()).expect("canonical parent");
+    assert!(
+        parent.starts_with(fs::canonicalize(vm.root()).unwrap()),
+        "{dest} leads out of the container's tree (to {})",
+        parent.display()
+    );
     fs::copy(src, &to)
         .unwrap_or_else(|e| panic!("copying {} to {}: {e}", src.display(), to.display()));
     fs::set_permissions(&to, fs::Permissions::from_mode(mode)).expect("chmod in rootfs");

@@ -114,4 +114,3 @@ pub fn sha256(path: &Path) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
-
