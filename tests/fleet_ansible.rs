@@ -412,6 +412,31 @@ fn one_playbook_onboards_three_vms_idempotently() {
         .map(|h| std::fs::read_to_string(f.bundle(h).join(bundlegen::TOKEN)).unwrap())
         .collect();
 
+    // 0. Check mode on fresh hosts: the role reports what it would do
+    // (copies, installs) and the hosts stay as they are.
+    let fresh = f.snapshot();
+    let dry = f.playbook(&["--check"]);
+    f.assert_ok(&dry, "--check run on fresh hosts");
+    assert_eq!(f.snapshot(), fresh, "a --check run changed a fresh host");
+    for (h, c) in recap(&dry) {
+        assert!(
+            c["changed"] > 0,
+            "{h}: --check predicts no change on a fresh host"
+        );
+    }
+    for h in HOSTS {
+        let status: Vec<String> = outcomes(&dry)
+            .into_iter()
+            .filter(|o| o.task == INSTALL_TASK && o.host == h)
+            .map(|o| o.status)
+            .collect();
+        assert_eq!(
+            status,
+            ["skipping"],
+            "{h}: install in check mode without a bundle"
+        );
+    }
+
     // 1. The first run onboards all three.
     let first = f.playbook(&[]);
     f.assert_ok(&first, "first run");
@@ -478,7 +503,8 @@ fn one_playbook_onboards_three_vms_idempotently() {
 
     // 4. For real: only the token task changes, and the install task, whose
     // changed flag is istio-vm's (the token files).
-    let run = f.playbook(&["-v"]);
+    // With --diff too: istio-vm's diffs are shown, the token never is.
+    let run = f.playbook(&["-v", "--diff"]);
     f.assert_ok(&run, "new-token run");
     let want: BTreeSet<String> = [TOKEN_TASK, INSTALL_TASK].map(String::from).into();
     for (h, tasks) in changed_tasks(&run) {
@@ -565,7 +591,7 @@ fn one_playbook_onboards_three_vms_idempotently() {
     }
 
     // No token ever reached ansible's output.
-    for run in [&first, &second, &check, &run, &bad] {
+    for run in [&dry, &first, &second, &check, &run, &bad] {
         for s in &secrets {
             let s = s.trim();
             assert!(
