@@ -28,6 +28,8 @@ pkgs=(
     gcc-aarch64-linux-gnu
     libc6-dev-arm64-cross
     qemu-user-static
+    # Fleet e2e (tests/fleet_*.rs): the Ansible controller's ssh client.
+    openssh-client
 )
 
 missing=()
@@ -48,4 +50,10 @@ fi
 # The arm64 packages are cross-built (.cargo/config.toml names the linker).
 if ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
     rustup target add aarch64-unknown-linux-gnu
+fi
+
+# The fleet e2e tests package this run's binary as the real .deb with the
+# cargo-deb that scripts/build-deb.sh pins.
+if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb 3.8.0" ]; then
+    cargo install --locked cargo-deb --version 3.8.0
 fi

@@ -185,6 +185,7 @@ pub struct Vm {
     work: tempfile::TempDir,
     running: Option<Running>,
     boots: u32,
+    network: Vec<String>,
     _bus: Bus,
 }
 
@@ -195,7 +196,13 @@ impl Vm {
     /// A fresh copy of the cached rootfs; `tag` names the machine (a-z0-9-).
     pub fn new(tag: &str) -> Vm {
         require_prerequisites();
-        let cached = cached_rootfs();
+        Vm::from_tree(tag, &cached_rootfs())
+    }
+
+    /// A fresh copy of another cached tree (e.g. a variant with more
+    /// packages, scripts/e2e/fleet-rootfs.sh).
+    pub fn from_tree(tag: &str, cached: &Path) -> Vm {
+        require_prerequisites();
         let work = tempfile::Builder::new()
             .prefix(&format!("istio-vm-e2e-{tag}-"))
             .tempdir_in(WORK_PARENT)
@@ -204,7 +211,7 @@ impl Vm {
         let started = Instant::now();
         let st = Command::new("cp")
             .args(["-a", "--reflink=auto"])
-            .arg(&cached)
+            .arg(cached)
             .arg(&root)
             .status()
             .expect("running cp");
@@ -220,8 +227,18 @@ impl Vm {
             work,
             running: None,
             boots: 0,
+            network: vec!["--private-network".into()],
             _bus: Bus::acquire(),
         }
+    }
+
+    /// The systemd-nspawn network options of the next boots (default
+    /// `--private-network`), e.g. `--network-namespace-path=/run/netns/NS`
+    /// for a namespace the test created. Never none: without one the
+    /// container's netfilter would be the host's.
+    pub fn set_network(&mut self, args: &[&str]) {
+        assert!(!args.is_empty(), "a container always gets a network option");
+        self.network = args.iter().map(|a| a.to_string()).collect();
     }
 
     /// The container's root directory on this machine.
@@ -254,8 +271,6 @@ impl Vm {
                 "--boot",
                 "--register=no",
                 "--keep-unit",
-                // Always: without it the container's netfilter is the host's.
-                "--private-network",
                 "--resolv-conf=off",
                 "--timezone=off",
                 "--console=passive",
@@ -264,6 +279,8 @@ impl Vm {
             ])
             .arg(self.root())
             .arg(format!("--machine={}", self.name))
+            // Always one: without it the container's netfilter is the host's.
+            .args(&self.network)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
