@@ -497,6 +497,10 @@ fn typical_vm_rule_set() {
 -A ISTIO_INBOUND -p tcp --dport 15020 -j RETURN
 -A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT
 -A OUTPUT -j ISTIO_OUTPUT
+-A ISTIO_OUTPUT -p tcp --sport 22 -j RETURN
+-A ISTIO_OUTPUT -p tcp --sport 15090 -j RETURN
+-A ISTIO_OUTPUT -p tcp --sport 15021 -j RETURN
+-A ISTIO_OUTPUT -p tcp --sport 15020 -j RETURN
 -A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN
 -A ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp -m multiport ! --dports 53,15008 -m owner --uid-owner 998 -j ISTIO_IN_REDIRECT
 -A ISTIO_OUTPUT -o lo -p tcp ! --dport 53 -m owner ! --uid-owner 998 -j RETURN

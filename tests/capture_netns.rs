@@ -902,3 +902,54 @@ fn example_bundle_inbound_port_list() {
     let (code, _, log) = lab.tool("remove", None);
     assert_eq!(code, 0, "{log}");
 }
+
+/// An SSH session accepted before the rules existed keeps working after
+/// `capture apply`, even though the namespace had no conntrack state for it
+/// (no rule needed conntrack yet, as on a fresh minimal image): the next
+/// reply from port 22 reaches nat OUTPUT as NEW, and Istio's rules alone
+/// would redirect it to 15001 and reset the session (seen with Ansible).
+fn ssh_session_survives_apply(kind: Kind) {
+    use std::io::{Read, Write};
+    let lab = Lab::new();
+    let (server_l, sidecar) = lab.app.within(|| (listen_tcp(22), listen_tcp(15001)));
+    let mut client = lab.peer.within(|| {
+        let s = TcpStream::connect((APP, 22)).expect("connect to 22");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    });
+    let mut server = accept_within(&server_l, Duration::from_secs(5)).expect("ssh accepted");
+    server.set_nonblocking(false).unwrap();
+    let mut buf = [0u8; 6];
+    server.write_all(b"before").unwrap();
+    client.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"before");
+
+    let flag = match kind {
+        Kind::Nftables => "--backend nftables",
+        _ => "--backend iptables",
+    };
+    let (code, _, log) = lab.tool(&format!("apply {flag}"), None);
+    assert_eq!(code, 0, "apply: {log}");
+
+    server.write_all(b"after!").unwrap();
+    client
+        .read_exact(&mut buf)
+        .expect("the SSH session was cut by capture apply");
+    assert_eq!(&buf, b"after!");
+    client.write_all(b"ok").unwrap();
+    let mut two = [0u8; 2];
+    server.read_exact(&mut two).unwrap();
+    assert!(nothing_pending(&sidecar), "SSH traffic reached the sidecar");
+}
+
+#[test]
+fn ssh_session_survives_apply_iptables_nft() {
+    require_root();
+    ssh_session_survives_apply(Kind::IptablesNft);
+}
+
+#[test]
+fn ssh_session_survives_apply_nftables() {
+    require_root();
+    ssh_session_survives_apply(Kind::Nftables);
+}

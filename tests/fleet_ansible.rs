@@ -147,14 +147,10 @@ impl Fleet {
                 Duration::from_secs(20),
                 "systemctl is-active -q ssh",
             );
-            // Connection tracking on from the start, as any host firewall
-            // turns it on. Without it the kernel picks Ansible's open SSH
-            // connection up mid-stream when `install` loads the capture
-            // rules, as a new connection from sshd (uid 0), and Istio's
-            // outbound rule redirects its packets to 15001: the session
-            // dies. (A capture-side fix would return `--sport 22` in
-            // ISTIO_OUTPUT; reported to the capture area.)
-            vm.ok("iptables -A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT");
+            // No firewall rule at all, so no connection tracking before
+            // `install` loads the capture rules mid-way through Ansible's
+            // SSH session: that session must survive (istio-vm returns
+            // sshd's replies, `--sport 22`, before Istio's redirect).
         }
         f
     }

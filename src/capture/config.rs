@@ -94,6 +94,14 @@ pub struct IstioConfig {
     pub drop_invalid: bool,
     pub owner_groups: OwnerGroups,
     pub ipv4_loopback_cidr: String,
+    /// istio-vm only (empty in Istio's reading): TCP source ports whose
+    /// outbound packets always RETURN, i.e. the replies of local servers
+    /// never captured inbound (SSH). The nat table sees a packet only when
+    /// conntrack calls it NEW; an SSH session accepted before conntrack was
+    /// tracking (a fresh image with no firewall rules) has its next reply
+    /// look NEW, and without this it would be redirected to 15001 and the
+    /// session reset: applying the rules would cut the admin's own SSH.
+    pub reply_source_ports: Vec<String>,
     /// Notes for the report (e.g. DNS capture requested but off).
     pub notes: Vec<String>,
 }
@@ -407,6 +415,7 @@ impl IstioConfig {
             drop_invalid,
             owner_groups,
             ipv4_loopback_cidr,
+            reply_source_ports: Vec::new(),
             notes,
         })
     }
@@ -442,6 +451,12 @@ impl IstioConfig {
         for p in exclude_inbound_ports {
             if !forced.contains(p) {
                 forced.push(*p);
+            }
+        }
+        for p in &forced {
+            let p = p.to_string();
+            if !self.reply_source_ports.contains(&p) {
+                self.reply_source_ports.push(p);
             }
         }
         match &mut self.inbound {

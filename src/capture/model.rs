@@ -487,6 +487,20 @@ pub fn generate(cfg: &IstioConfig, backend: Backend) -> RuleSet {
         vec![],
         Target::Jump(Chain::IstioOutput),
     );
+    for p in &cfg.reply_source_ports {
+        g.add(
+            Table::Nat,
+            Chain::IstioOutput,
+            vec![
+                Match::Proto(Proto::Tcp),
+                Match::Sport {
+                    proto: Proto::Tcp,
+                    port: p.clone(),
+                },
+            ],
+            Target::Return,
+        );
+    }
     for p in &cfg.outbound_ports_exclude {
         for proto in [Proto::Tcp, Proto::Udp] {
             g.add(
