@@ -224,7 +224,7 @@ impl Fleet {
             .iter()
             .map(|vm| {
                 let mut s = fleet::digests(vm, &paths);
-                s.push_str(&vm.ok("iptables-save | grep -v '^#'"));
+                s.push_str(&vm.ok("iptables-save | sed '/^#/d'"));
                 s
             })
             .collect()
