@@ -10,10 +10,10 @@ cache=${ISTIO_VM_E2E_CACHE:-/var/cache/istio-vm-e2e}
 if [ "${BENCH_COLD:-0}" = 1 ]; then
     rm -rf "$cache"
     t0=$(date +%s)
-    scripts/e2e/rootfs.sh >/dev/null
+    scripts/e2e/debian-tree.sh >/dev/null
     echo "rootfs (cold debootstrap): $(($(date +%s) - t0)) s"
 fi
-scripts/e2e/rootfs.sh >/dev/null
+scripts/e2e/debian-tree.sh >/dev/null
 cargo build --quiet --examples --tests
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

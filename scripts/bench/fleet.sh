@@ -7,8 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ "$(id -u)" -eq 0 ] || { echo "fleet.sh: needs root (systemd-nspawn, netns)" >&2; exit 2; }
 # Warm the caches first: the base rootfs and both fleet variants.
-scripts/e2e/fleet-rootfs.sh cloud-init,locales >/dev/null
-scripts/e2e/fleet-rootfs.sh openssh-server,python3,python3-apt >/dev/null
+scripts/e2e/fleet-tree.sh cloud-init,locales >/dev/null
+scripts/e2e/fleet-tree.sh openssh-server,python3,python3-apt >/dev/null
 cargo build --quiet --examples --tests
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -1,5 +1,5 @@
 //! A booted Debian for the end-to-end tests: a cached debootstrap rootfs
-//! (`scripts/e2e/rootfs.sh`), copied per test, booted with systemd-nspawn on a
+//! (`scripts/e2e/debian-tree.sh`), copied per test, booted with systemd-nspawn on a
 //! private network, driven with `nsenter -t <its systemd> -a`, and stopped
 //! cleanly — also when a test fails (Drop).
 //!
@@ -83,13 +83,13 @@ pub fn cached_rootfs() -> PathBuf {
     if let Some(p) = &*c {
         return p.clone();
     }
-    let out = Command::new(repo().join("scripts/e2e/rootfs.sh"))
+    let out = Command::new(repo().join("scripts/e2e/debian-tree.sh"))
         .stderr(Stdio::inherit())
         .output()
-        .expect("running scripts/e2e/rootfs.sh");
+        .expect("running scripts/e2e/debian-tree.sh");
     assert!(
         out.status.success(),
-        "scripts/e2e/rootfs.sh failed ({}); see its messages above",
+        "scripts/e2e/debian-tree.sh failed ({}); see its messages above",
         out.status
     );
     let p = PathBuf::from(
@@ -101,7 +101,7 @@ pub fn cached_rootfs() -> PathBuf {
     );
     assert!(
         p.join("usr/lib/systemd/systemd").exists(),
-        "scripts/e2e/rootfs.sh printed `{}`, which holds no systemd",
+        "scripts/e2e/debian-tree.sh printed `{}`, which holds no systemd",
         p.display()
     );
     *c = Some(p.clone());
@@ -200,7 +200,7 @@ impl Vm {
     }
 
     /// A fresh copy of another cached tree (e.g. a variant with more
-    /// packages, scripts/e2e/fleet-rootfs.sh).
+    /// packages, scripts/e2e/fleet-tree.sh).
     pub fn from_tree(tag: &str, cached: &Path) -> Vm {
         require_prerequisites();
         let work = tempfile::Builder::new()

@@ -1,5 +1,5 @@
 //! Fleet e2e helpers on top of the booted-Debian harness (`common/e2e.rs`):
-//! rootfs variants with more packages (scripts/e2e/fleet-rootfs.sh), the
+//! rootfs variants with more packages (scripts/e2e/fleet-tree.sh), the
 //! real istio-vm .deb built from this test run's binary, and a private LAN
 //! of network namespaces for several containers and a controller.
 //!
@@ -24,14 +24,14 @@ pub fn variant_tree(packages: &str) -> PathBuf {
     if let Some(p) = c.get(packages) {
         return p.clone();
     }
-    let out = Command::new(e2e::repo().join("scripts/e2e/fleet-rootfs.sh"))
+    let out = Command::new(e2e::repo().join("scripts/e2e/fleet-tree.sh"))
         .arg(packages)
         .stderr(Stdio::inherit())
         .output()
-        .expect("running scripts/e2e/fleet-rootfs.sh");
+        .expect("running scripts/e2e/fleet-tree.sh");
     assert!(
         out.status.success(),
-        "scripts/e2e/fleet-rootfs.sh {packages} failed ({}); see its messages above",
+        "scripts/e2e/fleet-tree.sh {packages} failed ({}); see its messages above",
         out.status
     );
     let p = PathBuf::from(
@@ -43,7 +43,7 @@ pub fn variant_tree(packages: &str) -> PathBuf {
     );
     assert!(
         p.join("usr/lib/systemd/systemd").exists(),
-        "scripts/e2e/fleet-rootfs.sh printed `{}`, which holds no systemd",
+        "scripts/e2e/fleet-tree.sh printed `{}`, which holds no systemd",
         p.display()
     );
     c.insert(packages.to_string(), p.clone());

@@ -16,7 +16,7 @@ suite=${ISTIO_VM_E2E_SUITE:-bookworm}
 packages=systemd,systemd-sysv,dbus,iproute2,iptables,sudo,hostname
 cache=${ISTIO_VM_E2E_CACHE:-/var/cache/istio-vm-e2e}
 
-die() { echo "scripts/e2e/rootfs.sh: $*" >&2; exit 1; }
+die() { echo "scripts/e2e/debian-tree.sh: $*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "needs root (debootstrap creates device nodes and chowns)"
 command -v debootstrap >/dev/null ||
@@ -61,7 +61,7 @@ uri=$(mirror)
 rm -rf "$dest.tmp"
 mkdir -p "$dest.tmp"
 log=$dest.tmp/debootstrap.log
-echo "scripts/e2e/rootfs.sh: building $suite rootfs ($packages) from $uri" >&2
+echo "scripts/e2e/debian-tree.sh: building $suite rootfs ($packages) from $uri" >&2
 if ! debootstrap --variant=minbase --include="$packages" "$suite" "$dest.tmp/rootfs" "$uri" >"$log" 2>&1; then
     tail -n 30 "$log" >&2
     [ -f "$dest.tmp/rootfs/debootstrap/debootstrap.log" ] && tail -n 30 "$dest.tmp/rootfs/debootstrap/debootstrap.log" >&2

@@ -3,16 +3,16 @@
 # prints its path. The fleet tests need them: cloud-init for the NoCloud
 # boot, openssh-server and python3 for Ansible.
 #
-#   scripts/e2e/fleet-rootfs.sh PACKAGE[,PACKAGE...]
+#   scripts/e2e/fleet-tree.sh PACKAGE[,PACKAGE...]
 #
-# It starts from scripts/e2e/rootfs.sh's cached tree (so the base stays one
+# It starts from scripts/e2e/debian-tree.sh's cached tree (so the base stays one
 # build shared with the e2e tests) and installs the packages with apt in a
 # chroot, from the mirror debootstrap wrote into the tree. The result is
 # cached beside the base, keyed by the base, the package list and this
 # script's bytes. Callers copy it; they never boot the cached tree itself.
 set -euo pipefail
 
-die() { echo "scripts/e2e/fleet-rootfs.sh: $*" >&2; exit 1; }
+die() { echo "scripts/e2e/fleet-tree.sh: $*" >&2; exit 1; }
 
 if [ $# -ne 1 ] || [ -z "$1" ]; then
     die "usage: $0 PACKAGE[,PACKAGE...]"
@@ -22,8 +22,8 @@ IFS=, read -r -a extra_pkgs <<<"$extra"
 [ "$(id -u)" -eq 0 ] || die "needs root (chroot, apt)"
 
 here=$(cd "$(dirname "$0")" && pwd)
-base=$("$here/rootfs.sh" | tail -n1)
-[ -x "$base/usr/lib/systemd/systemd" ] || die "scripts/e2e/rootfs.sh printed '$base', which holds no systemd"
+base=$("$here/debian-tree.sh" | tail -n1)
+[ -x "$base/usr/lib/systemd/systemd" ] || die "scripts/e2e/debian-tree.sh printed '$base', which holds no systemd"
 cache=${ISTIO_VM_E2E_CACHE:-/var/cache/istio-vm-e2e}
 
 key=$( { echo "$base $extra"; cat "$0"; } | sha256sum | cut -c1-16)
@@ -69,7 +69,7 @@ cp -L /etc/resolv.conf "$r/etc/resolv.conf"
 printf '#!/bin/sh\nexit 101\n' >"$r/usr/sbin/policy-rc.d"
 chmod 0755 "$r/usr/sbin/policy-rc.d"
 
-echo "scripts/e2e/fleet-rootfs.sh: adding $extra to the e2e rootfs" >&2
+echo "scripts/e2e/fleet-tree.sh: adding $extra to the e2e rootfs" >&2
 # Proxies of this machine's apt configuration apply (apt reads them itself).
 if ! {
     chroot "$r" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
