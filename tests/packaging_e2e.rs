@@ -36,12 +36,15 @@ for r in $roots; do [ -e "$r" ] && echo "$r"; done | while read -r r; do
     find "$r" -xdev \( -path /var/lib/dpkg -o -path /var/lib/systemd \
         -o -path /var/lib/apt -o -path /etc/ld.so.cache \) -prune -o -print0 |
     while IFS= read -r -d '' p; do
+        # Size and digest of regular files only: a directory's size is the
+        # filesystem's business (ext4 directories never shrink after a
+        # package added and removed entries).
         if [ -f "$p" ] && [ ! -L "$p" ]; then
-            sum=$(sha256sum "$p" | cut -c1-16)
+            sum="$(stat -c %s "$p") $(sha256sum "$p" | cut -c1-16)"
         else
             sum=-
         fi
-        printf '%s %s\n' "$(stat -c '%n %F %a %U %G %s' "$p")" "$sum"
+        printf '%s %s\n' "$(stat -c '%n %F %a %U %G' "$p")" "$sum"
     done
 done | sort
 "#;
