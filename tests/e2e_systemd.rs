@@ -309,7 +309,12 @@ fn capture_follows_explicit_stops_but_stays_through_a_crash() {
     );
 
     // Starting it puts them back first.
-    vm.ok("systemctl start istio");
+    let started = vm.sh("systemctl start istio");
+    assert!(
+        started.status.success(),
+        "systemctl start istio failed:\n{}",
+        vm.ok("systemctl status --no-pager -l istio istio-vm-capture; journalctl -b --no-pager -u istio -u istio-vm-capture | tail -n 60; true")
+    );
     assert_onboarded(&vm);
     assert_eq!(istio_lines(&rules(&vm)), applied);
 

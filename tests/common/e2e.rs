@@ -266,7 +266,24 @@ impl Vm {
         self.boots += 1;
         let started = Instant::now();
         let log = fs::File::create(self.console_log()).expect("creating console log");
-        let nspawn = Command::new("systemd-nspawn")
+        // Each container gets cgroups of its own before nspawn starts: with
+        // `--keep-unit` and no host systemd, every container would otherwise
+        // run in the same (root) cgroup, and their systemds would create and
+        // remove each other's `system.slice/istio.service`, failing units
+        // with 219/CGROUP when tests boot containers in parallel.
+        let nspawn = Command::new("sh")
+            .args([
+                "-c",
+                "name=$1; shift
+                 for h in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
+                     [ -e $h/cgroup.procs ] || continue
+                     case $(stat -fc %T $h) in tmpfs) continue ;; esac
+                     mkdir -p $h/istio-vm-e2e/$name && echo $$ > $h/istio-vm-e2e/$name/cgroup.procs
+                 done
+                 exec systemd-nspawn \"$@\"",
+                "sh",
+                &self.name,
+            ])
             .args([
                 "--boot",
                 "--register=no",
@@ -383,14 +400,22 @@ impl Vm {
     #[track_caller]
     pub fn ok(&self, script: &str) -> String {
         let out = self.sh(script);
-        assert!(
-            out.status.success(),
-            "in {}: `{script}` failed ({}):\nstdout:\n{}\nstderr:\n{}",
-            self.name,
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() {
+            // A failed systemctl says why only in the journal.
+            let journal = if script.contains("systemctl") {
+                let j = self.sh("journalctl -b --no-pager -n 80 -u istio -u istio-vm-capture");
+                String::from_utf8_lossy(&j.stdout).into_owned()
+            } else {
+                String::new()
+            };
+            panic!(
+                "in {}: `{script}` failed ({}):\nstdout:\n{}\nstderr:\n{}\n{journal}",
+                self.name,
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -469,6 +494,18 @@ impl Vm {
             let _ = r.nspawn.wait();
         }
         let _ = fs::remove_file(format!("/run/systemd/nspawn/propagate/{}", self.name));
+        // The container's own cgroups (see `boot`), empty once it is gone.
+        let _ = Command::new("sh")
+            .args([
+                "-c",
+                "for h in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
+                     [ -d $h/istio-vm-e2e/$1 ] && find $h/istio-vm-e2e/$1 -depth -type d -exec rmdir {} +
+                 done; true",
+                "sh",
+                &self.name,
+            ])
+            .stderr(Stdio::null())
+            .status();
         eprintln!("{}: stopped in {:.1?}", self.name, started.elapsed());
     }
 
