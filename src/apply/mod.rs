@@ -228,8 +228,8 @@ impl<'a> Tx<'a> {
         Ok(())
     }
 
-    /// Record `real` and every missing parent directory (parents first).
-    fn record_with_parents(&mut self, real: &str, kind: &str, meta: bool) -> Result<()> {
+    /// The parent directories of `real` that do not exist yet, deepest first.
+    fn missing_parents(&self, real: &str) -> Result<Vec<String>> {
         let mut missing = Vec::new();
         let mut p = std::path::Path::new(real).parent();
         while let Some(d) = p {
@@ -240,6 +240,12 @@ impl<'a> Tx<'a> {
             missing.push(ds);
             p = d.parent();
         }
+        Ok(missing)
+    }
+
+    /// Record `real` and every missing parent directory (parents first).
+    fn record_with_parents(&mut self, real: &str, kind: &str, meta: bool) -> Result<()> {
+        let missing = self.missing_parents(real)?;
         for d in missing.iter().rev() {
             self.record(d, "dir", meta)?;
         }
@@ -328,16 +334,7 @@ impl<'a> Tx<'a> {
 
     /// Create missing parents of `real` (recorded by `begin`).
     fn ensure_parents(&self, real: &str) -> Result<()> {
-        let mut missing = Vec::new();
-        let mut p = std::path::Path::new(real).parent();
-        while let Some(d) = p {
-            let ds = d.to_string_lossy().to_string();
-            if ds == "/" || !matches!(fsops::read_current(&self.root.host(&ds))?, Current::Absent) {
-                break;
-            }
-            missing.push(ds);
-            p = d.parent();
-        }
+        let missing = self.missing_parents(real)?;
         let owner = self.can_chown.then_some((0, 0));
         for d in missing.iter().rev() {
             fsops::mkdir(&self.root.host(d), 0o755, owner, &self.sync)?;
