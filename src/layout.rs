@@ -15,12 +15,15 @@ pub const ETC_HOSTS: &str = "/etc/hosts";
 pub const HOSTS_BEGIN: &str = "# BEGIN istio-vm";
 pub const HOSTS_END: &str = "# END istio-vm";
 
-pub const CAPTURE_UNIT: &str = "/etc/systemd/system/istio-vm-capture.service";
+/// Package content (`packaging/`, embedded in `units::SHIPPED`): a copied
+/// binary without the package places them under /etc instead.
+pub const CAPTURE_UNIT: &str = "/usr/lib/systemd/system/istio-vm-capture.service";
+pub const TMPFILES: &str = "/usr/lib/tmpfiles.d/istio-vm.conf";
+/// The one definition of istio-proxy (the maintainer scripts apply it).
+pub const SYSUSERS: &str = "/usr/lib/sysusers.d/istio-vm.conf";
+/// Per VM: `install` writes them, `uninstall` removes them.
+pub const TOKEN_TMPFILES: &str = "/etc/tmpfiles.d/istio-vm-token.conf";
 pub const ISTIO_DROPIN: &str = "/etc/systemd/system/istio.service.d/istio-vm.conf";
-pub const TMPFILES: &str = "/etc/tmpfiles.d/istio-vm.conf";
-/// In /etc (the administrator's), not /usr/lib (the package's): `install`
-/// writes it, `uninstall` removes it.
-pub const SYSUSERS: &str = "/etc/sysusers.d/istio-vm.conf";
 
 pub const STATE_DIR: &str = "/var/lib/istio-vm";
 pub const STATE_FILE: &str = "/var/lib/istio-vm/state.json";

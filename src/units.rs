@@ -55,14 +55,26 @@
 //!
 //! Istio's unit has `[Install] WantedBy=multi-user.target`, but the upstream
 //! guide never runs `systemctl enable`, so the sidecar does not come back
-//! after a reboot. A drop-in cannot enable a unit (`systemctl enable` reads
-//! `[Install]` from the unit file only). istio-vm instead places a drop-in for
-//! `multi-user.target` with `Wants=istio.service`: a plain file, so the same
-//! plan works live and in an image baked with `--root` (where no systemctl
-//! runs), and `uninstall` removes exactly it, leaving alone whatever the
-//! administrator enabled. `systemctl is-enabled istio` keeps saying what the
-//! administrator did; `systemctl show -p WantedBy istio` lists
-//! `multi-user.target`.
+//! after a reboot. `istio-vm install` enables it the usual way,
+//! `systemctl enable istio.service` (`systemctl --root=DIR enable` for an
+//! image baked with `--root`, which works offline), when it onboards (the
+//! drop-in below is placed or changes). So `systemctl is-enabled istio` says
+//! what it is, and `systemctl disable istio` sticks: a later `install` with
+//! the same bundle leaves it disabled. `uninstall` disables it again (the
+//! sidecar has no mesh files left to start with).
+//!
+//! # Package content and per-VM files
+//!
+//! What is the same on every VM ships in the package under `/usr/lib`
+//! ([`SHIPPED`], sources in `packaging/`): the capture unit, the
+//! tmpfiles.d and the sysusers.d file (the one definition of istio-proxy,
+//! which the maintainer scripts apply). An upgrade of the package replaces
+//! them and its postinst reloads systemd: no rerun of `install`.
+//! `install` writes only what belongs to this VM: the drop-in for Istio's
+//! unit (with or without capture) and its state. A copied binary without the
+//! package places the same embedded texts under `/etc` (where the
+//! administrator's files go) when `/usr/lib`'s copy is absent
+//! ([`Options::packaged`]); uninstall removes them.
 //!
 //! # Paths under /run
 //!
@@ -78,11 +90,45 @@ use crate::layout;
 pub const ISTIO_VM_BIN: &str = "/usr/bin/istio-vm";
 pub const ISTIO_UNIT_NAME: &str = "istio.service";
 pub const CAPTURE_UNIT_NAME: &str = "istio-vm-capture.service";
-/// Makes the boot target want the sidecar (see "Starting at boot").
-pub const BOOT_DROPIN: &str = "/etc/systemd/system/multi-user.target.d/istio-vm.conf";
 /// The agent's directories below /run (in [`layout::PROXY_DIRS`]).
 const SECRETS_DIR: &str = "/var/run/secrets";
 const TOKENS_DIR: &str = "/var/run/secrets/tokens";
+
+/// A file the package ships under `/usr/lib`, embedded so that a copied
+/// binary can place it under `/etc` instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shipped {
+    /// Where the package puts it.
+    pub path: &'static str,
+    /// Where `install` puts it when `path` is absent (no package).
+    pub fallback: &'static str,
+    pub content: &'static str,
+}
+
+/// Every file of `packaging/systemd/`, `packaging/tmpfiles.d/` and
+/// `packaging/sysusers.d/` (a test keeps the list complete).
+pub const SHIPPED: &[Shipped] = &[
+    Shipped {
+        path: layout::CAPTURE_UNIT,
+        fallback: "/etc/systemd/system/istio-vm-capture.service",
+        content: include_str!("../packaging/systemd/istio-vm-capture.service"),
+    },
+    Shipped {
+        path: layout::TMPFILES,
+        fallback: "/etc/tmpfiles.d/istio-vm.conf",
+        content: include_str!("../packaging/tmpfiles.d/istio-vm.conf"),
+    },
+    Shipped {
+        path: layout::SYSUSERS,
+        fallback: "/etc/sysusers.d/istio-vm.conf",
+        content: include_str!("../packaging/sysusers.d/istio-vm.conf"),
+    },
+];
+
+/// The `/etc` path a copied binary uses for the package's `path`.
+pub fn fallback_path(path: &str) -> Option<&'static str> {
+    SHIPPED.iter().find(|s| s.path == path).map(|s| s.fallback)
+}
 
 /// What to render.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,11 +136,17 @@ pub struct Options {
     /// `false` for `install --no-capture`: no capture unit, and the drop-in
     /// still keeps `istio-start.sh` from installing rules of its own.
     pub capture: bool,
+    /// The package's files are in the root's `/usr/lib` (the capture unit
+    /// is there). Without them, `install` places [`SHIPPED`] under `/etc`.
+    pub packaged: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { capture: true }
+        Self {
+            capture: true,
+            packaged: true,
+        }
     }
 }
 
@@ -106,24 +158,65 @@ pub struct GeneratedFile {
     pub mode: u32,
 }
 
-/// Every file istio-vm places for systemd. A live install then runs
-/// `systemctl daemon-reload` and (unless `--no-start`) starts [`START`];
-/// uninstall removes them, stops the sidecar first and reloads after.
+/// Every file `install` places for systemd: the drop-in, and without the
+/// package the embedded package files. A live install then runs
+/// `systemctl daemon-reload`, enables and (unless `--no-start`) starts
+/// [`START`]; uninstall stops and disables the sidecar, removes the files and
+/// reloads.
 pub fn render(opts: &Options) -> Vec<GeneratedFile> {
-    let file = |path, content| GeneratedFile {
-        path,
-        content,
-        mode: 0o644,
-    };
     let mut out = Vec::new();
-    if opts.capture {
-        out.push(file(layout::CAPTURE_UNIT, capture_unit()));
+    if !opts.packaged {
+        for s in SHIPPED {
+            if s.path == layout::CAPTURE_UNIT && !opts.capture {
+                continue;
+            }
+            out.push(GeneratedFile {
+                path: s.fallback,
+                content: s.content.to_string(),
+                mode: 0o644,
+            });
+        }
     }
-    out.push(file(layout::ISTIO_DROPIN, istio_dropin(opts)));
-    out.push(file(BOOT_DROPIN, boot_dropin()));
-    out.push(file(layout::TMPFILES, tmpfiles()));
-    out.push(file(layout::SYSUSERS, sysusers()));
+    out.push(GeneratedFile {
+        path: layout::ISTIO_DROPIN,
+        content: istio_dropin(opts),
+        mode: 0o644,
+    });
+    out.push(GeneratedFile {
+        path: layout::TOKEN_TMPFILES,
+        content: token_tmpfiles(),
+        mode: 0o644,
+    });
     out
+}
+
+/// `/etc/tmpfiles.d/istio-vm-token.conf`: the token under /run at every
+/// boot. Per VM, not in the package: systemd 247 (Debian 11) fails
+/// systemd-tmpfiles-setup on a `C` line whose source does not exist, which
+/// it does not on a VM that was never onboarded.
+pub fn token_tmpfiles() -> String {
+    let u = layout::PROXY_USER;
+    format!(
+        "{HEADER}\
+# /run is a tmpfs: the token is gone after a reboot (Istio issues #27691,
+# #35343). Put it back from the persistent copy; `C` copies only when the
+# target does not exist. Owner and mode on the line itself; its parents are
+# created root's, and the drop-in's ExecStartPre hands them to {u}
+# before the agent starts.
+C {token} 0600 {u} {u} - {persistent}
+",
+        token = run_path(layout::TOKEN),
+        persistent = layout::TOKEN_PERSISTENT,
+    )
+}
+
+/// The package's text of `path` ([`SHIPPED`]).
+pub fn shipped(path: &str) -> &'static str {
+    SHIPPED
+        .iter()
+        .find(|s| s.path == path)
+        .map(|s| s.content)
+        .unwrap_or_else(|| panic!("{path} is not shipped"))
 }
 
 /// What a live install starts after `systemctl daemon-reload` (unless
@@ -134,36 +227,9 @@ pub const START: &str = ISTIO_UNIT_NAME;
 const HEADER: &str = "# Written by istio-vm; `istio-vm uninstall` removes it. Do not edit:\n\
                       # the next `istio-vm install` puts it back as it was.\n";
 
-/// `istio-vm-capture.service`: owns the traffic capture rules.
-pub fn capture_unit() -> String {
-    format!(
-        "{HEADER}\
-[Unit]
-Description=istio-vm traffic capture for the Istio sidecar
-# The DNS capture rules name the nameservers of /etc/resolv.conf, which DHCP
-# writes once the network is up; without a wait-online service this target is
-# reached at once.
-Wants=network-online.target
-After=network-online.target local-fs.target
-Before={istio}
-# An explicit stop or restart of the sidecar stops (removes the rules) or
-# restarts (re-renders them) this unit; a crash of the sidecar does not.
-PartOf={istio}
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-# A oneshot has no start timeout by default; a netfilter lock held forever
-# must not hang the boot.
-TimeoutSec=90s
-ExecStart={bin} capture apply
-ExecStop={bin} capture remove
-# No [Install]: started as a dependency of the sidecar, never alone, since
-# rules without a running proxy would cut the VM off.
-",
-        istio = ISTIO_UNIT_NAME,
-        bin = ISTIO_VM_BIN,
-    )
+/// `istio-vm-capture.service` as the package ships it.
+pub fn capture_unit() -> &'static str {
+    shipped(layout::CAPTURE_UNIT)
 }
 
 /// The drop-in for Istio's own `istio.service`.
@@ -203,103 +269,6 @@ ExecStartPre=+/usr/bin/install -d -o {user} -g {user} -m 0755 {run_secrets} {run
     s
 }
 
-/// `multi-user.target.d/istio-vm.conf`: start the sidecar at boot.
-pub fn boot_dropin() -> String {
-    format!(
-        "{HEADER}\
-# Starts Istio's sidecar at boot (it pulls in {cap}). Not
-# `systemctl enable`, so that an image baked with --root comes up the same.
-[Unit]
-Wants={istio}
-",
-        cap = CAPTURE_UNIT_NAME,
-        istio = ISTIO_UNIT_NAME
-    )
-}
-
-/// `tmpfiles.d/istio-vm.conf`: runtime directories and the token at every
-/// boot, and the owners of the placed files at the first boot of an image
-/// baked with `install --root` (where istio-proxy did not exist yet).
-pub fn tmpfiles() -> String {
-    let u = layout::PROXY_USER;
-    let mut s = String::from(HEADER);
-    s.push_str(
-        "# /run is a tmpfs: the token's directory is gone after a reboot, and with it\n\
-         # the token (Istio issues #27691, #35343). Put both back from the persistent\n\
-         # copy; `C` copies only when the target does not exist.\n",
-    );
-    for dir in [SECRETS_DIR, TOKENS_DIR] {
-        let _ = writeln!(s, "d {} 0755 {u} {u} -", run_path(dir));
-    }
-    let token = run_path(layout::TOKEN);
-    // Owner and mode on the `C` line itself: created root-owned, the file
-    // below istio-proxy's directory could not be fixed by a later `z` line
-    // (tmpfiles refuses that "unsafe path transition").
-    let _ = writeln!(s, "C {token} 0600 {u} {u} - {}", layout::TOKEN_PERSISTENT);
-    s.push_str(
-        "\n# Owners of the placed directories and files. On an image baked with\n\
-         # `istio-vm install --root`, istio-proxy is created by sysusers.d at first\n\
-         # boot, just before this runs, and the files are still root's. `Z`, not a\n\
-         # `z` per file: tmpfiles refuses to touch a root-owned file below a\n\
-         # directory it has just given to istio-proxy (\"unsafe path transition\").\n\
-         # Recursive as the install guide's `chown -R`; modes are kept.\n",
-    );
-    let recursive = recursive_dirs();
-    for dir in layout::PROXY_DIRS {
-        if dir.starts_with("/var/run/") {
-            continue;
-        }
-        let _ = writeln!(s, "d {dir} 0755 {u} {u} -");
-        if recursive.contains(dir) {
-            let _ = writeln!(s, "Z {dir} - {u} {u} -");
-        }
-    }
-    for p in layout::PLACEMENTS {
-        let covered = recursive
-            .iter()
-            .any(|d| p.path.strip_prefix(d).is_some_and(|r| r.starts_with('/')));
-        if p.path.starts_with("/var/run/") || covered {
-            continue;
-        }
-        let user = match p.owner {
-            layout::Owner::IstioProxy => u,
-            layout::Owner::Root => "root",
-        };
-        let _ = writeln!(s, "z {} {:04o} {user} {user} -", p.path, p.mode);
-    }
-    s
-}
-
-/// The persistent proxy directories whose whole content belongs to
-/// istio-proxy: every one with no other proxy directory below it (so not
-/// `/var/lib/istio`, which also holds Istio's own data).
-fn recursive_dirs() -> Vec<&'static str> {
-    let persistent: Vec<&str> = layout::PROXY_DIRS
-        .iter()
-        .copied()
-        .filter(|d| !d.starts_with("/var/run/"))
-        .collect();
-    persistent
-        .iter()
-        .copied()
-        .filter(|d| {
-            !persistent
-                .iter()
-                .any(|o| o.strip_prefix(d).is_some_and(|r| r.starts_with('/')))
-        })
-        .collect()
-}
-
-/// `sysusers.d/istio-vm.conf`: istio-proxy as Istio's postinst creates it
-/// (`tools/packaging/postinst.sh`): a system user with a group of the same
-/// name, home `/var/lib/istio`, here without a login shell.
-pub fn sysusers() -> String {
-    format!(
-        "{HEADER}u {u} - \"Istio sidecar proxy\" /var/lib/istio /usr/sbin/nologin\n",
-        u = layout::PROXY_USER
-    )
-}
-
 /// `/var/run/x` -> `/run/x`; anything else unchanged.
 fn run_path(p: &str) -> String {
     match p.strip_prefix("/var/run/") {
@@ -310,6 +279,9 @@ fn run_path(p: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
     use super::*;
 
     fn file<'a>(out: &'a [GeneratedFile], path: &str) -> &'a str {
@@ -349,19 +321,57 @@ mod tests {
     #[test]
     fn capture_unit_is_a_oneshot_owning_the_rules() {
         let u = capture_unit();
-        assert_eq!(values(&u, "Service", "Type"), ["oneshot"]);
-        assert_eq!(values(&u, "Service", "RemainAfterExit"), ["yes"]);
-        assert_eq!(values(&u, "Service", "TimeoutSec"), ["90s"]);
+        assert_eq!(values(u, "Service", "Type"), ["oneshot"]);
+        assert_eq!(values(u, "Service", "RemainAfterExit"), ["yes"]);
+        assert_eq!(values(u, "Service", "TimeoutSec"), ["90s"]);
         assert_eq!(
-            values(&u, "Service", "ExecStart"),
+            values(u, "Service", "ExecStart"),
             ["/usr/bin/istio-vm capture apply"]
         );
         assert_eq!(
-            values(&u, "Service", "ExecStop"),
+            values(u, "Service", "ExecStop"),
             ["/usr/bin/istio-vm capture remove"]
         );
-        assert_eq!(values(&u, "Unit", "Before"), ["istio.service"]);
-        assert_eq!(values(&u, "Unit", "PartOf"), ["istio.service"]);
+        assert_eq!(values(u, "Unit", "Before"), ["istio.service"]);
+        assert_eq!(values(u, "Unit", "PartOf"), ["istio.service"]);
+        // Never wanted by a target of its own.
+        assert!(section(u, "Install").is_empty());
+    }
+
+    #[test]
+    fn capture_unit_is_sandboxed_to_what_capture_needs() {
+        let u = capture_unit();
+        let one = |k: &str| {
+            let v = values(u, "Service", k);
+            assert_eq!(v.len(), 1, "{k}: {v:?}");
+            v[0]
+        };
+        assert_eq!(one("NoNewPrivileges"), "yes");
+        assert_eq!(one("ProtectSystem"), "strict");
+        assert_eq!(one("ProtectHome"), "yes");
+        assert_eq!(one("PrivateTmp"), "yes");
+        let caps: BTreeSet<&str> = one("CapabilityBoundingSet").split(' ').collect();
+        assert_eq!(
+            caps,
+            BTreeSet::from(["CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_ADMIN"])
+        );
+        let families: BTreeSet<&str> = one("RestrictAddressFamilies").split(' ').collect();
+        assert_eq!(
+            families,
+            BTreeSet::from(["AF_NETLINK", "AF_UNIX", "AF_INET", "AF_INET6"])
+        );
+        // The scratch namespace of the read-back is a network namespace.
+        assert_eq!(one("RestrictNamespaces"), "net");
+        // What capture writes stays writable: its records and state, its
+        // lock and the xtables lock.
+        let rw: Vec<&str> = one("ReadWritePaths").split(' ').collect();
+        for p in [layout::CAPTURE_DIR, layout::LOCK_FILE, "/run/xtables.lock"] {
+            assert!(
+                rw.iter()
+                    .any(|d| p == *d || p.starts_with(&format!("{d}/"))),
+                "{p} is read-only for the capture unit ({rw:?})"
+            );
+        }
     }
 
     #[test]
@@ -383,42 +393,91 @@ mod tests {
 
     #[test]
     fn no_capture_keeps_istio_away_from_iptables_without_a_capture_unit() {
-        let opts = Options { capture: false };
-        let out = render(&opts);
-        assert!(out.iter().all(|g| g.path != layout::CAPTURE_UNIT));
-        let d = file(&out, layout::ISTIO_DROPIN);
-        assert!(values(d, "Unit", "Requires").is_empty());
-        assert_eq!(
-            values(d, "Service", "Environment"),
-            ["ISTIO_CUSTOM_IP_TABLES=true"]
-        );
+        for packaged in [true, false] {
+            let opts = Options {
+                capture: false,
+                packaged,
+            };
+            let out = render(&opts);
+            assert!(
+                out.iter()
+                    .all(|g| g.path != "/etc/systemd/system/istio-vm-capture.service")
+            );
+            let d = file(&out, layout::ISTIO_DROPIN);
+            assert!(values(d, "Unit", "Requires").is_empty());
+            assert_eq!(
+                values(d, "Service", "Environment"),
+                ["ISTIO_CUSTOM_IP_TABLES=true"]
+            );
+        }
     }
 
     #[test]
-    fn everything_is_0644_and_the_boot_target_wants_the_sidecar() {
+    fn install_writes_only_the_dropin_when_the_package_is_there() {
         let out = render(&Options::default());
+        let paths: Vec<&str> = out.iter().map(|g| g.path).collect();
+        assert_eq!(paths, [layout::ISTIO_DROPIN, layout::TOKEN_TMPFILES]);
+        // Without the package: the same texts, under /etc.
+        let out = render(&Options {
+            capture: true,
+            packaged: false,
+        });
         let paths: Vec<&str> = out.iter().map(|g| g.path).collect();
         assert_eq!(
             paths,
             [
-                layout::CAPTURE_UNIT,
+                "/etc/systemd/system/istio-vm-capture.service",
+                "/etc/tmpfiles.d/istio-vm.conf",
+                "/etc/sysusers.d/istio-vm.conf",
                 layout::ISTIO_DROPIN,
-                BOOT_DROPIN,
-                layout::TMPFILES,
-                layout::SYSUSERS
+                layout::TOKEN_TMPFILES,
             ]
         );
+        for s in SHIPPED {
+            assert_eq!(file(&out, s.fallback), s.content);
+            // Same file name: the /etc copy is what systemd would take
+            // over the package's (and it is only placed without one).
+            assert_eq!(
+                Path::new(s.fallback).file_name(),
+                Path::new(s.path).file_name()
+            );
+            assert!(s.path.starts_with("/usr/lib/") && s.fallback.starts_with("/etc/"));
+        }
         assert!(out.iter().all(|g| g.mode == 0o644));
-        let boot = file(&out, BOOT_DROPIN);
-        assert_eq!(values(boot, "Unit", "Wants"), [ISTIO_UNIT_NAME]);
-        // The capture unit is never wanted by a target of its own.
-        assert!(section(file(&out, layout::CAPTURE_UNIT), "Install").is_empty());
+        assert_eq!(fallback_path(layout::SYSUSERS), Some("/etc/sysusers.d/istio-vm.conf"));
+        assert_eq!(fallback_path("/etc/hosts"), None);
     }
 
+    /// Every file under packaging/{systemd,tmpfiles.d,sysusers.d} is
+    /// embedded (so a copied binary can place it) and shipped where
+    /// [`SHIPPED`] says.
     #[test]
-    fn tmpfiles_restores_the_token_with_owner_and_mode() {
-        let t = tmpfiles();
-        let lines: Vec<Vec<&str>> = t
+    fn every_packaging_file_is_embedded() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut on_disk = BTreeSet::new();
+        for (dir, dest) in [
+            ("packaging/systemd", "/usr/lib/systemd/system"),
+            ("packaging/tmpfiles.d", "/usr/lib/tmpfiles.d"),
+            ("packaging/sysusers.d", "/usr/lib/sysusers.d"),
+        ] {
+            for e in std::fs::read_dir(repo.join(dir)).unwrap().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let text = std::fs::read_to_string(e.path()).unwrap();
+                let path = format!("{dest}/{name}");
+                let s = SHIPPED
+                    .iter()
+                    .find(|s| s.path == path)
+                    .unwrap_or_else(|| panic!("{dir}/{name} is not in units::SHIPPED"));
+                assert_eq!(s.content, text, "{path}");
+                on_disk.insert(path);
+            }
+        }
+        let embedded: BTreeSet<String> = SHIPPED.iter().map(|s| s.path.to_string()).collect();
+        assert_eq!(embedded, on_disk);
+    }
+
+    fn tmpfiles_lines(text: &str) -> Vec<Vec<&str>> {
+        let lines: Vec<Vec<&str>> = text
             .lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
             .map(|l| l.split_whitespace().collect())
@@ -428,56 +487,96 @@ mod tests {
             assert!(l.len() == 6 || l.len() == 7, "{l:?}");
             assert!(!l[1].starts_with("/var/run/"), "legacy path {}", l[1]);
         }
-        let pos = |ty: &str, path: &str| {
-            lines
-                .iter()
-                .position(|l| l[0] == ty && l[1] == path)
-                .unwrap_or_else(|| panic!("no `{ty} {path}` line"))
-        };
-        let copy = &lines[pos("C", "/run/secrets/tokens/istio-token")];
-        assert_eq!(copy[2..5], ["0600", "istio-proxy", "istio-proxy"]);
-        assert_eq!(copy[6], layout::TOKEN_PERSISTENT);
-        // Parents before children, the copy after its directory.
-        assert!(pos("d", "/run/secrets") < pos("d", "/run/secrets/tokens"));
-        assert!(pos("d", "/run/secrets/tokens") < pos("C", "/run/secrets/tokens/istio-token"));
-        // The baked image's persistent files get their owners at first boot:
-        // each through a recursive `Z` on its directory, or a `z` of its own.
+        lines
+    }
+
+    #[test]
+    fn package_tmpfiles_only_adjusts_what_exists() {
+        for l in tmpfiles_lines(shipped(layout::TMPFILES)) {
+            assert!(["z", "Z"].contains(&l[0]), "{l:?}");
+        }
+    }
+
+    #[test]
+    fn token_tmpfiles_restores_the_token_with_owner_and_mode() {
+        let text = token_tmpfiles();
+        let lines = tmpfiles_lines(&text);
+        assert_eq!(lines.len(), 1);
+        let copy: Vec<_> = lines.iter().filter(|l| l[0] == "C").collect();
+        assert_eq!(copy.len(), 1);
+        assert_eq!(copy[0][1], run_path(layout::TOKEN));
+        assert_eq!(copy[0][2..5], ["0600", "istio-proxy", "istio-proxy"]);
+        assert_eq!(copy[0][6], layout::TOKEN_PERSISTENT);
+    }
+
+    #[test]
+    fn tmpfiles_gives_the_baked_files_their_owners_without_walking_growing_dirs() {
+        let lines = tmpfiles_lines(shipped(layout::TMPFILES));
+        let has = |ty: &str, path: &str| lines.iter().any(|l| l[0] == ty && l[1] == path);
+        // Each persistent placed file: through a `Z` on its directory, or a
+        // `z` of its own, with its mode.
         for p in layout::PLACEMENTS {
             if p.path.starts_with("/var/run/") {
                 continue;
             }
-            let parent = std::path::Path::new(p.path)
-                .parent()
-                .unwrap()
-                .to_str()
-                .unwrap();
-            let by_dir = lines.iter().any(|l| l[0] == "Z" && l[1] == parent);
-            let by_file = lines.iter().any(|l| l[0] == "z" && l[1] == p.path);
+            let parent = Path::new(p.path).parent().unwrap().to_str().unwrap();
+            let by_dir = has("Z", parent);
+            let by_file = has("z", p.path);
             assert!(by_dir != by_file, "{}: Z on its dir xor z", p.path);
             if by_file {
-                let l = &lines[pos("z", p.path)];
+                let l = lines.iter().find(|l| l[0] == "z" && l[1] == p.path).unwrap();
                 assert_eq!(l[2], format!("{:04o}", p.mode));
             }
         }
+        // Each persistent proxy directory gets its owner.
         for d in layout::PROXY_DIRS {
-            pos("d", &run_path(d));
+            if d.starts_with("/var/run/") {
+                continue;
+            }
+            assert!(has("z", d) || has("Z", d), "no owner line for {d}");
         }
-        // Never recursively over Istio's own data.
-        assert!(
-            lines
-                .iter()
-                .all(|l| !(l[0] == "Z" && l[1] == "/var/lib/istio"))
-        );
+        // Never recursively over what grows (logs, Envoy's files) or holds
+        // Istio's own data: `Z` only where a placed file lives.
+        for l in lines.iter().filter(|l| l[0] == "Z") {
+            assert!(
+                layout::PLACEMENTS
+                    .iter()
+                    .any(|p| Path::new(p.path).parent() == Some(Path::new(l[1]))),
+                "recursive Z on {}, which holds no placed file",
+                l[1]
+            );
+        }
+        for d in ["/var/log/istio", "/etc/istio/proxy", "/var/lib/istio"] {
+            assert!(!has("Z", d), "recursive Z on {d}");
+        }
     }
 
     #[test]
     fn sysusers_declares_istio_proxy_like_istios_postinst() {
-        let s = sysusers();
-        let line = s.lines().find(|l| l.starts_with("u ")).unwrap();
+        let s = shipped(layout::SYSUSERS);
+        let users: Vec<&str> = s.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
-            line,
-            "u istio-proxy - \"Istio sidecar proxy\" /var/lib/istio /usr/sbin/nologin"
+            users,
+            ["u istio-proxy - \"Istio sidecar proxy\" /var/lib/istio /usr/sbin/nologin"]
         );
+    }
+
+    /// The maintainer scripts take istio-proxy from the sysusers.d file
+    /// (with systemd-sysusers, or its fields when that is absent): no second
+    /// definition to drift.
+    #[test]
+    fn maintainer_scripts_apply_the_one_definition() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let postinst = std::fs::read_to_string(repo.join("debian/postinst")).unwrap();
+        let spec = std::fs::read_to_string(repo.join("rpm/istio-vm.spec")).unwrap();
+        for (name, text) in [("debian/postinst", &postinst), ("rpm/istio-vm.spec", &spec)] {
+            assert!(text.contains("systemd-sysusers"), "{name}");
+            assert!(!text.contains("Istio sidecar proxy"), "{name} repeats the GECOS");
+            assert!(!text.contains("/var/lib/istio "), "{name} repeats the home");
+            assert!(!text.contains("--shell /"), "{name} repeats the shell");
+        }
+        assert!(postinst.contains(layout::SYSUSERS));
+        assert!(spec.contains("packaging/sysusers.d/istio-vm.conf"));
     }
 
     #[test]
@@ -499,13 +598,17 @@ mod tests {
 
     #[test]
     fn snapshots() {
-        for g in render(&Options::default()) {
-            let name = g.path.trim_start_matches('/').replace('/', "__");
-            insta::assert_snapshot!(name, g.content);
-        }
+        insta::assert_snapshot!(
+            "etc__systemd__system__istio.service.d__istio-vm.conf",
+            istio_dropin(&Options::default())
+        );
         insta::assert_snapshot!(
             "istio_dropin_no_capture",
-            istio_dropin(&Options { capture: false })
+            istio_dropin(&Options {
+                capture: false,
+                packaged: true
+            })
         );
+        insta::assert_snapshot!("etc__tmpfiles.d__istio-vm-token.conf", token_tmpfiles());
     }
 }

@@ -254,7 +254,7 @@ fn first_boot_creates_the_user_and_fixes_ownership() {
     std::fs::remove_dir_all(r.join("run/secrets")).unwrap();
     let sysusers = Command::new("systemd-sysusers")
         .arg(format!("--root={}", r.display()))
-        .arg(r.join(istio_vm::layout::SYSUSERS.trim_start_matches('/')))
+        .arg(r.join(istio_vm::units::fallback_path(istio_vm::layout::SYSUSERS).unwrap().trim_start_matches('/')))
         .output()
         .expect("systemd-sysusers");
     assert!(

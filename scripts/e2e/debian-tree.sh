@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Builds (once) a minimal Debian rootfs that boots with systemd, and prints
-# its path. The result is cached outside the repository, keyed by the suite,
+# its path.
+#
+#   scripts/e2e/debian-tree.sh [SUITE]
+#
+# SUITE is bullseye (Debian 11, systemd 247), bookworm (12, systemd 252) or
+# trixie (13, systemd 257); default $ISTIO_VM_E2E_SUITE, else bookworm. Each
+# suite has a cache of its own, so tests of all three run side by side. The result is cached outside the repository, keyed by the suite,
 # the package list and this script's own bytes, so a change to either builds
 # a fresh one. Callers copy it; they never boot the cached tree itself.
 #
@@ -9,11 +15,16 @@
 # is written into the repository.
 set -euo pipefail
 
-suite=${ISTIO_VM_E2E_SUITE:-bookworm}
+suite=${1:-${ISTIO_VM_E2E_SUITE:-bookworm}}
+case "$suite" in
+    bullseye | bookworm | trixie) ;;
+    *) echo "scripts/e2e/debian-tree.sh: unknown suite '$suite' (bullseye, bookworm or trixie)" >&2; exit 2 ;;
+esac
 # systemd, dbus: a booted system with systemctl. iproute2, iptables, sudo,
 # hostname: what Istio's istio-sidecar package depends on (and what our
 # stand-in of it depends on, see scripts/e2e/build-stand-in-deb.sh).
-packages=systemd,systemd-sysv,dbus,iproute2,iptables,sudo,hostname
+# nftables: the package's Recommends, for `--backend nftables`.
+packages=systemd,systemd-sysv,dbus,iproute2,iptables,nftables,sudo,hostname
 cache=${ISTIO_VM_E2E_CACHE:-/var/cache/istio-vm-e2e}
 
 die() { echo "scripts/e2e/debian-tree.sh: $*" >&2; exit 1; }
@@ -47,8 +58,9 @@ mirror() {
 }
 
 mkdir -p "$cache"
-# One builder at a time: parallel tests wait here for the first one's tree.
-exec 9>"$cache/.lock"
+# One builder per suite at a time: parallel tests wait here for the first
+# one's tree; the suites build side by side.
+exec 9>"$cache/.lock-$suite"
 flock -w 900 9 || die "timed out waiting for another build of the rootfs (lock $cache/.lock)"
 if [ -f "$dest/.complete" ]; then
     echo "$dest/rootfs"

@@ -156,6 +156,69 @@ fn open_child_dir(dir: &OwnedFd, name: &std::ffi::OsStr, host: &Path) -> Result<
 /// step id, for the test-only fault injection between write and rename.
 /// Every step works relative to the parent directory's descriptor, opened
 /// without following symlinks.
+/// The extended attribute that holds a file's SELinux context.
+pub const SELINUX_LABEL: &std::ffi::CStr = c"security.selinux";
+
+/// A file replaced by renaming a new one over it would take the new file's
+/// label (the directory's default type), not the one the policy or an
+/// administrator gave the target (e.g. `net_conf_t` on /etc/hosts): copy the
+/// target's `attr` to the new file `to` first, as cloud-init restores it
+/// (`util.SeLinuxGuard`). Nothing to copy when the target does not exist or
+/// has no such attribute (SELinux not enabled); an attribute the new file's
+/// filesystem refuses is an error, since the file would be mislabelled.
+pub fn keep_label(
+    dir: &OwnedFd,
+    name: &std::ffi::OsStr,
+    to: &File,
+    attr: &std::ffi::CStr,
+) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let target = match nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => File::from(fd),
+        Err(Errno::ENOENT | Errno::ELOOP) => return Ok(()),
+        Err(e) => return Err(e).context("opening the file it replaces"),
+    };
+    let mut buf = vec![0u8; 256];
+    let len = loop {
+        // SAFETY: buf is valid for buf.len() bytes; attr is NUL-terminated.
+        let n = unsafe {
+            nix::libc::fgetxattr(
+                target.as_raw_fd(),
+                attr.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n >= 0 {
+            break n as usize;
+        }
+        match Errno::last() {
+            Errno::ENODATA | Errno::ENOTSUP => return Ok(()),
+            Errno::ERANGE if buf.len() < 65536 => buf.resize(buf.len() * 4, 0),
+            e => return Err(e).with_context(|| format!("reading {attr:?}")),
+        }
+    };
+    // SAFETY: buf holds len bytes read above; attr is NUL-terminated.
+    let r = unsafe {
+        nix::libc::fsetxattr(
+            to.as_raw_fd(),
+            attr.as_ptr(),
+            buf.as_ptr().cast(),
+            len,
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(Errno::last()).with_context(|| format!("setting {attr:?}"));
+    }
+    Ok(())
+}
+
 pub fn write_atomic(
     host: &Path,
     content: &[u8],
@@ -197,6 +260,8 @@ pub fn write_atomic(
             .with_context(|| format!("writing {}", shown()))?;
         set_fd_meta(&f, mode, owner)
             .with_context(|| format!("setting owner/mode of {}", shown()))?;
+        keep_label(&dir, name, &f, SELINUX_LABEL)
+            .with_context(|| format!("keeping the SELinux label of {}", host.display()))?;
         f.sync_all()
             .with_context(|| format!("syncing {}", shown()))?;
         super::failpoint(&format!("{failpoint}:written"))?;
@@ -445,5 +510,94 @@ mod tests {
         remove_file(&base.join("real/x"), &now).unwrap();
         assert!(rmdir_if_empty(&base.join("real"), &now).unwrap());
         assert!(!base.join("real").exists());
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use std::ffi::{CStr, CString};
+    use std::os::unix::ffi::OsStrExt;
+
+    use super::*;
+
+    fn set(path: &Path, attr: &CStr, value: &[u8]) -> std::result::Result<(), Errno> {
+        let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: NUL-terminated strings and a valid buffer.
+        let r = unsafe {
+            nix::libc::setxattr(
+                p.as_ptr(),
+                attr.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        if r == 0 { Ok(()) } else { Err(Errno::last()) }
+    }
+
+    fn get(path: &Path, attr: &CStr) -> Option<Vec<u8>> {
+        let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+        let mut buf = vec![0u8; 1024];
+        // SAFETY: as above.
+        let n = unsafe {
+            nix::libc::getxattr(
+                p.as_ptr(),
+                attr.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        (n >= 0).then(|| buf[..n as usize].to_vec())
+    }
+
+    const CONTEXT: &[u8] = b"system_u:object_r:net_conf_t:s0\0";
+
+    /// The real path: `write_atomic` over a file labelled with
+    /// `security.selinux`. Without SELinux, ext4 (and tmpfs as root) still
+    /// store the attribute, so this runs here; a filesystem that refuses it
+    /// fails the test with what to use instead.
+    #[test]
+    fn replacing_a_file_keeps_its_selinux_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("hosts");
+        std::fs::write(&target, "old\n").unwrap();
+        if let Err(e) = set(&target, SELINUX_LABEL, CONTEXT) {
+            panic!(
+                "{} refuses security.selinux ({e}); keep_label itself is tested with \
+                 user.* in keep_label_copies_any_attribute",
+                dir.path().display()
+            );
+        }
+        let ino = std::fs::metadata(&target).unwrap().ino();
+        write_atomic(&target, b"new\n", 0o644, None, "t", &Syncer::now()).unwrap();
+        assert_ne!(std::fs::metadata(&target).unwrap().ino(), ino, "not replaced");
+        assert_eq!(std::fs::read(&target).unwrap(), b"new\n");
+        assert_eq!(get(&target, SELINUX_LABEL).as_deref(), Some(CONTEXT));
+        // A new file (nothing to keep) gets none: the policy's default.
+        let fresh = dir.path().join("fresh");
+        write_atomic(&fresh, b"x", 0o644, None, "t", &Syncer::now()).unwrap();
+        assert_eq!(get(&fresh, SELINUX_LABEL), None);
+        // An unlabelled target: the new file stays unlabelled too.
+        write_atomic(&fresh, b"y", 0o644, None, "t", &Syncer::now()).unwrap();
+        assert_eq!(get(&fresh, SELINUX_LABEL), None);
+    }
+
+    #[test]
+    fn keep_label_copies_any_attribute() {
+        let dir = tempfile::tempdir().unwrap();
+        let attr = c"user.istio_vm_test";
+        let target = dir.path().join("t");
+        std::fs::write(&target, "").unwrap();
+        set(&target, attr, b"label").expect("user.* xattrs on the test filesystem");
+        let dfd = open_parent_nofollow(&target).unwrap();
+        let new = File::create(dir.path().join("n")).unwrap();
+        keep_label(&dfd, target.file_name().unwrap(), &new, attr).unwrap();
+        assert_eq!(get(&dir.path().join("n"), attr).as_deref(), Some(&b"label"[..]));
+        // No target, or a symlink in its place: nothing copied, no error.
+        let other = File::create(dir.path().join("m")).unwrap();
+        keep_label(&dfd, std::ffi::OsStr::new("absent"), &other, attr).unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join("link")).unwrap();
+        keep_label(&dfd, std::ffi::OsStr::new("link"), &other, attr).unwrap();
+        assert_eq!(get(&dir.path().join("m"), attr), None);
     }
 }

@@ -1,7 +1,8 @@
-//! The live systemd side of install and uninstall: hooks that reload systemd
-//! after the units ([`crate::units`]) are placed, (re)start the sidecar, and
-//! stop it before the units go. Only planned when the root is `/`; under
-//! `--root` the units come up at the image's first boot instead.
+//! The systemd side of install and uninstall: hooks that reload systemd
+//! after the units ([`crate::units`]) are placed, enable and (re)start the
+//! sidecar, and stop and disable it before the units go. Live (root `/`) all
+//! of them; under `--root` only the enablement (`systemctl --root=DIR`, which
+//! works offline): the units come up at the image's first boot.
 
 use std::path::Path;
 use std::process::Command;
@@ -94,6 +95,55 @@ fn stop_sidecar(_: &HookEnv) -> Result<()> {
     Ok(())
 }
 
+/// Where Istio's packages put `istio.service` (deb: /lib, rpm: /usr/lib; one
+/// directory on a merged /usr), or an administrator's copy.
+const UNIT_DIRS: &[&str] = &["/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"];
+
+/// Whether the root has a unit file for `istio.service` (the istio-sidecar
+/// package is installed).
+fn istio_unit_present(root: &Path) -> bool {
+    UNIT_DIRS.iter().any(|d| {
+        root.join(d.trim_start_matches('/'))
+            .join(units::ISTIO_UNIT_NAME)
+            .exists()
+    })
+}
+
+/// `systemctl [--root=DIR] ARGS`: live through the running manager, else
+/// offline on the unit files (a baked image, a chroot).
+fn systemctl_at(root: &Path, args: &[&str]) -> Result<()> {
+    let mut all: Vec<String> = Vec::new();
+    if root != Path::new("/") || !booted_with_systemd() {
+        all.push(format!("--root={}", root.display()));
+    }
+    all.extend(args.iter().map(|a| a.to_string()));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    systemctl(&refs)
+}
+
+/// `systemctl enable istio.service`: the sidecar starts at boot, the usual
+/// way (`systemctl disable istio` undoes it, `is-enabled` says it).
+fn enable_sidecar(env: &HookEnv) -> Result<()> {
+    if !istio_unit_present(&env.root) {
+        tracing::warn!(
+            "istio.service is not installed (Istio's istio-sidecar package): once it is,              `systemctl enable --now istio` starts it now and at every boot"
+        );
+        return Ok(());
+    }
+    systemctl_at(&env.root, &["enable", units::ISTIO_UNIT_NAME])
+        .context("enabling istio.service at boot")
+}
+
+/// Undo of [`enable_sidecar`], and uninstall: without its mesh files the
+/// sidecar has nothing to start with.
+fn disable_sidecar(env: &HookEnv) -> Result<()> {
+    if !istio_unit_present(&env.root) {
+        return Ok(());
+    }
+    systemctl_at(&env.root, &["disable", units::ISTIO_UNIT_NAME])
+        .context("disabling istio.service at boot")
+}
+
 /// Paths whose change needs a new sidecar process.
 fn restart_triggers(files: &[units::GeneratedFile]) -> Vec<String> {
     let mut v: Vec<String> = files.iter().map(|f| f.path.to_string()).collect();
@@ -105,15 +155,30 @@ fn restart_triggers(files: &[units::GeneratedFile]) -> Vec<String> {
     v
 }
 
+/// Enables the sidecar when this VM is onboarded or its drop-in changes; a
+/// `systemctl disable istio` between two runs with the same bundle sticks.
+fn enable_hook() -> Hook {
+    Hook {
+        id: "hook:istio-enable".into(),
+        detail: format!("systemctl enable {}", units::ISTIO_UNIT_NAME),
+        run: enable_sidecar,
+        undo: Some(disable_sidecar),
+        after_change_of: vec![layout::ISTIO_DROPIN.into()],
+    }
+}
+
 /// Hooks a live install runs after every file is placed.
 pub fn install_hooks(files: &[units::GeneratedFile], start: bool) -> Vec<Hook> {
-    let mut hooks = vec![Hook {
-        id: "hook:systemd-reload".into(),
-        detail: "systemctl daemon-reload".into(),
-        run: reload,
-        undo: None,
-        after_change_of: files.iter().map(|f| f.path.to_string()).collect(),
-    }];
+    let mut hooks = vec![
+        Hook {
+            id: "hook:systemd-reload".into(),
+            detail: "systemctl daemon-reload".into(),
+            run: reload,
+            undo: None,
+            after_change_of: files.iter().map(|f| f.path.to_string()).collect(),
+        },
+        enable_hook(),
+    ];
     if start {
         hooks.push(Hook {
             id: "hook:istio-restart".into(),
@@ -128,6 +193,23 @@ pub fn install_hooks(files: &[units::GeneratedFile], start: bool) -> Vec<Hook> {
         });
     }
     hooks
+}
+
+/// Hooks of an install under `--root` (an image being baked): the
+/// enablement only, offline; the rest happens at the image's first boot.
+pub fn baked_install_hooks() -> Vec<Hook> {
+    vec![enable_hook()]
+}
+
+/// Run by an uninstall (live or under `--root`) before the units are removed.
+pub fn uninstall_disable_hook() -> Hook {
+    Hook {
+        id: "hook:istio-disable".into(),
+        detail: format!("systemctl disable {}", units::ISTIO_UNIT_NAME),
+        run: disable_sidecar,
+        undo: Some(enable_sidecar),
+        after_change_of: Vec::new(),
+    }
 }
 
 /// Run by a live uninstall before the units are removed.
@@ -162,20 +244,63 @@ mod tests {
 
     #[test]
     fn the_sidecar_restarts_only_when_its_inputs_change() {
-        let files = units::render(&units::Options::default());
+        let files = units::render(&units::Options {
+            capture: true,
+            packaged: false,
+        });
         let hooks = install_hooks(&files, true);
-        assert_eq!(hooks.len(), 2);
-        let restart = &hooks[1];
+        assert_eq!(hooks.len(), 3);
+        let restart = &hooks[2];
         for p in [
             layout::CLUSTER_ENV,
             layout::MESH_CONFIG,
-            layout::CAPTURE_UNIT,
+            layout::ISTIO_DROPIN,
+            "/etc/systemd/system/istio-vm-capture.service",
         ] {
             assert!(restart.after_change_of.iter().any(|x| x == p), "{p}");
         }
         // A new token alone is re-read by the running agent.
         assert!(!restart.after_change_of.iter().any(|x| x == layout::TOKEN));
         assert!(!restart.after_change_of.is_empty());
-        assert_eq!(install_hooks(&files, false).len(), 1);
+        assert_eq!(install_hooks(&files, false).len(), 2);
+    }
+
+    #[test]
+    fn enabling_follows_the_dropin_only() {
+        let h = enable_hook();
+        assert_eq!(h.after_change_of, [layout::ISTIO_DROPIN]);
+        assert!(h.undo.is_some());
+        assert_eq!(baked_install_hooks().len(), 1);
+    }
+
+    /// Offline enable and disable on a tree, as an image builder's
+    /// `--root` run does them: the usual `.wants` symlink, and none after.
+    #[test]
+    fn enable_and_disable_offline_under_a_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = HookEnv {
+            root: dir.path().to_path_buf(),
+            config: crate::config::Config::default(),
+        };
+        // No istio.service yet: a warning, nothing done.
+        enable_sidecar(&env).unwrap();
+        let wants = dir
+            .path()
+            .join("etc/systemd/system/multi-user.target.wants/istio.service");
+        assert!(!wants.exists());
+        let unit = dir.path().join("usr/lib/systemd/system/istio.service");
+        std::fs::create_dir_all(unit.parent().unwrap()).unwrap();
+        std::fs::write(
+            &unit,
+            "[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n",
+        )
+        .unwrap();
+        enable_sidecar(&env).unwrap();
+        assert_eq!(
+            std::fs::read_link(&wants).unwrap(),
+            Path::new("/usr/lib/systemd/system/istio.service")
+        );
+        disable_sidecar(&env).unwrap();
+        assert!(std::fs::symlink_metadata(&wants).is_err());
     }
 }

@@ -132,7 +132,10 @@ fn uninstall_hooks(state: &State) -> Vec<plan::Hook> {
     // The sidecar (and with it the capture unit and its rules) stops before
     // its units go.
     if state.entries.iter().any(|e| e.path == layout::ISTIO_DROPIN) {
-        vec![systemd::uninstall_stop_hook()]
+        vec![
+            systemd::uninstall_stop_hook(),
+            systemd::uninstall_disable_hook(),
+        ]
     } else {
         Vec::new()
     }
@@ -248,7 +251,10 @@ fn install_locked(
     created_user: bool,
 ) -> Result<()> {
     let capture = !args.no_capture && ctx.config.capture;
-    let unit_files = units::render(&units::Options { capture });
+    // Without the package's units in /usr/lib (a copied binary), install
+    // places the embedded copies under /etc.
+    let packaged = root.resolve(layout::CAPTURE_UNIT)?.host.exists();
+    let unit_files = units::render(&units::Options { capture, packaged });
     let mut extra_files = generated_files(&unit_files);
     let mut extra_dirs = Vec::new();
     if capture {
@@ -275,11 +281,12 @@ fn install_locked(
         cloud_init_templates: cloudinit::hosts_templates(root)?,
         extra_dirs,
         extra_files,
-        // Under --root nothing is started: the units come up at first boot.
+        // Under --root nothing is started: the units come up at first boot,
+        // enabled offline.
         hooks: if root.is_slash() {
             install_hooks(args, &unit_files)
         } else {
-            Vec::new()
+            systemd::baked_install_hooks()
         },
     };
     let actions = plan::desired(&input);
@@ -350,8 +357,15 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
     };
     let can_chown = nix::unistd::geteuid().is_root();
     let mut ops: Vec<(String, Op)> = Vec::new();
-    if root.is_slash() {
-        for h in uninstall_hooks(&state) {
+    let hooks = if root.is_slash() {
+        uninstall_hooks(&state)
+    } else if state.entries.iter().any(|e| e.path == layout::ISTIO_DROPIN) {
+        vec![systemd::uninstall_disable_hook()]
+    } else {
+        Vec::new()
+    };
+    {
+        for h in hooks {
             report.steps.push(Step {
                 id: h.id.clone(),
                 status: StepStatus::Changed,
