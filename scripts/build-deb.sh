@@ -7,8 +7,9 @@
 #   DIST_DIR       where the packages go (default: dist)
 #   DEB_REVISION  Debian revision (default: 1); a rebuilt package for an
 #                 upgrade test uses 2
-#   NO_BUILD=1    reuse the release binary already built (scripts/build-rpm.sh
-#                 packages the same one)
+#   NO_BUILD=1    reuse the release binary already built by
+#                 scripts/build-binary.sh (scripts/build-rpm.sh packages the
+#                 same one)
 #
 # Prints the path of each package on stdout; progress goes to stderr.
 set -euo pipefail
@@ -28,10 +29,6 @@ mkdir -p "$out_dir"
 archs=("$@")
 [ "${#archs[@]}" -gt 0 ] || archs=(amd64)
 
-# The host's own architecture builds without --target so that it shares
-# target/release with `cargo build --release` (and the tests).
-host=$(rustc -vV | sed -n 's/^host: //p')
-
 for arch in "${archs[@]}"; do
     case "$arch" in
         amd64 | x86_64) triple=x86_64-unknown-linux-gnu ;;
@@ -41,13 +38,10 @@ for arch in "${archs[@]}"; do
             exit 2
             ;;
     esac
-    target=()
-    [ "$triple" = "$host" ] || target=(--target "$triple")
-    if [ "${NO_BUILD:-}" != 1 ]; then
-        cargo build --release --locked "${target[@]}" >&2
-    fi
-    # A cross build lives under target/<triple>/release; cargo-deb rewrites
-    # the target/release/ asset path accordingly.
-    cargo deb --no-build --locked "${target[@]}" \
+    # The binary for the glibc floor (scripts/build-binary.sh says why).
+    scripts/build-binary.sh "$arch" >/dev/null
+    # It lives under target/<triple>/release; cargo-deb rewrites the
+    # target/release/ asset path accordingly.
+    cargo deb --no-build --locked --target "$triple" \
         --deb-revision "${DEB_REVISION:-1}" --output "$out_dir" -q
 done

@@ -6,7 +6,7 @@
 #
 # Environment:
 #   DIST_DIR       where the packages go (default: dist)
-#   NO_BUILD=1    reuse the release binary already built
+#   NO_BUILD=1    reuse the release binary already built (scripts/build-binary.sh)
 #
 # Prints the path of each package on stdout; progress goes to stderr.
 set -euo pipefail
@@ -20,41 +20,20 @@ archs=("$@")
 [ "${#archs[@]}" -gt 0 ] || archs=(x86_64)
 
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
-target_dir=$(cargo metadata --format-version 1 --no-deps --locked |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-
-# The host's own architecture builds without --target so that it shares
-# target/release with `cargo build --release` (and the tests).
-host=$(rustc -vV | sed -n 's/^host: //p')
+# The SPDX expression of what the binary links (scripts/licenses.sh).
+license_expr=$(scripts/licenses.sh --expression)
 
 for arch in "${archs[@]}"; do
     case "$arch" in
-        x86_64 | amd64)
-            arch=x86_64
-            triple=x86_64-unknown-linux-gnu
-            ;;
-        aarch64 | arm64)
-            arch=aarch64
-            triple=aarch64-unknown-linux-gnu
-            ;;
+        x86_64 | amd64) arch=x86_64 ;;
+        aarch64 | arm64) arch=aarch64 ;;
         *)
             echo "build-rpm: unknown architecture '$arch' (x86_64 or aarch64)" >&2
             exit 2
             ;;
     esac
-    target=()
-    binary=$target_dir/release/istio-vm
-    if [ "$triple" != "$host" ]; then
-        target=(--target "$triple")
-        binary=$target_dir/$triple/release/istio-vm
-    fi
-    if [ "${NO_BUILD:-}" != 1 ]; then
-        cargo build --release --locked "${target[@]}" >&2
-    fi
-    [ -x "$binary" ] || {
-        echo "build-rpm: $binary is missing: build it or drop NO_BUILD" >&2
-        exit 1
-    }
+    # The binary for the glibc floor, the one the .deb ships.
+    binary=$(scripts/build-binary.sh "$arch")
     topdir=$(mktemp -d)
     trap 'rm -rf "$topdir"' EXIT
     rpmbuild -bb --quiet --target "$arch-linux" \
@@ -62,6 +41,7 @@ for arch in "${archs[@]}"; do
         --define "pkg_version $version" \
         --define "srcdir $repo" \
         --define "binary $binary" \
+        --define "license_expr $license_expr" \
         rpm/istio-vm.spec >&2
     for rpm_file in "$topdir"/RPMS/*/*.rpm; do
         mv "$rpm_file" "$out_dir/"

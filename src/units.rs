@@ -444,7 +444,10 @@ mod tests {
             assert!(s.path.starts_with("/usr/lib/") && s.fallback.starts_with("/etc/"));
         }
         assert!(out.iter().all(|g| g.mode == 0o644));
-        assert_eq!(fallback_path(layout::SYSUSERS), Some("/etc/sysusers.d/istio-vm.conf"));
+        assert_eq!(
+            fallback_path(layout::SYSUSERS),
+            Some("/etc/sysusers.d/istio-vm.conf")
+        );
         assert_eq!(fallback_path("/etc/hosts"), None);
     }
 
@@ -524,7 +527,10 @@ mod tests {
             let by_file = has("z", p.path);
             assert!(by_dir != by_file, "{}: Z on its dir xor z", p.path);
             if by_file {
-                let l = lines.iter().find(|l| l[0] == "z" && l[1] == p.path).unwrap();
+                let l = lines
+                    .iter()
+                    .find(|l| l[0] == "z" && l[1] == p.path)
+                    .unwrap();
                 assert_eq!(l[2], format!("{:04o}", p.mode));
             }
         }
@@ -571,7 +577,10 @@ mod tests {
         let spec = std::fs::read_to_string(repo.join("rpm/istio-vm.spec")).unwrap();
         for (name, text) in [("debian/postinst", &postinst), ("rpm/istio-vm.spec", &spec)] {
             assert!(text.contains("systemd-sysusers"), "{name}");
-            assert!(!text.contains("Istio sidecar proxy"), "{name} repeats the GECOS");
+            assert!(
+                !text.contains("Istio sidecar proxy"),
+                "{name} repeats the GECOS"
+            );
             assert!(!text.contains("/var/lib/istio "), "{name} repeats the home");
             assert!(!text.contains("--shell /"), "{name} repeats the shell");
         }

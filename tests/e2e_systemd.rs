@@ -2,6 +2,10 @@
 //! install, reboot, the capture policy around `istio.service`, uninstall, and
 //! an image baked with `install --root` booting for the first time.
 //!
+//! istio-vm is copied in as a bare binary (no package), so install places
+//! the package's units under /etc itself ([`units::Options::packaged`]); the
+//! package's own life on Debian 11, 12 and 13 is tests/packaging_e2e.rs.
+//!
 //! Istio itself cannot be installed here: the sidecar is the stand-in
 //! `istio-sidecar` package of scripts/e2e/build-stand-in-deb.sh (Istio's unit,
 //! start script and postinst layout, a test agent in place of pilot-agent).
@@ -37,6 +41,14 @@ fn prepare(tag: &str) -> Vm {
     let deb = e2e::stand_in_deb(vm.work_dir());
     e2e::put(&vm, &deb, SIDECAR_DEB, 0o644);
     vm
+}
+
+/// What install places on this copied-binary tree.
+fn placed_units() -> Vec<units::GeneratedFile> {
+    units::render(&units::Options {
+        capture: true,
+        packaged: false,
+    })
 }
 
 /// Every table's rules, as the container's own netfilter has them.
@@ -99,7 +111,7 @@ fn assert_onboarded(vm: &Vm) {
         let got = vm.ok(&format!("stat -c '%U %F' {d}"));
         assert_eq!(got.trim(), "istio-proxy directory", "{d}");
     }
-    for g in units::render(&units::Options::default()) {
+    for g in placed_units() {
         let got = vm.ok(&format!("stat -c '%U %G %a' {}", g.path));
         assert_eq!(got.trim(), "root root 644", "{}", g.path);
     }
@@ -148,11 +160,7 @@ fn snapshot(vm: &Vm, paths: &[&str]) -> String {
 
 fn watched_paths() -> Vec<&'static str> {
     let mut v: Vec<&str> = layout::PLACEMENTS.iter().map(|p| p.path).collect();
-    v.extend(
-        units::render(&units::Options::default())
-            .iter()
-            .map(|g| g.path),
-    );
+    v.extend(placed_units().iter().map(|g| g.path));
     v.push(layout::ETC_HOSTS);
     v
 }
@@ -190,6 +198,7 @@ fn install_survives_a_reboot_and_uninstall_restores_everything() {
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["changed"], true, "{r}");
     assert_onboarded(&vm);
+    assert_eq!(vm.ok("systemctl is-enabled istio").trim(), "enabled");
 
     // The units as written pass systemd's own checker, with Istio's unit and
     // its drop-in, and the boot target with ours.

@@ -67,6 +67,7 @@ fn ownership_follows_the_roots_own_user_database() {
     }
     for p in [
         "etc/tmpfiles.d/istio-vm.conf",
+        "etc/tmpfiles.d/istio-vm-token.conf",
         "etc/sysusers.d/istio-vm.conf",
         "var/lib/istio-vm",
         "var/lib/istio-vm/state.json",
@@ -93,7 +94,8 @@ fn without_the_user_ownership_is_left_to_tmpfiles() {
     // Recursive: a `z` per file would be refused below a directory just given
     // to istio-proxy (see units::tmpfiles; proven at first boot in e2e_systemd).
     assert!(tmpfiles.contains("Z /etc/certs - istio-proxy istio-proxy -"));
-    assert!(tmpfiles.contains("d /run/secrets/tokens 0755 istio-proxy istio-proxy -"));
+    let token = std::fs::read_to_string(r.join("etc/tmpfiles.d/istio-vm-token.conf")).unwrap();
+    assert!(token.contains("C /run/secrets/tokens/istio-token 0600 istio-proxy istio-proxy -"));
     // The user appears later (e.g. the istio-sidecar package): the next run
     // hands the files over.
     with_proxy_user(r);
@@ -254,7 +256,7 @@ fn first_boot_creates_the_user_and_fixes_ownership() {
     std::fs::remove_dir_all(r.join("run/secrets")).unwrap();
     let sysusers = Command::new("systemd-sysusers")
         .arg(format!("--root={}", r.display()))
-        .arg(r.join(istio_vm::units::fallback_path(istio_vm::layout::SYSUSERS).unwrap().trim_start_matches('/')))
+        .arg(r.join("etc/sysusers.d/istio-vm.conf"))
         .output()
         .expect("systemd-sysusers");
     assert!(
@@ -282,6 +284,7 @@ fn first_boot_creates_the_user_and_fixes_ownership() {
             .arg(format!("--root={}", r.display()))
             .arg("--create")
             .arg(r.join("etc/tmpfiles.d/istio-vm.conf"))
+            .arg(r.join("etc/tmpfiles.d/istio-vm-token.conf"))
             .output()
             .expect("systemd-tmpfiles");
         let err = String::from_utf8_lossy(&tmpfiles.stderr);

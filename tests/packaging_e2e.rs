@@ -1,7 +1,11 @@
-//! The real .deb on a booted Debian (the e2e harness, tests/common/e2e.rs):
-//! `dpkg -i`, `istio-vm install`, an upgrade to a rebuilt package that keeps
-//! a locally edited conffile, `dpkg -r` that restores the VM through prerm,
-//! and `dpkg -P` after which nothing of ours is left.
+//! The real .deb on a booted Debian 11, 12 and 13 (the e2e harness,
+//! tests/common/e2e.rs, one test per release, run side by side): `dpkg -i`,
+//! `istio-vm install`, real packets through the capture rules (that
+//! release's iptables and systemd), a reboot, `systemctl disable`/`enable`,
+//! an upgrade to a package whose capture unit differs (in effect at once, no
+//! rerun of install, the sidecar keeps running) and that keeps a locally
+//! edited conffile, `dpkg -r` that restores the VM through prerm, and
+//! `dpkg -P` after which nothing of ours is left.
 //!
 //! The sidecar is the e2e harness's stand-in `istio-sidecar` package (Istio's
 //! unit, start script and postinst layout; no real Envoy can be installed
@@ -67,18 +71,58 @@ fn changed_paths(before: &str, after: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn prepare() -> Vm {
+/// The rev2 package with a capture unit that differs from rev1's (its
+/// Description), as an upgrade that fixes a unit would bring.
+fn rev2_with_changed_unit(dir: &std::path::Path) -> std::path::PathBuf {
     let p = pkg::packages();
-    let vm = Vm::new("pkg");
+    let tree = dir.join("rev2-tree");
+    let _ = std::fs::remove_dir_all(&tree);
+    pkg::run(
+        std::process::Command::new("dpkg-deb")
+            .arg("-R")
+            .arg(&p.deb_amd64_rev2)
+            .arg(&tree),
+    );
+    let unit = tree.join("usr/lib/systemd/system/istio-vm-capture.service");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    let changed = text.replace(
+        &format!("Description={CAPTURE_DESCRIPTION}\n"),
+        &format!("Description={CAPTURE_DESCRIPTION_REV2}\n"),
+    );
+    assert_ne!(changed, text, "no Description line in the unit");
+    std::fs::write(&unit, changed).unwrap();
+    pkg::run(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg("cd \"$1\" && find usr etc -type f -exec md5sum {} + > DEBIAN/md5sums")
+            .arg("sh")
+            .arg(&tree),
+    );
+    let out = dir.join("istio-vm-rev2-changed-unit.deb");
+    pkg::run(
+        std::process::Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-b"])
+            .arg(&tree)
+            .arg(&out),
+    );
+    out
+}
+
+const CAPTURE_DESCRIPTION: &str = "istio-vm traffic capture for the Istio sidecar";
+const CAPTURE_DESCRIPTION_REV2: &str = "istio-vm traffic capture for the Istio sidecar (rev 2)";
+
+fn prepare(suite: &str) -> Vm {
+    let p = pkg::packages();
+    let vm = Vm::of_suite(&format!("pkg-{suite}"), suite);
     e2e::put(&vm, &p.deb_amd64, DEB, 0o644);
-    e2e::put(&vm, &p.deb_amd64_rev2, DEB_REV2, 0o644);
+    e2e::put(&vm, &rev2_with_changed_unit(vm.work_dir()), DEB_REV2, 0o644);
     let bundle = e2e::repo().join("examples/bundle");
     for e in std::fs::read_dir(&bundle).unwrap().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let mode = if name == "istio-token" { 0o600 } else { 0o644 };
         e2e::put(&vm, &e.path(), &format!("{BUNDLE}/{name}"), mode);
     }
-    let sidecar = e2e::stand_in_deb(vm.work_dir());
+    let sidecar = e2e::stand_in_deb_with(pkg::portable_stand_in_agent(), vm.work_dir());
     e2e::put(&vm, &sidecar, SIDECAR_DEB, 0o644);
     vm
 }
@@ -101,10 +145,59 @@ fn assert_onboarded(vm: &Vm) {
     vm.ok(&format!("test -s {}", layout::STATE_FILE));
 }
 
-#[test]
-fn deb_install_upgrade_remove_purge_on_a_booted_debian() {
-    let mut vm = prepare();
+/// Real packets through the rules of this release's netfilter tools: from a
+/// dummy interface's network (198.51.100.0/24), an application's TCP
+/// connection is redirected to the proxy's outbound port (nothing listens on
+/// 15001 in the stand-in, so it is refused at once, where without capture it
+/// would wait for an answer that never comes), the proxy's own is not, and a
+/// DNS query to resolv.conf's nameserver (203.0.113.53) is answered by the
+/// agent's DNS proxy on 15053.
+fn capture_moves_real_packets(vm: &Vm) {
+    vm.ok(
+        "ip link add ivm0 type dummy && ip addr add 198.51.100.10/24 dev ivm0 && \
+         ip addr add 203.0.113.10/24 dev ivm0 && ip link set ivm0 up",
+    );
+    let tcp = |user: &str| {
+        let out = vm.sh(&format!(
+            "{user} timeout 3 bash -c 'exec 3<>/dev/tcp/198.51.100.20/80' 2>&1; echo \"rc=$?\""
+        ));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let app = tcp("");
+    assert!(
+        app.contains("Connection refused") && app.trim_end().ends_with("rc=1"),
+        "the application's connection was not redirected to 15001:\n{app}"
+    );
+    let proxy = tcp("setpriv --reuid istio-proxy --regid istio-proxy --clear-groups");
+    assert!(
+        proxy.trim_end().ends_with("rc=124"),
+        "the proxy's own connection was captured:\n{proxy}"
+    );
+    // A DNS query (id 0x1234, one question: A x.example) over UDP; the
+    // answer carries the id back.
+    let dns = vm.ok(
+        "timeout 3 bash -c 'exec 3<>/dev/udp/203.0.113.53/53; \
+         printf \"\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x01x\\x07example\\x00\\x00\\x01\\x00\\x01\" >&3; \
+         head -c 2 <&3 | od -An -tx1'",
+    );
+    assert_eq!(
+        dns.split_whitespace().collect::<Vec<_>>(),
+        ["12", "34"],
+        "{dns}"
+    );
+    vm.ok("ip link del ivm0");
+}
+
+/// The whole life of the package on one Debian release.
+fn deb_life_on(suite: &str, systemd_version: u32) {
+    let started = std::time::Instant::now();
+    let mut vm = prepare(suite);
     vm.boot();
+    let version = vm.ok("systemctl --version | head -n1");
+    assert!(
+        version.starts_with(&format!("systemd {systemd_version} ")),
+        "{suite}: {version}"
+    );
 
     vm.ok(&format!("dpkg -i {SIDECAR_DEB}"));
     let proxy_uid = vm.ok("id -u istio-proxy");
@@ -112,7 +205,8 @@ fn deb_install_upgrade_remove_purge_on_a_booted_debian() {
     let rules_before = vm.ok(RULES);
     let hosts_before = vm.ok("cat /etc/hosts");
 
-    // Install: the postinst keeps the sidecar's user and starts nothing.
+    // Install: the postinst keeps the sidecar's user and starts nothing;
+    // systemd knows the shipped unit and tmpfiles.d runs clean on it.
     vm.ok(&format!("dpkg -i {DEB}"));
     assert_eq!(vm.ok("id -u istio-proxy"), proxy_uid);
     assert_eq!(vm.ok("getent passwd istio-proxy | wc -l").trim(), "1");
@@ -126,25 +220,86 @@ fn deb_install_upgrade_remove_purge_on_a_booted_debian() {
         !vm.sh("systemctl is-active -q istio").status.success(),
         "the package started the sidecar"
     );
+    let fragment = vm.ok("systemctl show -p FragmentPath --value istio-vm-capture");
+    assert!(
+        fragment
+            .trim()
+            .ends_with("lib/systemd/system/istio-vm-capture.service"),
+        "{fragment}"
+    );
+    vm.ok("systemd-tmpfiles --create istio-vm.conf");
     vm.ok("istio-vm --version");
     vm.ok("test -e /usr/share/man/man8/istio-vm.8.gz");
+    vm.ok("test -e /usr/share/doc/istio-vm/THIRD-PARTY-NOTICES");
 
-    // Onboard with the packaged binary.
+    // Onboard with the packaged binary: only per-VM files go to /etc, and
+    // the sidecar is enabled the usual way.
     vm.ok(&format!("istio-vm install --bundle {BUNDLE}"));
     assert_onboarded(&vm);
+    vm.ok("test ! -e /etc/systemd/system/istio-vm-capture.service");
+    assert_eq!(vm.ok("systemctl is-enabled istio").trim(), "enabled");
+    capture_moves_real_packets(&vm);
 
-    // Upgrade to a rebuilt package: the edited conffile stays, and so does
-    // the onboarding (prerm upgrade does not uninstall).
+    // Reboot: the sidecar and its capture come back by themselves.
+    vm.reboot();
+    assert_onboarded(&vm);
+    // tmpfiles.d and sysusers.d applied every line without a complaint.
+    let complaints = vm.ok(
+        "journalctl -b -p warning --no-pager -o cat -u systemd-tmpfiles-setup \
+         -u systemd-sysusers",
+    );
+    assert!(complaints.trim().is_empty(), "{suite}: {complaints}");
+
+    // `systemctl disable` means what an administrator expects, and a rerun
+    // of install with the same bundle leaves it so.
+    vm.ok("systemctl disable istio");
+    vm.ok(&format!("istio-vm install --bundle {BUNDLE}"));
+    vm.reboot();
+    assert_eq!(
+        vm.sh("systemctl is-enabled istio").stdout,
+        b"disabled\n".to_vec()
+    );
+    assert!(!vm.sh("systemctl is-active -q istio").status.success());
+    vm.ok("systemctl enable --now istio");
+    assert_onboarded(&vm);
+
+    // Upgrade to a package whose capture unit differs: systemd uses the new
+    // unit right away (postinst's daemon-reload), install is not rerun, the
+    // sidecar keeps running (same main process), and the edited conffile
+    // stays.
     let conf = layout::CONFIG_FILE;
     vm.ok(&format!(
         "printf '# edited on this VM\\ntimeout = \"5s\"\\n' >> {conf}"
     ));
     let edited = vm.ok(&format!("cat {conf}"));
+    let agent_pid = vm.ok("systemctl show -p MainPID --value istio");
+    assert_eq!(
+        vm.ok("systemctl show -p Description --value istio-vm-capture")
+            .trim(),
+        CAPTURE_DESCRIPTION
+    );
+    let state_before = vm.ok(&format!("sha256sum {}", layout::STATE_FILE));
     vm.ok(&format!("dpkg -i --force-confold {DEB_REV2}"));
     assert_eq!(vm.ok(&format!("cat {conf}")), edited, "conffile replaced");
     assert_eq!(
         vm.ok("dpkg-query -W -f '${Version}' istio-vm"),
         format!("{VERSION}-2")
+    );
+    assert_eq!(
+        vm.ok("systemctl show -p Description --value istio-vm-capture")
+            .trim(),
+        CAPTURE_DESCRIPTION_REV2
+    );
+    assert_eq!(
+        vm.ok("systemctl show -p NeedDaemonReload --value istio-vm-capture")
+            .trim(),
+        "no"
+    );
+    assert_eq!(vm.ok("systemctl show -p MainPID --value istio"), agent_pid);
+    assert_eq!(
+        vm.ok(&format!("sha256sum {}", layout::STATE_FILE)),
+        state_before,
+        "the upgrade ran install"
     );
     assert_onboarded(&vm);
     // The edited config is valid and in force for the new binary.
@@ -162,6 +317,10 @@ fn deb_install_upgrade_remove_purge_on_a_booted_debian() {
             .status
             .success(),
         "capture unit still active"
+    );
+    assert_eq!(
+        vm.sh("systemctl is-enabled istio").stdout,
+        b"disabled\n".to_vec()
     );
     let after_remove = vm.ok(SNAPSHOT);
     let left: BTreeSet<String> = changed_paths(&before, &after_remove)
@@ -187,6 +346,31 @@ fn deb_install_upgrade_remove_purge_on_a_booted_debian() {
     // The sidecar package is untouched and still works on its own.
     vm.ok("dpkg -s istio-sidecar >/dev/null");
     vm.shutdown();
+    eprintln!(
+        "{suite}: the package's booted life took {:.1?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn deb_life_on_debian_11_bullseye() {
+    deb_life_on("bullseye", 247);
+}
+
+#[test]
+fn deb_life_on_debian_12_bookworm() {
+    deb_life_on("bookworm", 252);
+}
+
+#[test]
+fn deb_life_on_debian_13_trixie() {
+    deb_life_on("trixie", 257);
+}
+
+#[test]
+fn the_suites_are_the_harness_ones() {
+    let want: Vec<(&str, u32)> = vec![("bullseye", 247), ("bookworm", 252), ("trixie", 257)];
+    assert_eq!(e2e::SUITES, want.as_slice());
 }
 
 /// Ours first, then Istio's (stand-in) istio-sidecar, with the real dpkg on
@@ -195,7 +379,7 @@ fn deb_install_upgrade_remove_purge_on_a_booted_debian() {
 /// directories with it.
 #[test]
 fn ours_before_istio_sidecar_leaves_one_shared_user() {
-    let vm = prepare();
+    let vm = prepare("bookworm");
     let dpkg = |deb: &str| {
         let out = std::process::Command::new("unshare")
             .args(["--net", "--", "dpkg"])

@@ -99,7 +99,14 @@ fn expected_files() -> Vec<(&'static str, &'static str)> {
         ("/usr/share/doc/istio-vm/copyright", "-rw-r--r--"),
         ("/usr/share/doc/istio-vm/changelog.Debian.gz", "-rw-r--r--"),
         ("/usr/share/doc/istio-vm/README.md", "-rw-r--r--"),
+        ("/usr/share/doc/istio-vm/THIRD-PARTY-NOTICES", "-rw-r--r--"),
         ("/usr/share/lintian/overrides/istio-vm", "-rw-r--r--"),
+        (
+            "/usr/lib/systemd/system/istio-vm-capture.service",
+            "-rw-r--r--",
+        ),
+        ("/usr/lib/tmpfiles.d/istio-vm.conf", "-rw-r--r--"),
+        ("/usr/lib/sysusers.d/istio-vm.conf", "-rw-r--r--"),
         (
             "/usr/share/bash-completion/completions/istio-vm",
             "-rw-r--r--",
@@ -113,7 +120,79 @@ fn expected_files() -> Vec<(&'static str, &'static str)> {
     for page in MAN_PAGES {
         v.push((page, "-rw-r--r--"));
     }
+    // Every unit of packaging/systemd/ (the verify service and timer too).
+    for e in std::fs::read_dir(repo().join("packaging/systemd"))
+        .unwrap()
+        .flatten()
+    {
+        let path = format!(
+            "/usr/lib/systemd/system/{}",
+            e.file_name().to_string_lossy()
+        );
+        if !v.iter().any(|(p, _)| *p == path) {
+            v.push((Box::leak(path.into_boxed_str()), "-rw-r--r--"));
+        }
+    }
     v
+}
+
+/// The glibc floor of scripts/build-binary.sh.
+const GLIBC_FLOOR: (u32, u32) = (2, 17);
+
+/// The newest GLIBC_x.y symbol version `objdump -T` lists for `bin`.
+fn newest_glibc(objdump: &str, bin: &Path) -> (u32, u32) {
+    let out = stdout(Command::new(objdump).arg("-T").arg(bin));
+    out.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+        .filter_map(|w| w.strip_prefix("GLIBC_"))
+        .filter_map(|v| {
+            let mut it = v.split('.').map(|n| n.parse::<u32>().ok());
+            Some((it.next()??, it.next().flatten().unwrap_or(0)))
+        })
+        .max()
+        .unwrap_or_else(|| panic!("no GLIBC_ versions in objdump -T of {}", bin.display()))
+}
+
+#[test]
+fn binaries_use_no_glibc_symbol_newer_than_the_floor() {
+    let p = packages();
+    for (deb, objdump) in [
+        (&p.deb_amd64, "objdump"),
+        (&p.deb_arm64, "aarch64-linux-gnu-objdump"),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        extract(deb, d.path());
+        let bin = d.path().join("usr/bin/istio-vm");
+        let newest = newest_glibc(objdump, &bin);
+        assert!(
+            newest <= GLIBC_FLOOR,
+            "{} needs GLIBC_{}.{}, newer than the floor {}.{}",
+            deb.display(),
+            newest.0,
+            newest.1,
+            GLIBC_FLOOR.0,
+            GLIBC_FLOOR.1
+        );
+        // And the package says so: libc6 (>= 2.x) with x at most the floor.
+        let depends = stdout(
+            Command::new("dpkg-deb")
+                .arg("--field")
+                .arg(deb)
+                .arg("Depends"),
+        );
+        let libc = depends
+            .split(',')
+            .find(|d| d.trim().starts_with("libc6"))
+            .unwrap_or_else(|| panic!("no libc6 in {depends}"));
+        let v = libc
+            .split(">=")
+            .nth(1)
+            .map(|v| v.trim().trim_end_matches(')'));
+        if let Some(v) = v {
+            let mut it = v.split('.').map(|n| n.parse::<u32>().unwrap_or(0));
+            let got = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+            assert!(got <= GLIBC_FLOOR, "{libc}");
+        }
+    }
 }
 
 const MAN_PAGES: &[&str] = &[
@@ -160,6 +239,7 @@ fn deb_contents_modes_fields_and_conffile() {
             .map(|d| d.split_whitespace().next().unwrap())
             .collect();
         assert_eq!(deps, BTreeSet::from(["iptables", libc]), "{depends}");
+        assert_eq!(field("Recommends"), "iproute2, nftables");
         assert!(
             field("Description").lines().count() > 3,
             "extended description"
@@ -226,10 +306,15 @@ fn rpm_contents_config_and_requires() {
                 !p.contains("changelog.Debian") && !p.contains("lintian") && !p.contains("zsh")
             })
             .collect();
-        // RPM conventions: license under /usr/share/licenses, zsh
+        // RPM conventions: licenses under /usr/share/licenses, zsh
         // completions in site-functions; the changelog is in the header.
         want.remove("/usr/share/doc/istio-vm/copyright");
+        want.remove("/usr/share/doc/istio-vm/THIRD-PARTY-NOTICES");
         want.insert("/usr/share/licenses/istio-vm/copyright", "-rw-r--r--");
+        want.insert(
+            "/usr/share/licenses/istio-vm/THIRD-PARTY-NOTICES",
+            "-rw-r--r--",
+        );
         want.insert("/usr/share/zsh/site-functions/_istio-vm", "-rw-r--r--");
         assert_eq!(files, want, "{arch}: files and modes");
         for (path, (_, user, group, _)) in &listing {
@@ -251,6 +336,27 @@ fn rpm_contents_config_and_requires() {
             )
         };
         assert_eq!(q("NAME"), "istio-vm");
+        // The crates' licenses, not Apache-2.0 alone.
+        let license = q("LICENSE");
+        for id in ["Apache-2.0", "MIT", "ISC"] {
+            assert!(license.split(" AND ").any(|l| l == id), "{license}");
+        }
+        assert_eq!(q("GROUP"), "Unspecified", "no Group tag");
+        assert_eq!(q("PACKAGER"), "(none)", "no Packager tag");
+        let recommends = stdout(Command::new("rpm").arg("-qp").arg("--recommends").arg(rpm));
+        assert_eq!(
+            recommends.lines().collect::<BTreeSet<_>>(),
+            BTreeSet::from(["iproute", "nftables"])
+        );
+        // No directory of the shells' or systemd's packages is ours.
+        for (path, (mode, ..)) in &listing {
+            if mode.starts_with('d') {
+                assert!(
+                    path.ends_with("/istio-vm"),
+                    "{arch}: owns the directory {path}"
+                );
+            }
+        }
         assert_eq!(q("VERSION"), VERSION);
         assert_eq!(q("ARCH"), arch);
         assert!(q("CHANGELOGTEXT").contains("Initial release"));
@@ -406,10 +512,18 @@ impl Root {
             "var/lib/dpkg/updates",
             "var/lib/dpkg/triggers",
             "var/lib/rpm",
-            // Owned by the base system (filesystem, base-files) on a real one.
+            // Owned by the base system (filesystem, base-files, systemd, the
+            // shells) on a real one.
             "usr/share/man/man8",
             "usr/share/doc",
             "usr/share/licenses",
+            "usr/lib/systemd/system",
+            "usr/lib/tmpfiles.d",
+            "usr/lib/sysusers.d",
+            "usr/share/bash-completion/completions",
+            "usr/share/zsh/site-functions",
+            "usr/share/zsh/vendor-completions",
+            "usr/share/fish/vendor_completions.d",
         ] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
@@ -430,7 +544,7 @@ impl Root {
             }
         }
         // The binary comes from the package; its libraries from the host.
-        let built = target_dir().join("release/istio-vm");
+        let built = target_dir().join("x86_64-unknown-linux-gnu/release/istio-vm");
         for lib in libraries(&built) {
             copy_in(root, &lib);
         }
@@ -599,6 +713,27 @@ fn assert_proxy_user(root: &Root, shell: &str) {
     assert!(!root.path().join("var/lib/istio").exists());
 }
 
+/// The base system's directories the .deb lists: dpkg drops them at purge
+/// when no other package in the chroot claims them (base-files, systemd and
+/// the shells do on a real system).
+const BASE_DIRS: [&str; 15] = [
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/man/man8",
+    "usr/lib/systemd",
+    "usr/lib/systemd/system",
+    "usr/lib/tmpfiles.d",
+    "usr/lib/sysusers.d",
+    "usr/share/bash-completion",
+    "usr/share/bash-completion/completions",
+    "usr/share/zsh",
+    "usr/share/zsh/vendor-completions",
+    "usr/share/fish",
+    "usr/share/fish/vendor_completions.d",
+    "usr/share/lintian",
+    "usr/share/lintian/overrides",
+];
+
 #[test]
 fn deb_install_upgrade_remove_purge_in_a_chroot() {
     let p = packages();
@@ -660,7 +795,7 @@ fn deb_install_upgrade_remove_purge_in_a_chroot() {
     // dpkg also drops the empty base directories the package lists, since
     // no other package in this chroot claims them (base-files does on a
     // real system).
-    let base = ["usr/share/doc", "usr/share/man", "usr/share/man/man8"];
+    let base = BASE_DIRS;
     let mut before = before;
     let mut after = root.snapshot();
     before.retain(|p, _| !base.contains(&p.as_str()));
@@ -704,7 +839,7 @@ fn rpm_install_and_erase_in_a_chroot() {
         &root.rpm(&["-i", "--nodeps", p.rpm_x86_64.to_str().unwrap()]),
         "rpm -i",
     );
-    assert_proxy_user(&root, "/sbin/nologin");
+    assert_proxy_user(&root, "/usr/sbin/nologin");
     let files = stdout(Command::new("rpm").arg("--root").arg(root.path()).args([
         "--dbpath",
         "/var/lib/rpm",
@@ -888,7 +1023,7 @@ fn removal_restores_a_baked_tree(format: &str) {
     let mut before = before;
     if format == "deb" {
         // See deb_install_upgrade_remove_purge_in_a_chroot.
-        let base = ["usr/share/doc", "usr/share/man", "usr/share/man/man8"];
+        let base = BASE_DIRS;
         before.retain(|p, _| !base.contains(&p.as_str()));
         after.retain(|p, _| !base.contains(&p.as_str()));
     }

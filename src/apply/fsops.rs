@@ -204,15 +204,8 @@ pub fn keep_label(
         }
     };
     // SAFETY: buf holds len bytes read above; attr is NUL-terminated.
-    let r = unsafe {
-        nix::libc::fsetxattr(
-            to.as_raw_fd(),
-            attr.as_ptr(),
-            buf.as_ptr().cast(),
-            len,
-            0,
-        )
-    };
+    let r =
+        unsafe { nix::libc::fsetxattr(to.as_raw_fd(), attr.as_ptr(), buf.as_ptr().cast(), len, 0) };
     if r != 0 {
         return Err(Errno::last()).with_context(|| format!("setting {attr:?}"));
     }
@@ -570,7 +563,11 @@ mod label_tests {
         }
         let ino = std::fs::metadata(&target).unwrap().ino();
         write_atomic(&target, b"new\n", 0o644, None, "t", &Syncer::now()).unwrap();
-        assert_ne!(std::fs::metadata(&target).unwrap().ino(), ino, "not replaced");
+        assert_ne!(
+            std::fs::metadata(&target).unwrap().ino(),
+            ino,
+            "not replaced"
+        );
         assert_eq!(std::fs::read(&target).unwrap(), b"new\n");
         assert_eq!(get(&target, SELINUX_LABEL).as_deref(), Some(CONTEXT));
         // A new file (nothing to keep) gets none: the policy's default.
@@ -592,7 +589,10 @@ mod label_tests {
         let dfd = open_parent_nofollow(&target).unwrap();
         let new = File::create(dir.path().join("n")).unwrap();
         keep_label(&dfd, target.file_name().unwrap(), &new, attr).unwrap();
-        assert_eq!(get(&dir.path().join("n"), attr).as_deref(), Some(&b"label"[..]));
+        assert_eq!(
+            get(&dir.path().join("n"), attr).as_deref(),
+            Some(&b"label"[..])
+        );
         // No target, or a symlink in its place: nothing copied, no error.
         let other = File::create(dir.path().join("m")).unwrap();
         keep_label(&dfd, std::ffi::OsStr::new("absent"), &other, attr).unwrap();

@@ -97,7 +97,11 @@ fn stop_sidecar(_: &HookEnv) -> Result<()> {
 
 /// Where Istio's packages put `istio.service` (deb: /lib, rpm: /usr/lib; one
 /// directory on a merged /usr), or an administrator's copy.
-const UNIT_DIRS: &[&str] = &["/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"];
+const UNIT_DIRS: &[&str] = &[
+    "/etc/systemd/system",
+    "/usr/lib/systemd/system",
+    "/lib/systemd/system",
+];
 
 /// Whether the root has a unit file for `istio.service` (the istio-sidecar
 /// package is installed).

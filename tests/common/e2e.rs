@@ -76,14 +76,29 @@ fn which(tool: &str) -> Option<PathBuf> {
         })
 }
 
-/// The cached rootfs (built on first use; parallel callers wait for it).
+/// The Debian releases the booted tests run on: (suite, systemd version).
+pub const SUITES: &[(&str, u32)] = &[("bullseye", 247), ("bookworm", 252), ("trixie", 257)];
+
+/// The default suite: `$ISTIO_VM_E2E_SUITE`, else bookworm (this machine's).
+pub fn default_suite() -> String {
+    std::env::var("ISTIO_VM_E2E_SUITE").unwrap_or_else(|_| "bookworm".into())
+}
+
+/// The cached rootfs of the default suite.
 pub fn cached_rootfs() -> PathBuf {
-    static CACHE: Mutex<Option<PathBuf>> = Mutex::new(None);
+    cached_rootfs_of(&default_suite())
+}
+
+/// The cached rootfs of `suite` (built on first use; parallel callers wait
+/// for it).
+pub fn cached_rootfs_of(suite: &str) -> PathBuf {
+    static CACHE: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
     let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = &*c {
+    if let Some((_, p)) = c.iter().find(|(s, _)| s == suite) {
         return p.clone();
     }
     let out = Command::new(repo().join("scripts/e2e/debian-tree.sh"))
+        .arg(suite)
         .stderr(Stdio::inherit())
         .output()
         .expect("running scripts/e2e/debian-tree.sh");
@@ -104,7 +119,7 @@ pub fn cached_rootfs() -> PathBuf {
         "scripts/e2e/debian-tree.sh printed `{}`, which holds no systemd",
         p.display()
     );
-    *c = Some(p.clone());
+    c.push((suite.to_string(), p.clone()));
     p
 }
 
@@ -197,6 +212,13 @@ impl Vm {
     pub fn new(tag: &str) -> Vm {
         require_prerequisites();
         Vm::from_tree(tag, &cached_rootfs())
+    }
+
+    /// A fresh copy of the cached rootfs of `suite` (bullseye, bookworm,
+    /// trixie).
+    pub fn of_suite(tag: &str, suite: &str) -> Vm {
+        require_prerequisites();
+        Vm::from_tree(tag, &cached_rootfs_of(suite))
     }
 
     /// A fresh copy of another cached tree (e.g. a variant with more
@@ -568,9 +590,15 @@ pub fn stand_in_deb(dir: &Path) -> PathBuf {
          `cargo build --example stand-in-agent` first",
         agent.display()
     );
+    stand_in_deb_with(&agent, dir)
+}
+
+/// The stand-in `istio-sidecar` .deb around a given agent binary (e.g. one
+/// built for an older glibc).
+pub fn stand_in_deb_with(agent: &Path, dir: &Path) -> PathBuf {
     let deb = dir.join("istio-sidecar-stand-in.deb");
     let out = Command::new(repo().join("scripts/e2e/build-stand-in-deb.sh"))
-        .arg(&agent)
+        .arg(agent)
         .arg(&deb)
         .output()
         .expect("running build-stand-in-deb.sh");

@@ -42,6 +42,45 @@ pub fn stdout(cmd: &mut Command) -> String {
     String::from_utf8(run(cmd).stdout).expect("utf-8 output")
 }
 
+/// A build command run as from a shell: cargo gives this test process
+/// CARGO_MANIFEST_DIR and friends, and build scripts that track them (ring's)
+/// would otherwise rebuild everything each time.
+pub fn clean_command(program: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if (key.starts_with("CARGO") && key != "CARGO_HOME") || key == "LD_LIBRARY_PATH" {
+            cmd.env_remove(&*key);
+        }
+    }
+    cmd.env("CARGO_TARGET_DIR", target_dir())
+        .current_dir(repo());
+    cmd
+}
+
+/// The stand-in agent (examples/stand-in-agent) built like the packaged
+/// binary, for glibc 2.17 (scripts/build-binary.sh), so that the stand-in
+/// sidecar runs on every Debian release the booted tests use.
+pub fn portable_stand_in_agent() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        // build-binary.sh installs the pinned tools; the example then
+        // shares its dependencies' build.
+        packages();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        run(clean_command(Path::new(&cargo)).args([
+            "zigbuild",
+            "--release",
+            "--locked",
+            "--example",
+            "stand-in-agent",
+            "--target",
+            "x86_64-unknown-linux-gnu.2.17",
+        ]));
+        target_dir().join("x86_64-unknown-linux-gnu/release/examples/stand-in-agent")
+    })
+}
+
 pub struct Packages {
     pub deb_amd64: PathBuf,
     pub deb_arm64: PathBuf,
@@ -62,20 +101,8 @@ pub fn packages() -> &'static Packages {
         let _ = std::fs::remove_dir_all(&out);
         std::fs::create_dir_all(out.join("rev2")).unwrap();
         let script = |name: &str, out_dir: &Path, args: &[&str], extra: &[(&str, &str)]| {
-            let mut cmd = Command::new(repo().join("scripts").join(name));
-            // Run the build as from a shell: cargo gives this test process
-            // CARGO_MANIFEST_DIR and friends, and build scripts that track
-            // them (ring's) would otherwise rebuild everything each time.
-            for (key, _) in std::env::vars_os() {
-                let key = key.to_string_lossy();
-                if (key.starts_with("CARGO") && key != "CARGO_HOME") || key == "LD_LIBRARY_PATH" {
-                    cmd.env_remove(&*key);
-                }
-            }
-            cmd.args(args)
-                .env("CARGO_TARGET_DIR", target_dir())
-                .env("DIST_DIR", out_dir)
-                .current_dir(repo());
+            let mut cmd = clean_command(&repo().join("scripts").join(name));
+            cmd.args(args).env("DIST_DIR", out_dir);
             for (k, v) in extra {
                 cmd.env(k, v);
             }
