@@ -42,8 +42,8 @@ need() { # tool version
 need cargo-about "$CARGO_ABOUT_VERSION"
 
 generate() { # output
-    cargo about generate --locked --offline --fail about.hbs -o "$1" 2>/dev/null ||
-        cargo about generate --locked --offline --fail about.hbs -o "$1"
+    cargo about generate --locked --fail about.hbs -o "$1" 2>/dev/null ||
+        cargo about generate --locked --fail about.hbs -o "$1"
 }
 
 case "${1:-}" in
@@ -70,7 +70,7 @@ case "${1:-}" in
             exit 1
         fi
         need cargo-deny "$CARGO_DENY_VERSION"
-        cargo deny --locked --offline check licenses bans sources
+        cargo deny --locked check licenses bans sources
         ;;
     *)
         echo "usage: $0 [--check | --expression]" >&2

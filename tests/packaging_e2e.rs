@@ -229,6 +229,8 @@ fn deb_life_on(suite: &str, systemd_version: u32) {
     );
     vm.ok("systemd-tmpfiles --create istio-vm.conf");
     vm.ok("istio-vm --version");
+    // The binary of the glibc floor runs on this release's glibc.
+    vm.ok(&format!("istio-vm validate --bundle {BUNDLE}"));
     vm.ok("test -e /usr/share/man/man8/istio-vm.8.gz");
     vm.ok("test -e /usr/share/doc/istio-vm/THIRD-PARTY-NOTICES");
 

@@ -50,6 +50,20 @@ fn rpms_pass_rpmlint_and_shellcheck() {
         .arg(&p.rpm_aarch64));
 }
 
+/// The committed third-party notices match Cargo.lock (cargo-about),
+/// debian/copyright names each of their licenses, and `cargo deny check
+/// licenses bans sources` passes.
+#[test]
+fn licenses_match_the_lock_file_and_cargo_deny_passes() {
+    let mut cmd = pkg::clean_command(&repo().join("scripts/licenses.sh"));
+    run(cmd.arg("--check"));
+    let expr = stdout(pkg::clean_command(&repo().join("scripts/licenses.sh")).arg("--expression"));
+    let ids: Vec<&str> = expr.trim().split(" AND ").collect();
+    for id in ["Apache-2.0", "MIT", "ISC", "CDLA-Permissive-2.0"] {
+        assert!(ids.contains(&id), "{expr}");
+    }
+}
+
 #[test]
 fn lint_script_fails_on_a_bad_package() {
     // The lint step must be able to fail: a .deb whose control file lacks a
