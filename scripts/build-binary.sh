@@ -39,7 +39,7 @@ target_dir=$(cargo metadata --format-version 1 --no-deps --locked |
 binary=$target_dir/$triple/release/istio-vm
 
 if [ "${NO_BUILD:-}" != 1 ]; then
-    if [ "$(cargo zigbuild --version 2>/dev/null)" != "cargo-zigbuild $CARGO_ZIGBUILD_VERSION" ]; then
+    if [ "$(cargo-zigbuild --version 2>/dev/null)" != "cargo-zigbuild $CARGO_ZIGBUILD_VERSION" ]; then
         echo "build-binary: installing cargo-zigbuild $CARGO_ZIGBUILD_VERSION" >&2
         cargo install --locked cargo-zigbuild --version "$CARGO_ZIGBUILD_VERSION" >&2
     fi

@@ -12,9 +12,9 @@
 #
 # Tools, pinned and installed with `cargo install --locked` on first use:
 # cargo-about (notices, about.toml + about.hbs) and cargo-deny (deny.toml).
-# Both read the crates' sources from cargo's registry cache, as the build
-# does; nothing else is fetched (cargo-deny's advisories check, which needs
-# the RustSec database, is not run: see README "Licenses").
+# Both read the crates' sources as cargo fetches them from the registry;
+# cargo-deny's advisories check, which needs the RustSec database from the
+# network, is not run (see README "Licenses").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,13 +33,13 @@ if [ "${1:-}" = --expression ]; then
     exit 0
 fi
 
-need() { # tool version
-    if [ "$(cargo "${1#cargo-}" --version 2>/dev/null)" != "$1 $2" ]; then
+need() { # tool version [features]
+    if [ "$("$1" --version 2>/dev/null)" != "$1 $2" ]; then
         echo "licenses: installing $1 $2" >&2
-        cargo install --locked "$1" --version "$2" >&2
+        cargo install --locked "$1" --version "$2" ${3:+--features "$3"} >&2
     fi
 }
-need cargo-about "$CARGO_ABOUT_VERSION"
+need cargo-about "$CARGO_ABOUT_VERSION" cli
 
 generate() { # output
     cargo about generate --locked --fail about.hbs -o "$1" 2>/dev/null ||

@@ -74,13 +74,13 @@ fn changed_paths(before: &str, after: &str) -> BTreeSet<String> {
 /// The rev2 package with a capture unit that differs from rev1's (its
 /// Description), as an upgrade that fixes a unit would bring.
 fn rev2_with_changed_unit(dir: &std::path::Path) -> std::path::PathBuf {
-    let p = pkg::packages();
+    let p = pkg::amd64();
     let tree = dir.join("rev2-tree");
     let _ = std::fs::remove_dir_all(&tree);
     pkg::run(
         std::process::Command::new("dpkg-deb")
             .arg("-R")
-            .arg(&p.deb_amd64_rev2)
+            .arg(&p.deb_rev2)
             .arg(&tree),
     );
     let unit = tree.join("usr/lib/systemd/system/istio-vm-capture.service");
@@ -112,9 +112,9 @@ const CAPTURE_DESCRIPTION: &str = "istio-vm traffic capture for the Istio sideca
 const CAPTURE_DESCRIPTION_REV2: &str = "istio-vm traffic capture for the Istio sidecar (rev 2)";
 
 fn prepare(suite: &str) -> Vm {
-    let p = pkg::packages();
+    let p = pkg::amd64();
     let vm = Vm::of_suite(&format!("pkg-{suite}"), suite);
-    e2e::put(&vm, &p.deb_amd64, DEB, 0o644);
+    e2e::put(&vm, &p.deb, DEB, 0o644);
     e2e::put(&vm, &rev2_with_changed_unit(vm.work_dir()), DEB_REV2, 0o644);
     let bundle = e2e::repo().join("examples/bundle");
     for e in std::fs::read_dir(&bundle).unwrap().flatten() {

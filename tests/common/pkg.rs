@@ -66,7 +66,7 @@ pub fn portable_stand_in_agent() -> &'static Path {
     BUILT.get_or_init(|| {
         // build-binary.sh installs the pinned tools; the example then
         // shares its dependencies' build.
-        packages();
+        amd64();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         run(clean_command(Path::new(&cargo)).args([
             "zigbuild",
@@ -88,6 +88,39 @@ pub struct Packages {
     pub deb_amd64_rev2: PathBuf,
     pub rpm_x86_64: PathBuf,
     pub rpm_aarch64: PathBuf,
+}
+
+/// The amd64 .deb and its revision 2 only (the booted tests need no more).
+pub struct Amd64 {
+    pub deb: PathBuf,
+    pub deb_rev2: PathBuf,
+}
+
+pub fn amd64() -> &'static Amd64 {
+    static BUILT: OnceLock<Amd64> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let name = exe.file_name().unwrap().to_string_lossy().into_owned();
+        let out = target_dir().join("packaging-test").join(format!("{name}-amd64"));
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(out.join("rev2")).unwrap();
+        let build = |dir: &Path, extra: &[(&str, &str)]| {
+            let mut cmd = clean_command(&repo().join("scripts/build-deb.sh"));
+            cmd.arg("amd64").env("DIST_DIR", dir);
+            for (k, v) in extra {
+                cmd.env(k, v);
+            }
+            let listed: Vec<PathBuf> = stdout(&mut cmd).lines().map(PathBuf::from).collect();
+            assert_eq!(listed.len(), 1, "build-deb.sh printed {listed:?}");
+            listed[0].clone()
+        };
+        let deb = build(&out, &[]);
+        let deb_rev2 = build(
+            &out.join("rev2"),
+            &[("NO_BUILD", "1"), ("DEB_REVISION", "2")],
+        );
+        Amd64 { deb, deb_rev2 }
+    })
 }
 
 pub fn packages() -> &'static Packages {
