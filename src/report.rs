@@ -136,7 +136,8 @@ pub fn redact_urls_in(text: &str) -> String {
         out.push_str(&rest[..i]);
         let tail = &rest[i..];
         let end = tail
-            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>'))
+            // A backslash ends the URL too: in JSON it starts an escape.
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>' | '\\'))
             .unwrap_or(tail.len());
         let token = &tail[..end];
         let url = token.trim_end_matches(['.', ',', ':', ';', ')', ']', '}']);
@@ -311,6 +312,11 @@ mod redact_tests {
             r.starts_with("cannot fetch https://…@h/b.tgz?…: error"),
             "{r}"
         );
+        // JSON escapes after a URL survive: the document stays valid.
+        let j = serde_json::json!({"e": "fetch \"https://u:pw@h/x?s=1\"\nnext"}).to_string();
+        let r = redact_urls_in(&j);
+        let back: serde_json::Value = serde_json::from_str(&r).unwrap();
+        assert_eq!(back["e"], "fetch \"https://…@h/x?…\"\nnext");
         // Already redacted and plain URLs stay as they are.
         for t in ["see https://…@h/b.tgz?…#… now", "https://h/x, then", "none"] {
             assert_eq!(redact_urls_in(t), t);

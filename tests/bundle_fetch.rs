@@ -226,6 +226,7 @@ fn trickling_server_ends_at_the_deadline_with_bounded_memory() {
     assert_eq!(v["findings"][0]["code"], "bundle.fetch", "{v:#}");
     let msg = v["findings"][0]["message"].as_str().unwrap();
     assert!(msg.contains("within 3s"), "{msg}");
+    eprintln!("trickle: ended after {elapsed:?}, peak RSS {rss_kib} KiB");
     // Three seconds of deadline; generous room for a loaded machine, far
     // below the hours a 1 MiB trickle would take.
     assert!(elapsed < Duration::from_secs(30), "took {elapsed:?}");
