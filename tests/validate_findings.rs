@@ -267,6 +267,11 @@ fn cases() -> Vec<(&'static str, Src, Vec<&'static str>)> {
             vec!["env.shell_unsafe"],
         ),
         (
+            "ISTIO_SERVICE adds a proxy config key",
+            Src::Spec(v().env("ISTIO_SERVICE", "ratings\ndiscoveryAddress: evil:15012")),
+            vec!["env.invalid_value"],
+        ),
+        (
             "LD_PRELOAD",
             Src::Spec(v().env("LD_PRELOAD", "/tmp/evil.so")),
             vec!["env.unsafe_key"],

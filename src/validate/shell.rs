@@ -107,6 +107,43 @@ pub const SHELL_VARS: &[ShellVar] = &[
     },
 ];
 
+/// Variables the start script pastes into the YAML of `PROXY_CONFIG` (1.10
+/// l.119-123; master l.116-123: `serviceCluster: $SVC`,
+/// `controlPlaneAuthPolicy: ${CONTROL_PLANE_AUTH_POLICY}`, `discoveryAddress:
+/// istiod.${ISTIO_SYSTEM_NAMESPACE}.svc:${ISTIO_PILOT_PORT}`): a newline there
+/// would add proxy config keys, so they are typed too (`env.invalid_value`).
+pub const YAML_VARS: &[(&str, YamlKind)] = &[
+    ("ISTIO_SERVICE", YamlKind::HostName),
+    ("ISTIO_SYSTEM_NAMESPACE", YamlKind::DnsLabel),
+    ("ISTIO_PILOT_PORT", YamlKind::Port),
+    ("ISTIO_CP_AUTH", YamlKind::AuthPolicy),
+];
+
+/// The type of a [`YAML_VARS`] value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum YamlKind {
+    HostName,
+    DnsLabel,
+    Port,
+    /// `MUTUAL_TLS` or `NONE` (meshconfig AuthenticationPolicy).
+    AuthPolicy,
+}
+
+fn yaml_type_error(kind: YamlKind, v: &str) -> Option<&'static str> {
+    let ok = match kind {
+        YamlKind::HostName => v.chars().all(word_char) && type_error(Kind::HostName, v).is_none(),
+        YamlKind::DnsLabel => dns_label(v),
+        YamlKind::Port => v.parse::<u16>().is_ok_and(|p| p > 0),
+        YamlKind::AuthPolicy => matches!(v, "MUTUAL_TLS" | "NONE"),
+    };
+    (!ok).then_some(match kind {
+        YamlKind::HostName => "not a service host name (letters, digits, `-`, dots)",
+        YamlKind::DnsLabel => "not a namespace name (DNS-1123 label: a-z, 0-9, `-`)",
+        YamlKind::Port => "not a port (1-65535)",
+        YamlKind::AuthPolicy => "neither MUTUAL_TLS nor NONE",
+    })
+}
+
 /// Exact names of shell and loader variables that must not come from a
 /// bundle: each changes what the root shells and programs of the start
 /// script run (BASH_ENV and ENV: a file every non-interactive bash/sh
@@ -256,6 +293,24 @@ pub(super) fn check(env: &ClusterEnv, opts: &Options, f: &mut Vec<Finding>) {
         }
     }
 
+    for (key, kind) in YAML_VARS {
+        if let Some(v) = env.get(key).filter(|v| !v.is_empty())
+            && let Some(why) = yaml_type_error(*kind, v)
+        {
+            f.push(Finding::error(
+                "env.invalid_value",
+                Some(CLUSTER_ENV),
+                format!(
+                    "line {}: {key}: `{}` is {why}; istio-start.sh writes it into the agent's \
+                     proxy config (PROXY_CONFIG YAML)",
+                    env.line(key).unwrap_or(0),
+                    v.escape_debug()
+                ),
+                "see the variable in Istio's istio-start.sh; remove the line to get its default",
+            ));
+        }
+    }
+
     if let Some(user) = env.get("EXEC_USER").filter(|u| !u.is_empty())
         && user != layout::PROXY_USER
     {
@@ -338,6 +393,19 @@ mod tests {
         );
         assert_eq!(type_error(Kind::UserName, "istio-proxy"), None);
         assert!(type_error(Kind::UserName, "-root").is_some());
+    }
+
+    #[test]
+    fn yaml_types() {
+        assert_eq!(
+            yaml_type_error(YamlKind::HostName, "ratings-vm.vm-apps"),
+            None
+        );
+        assert!(yaml_type_error(YamlKind::HostName, "x\ndiscoveryAddress: evil:15012").is_some());
+        assert_eq!(yaml_type_error(YamlKind::Port, "15012"), None);
+        assert!(yaml_type_error(YamlKind::Port, "0").is_some());
+        assert_eq!(yaml_type_error(YamlKind::AuthPolicy, "MUTUAL_TLS"), None);
+        assert!(yaml_type_error(YamlKind::DnsLabel, "istio system").is_some());
     }
 
     #[test]
