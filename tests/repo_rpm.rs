@@ -235,23 +235,21 @@ fn rpm_repository_is_signed_and_dnf_installs_from_it_with_both_checks_on() {
     );
     std::fs::create_dir_all(root.join("etc/yum.repos.d")).unwrap();
     std::fs::write(root.join("etc/yum.repos.d/istio-vm.repo"), &repo_file).unwrap();
+    // dnf takes reposdir from this machine unless told; the rest (cache,
+    // rpm database, imported keys) lives in the installroot.
+    let reposdir = format!(
+        "--setopt=reposdir={}",
+        root.join("etc/yum.repos.d").display()
+    );
     let dnf = |args: &[&str]| -> Output {
         Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lan.hosts[0].netns,
-                "dnf",
-                "-y",
-                "--installroot",
-            ])
+            .args(["netns", "exec", &lan.hosts[0].netns, "dnf", "-y"])
+            .arg("--installroot")
             .arg(&root)
             .args([
                 "--releasever=1",
-                "--setopt=reposdir=/etc/yum.repos.d",
+                &reposdir,
                 "--setopt=install_weak_deps=False",
-                "--setopt=cachedir=/var/cache/dnf",
-                "--setopt=logdir=/var/log",
                 "--disablerepo=*",
                 "--enablerepo=istio-vm",
             ])
@@ -262,7 +260,12 @@ fn rpm_repository_is_signed_and_dnf_installs_from_it_with_both_checks_on() {
     };
     let started = std::time::Instant::now();
     let o = dnf(&["install", "istio-vm"]);
-    assert!(o.status.success(), "dnf install:\n{}", text(&o));
+    assert!(
+        o.status.success(),
+        "dnf install ({reposdir}):\n{}\n{}",
+        text(&o),
+        text(&dnf(&["-v", "repolist"]))
+    );
     eprintln!(
         "repo: dnf --installroot install from the repository {:.1} s",
         started.elapsed().as_secs_f64()
@@ -275,7 +278,7 @@ fn rpm_repository_is_signed_and_dnf_installs_from_it_with_both_checks_on() {
     let q = Command::new("rpm")
         .arg("--root")
         .arg(&root)
-        .args(["-q", "--qf", "%{VERSION} %{SIGPGP:pgpsig}\n", "istio-vm"])
+        .args(["-q", "--qf", "%{VERSION} %{RSAHEADER:pgpsig}\n", "istio-vm"])
         .output()
         .unwrap();
     let q = text(&q);
