@@ -442,6 +442,7 @@ fn set_token(dir: &Path, token: &str) {
 
 const TOKEN_TASK: &str = "Copy the bundle token";
 const INSTALL_TASK: &str = "Onboard the VM with istio-vm install";
+const INSTALL_PKGS_TASK: &str = "Install the packages from the repository (Debian family)";
 
 #[test]
 fn one_playbook_onboards_three_vms_idempotently() {
@@ -629,8 +630,86 @@ fn one_playbook_onboards_three_vms_idempotently() {
         }
     }
 
+    // 6. Air-gapped: `files` mode, the same signed repository copied from
+    // the controller to each VM (vm-2 gets a good token again). A copy
+    // whose Packages was changed after signing is refused by apt on every
+    // host, and nothing installed changes; the good copy is used; a second
+    // run changes nothing.
+    let fresh = BundleSpec::valid().token_exp_in(7200).token_text();
+    set_token(&f.bundle("vm-2"), &fresh);
+    secrets.push(fresh);
+    let files = [
+        "-v",
+        "-e",
+        "istio_vm_install_from=files",
+        "-e",
+        "istio_vm_repo_dir={{ playbook_dir }}/repo",
+    ];
+    let dists = f.dir().join("repo/apt/dists");
+    let saved = f.dir().join("dists.saved");
+    fleet::run(&["cp", "-a", fleet::path_of(&dists), fleet::path_of(&saved)]);
+    let index = dists.join("stable/main/binary-amd64");
+    let packages = std::fs::read_to_string(index.join("Packages")).unwrap();
+    let forged = packages.replacen("Priority: optional", "Priority: optionaL", 1);
+    assert_ne!(packages, forged);
+    std::fs::write(index.join("Packages"), &forged).unwrap();
+    fleet::run(&[
+        "sh",
+        "-c",
+        &format!(
+            "cd {0} && gzip -9nc Packages > Packages.gz && xz -9c Packages > Packages.xz",
+            fleet::path_of(&index)
+        ),
+    ]);
+    let dpkg_before: Vec<String> = f
+        .vms
+        .iter()
+        .map(|vm| vm.ok("dpkg-query -W istio-vm istio-sidecar; sha256sum /usr/bin/istio-vm"))
+        .collect();
+    let refused = f.playbook(&files);
+    assert_eq!(refused.status.code(), Some(2), "{}", refused.stdout);
+    for h in HOSTS {
+        let (status, result) = task_result(&refused, INSTALL_PKGS_TASK, h);
+        assert_eq!(status, "fatal", "{h}: {result}");
+        let msg = result["msg"].as_str().unwrap_or_default();
+        assert!(msg.contains("Hash Sum mismatch"), "{h}: {result}");
+        eprintln!("fleet: {h}, files mode, changed Packages: {msg}");
+    }
+    let dpkg_after: Vec<String> = f
+        .vms
+        .iter()
+        .map(|vm| vm.ok("dpkg-query -W istio-vm istio-sidecar; sha256sum /usr/bin/istio-vm"))
+        .collect();
+    assert_eq!(
+        dpkg_before, dpkg_after,
+        "a refused repository changed packages"
+    );
+    fleet::run(&["rm", "-rf", fleet::path_of(&dists)]);
+    fleet::run(&["mv", fleet::path_of(&saved), fleet::path_of(&dists)]);
+    let good = f.playbook(&files);
+    f.assert_ok(&good, "files mode");
+    for vm in &f.vms {
+        let sources = vm.ok("cat /etc/apt/sources.list.d/istio-vm.sources");
+        assert!(
+            sources.contains("URIs: file:///var/lib/istio-vm-repo"),
+            "{sources}"
+        );
+        assert!(sources.contains("Signed-By:"), "{sources}");
+    }
+    let again = f.playbook(&files);
+    f.assert_ok(&again, "files mode, second run");
+    for (h, c) in recap(&again) {
+        assert_eq!(
+            c["changed"], 0,
+            "{h} changed on the second files-mode run:\n{}",
+            again.stdout
+        );
+    }
+
     // No token ever reached ansible's output.
-    for run in [&dry, &first, &second, &check, &run, &bad] {
+    for run in [
+        &dry, &first, &second, &check, &run, &bad, &refused, &good, &again,
+    ] {
         for s in &secrets {
             let s = s.trim();
             assert!(
