@@ -33,13 +33,16 @@ use istio_vm::layout;
 
 /// How install's JSON result starts (pretty-printed, one document).
 const INSTALL_RESULT: &str = "{\n  \"command\": \"install\"";
+/// What a Debian cloud image has and the examples need: locales for
+/// cloud-init's locale module (on by default), gnupg for the apt module's
+/// keys (cloud-init makes a keyring of them with gpg). One tree for both
+/// tests.
+const CLOUD_IMAGE_PACKAGES: &str = "cloud-init,locales,gnupg";
 const VERIFY_LINE: &str = "  - [istio-vm, verify, --wait, 120s, --output, json]\n";
 
 #[test]
 fn a_nocloud_seed_onboards_the_vm_at_first_boot() {
-    // locales: cloud-init's locale module (on by default) needs it, as a
-    // Debian cloud image has it.
-    let tree = fleet::variant_tree("cloud-init,locales");
+    let tree = fleet::variant_tree(CLOUD_IMAGE_PACKAGES);
     let mut vm = Vm::from_tree("cloudinit", &tree);
 
     let example = std::fs::read_to_string(e2e::repo().join("packaging/cloud-init/user-data.yaml"))
@@ -171,9 +174,7 @@ fn subst(example: &str, from: &str, to: &str) -> String {
 
 #[test]
 fn the_repo_example_installs_from_the_signed_repo_and_fetches_the_bundle_over_https() {
-    // gnupg: cloud-init turns the apt key into a keyring with gpg (Debian's
-    // cloud images carry it).
-    let tree = fleet::variant_tree("cloud-init,locales,gnupg");
+    let tree = fleet::variant_tree(CLOUD_IMAGE_PACKAGES);
     let lan = fleet::Lan::new("cir", 1);
     let work = tempfile::Builder::new()
         .prefix("istio-vm-ci-repo-")
