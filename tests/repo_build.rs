@@ -4,7 +4,6 @@
 //! of signing key. Small packages made here with dpkg-deb and rpmbuild.
 
 #[path = "common/e2e.rs"]
-#[allow(dead_code)]
 mod e2e;
 #[path = "common/repo.rs"]
 mod repo;
