@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use nix::fcntl::{Flock, FlockArg, OFlag};
 
-use super::root::Root;
+use super::Root;
 use crate::layout;
 
 pub struct Lock {

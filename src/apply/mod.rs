@@ -23,11 +23,11 @@ use crate::plan::{Current, HookEnv, Op};
 pub mod cloudinit;
 pub mod fsops;
 pub mod lock;
-pub mod root;
 pub mod systemd;
 pub mod user;
 
-pub use root::{Resolved, Root};
+/// The writer works on the one view of the VM's filesystem.
+pub use crate::sysroot::{Resolved, Sysroot as Root};
 
 pub use crate::layout::JOURNAL;
 

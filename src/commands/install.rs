@@ -160,7 +160,7 @@ pub fn install(ctx: &Ctx, args: &InstallArgs) -> Result<Report> {
     }
 
     let root = Root::new(&ctx.root).map_err(|e| Failure::Usage(format!("{e:#}")))?;
-    let live = root.is_slash();
+    let live = root.is_live();
     let _lock = if args.check {
         lock::acquire_shared(&root, ctx.config.lock_timeout)?
     } else {
@@ -271,12 +271,12 @@ fn install_locked(
     }
     let input = plan::Input {
         bundle: Some(bundle),
-        live: root.is_slash(),
+        live: root.is_live(),
         cloud_init_templates: cloudinit::hosts_templates(root)?,
         extra_dirs,
         extra_files,
         // Under --root nothing is started: the units come up at first boot.
-        hooks: if root.is_slash() {
+        hooks: if root.is_live() {
             install_hooks(args, &unit_files)
         } else {
             Vec::new()
@@ -350,7 +350,7 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
     };
     let can_chown = nix::unistd::geteuid().is_root();
     let mut ops: Vec<(String, Op)> = Vec::new();
-    if root.is_slash() {
+    if root.is_live() {
         for h in uninstall_hooks(&state) {
             report.steps.push(Step {
                 id: h.id.clone(),
@@ -484,7 +484,7 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
         ops.push((id, op));
     }
     // systemd forgets the removed units after they are gone.
-    if root.is_slash() && state.entries.iter().any(|e| e.path == layout::ISTIO_DROPIN) {
+    if root.is_live() && state.entries.iter().any(|e| e.path == layout::ISTIO_DROPIN) {
         let hook = systemd::uninstall_reload_hook();
         report.steps.push(Step {
             id: hook.id.clone(),
