@@ -68,9 +68,8 @@ pub fn acquire(root: &Root, timeout: Duration) -> Result<Lock> {
                 Ok(()) => {}
                 Err(e) if read_only(&e) => return Ok(unlocked()),
                 Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!("creating lock directory {}", parent.display())
-                    });
+                    return Err(e)
+                        .with_context(|| format!("creating lock directory {}", parent.display()));
                 }
             }
         }
@@ -87,7 +86,15 @@ pub fn acquire(root: &Root, timeout: Duration) -> Result<Lock> {
             Err(e) if read_only(&e) => match open_read_only(&r.host)? {
                 // flock works on a read-only descriptor: a writable mount
                 // of the same tree elsewhere is still excluded.
-                Some(f) => return take(f, FlockArg::LockSharedNonblock, (deadline, timeout), &r, None),
+                Some(f) => {
+                    return take(
+                        f,
+                        FlockArg::LockSharedNonblock,
+                        (deadline, timeout),
+                        &r,
+                        None,
+                    );
+                }
                 None => return Ok(unlocked()),
             },
             // Removed by the run that held it, between our mkdir and open.
@@ -100,7 +107,13 @@ pub fn acquire(root: &Root, timeout: Duration) -> Result<Lock> {
             file: r.host.clone(),
             dirs,
         });
-        match take(file, FlockArg::LockExclusiveNonblock, (deadline, timeout), &r, cleanup) {
+        match take(
+            file,
+            FlockArg::LockExclusiveNonblock,
+            (deadline, timeout),
+            &r,
+            cleanup,
+        ) {
             Err(e) if e.is::<Stale>() => continue,
             other => return other,
         }
@@ -135,7 +148,13 @@ pub fn acquire_shared(root: &Root, timeout: Duration) -> Result<Option<Lock>> {
         let Some(file) = open_read_only(&r.host)? else {
             return Ok(None);
         };
-        match take(file, FlockArg::LockSharedNonblock, (deadline, timeout), &r, None) {
+        match take(
+            file,
+            FlockArg::LockSharedNonblock,
+            (deadline, timeout),
+            &r,
+            None,
+        ) {
             Err(e) if e.is::<Stale>() => continue,
             other => return other.map(Some),
         }

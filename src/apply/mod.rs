@@ -483,7 +483,9 @@ pub fn tidy(root: &Root) -> Result<Option<String>> {
         }
     }
     Ok((n > 0).then(|| {
-        format!("finished the cleanup of an earlier run ({n} leftover backups or directories removed)")
+        format!(
+            "finished the cleanup of an earlier run ({n} leftover backups or directories removed)"
+        )
     }))
 }
 

@@ -471,8 +471,9 @@ fn undo_entry(root: &Root, e: &Entry, can_chown: bool) -> Result<Option<(&'stati
                     out.extend(l[t + 1..].concat());
                     out
                 }
-                _ => plan::remove_block(bytes)
-                    .map_err(|err| anyhow::anyhow!("{}: {err}", e.path))?,
+                _ => {
+                    plan::remove_block(bytes).map_err(|err| anyhow::anyhow!("{}: {err}", e.path))?
+                }
             };
             if new == *bytes {
                 return Ok(None);

@@ -131,6 +131,13 @@ fn owner_mode(
         .and_then(|r| r.stat(p.path))
         .map_err(|e| format!("{}: {e:#}", p.path))?
         .ok_or_else(|| format!("{} does not exist", p.path))?;
+    if m.kind != Kind::File {
+        // A FIFO or device is never opened (it could block verify forever).
+        return Err(format!(
+            "{} is not a regular file (a FIFO, device or directory is in its place)",
+            p.path
+        ));
+    }
     let mut out = Vec::new();
     let mode = m.mode;
     if mode != p.mode {
