@@ -30,6 +30,8 @@ pkgs=(
     qemu-user-static
     # Fleet e2e (tests/fleet_*.rs): the Ansible controller's ssh client.
     openssh-client
+    # Kill at every syscall that changes the tree (tests/install_kills.rs).
+    strace
 )
 
 missing=()
