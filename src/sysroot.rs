@@ -608,13 +608,15 @@ impl Sysroot {
                 }));
             }
         }
-        let has_rpmdb = ["/var/lib/rpm", "/usr/lib/sysimage/rpm"]
-            .iter()
-            .any(|d| matches!(self.stat(d), Ok(Some(s)) if s.kind == Kind::Dir));
-        if !has_rpmdb {
+        // The database where the VM's own rpm keeps it (this host's rpm may
+        // be configured for another place: Debian's uses ~/.rpmdb).
+        let Some(dbpath) = ["/usr/lib/sysimage/rpm", "/var/lib/rpm"]
+            .into_iter()
+            .find(|d| matches!(self.stat(d), Ok(Some(s)) if s.kind == Kind::Dir))
+        else {
             return Ok(None);
-        }
-        rpm_version(&self.dir, name)
+        };
+        rpm_version(&self.dir, dbpath, name)
     }
 }
 
@@ -744,13 +746,14 @@ fn dpkg_version(f: File, name: &str) -> Result<Option<String>> {
     }
 }
 
-/// `rpm --root ROOT -q --qf '%{VERSION}-%{RELEASE}' NAME`, bounded in time
-/// (rpm can wait on a locked database).
-fn rpm_version(root: &Path, name: &str) -> Result<Option<InstalledPackage>> {
+/// `rpm --root ROOT --dbpath DB -q --qf '%{VERSION}-%{RELEASE}' NAME`,
+/// bounded in time (rpm can wait on a locked database).
+fn rpm_version(root: &Path, dbpath: &str, name: &str) -> Result<Option<InstalledPackage>> {
     use std::process::{Command, Stdio};
     let mut child = match Command::new("rpm")
         .arg("--root")
         .arg(root)
+        .args(["--dbpath", dbpath])
         .args(["-q", "--qf", "%{VERSION}-%{RELEASE}", "--", name])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -1007,6 +1010,45 @@ mod tests {
             assert_eq!(p.version, "1:1.24.2-1");
             assert_eq!(p.source, PackageDb::Dpkg);
             assert_eq!(r.installed_package("nothing").unwrap(), None);
+        });
+    }
+
+    #[test]
+    fn rpm_database_versions() {
+        // A real rpm database in the root, holding a package built here.
+        let work = tempfile::tempdir().unwrap();
+        let w = work.path();
+        std::fs::write(
+            w.join("s.spec"),
+            "Name: istio-sidecar\nVersion: 1.24.2\nRelease: 3\nSummary: t\nLicense: MIT\n\
+             BuildArch: noarch\n%description\nt\n%files\n",
+        )
+        .unwrap();
+        let top = format!("_topdir {}", w.join("top").display());
+        let st = std::process::Command::new("rpmbuild")
+            .args(["--define", &top, "-bb", "--quiet"])
+            .arg(w.join("s.spec"))
+            .status()
+            .expect("rpmbuild (package rpm)");
+        assert!(st.success());
+        let pkg = w.join("top/RPMS/noarch/istio-sidecar-1.24.2-3.noarch.rpm");
+        both(|r, d| {
+            let rpm = |args: &[&str]| {
+                let st = std::process::Command::new("rpm")
+                    .arg("--root")
+                    .arg(d)
+                    .args(["--dbpath", "/var/lib/rpm"])
+                    .args(args)
+                    .status()
+                    .unwrap();
+                assert!(st.success(), "rpm {args:?}");
+            };
+            rpm(&["--initdb"]);
+            assert_eq!(r.installed_package("istio-sidecar").unwrap(), None);
+            rpm(&["-i", "--justdb", "--nodeps", pkg.to_str().unwrap()]);
+            let p = r.installed_package("istio-sidecar").unwrap().unwrap();
+            assert_eq!(p.version, "1.24.2-3");
+            assert_eq!(p.source, PackageDb::Rpm);
         });
     }
 }

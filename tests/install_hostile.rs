@@ -38,6 +38,8 @@ struct Bounded {
 /// tries can leave the machine) and wait for it with a hang guard: a run
 /// still alive after `guard` is killed and the test fails. Peak RSS comes
 /// from wait4(2)'s rusage of that very child.
+// Reaped by wait4 below (which also gives the child's rusage).
+#[allow(clippy::zombie_processes)]
 fn bounded(args: &[&str], guard: Duration) -> Bounded {
     let dir = tempfile::tempdir().unwrap();
     let (o, e) = (dir.path().join("out"), dir.path().join("err"));
