@@ -20,6 +20,10 @@
 //! come from NSS, as the services that use them see them (sssd, LDAP);
 //! under `--root` from the tree's own `/etc/passwd` and `/etc/group`, never
 //! from the build host's database.
+//!
+//! Kept in one module (about 800 lines before its tests) because it is the
+//! one place that knows how a VM path becomes a file: splitting resolution
+//! from reading would give two places to keep in step again.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -389,14 +393,7 @@ impl Sysroot {
     fn real_of(&self, fd: &OwnedFd) -> Option<String> {
         let p = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
         let inner = p.strip_prefix(&self.dir).ok()?;
-        let s = inner.to_str()?;
-        Some(
-            format!("/{s}")
-                .replace("//", "/")
-                .trim_end_matches('/')
-                .to_string(),
-        )
-        .map(|s| if s.is_empty() { "/".into() } else { s })
+        Some(format!("/{}", inner.to_str()?))
     }
 
     fn openat2(&self, rel: &str, flags: OFlags) -> rustix::io::Result<OwnedFd> {
@@ -796,19 +793,17 @@ fn rpm_version(root: &Path, dbpath: &str, name: &str) -> Result<Option<Installed
     }))
 }
 
-/// Test helper: is this descriptor's file what `path` names? (Kept here so
-/// the test can use both resolvers.)
-#[cfg(test)]
-fn same_file(a: &File, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let (x, y) = (a.metadata().unwrap(), std::fs::metadata(b).unwrap());
-    (x.dev(), x.ino()) == (y.dev(), y.ino())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    /// Is the open file the one `b` names on the host?
+    fn same_file(a: &File, b: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let (x, y) = (a.metadata().unwrap(), std::fs::metadata(b).unwrap());
+        (x.dev(), x.ino()) == (y.dev(), y.ino())
+    }
 
     /// Each test body runs once with each resolver.
     fn both(t: impl Fn(&Sysroot, &Path)) {

@@ -218,7 +218,18 @@ fn files_read_through_links_come_from_inside_the_root() {
     symlink(o.join("group"), r.join("etc/group")).unwrap();
     std::fs::create_dir_all(r.join("etc/istio-vm")).unwrap();
     symlink(o.join("config.toml"), r.join("etc/istio-vm/config.toml")).unwrap();
+    // cloud-init: the outside cloud.cfg would turn manage_etc_hosts on and
+    // put our block into the tree's template.
+    std::fs::write(o.join("cloud.cfg"), "manage_etc_hosts: true\n").unwrap();
+    std::fs::create_dir_all(r.join("etc/cloud/templates")).unwrap();
+    let tmpl = r.join("etc/cloud/templates/hosts.debian.tmpl");
+    std::fs::write(&tmpl, "127.0.0.1 {{fqdn}}\n").unwrap();
+    symlink(o.join("cloud.cfg"), r.join("etc/cloud/cloud.cfg")).unwrap();
     ok(&install(r, example(), &[], &[]));
+    assert_eq!(
+        std::fs::read_to_string(&tmpl).unwrap(),
+        "127.0.0.1 {{fqdn}}\n"
+    );
     // Not the outside user: the tree has none, so files stay root's.
     let tok = r.join("run/secrets/tokens/istio-token");
     assert_eq!(std::fs::metadata(&tok).unwrap().uid(), 0);
