@@ -458,3 +458,25 @@ fn a_fifo_at_a_file_verify_reads_does_not_hang_it() {
         );
     }
 }
+
+#[test]
+fn a_huge_target_file_is_refused_at_bounded_memory() {
+    // A 4 GiB (sparse) /etc/hosts: refused by size, never read into memory.
+    let root = debian_root();
+    let r = root.path();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(r.join("etc/hosts"))
+        .unwrap();
+    f.set_len(4 << 30).unwrap();
+    drop(f);
+    let b = bounded(&strs(&install_args(r)), GUARD);
+    assert_ne!(b.code, Some(0), "{}", b.stdout);
+    assert!(
+        b.stdout.contains("larger than"),
+        "{}\n{}",
+        b.stdout,
+        b.stderr
+    );
+    assert!(b.max_rss_kib < RSS_LIMIT_KIB, "{} KiB", b.max_rss_kib);
+}
