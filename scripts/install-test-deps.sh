@@ -37,6 +37,8 @@ pkgs=(
     gnupg
     gpgv
     xz-utils
+    # Kill at every syscall that changes the tree (tests/install_kills.rs).
+    strace
 )
 
 missing=()

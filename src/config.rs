@@ -13,6 +13,9 @@ use crate::error::Failure;
 
 pub const DEFAULT_PATH: &str = "/etc/istio-vm/config.toml";
 
+/// A config file is a few hundred bytes; anything near this is not one.
+const CONFIG_CAP: u64 = 1 << 20;
+
 /// Effective settings after every layer is applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -110,21 +113,37 @@ impl Config {
     /// may be absent), then overlay the environment.
     pub fn load(explicit: Option<&Path>, root: &Path) -> Result<Config> {
         let mut cfg = Config::default();
-        let (path, required) = match explicit {
-            Some(p) => (p.to_path_buf(), true),
-            None => (root.join(DEFAULT_PATH.trim_start_matches('/')), false),
+        // Both reads are bounded and refuse anything but a regular file
+        // (`--config /dev/zero` or a FIFO must not hang or grow memory);
+        // the default file is read inside the root, never through a link
+        // out of it.
+        let (shown, read) = match explicit {
+            Some(p) => (
+                p.display().to_string(),
+                crate::sysroot::read_host_file(p, CONFIG_CAP)
+                    .and_then(|b| b.ok_or_else(|| anyhow::anyhow!("no such file")).map(Some)),
+            ),
+            None => {
+                let root = crate::sysroot::Sysroot::new(root)
+                    .map_err(|e| Failure::Usage(format!("{e:#}")))?;
+                (
+                    root.host(DEFAULT_PATH).display().to_string(),
+                    root.read_capped(DEFAULT_PATH, CONFIG_CAP),
+                )
+            }
         };
-        match std::fs::read_to_string(&path) {
-            Ok(text) => cfg
-                .apply_file(&text)
-                .map_err(|e| Failure::Usage(format!("{}: {e:#}", path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {}
+        match read {
+            Ok(Some(bytes)) => {
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| Failure::Usage(format!("{shown}: not UTF-8 text")))?;
+                cfg.apply_file(&text)
+                    .map_err(|e| Failure::Usage(format!("{shown}: {e:#}")))?
+            }
+            Ok(None) => {}
             Err(e) => {
-                return Err(Failure::Usage(format!(
-                    "cannot read config file {}: {e}",
-                    path.display()
-                ))
-                .into());
+                return Err(
+                    Failure::Usage(format!("cannot read config file {shown}: {e:#}")).into(),
+                );
             }
         }
         cfg.apply_env(std::env::vars())
