@@ -13,6 +13,9 @@ use crate::error::Failure;
 
 pub const DEFAULT_PATH: &str = "/etc/istio-vm/config.toml";
 
+/// A config file is a few hundred bytes; anything near this is not one.
+const CONFIG_CAP: u64 = 1 << 20;
+
 /// Effective settings after every layer is applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -27,6 +30,10 @@ pub struct Config {
     pub exclude_inbound_ports: Vec<u16>,
     /// Allow rules that would capture inbound SSH (22). Off unless asked for.
     pub allow_ssh_capture: bool,
+    /// Dangerous cluster.env keys accepted anyway (`--allow-env` adds more).
+    pub allow_env: Vec<String>,
+    /// Total time a bundle download may take, connection to last byte.
+    pub fetch_timeout: Duration,
     /// Per network step bound for verify.
     pub timeout: Duration,
     /// How long a run waits for another run's lock.
@@ -42,6 +49,8 @@ impl Default for Config {
             start: true,
             exclude_inbound_ports: Vec::new(),
             allow_ssh_capture: false,
+            allow_env: Vec::new(),
+            fetch_timeout: Duration::from_secs(60),
             timeout: Duration::from_secs(3),
             lock_timeout: Duration::from_secs(300),
         }
@@ -58,6 +67,8 @@ struct FileLayer {
     start: Option<bool>,
     exclude_inbound_ports: Option<Vec<u16>>,
     allow_ssh_capture: Option<bool>,
+    allow_env: Option<Vec<String>>,
+    fetch_timeout: Option<String>,
     timeout: Option<String>,
     lock_timeout: Option<String>,
 }
@@ -84,6 +95,8 @@ const ENV_KEYS: &[&str] = &[
     "ISTIO_VM_START",
     "ISTIO_VM_EXCLUDE_INBOUND_PORTS",
     "ISTIO_VM_ALLOW_SSH_CAPTURE",
+    "ISTIO_VM_ALLOW_ENV",
+    "ISTIO_VM_FETCH_TIMEOUT",
     "ISTIO_VM_TIMEOUT",
     "ISTIO_VM_LOCK_TIMEOUT",
     // Read by clap directly.
@@ -100,21 +113,37 @@ impl Config {
     /// may be absent), then overlay the environment.
     pub fn load(explicit: Option<&Path>, root: &Path) -> Result<Config> {
         let mut cfg = Config::default();
-        let (path, required) = match explicit {
-            Some(p) => (p.to_path_buf(), true),
-            None => (root.join(DEFAULT_PATH.trim_start_matches('/')), false),
+        // Both reads are bounded and refuse anything but a regular file
+        // (`--config /dev/zero` or a FIFO must not hang or grow memory);
+        // the default file is read inside the root, never through a link
+        // out of it.
+        let (shown, read) = match explicit {
+            Some(p) => (
+                p.display().to_string(),
+                crate::sysroot::read_host_file(p, CONFIG_CAP)
+                    .and_then(|b| b.ok_or_else(|| anyhow::anyhow!("no such file")).map(Some)),
+            ),
+            None => {
+                let root = crate::sysroot::Sysroot::new(root)
+                    .map_err(|e| Failure::Usage(format!("{e:#}")))?;
+                (
+                    root.host(DEFAULT_PATH).display().to_string(),
+                    root.read_capped(DEFAULT_PATH, CONFIG_CAP),
+                )
+            }
         };
-        match std::fs::read_to_string(&path) {
-            Ok(text) => cfg
-                .apply_file(&text)
-                .map_err(|e| Failure::Usage(format!("{}: {e:#}", path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {}
+        match read {
+            Ok(Some(bytes)) => {
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| Failure::Usage(format!("{shown}: not UTF-8 text")))?;
+                cfg.apply_file(&text)
+                    .map_err(|e| Failure::Usage(format!("{shown}: {e:#}")))?
+            }
+            Ok(None) => {}
             Err(e) => {
-                return Err(Failure::Usage(format!(
-                    "cannot read config file {}: {e}",
-                    path.display()
-                ))
-                .into());
+                return Err(
+                    Failure::Usage(format!("cannot read config file {shown}: {e:#}")).into(),
+                );
             }
         }
         cfg.apply_env(std::env::vars())
@@ -141,6 +170,14 @@ impl Config {
         }
         if let Some(v) = layer.allow_ssh_capture {
             self.allow_ssh_capture = v;
+        }
+        if let Some(v) = layer.allow_env {
+            self.allow_env = v;
+        }
+        if let Some(v) = layer.fetch_timeout {
+            self.fetch_timeout = parse_duration(&v)
+                .map_err(anyhow::Error::msg)
+                .context("fetch_timeout")?;
         }
         if let Some(v) = layer.timeout {
             self.timeout = parse_duration(&v)
@@ -192,6 +229,19 @@ impl Config {
                                 .with_context(|| format!("{}: bad port `{p}`", ctx()))
                         })
                         .collect::<Result<_>>()?;
+                }
+                "ISTIO_VM_ALLOW_ENV" => {
+                    self.allow_env = v
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect();
+                }
+                "ISTIO_VM_FETCH_TIMEOUT" => {
+                    self.fetch_timeout = parse_duration(&v)
+                        .map_err(anyhow::Error::msg)
+                        .with_context(ctx)?
                 }
                 "ISTIO_VM_TIMEOUT" => {
                     self.timeout = parse_duration(&v)

@@ -13,6 +13,7 @@ pub mod error;
 pub mod layout;
 pub mod plan;
 pub mod report;
+pub mod sysroot;
 pub mod units;
 pub mod validate;
 pub mod verify;

@@ -101,7 +101,9 @@ pub fn amd64() -> &'static Amd64 {
     BUILT.get_or_init(|| {
         let exe = std::env::current_exe().unwrap();
         let name = exe.file_name().unwrap().to_string_lossy().into_owned();
-        let out = target_dir().join("packaging-test").join(format!("{name}-amd64"));
+        let out = target_dir()
+            .join("packaging-test")
+            .join(format!("{name}-amd64"));
         let _ = std::fs::remove_dir_all(&out);
         std::fs::create_dir_all(out.join("rev2")).unwrap();
         let build = |dir: &Path, extra: &[(&str, &str)]| {
