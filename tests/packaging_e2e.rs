@@ -146,7 +146,7 @@ fn assert_onboarded(vm: &Vm) {
 }
 
 /// Real packets through the rules of this release's netfilter tools: from a
-/// dummy interface's network (198.51.100.0/24), an application's TCP
+/// veth interface's network (198.51.100.0/24; its peer answers nothing), an application's TCP
 /// connection is redirected to the proxy's outbound port (nothing listens on
 /// 15001 in the stand-in, so it is refused at once, where without capture it
 /// would wait for an answer that never comes), the proxy's own is not, and a
@@ -154,8 +154,8 @@ fn assert_onboarded(vm: &Vm) {
 /// agent's DNS proxy on 15053.
 fn capture_moves_real_packets(vm: &Vm) {
     vm.ok(
-        "ip link add ivm0 type dummy && ip addr add 198.51.100.10/24 dev ivm0 && \
-         ip addr add 203.0.113.10/24 dev ivm0 && ip link set ivm0 up",
+        "ip link add ivm0 type veth peer name ivm1 && ip addr add 198.51.100.10/24 dev ivm0 && \
+         ip addr add 203.0.113.10/24 dev ivm0 && ip link set ivm1 up && ip link set ivm0 up",
     );
     let tcp = |user: &str| {
         let out = vm.sh(&format!(

@@ -223,7 +223,7 @@ fn deb_contents_modes_fields_and_conffile() {
     let p = packages();
     for (deb, arch, libc) in [
         (&p.deb_amd64, "amd64", "libc6"),
-        (&p.deb_arm64, "arm64", "libc6:arm64"),
+        (&p.deb_arm64, "arm64", "libc6"),
     ] {
         let listing = deb_listing(deb);
         let files: BTreeMap<&str, &str> = listing
