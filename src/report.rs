@@ -25,6 +25,43 @@ pub struct Finding {
     pub hint: String,
 }
 
+/// Every finding code the bundle checks produce, with its severity: the
+/// contract's list (docs/DESIGN.md "Finding codes", compared by
+/// tests/design_doc.rs). A code that is not listed here is a bug: debug
+/// builds panic on it, so every test that produces a finding checks this.
+pub const FINDING_CODES: &[(&str, Severity)] = &[
+    ("bundle.archive", Severity::Error),
+    ("bundle.checksum", Severity::Error),
+    ("bundle.fetch", Severity::Error),
+    ("bundle.missing_file", Severity::Error),
+    ("bundle.too_large", Severity::Error),
+    ("bundle.unsafe_path", Severity::Error),
+    ("cert.expired", Severity::Error),
+    ("cert.expires_soon", Severity::Warning),
+    ("cert.not_ca", Severity::Error),
+    ("cert.not_yet_valid", Severity::Error),
+    ("cert.parse", Severity::Error),
+    ("env.agent_port_captured", Severity::Warning),
+    ("env.invalid_value", Severity::Error),
+    ("env.legacy_label", Severity::Warning),
+    ("env.missing_key", Severity::Error),
+    ("env.ssh_captured", Severity::Warning),
+    ("env.syntax", Severity::Error),
+    ("env.unknown_key", Severity::Warning),
+    ("hosts.discovery_unresolved", Severity::Warning),
+    ("hosts.empty", Severity::Error),
+    ("hosts.syntax", Severity::Error),
+    ("mesh.discovery_address", Severity::Error),
+    ("mesh.mismatch", Severity::Warning),
+    ("mesh.parse", Severity::Error),
+    ("token.audience", Severity::Error),
+    ("token.expired", Severity::Error),
+    ("token.expires_soon", Severity::Warning),
+    ("token.format", Severity::Error),
+    ("token.not_yet_valid", Severity::Error),
+    ("token.subject_mismatch", Severity::Error),
+];
+
 impl Finding {
     pub fn error(
         code: &str,
@@ -51,6 +88,13 @@ impl Finding {
         message: impl Into<String>,
         hint: impl Into<String>,
     ) -> Self {
+        debug_assert!(
+            FINDING_CODES
+                .iter()
+                .any(|(c, s)| *c == code && *s == severity),
+            "finding code {code} ({severity:?}) is not in report::FINDING_CODES: \
+             add it there and to docs/DESIGN.md"
+        );
         Finding {
             severity,
             code: code.to_string(),
@@ -217,5 +261,82 @@ impl Report {
         }
         out.push('\n');
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Codes written as the first argument of a finding constructor
+    /// (`Finding::error`, `Finding::warning`, or a helper named `…finding`)
+    /// anywhere under src/ but this file.
+    fn codes_in_source() -> Vec<(String, String)> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") && !p.ends_with("src/report.rs")
+                {
+                    out.push(p);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
+        let mut found = Vec::new();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            for call in ["Finding::error(", "Finding::warning(", "finding("] {
+                for (at, _) in text.match_indices(call) {
+                    let rest = text[at + call.len()..].trim_start();
+                    let Some(lit) = rest.strip_prefix('"') else {
+                        continue;
+                    };
+                    let code = &lit[..lit.find('"').unwrap()];
+                    found.push((code.to_string(), f.display().to_string()));
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn every_finding_code_in_the_source_is_listed() {
+        let found = codes_in_source();
+        // The scan itself must see the constructors, or it proves nothing.
+        assert!(found.len() >= FINDING_CODES.len(), "scan found {found:?}");
+        for (code, file) in &found {
+            assert!(
+                FINDING_CODES.iter().any(|(c, _)| c == code),
+                "{file}: finding code {code} is not in FINDING_CODES"
+            );
+        }
+        for (code, _) in FINDING_CODES {
+            assert!(
+                found.iter().any(|(c, _)| c == code),
+                "FINDING_CODES lists {code}, which no constructor in src/ produces"
+            );
+        }
+    }
+
+    #[test]
+    fn finding_codes_are_unique_and_sorted() {
+        let codes: Vec<&str> = FINDING_CODES.iter().map(|(c, _)| *c).collect();
+        let mut sorted = codes.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(codes, sorted);
+    }
+
+    #[test]
+    #[should_panic(expected = "not in report::FINDING_CODES")]
+    #[cfg(debug_assertions)]
+    fn an_unlisted_code_is_refused() {
+        let _ = Finding::error("bundle.no_such_code", None, "m", "h");
     }
 }

@@ -30,6 +30,32 @@ pub mod probe;
 pub mod proto;
 pub mod xds;
 
+/// Every check id verify reports, in report order: the contract's list
+/// (docs/DESIGN.md "Check ids", compared by tests/design_doc.rs).
+/// `probe.<host>` stands for one check per `--probe URL`.
+pub const CHECK_IDS: &[&str] = &[
+    "files.root_cert",
+    "files.token",
+    "files.token_persistent",
+    "files.cluster_env",
+    "files.mesh_config",
+    "files.workload_cert",
+    "files.dirs",
+    "files.hosts",
+    "dns.discovery",
+    "tcp.discovery",
+    "tls.handshake",
+    "ca.token",
+    "xds.stream",
+    "agent.service",
+    "agent.ready",
+    "agent.xds",
+    "agent.live",
+    "agent.dns",
+    "log.errors",
+    "probe.<host>",
+];
+
 /// What one verify run looks at.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -268,4 +294,39 @@ async fn probe_checks(opts: &Options) -> Vec<Check> {
             }),
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run on an empty root reports every check (the network chain is
+    /// skipped as blocked, the agent by --skip-agent), in CHECK_IDS' order.
+    #[test]
+    fn check_ids_lists_every_check_in_order() {
+        let root = tempfile::tempdir().unwrap();
+        let opts = Options {
+            root: root.path().to_path_buf(),
+            live: false,
+            timeout: Duration::from_secs(1),
+            wait: None,
+            skip_agent: true,
+            probes: Vec::new(),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let ran: Vec<String> = rt.block_on(once(&opts)).into_iter().map(|c| c.id).collect();
+        let listed: Vec<&str> = CHECK_IDS
+            .iter()
+            .copied()
+            .filter(|id| !id.starts_with("probe."))
+            .collect();
+        assert_eq!(ran, listed);
+        assert_eq!(
+            probe::check_id("http://a.example/", 0, &[]),
+            "probe.a.example"
+        );
+    }
 }
