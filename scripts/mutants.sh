@@ -81,8 +81,8 @@ for set in "${SETS[@]}"; do
     start=$(date +%s)
     # --lib: the pure core is proven by its unit tests; the root/netns and
     # booted tests are too slow to run per mutant.
-    if cargo mutants --no-shuffle --jobs "$JOBS" --all-features \
-        --output "mutants.out/$name" "${files[@]}" "${exclude[@]}" -- --lib; then
+    if cargo mutants --no-shuffle --jobs "$JOBS" --all-features --cargo-arg=--lib \
+        --output "mutants.out/$name" "${files[@]}" "${exclude[@]}"; then
         :
     else
         rc=$?

@@ -8,6 +8,8 @@
 
 #[path = "common/e2e.rs"]
 mod e2e;
+#[path = "common/pinned.rs"]
+mod pinned;
 
 use std::path::Path;
 use std::time::Duration;
@@ -85,24 +87,18 @@ fn assert_onboarded(vm: &Vm) {
         "istio-start.sh touched netfilter although ISTIO_CUSTOM_IP_TABLES=true:\n{r}"
     );
 
-    // Files, owners and modes as DESIGN.md's table.
-    for p in layout::PLACEMENTS {
-        let got = vm.ok(&format!("stat -c '%U %G %a' {}", p.path));
-        assert_eq!(
-            got.trim(),
-            format!("istio-proxy istio-proxy {:o}", p.mode),
-            "{}",
-            p.path
-        );
-    }
-    for d in layout::PROXY_DIRS {
-        let got = vm.ok(&format!("stat -c '%U %F' {d}"));
-        assert_eq!(got.trim(), "istio-proxy directory", "{d}");
-    }
-    for g in units::render(&units::Options::default()) {
-        let got = vm.ok(&format!("stat -c '%U %G %a' {}", g.path));
-        assert_eq!(got.trim(), "root root 644", "{}", g.path);
-    }
+    // Every placed path's owner and mode as docs/DESIGN.md's table, written
+    // out in tests/common/pinned.rs (not taken from layout.rs).
+    let paths: Vec<&str> = pinned::PINNED.iter().map(|(p, ..)| *p).collect();
+    let got = vm.ok(&format!(
+        "for p in {}; do stat -c \"%n %U %G %a %F\" \"$p\"; done",
+        paths.join(" ")
+    ));
+    let want: Vec<String> = pinned::PINNED
+        .iter()
+        .map(|(p, k, o, m)| format!("{p} {}", pinned::stat_line(*k, o, *m)))
+        .collect();
+    assert_eq!(got.lines().collect::<Vec<_>>(), want);
     // The agent can read its token (0600, its own), as the agent's user.
     vm.ok(&format!(
         "setpriv --reuid istio-proxy --regid istio-proxy --clear-groups head -c1 {} >/dev/null",

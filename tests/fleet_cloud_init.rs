@@ -13,6 +13,8 @@
 mod e2e;
 #[path = "common/fleet.rs"]
 mod fleet;
+#[path = "common/pinned.rs"]
+mod pinned;
 
 use std::time::Instant;
 

@@ -4,7 +4,8 @@
 //! of network namespaces for several containers and a controller.
 //!
 //! Use it as
-//! `#[path = "common/e2e.rs"] mod e2e; #[path = "common/fleet.rs"] mod fleet;`.
+//! `#[path = "common/e2e.rs"] mod e2e; #[path = "common/fleet.rs"] mod fleet;`
+//! (and `#[path = "common/pinned.rs"] mod pinned;`).
 
 #![allow(dead_code)]
 
@@ -281,26 +282,23 @@ pub fn path_of(p: &Path) -> &str {
 /// modes, the hosts block is in /etc/hosts, capture rules are in, and the
 /// (stand-in) agent is ready.
 pub fn assert_onboarded(vm: &e2e::Vm, hosts_block: &str) {
-    use istio_vm::{layout, units};
+    use istio_vm::layout;
     use std::time::Duration;
     vm.wait_until(
         "istio-vm-capture and istio are active",
         Duration::from_secs(30),
         "systemctl is-active -q istio-vm-capture istio",
     );
-    for p in layout::PLACEMENTS {
-        let got = vm.ok(&format!("stat -c '%U %G %a' {}", p.path));
+    // Owners and modes as docs/DESIGN.md's table (tests/common/pinned.rs),
+    // not as layout.rs has them.
+    for (path, kind, owner, mode) in crate::pinned::PINNED {
+        let got = vm.ok(&format!("stat -c '%U %G %a %F' {path}"));
         assert_eq!(
             got.trim(),
-            format!("istio-proxy istio-proxy {:o}", p.mode),
-            "in {}: {}",
-            vm.name,
-            p.path
+            crate::pinned::stat_line(*kind, owner, *mode),
+            "in {}: {path}",
+            vm.name
         );
-    }
-    for g in units::render(&units::Options::default()) {
-        let got = vm.ok(&format!("stat -c '%U %G %a' {}", g.path));
-        assert_eq!(got.trim(), "root root 644", "in {}: {}", vm.name, g.path);
     }
     let hosts = vm.ok("cat /etc/hosts");
     let want = format!(
