@@ -324,6 +324,149 @@ mod tests {
         }
     }
 
+    fn sample() -> Report {
+        let mut r = Report::new("install");
+        r.changed = true;
+        r.findings = vec![
+            Finding::warning("cert.expires_soon", Some("root-cert.pem"), "soon", "renew"),
+            Finding::error("hosts.empty", None, "empty", ""),
+            Finding::warning("env.unknown_key", Some("cluster.env"), "FOO", "drop it"),
+        ];
+        r.steps = vec![
+            Step {
+                id: "file:/a".into(),
+                status: StepStatus::Changed,
+                detail: "created".into(),
+                diff: Some("+x".into()),
+            },
+            Step {
+                id: "dir:/b".into(),
+                status: StepStatus::Ok,
+                detail: "as desired".into(),
+                diff: Some("-y\n".into()),
+            },
+            Step {
+                id: "hook:c".into(),
+                status: StepStatus::Failed,
+                detail: "boom".into(),
+                diff: None,
+            },
+            Step {
+                id: "hook:d".into(),
+                status: StepStatus::Skipped,
+                detail: "later".into(),
+                diff: None,
+            },
+        ];
+        r.checks = vec![
+            Check {
+                id: "tls.handshake".into(),
+                status: CheckStatus::Pass,
+                detail: "ok".into(),
+                elapsed_ms: 4,
+                hint: None,
+            },
+            Check {
+                id: "ca.token".into(),
+                status: CheckStatus::Fail,
+                detail: "denied".into(),
+                elapsed_ms: 7,
+                hint: Some("new token".into()),
+            },
+            Check {
+                id: "agent.dns".into(),
+                status: CheckStatus::Warn,
+                detail: "slow".into(),
+                elapsed_ms: 0,
+                hint: Some("h".into()),
+            },
+            Check {
+                id: "xds.stream".into(),
+                status: CheckStatus::Skip,
+                detail: "blocked".into(),
+                elapsed_ms: 0,
+                hint: Some("fix ca.token first".into()),
+            },
+        ];
+        r.rules = Some("*nat\n".into());
+        r.error = Some("it broke".into());
+        r
+    }
+
+    #[test]
+    fn text_has_every_part_in_order() {
+        let want = concat!(
+            "*nat\n",
+            "warning[cert.expires_soon]: root-cert.pem: soon\n",
+            "    hint: renew\n",
+            "error[hosts.empty]: empty\n",
+            "warning[env.unknown_key]: cluster.env: FOO\n",
+            "    hint: drop it\n",
+            " changed  file:/a  created\n",
+            "+x\n",
+            "      ok  dir:/b  as desired\n",
+            "-y\n",
+            "  FAILED  hook:c  boom\n",
+            " skipped  hook:d  later\n",
+            "PASS  tls.handshake          ok (4 ms)\n",
+            "FAIL  ca.token               denied (7 ms)\n",
+            "      hint: new token\n",
+            "WARN  agent.dns              slow (0 ms)\n",
+            "      hint: h\n",
+            "skip  xds.stream             blocked (0 ms)\n",
+            "      hint: fix ca.token first\n",
+            "error: it broke\n",
+            "install: ok (changed), 1 error(s), 2 warning(s)\n",
+        );
+        assert_eq!(sample().to_text(), want);
+    }
+
+    #[test]
+    fn text_summary_says_what_happened() {
+        let summary = |ok, changed, check| {
+            let mut r = Report::new("install");
+            (r.ok, r.changed, r.check_mode) = (ok, changed, check);
+            r.to_text()
+        };
+        assert_eq!(summary(true, false, false), "install: ok\n");
+        assert_eq!(summary(true, false, true), "install: ok\n");
+        assert_eq!(summary(true, true, false), "install: ok (changed)\n");
+        assert_eq!(summary(true, true, true), "install: ok (would change)\n");
+        assert_eq!(summary(false, true, true), "install: not ok\n");
+    }
+
+    #[test]
+    fn has_errors_only_for_error_findings() {
+        let mut r = Report::new("validate");
+        assert!(!r.has_errors());
+        r.findings
+            .push(Finding::warning("env.unknown_key", None, "m", "h"));
+        assert!(!r.has_errors());
+        r.findings
+            .push(Finding::error("env.syntax", None, "m", "h"));
+        assert!(r.has_errors());
+    }
+
+    #[test]
+    fn json_is_the_documented_document() {
+        let v: serde_json::Value = serde_json::from_str(&sample().to_json()).unwrap();
+        assert_eq!(v["command"], "install");
+        assert_eq!(v["ok"], true);
+        assert_eq!(v["changed"], true);
+        assert_eq!(v["check_mode"], false);
+        assert_eq!(v["findings"][0]["severity"], "warning");
+        assert_eq!(v["findings"][0]["file"], "root-cert.pem");
+        assert!(v["findings"][1].get("file").is_none());
+        assert_eq!(v["steps"][0]["status"], "changed");
+        assert_eq!(v["steps"][2].get("diff"), None);
+        assert_eq!(v["checks"][1]["hint"], "new token");
+        assert!(v["checks"][0].get("hint").is_none());
+        assert_eq!(v["error"], "it broke");
+        let empty: serde_json::Value =
+            serde_json::from_str(&Report::new("verify").to_json()).unwrap();
+        assert!(empty.get("error").is_none() && empty.get("rules").is_none());
+    }
+
     #[test]
     fn finding_codes_are_unique_and_sorted() {
         let codes: Vec<&str> = FINDING_CODES.iter().map(|(c, _)| *c).collect();
