@@ -372,6 +372,16 @@ mod tests {
         assert_eq!(flow_depth("a: '[[[['\nb: \"{{\\\"{{\"\n# [[[[\n"), 0);
         assert_eq!(flow_depth("a: it's [x]\nb: [y]\n"), 1);
         assert_eq!(flow_depth("[a'b, [[c]]]\n"), 3);
+        // Only a backslash escapes inside double quotes: the quote closes
+        // before the bracket.
+        assert_eq!(flow_depth("a: \"xy\"[1]\n"), 1);
+    }
+
+    #[test]
+    fn error_text_is_the_message() {
+        let e = MeshConfig::parse(b"\xff").unwrap_err();
+        assert_eq!(e.to_string(), e.message);
+        assert!(!e.message.is_empty());
     }
 
     #[test]
