@@ -408,6 +408,11 @@ mod tests {
         assert_eq!(m.raw["b"], serde_json::json!(1.5));
         assert_eq!(m.raw["c"], serde_json::json!(7));
         assert!(m.raw["d"].is_null());
+        // Scalar keys become text as YAML prints them.
+        let m = MeshConfig::parse(b"~: a\n1: b\ntrue: c\n").unwrap();
+        assert_eq!(m.raw["null"], "a");
+        assert_eq!(m.raw["1"], "b");
+        assert_eq!(m.raw["true"], "c");
     }
 
     #[test]
