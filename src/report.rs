@@ -25,7 +25,8 @@ pub struct Finding {
     pub hint: String,
 }
 
-/// Every finding code the bundle checks produce, with its severity: the
+/// Every finding code the bundle checks produce, with its severity (for the
+/// codes `--allow-env` turns into warnings, the severity without it): the
 /// contract's list (docs/DESIGN.md "Finding codes", compared by
 /// tests/design_doc.rs). A code that is not listed here is a bug: debug
 /// builds panic on it, so every test that produces a finding checks this.
@@ -38,18 +39,23 @@ pub const FINDING_CODES: &[(&str, Severity)] = &[
     ("bundle.unsafe_path", Severity::Error),
     ("cert.expired", Severity::Error),
     ("cert.expires_soon", Severity::Warning),
+    ("cert.no_cert_sign", Severity::Error),
     ("cert.not_ca", Severity::Error),
     ("cert.not_yet_valid", Severity::Error),
     ("cert.parse", Severity::Error),
     ("env.agent_port_captured", Severity::Warning),
+    ("env.exec_user", Severity::Error),
     ("env.invalid_value", Severity::Error),
     ("env.legacy_label", Severity::Warning),
     ("env.missing_key", Severity::Error),
+    ("env.shell_unsafe", Severity::Error),
     ("env.ssh_captured", Severity::Warning),
     ("env.syntax", Severity::Error),
     ("env.unknown_key", Severity::Warning),
+    ("env.unsafe_key", Severity::Error),
     ("hosts.discovery_unresolved", Severity::Warning),
     ("hosts.empty", Severity::Error),
+    ("hosts.marker", Severity::Error),
     ("hosts.syntax", Severity::Error),
     ("mesh.discovery_address", Severity::Error),
     ("mesh.mismatch", Severity::Warning),
@@ -60,6 +66,7 @@ pub const FINDING_CODES: &[(&str, Severity)] = &[
     ("token.format", Severity::Error),
     ("token.not_yet_valid", Severity::Error),
     ("token.subject_mismatch", Severity::Error),
+    ("token.unsigned", Severity::Error),
 ];
 
 impl Finding {
@@ -89,10 +96,8 @@ impl Finding {
         hint: impl Into<String>,
     ) -> Self {
         debug_assert!(
-            FINDING_CODES
-                .iter()
-                .any(|(c, s)| *c == code && *s == severity),
-            "finding code {code} ({severity:?}) is not in report::FINDING_CODES: \
+            FINDING_CODES.iter().any(|(c, _)| *c == code),
+            "finding code {code} is not in report::FINDING_CODES: \
              add it there and to docs/DESIGN.md"
         );
         Finding {
@@ -164,6 +169,39 @@ pub struct Report {
     /// Rendered rule text (`capture render`), printed first in text mode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rules: Option<String>,
+}
+
+/// Every `http://`/`https://` URL in `text` that carries a credential-like
+/// part (userinfo, query, fragment), redacted with [`redact_url`]: the last
+/// guard before anything is printed, whatever error chain produced the text.
+pub fn redact_urls_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = ["https://", "http://"]
+        .iter()
+        .filter_map(|p| rest.find(p))
+        .min()
+    {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let end = tail
+            // A backslash ends the URL too: in JSON it starts an escape.
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>' | '\\'))
+            .unwrap_or(tail.len());
+        let token = &tail[..end];
+        let url = token.trim_end_matches(['.', ',', ':', ';', ')', ']', '}']);
+        let after_scheme = &url[url.find("://").map_or(0, |j| j + 3)..];
+        let authority = after_scheme.split('/').next().unwrap_or("");
+        if authority.contains('@') || url.contains(['?', '#']) {
+            out.push_str(&redact_url(url));
+            out.push_str(&token[url.len()..]);
+        } else {
+            out.push_str(token);
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 impl Report {
@@ -264,6 +302,77 @@ impl Report {
     }
 }
 
+/// A URL fit to print: no user name or password, no query, no fragment
+/// (a signed URL's query and a URL's userinfo are credentials; a fragment
+/// may be one too). What was removed is shown as `…`.
+pub fn redact_url(url: &str) -> String {
+    if let Ok(mut u) = reqwest::Url::parse(url) {
+        let had_user = !u.username().is_empty() || u.password().is_some();
+        let had_query = u.query().is_some();
+        let had_fragment = u.fragment().is_some();
+        let _ = u.set_username("");
+        let _ = u.set_password(None);
+        u.set_query(None);
+        u.set_fragment(None);
+        let mut out = u.to_string();
+        if had_user && let Some(i) = out.find("://") {
+            out.insert_str(i + 3, "…@");
+        }
+        if had_query {
+            out.push_str("?…");
+        }
+        if had_fragment {
+            out.push_str("#…");
+        }
+        return out;
+    }
+    // Not a URL the parser takes: cut at the first `?` or `#`, drop userinfo.
+    let cut = url.find(['?', '#']).map_or(url, |i| &url[..i]);
+    let mut out = match cut.split_once("://") {
+        Some((scheme, rest)) => {
+            let host_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..host_end].rfind('@') {
+                Some(at) => format!("{scheme}://…@{}", &rest[at + 1..]),
+                None => cut.to_string(),
+            }
+        }
+        None => cut.to_string(),
+    };
+    if cut.len() < url.len() {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::*;
+
+    #[test]
+    fn urls_in_text() {
+        let t = "cannot fetch https://u:pw@h/b.tgz?X-Amz-Signature=s3cr3t: error sending \
+                 request for url (https://u:pw@h/b.tgz?X-Amz-Signature=s3cr3t#frag)";
+        let r = redact_urls_in(t);
+        assert!(
+            !r.contains("pw") && !r.contains("s3cr3t") && !r.contains("frag"),
+            "{r}"
+        );
+        assert!(
+            r.starts_with("cannot fetch https://…@h/b.tgz?…: error"),
+            "{r}"
+        );
+        // JSON escapes after a URL survive: the document stays valid.
+        let j = serde_json::json!({"e": "fetch \"https://u:pw@h/x?s=1\"\nnext"}).to_string();
+        let r = redact_urls_in(&j);
+        let back: serde_json::Value = serde_json::from_str(&r).unwrap();
+        assert_eq!(back["e"], "fetch \"https://…@h/x?…\"\nnext");
+        // Already redacted and plain URLs stay as they are.
+        for t in ["see https://…@h/b.tgz?…#… now", "https://h/x, then", "none"] {
+            assert_eq!(redact_urls_in(t), t);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,6 +407,16 @@ mod tests {
                         continue;
                     };
                     let code = &lit[..lit.find('"').unwrap()];
+                    found.push((code.to_string(), f.display().to_string()));
+                }
+            }
+            // `Finding::new(severity, "code", …)`: the first literal.
+            for (at, _) in text.match_indices("Finding::new(") {
+                let rest = &text[at..];
+                let Some(open) = rest.find('"') else { continue };
+                let lit = &rest[open + 1..];
+                let code = &lit[..lit.find('"').unwrap()];
+                if code.contains('.') && !code.contains(' ') {
                     found.push((code.to_string(), f.display().to_string()));
                 }
             }
