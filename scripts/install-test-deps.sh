@@ -30,6 +30,9 @@ pkgs=(
     qemu-user-static
     # Fleet e2e (tests/fleet_*.rs): the Ansible controller's ssh client.
     openssh-client
+    # Monitoring (tests/monitor_*.rs): promtool checks the textfile and the
+    # alerting rules.
+    prometheus
 )
 
 missing=()
