@@ -294,9 +294,11 @@ pub fn verify_timer_dropin(v: &VerifySchedule) -> String {
     let secs = v.interval.as_secs().max(1);
     format!(
         "{HEADER}\
-# From `verify_interval` in /etc/istio-vm/config.toml.
+# From `verify_interval` in /etc/istio-vm/config.toml. The empty assignment
+# resets every monotonic trigger of the unit (OnBootSec= too), so both follow.
 [Timer]
 OnUnitActiveSec=
+OnBootSec=1min
 OnUnitActiveSec={secs}s
 RandomizedDelaySec={delay}s
 ",
@@ -545,8 +547,13 @@ mod tests {
             textfile: "/var/lib/node_exporter/textfile/istio_vm.prom".into(),
         };
         let d = verify_timer_dropin(&v);
-        // The empty assignment resets the unit's list first.
+        // The empty assignment resets the unit's list of triggers (all of
+        // them), so the boot trigger is stated again.
         assert_eq!(values(&d, "Timer", "OnUnitActiveSec"), ["", "20s"]);
+        assert_eq!(
+            values(&d, "Timer", "OnBootSec"),
+            values(timer, "Timer", "OnBootSec")
+        );
         assert_eq!(values(&d, "Timer", "RandomizedDelaySec"), ["4s"]);
         assert_eq!(
             values(
