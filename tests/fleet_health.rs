@@ -16,7 +16,6 @@ mod bundlegen;
 #[path = "common/e2e.rs"]
 mod e2e;
 #[path = "common/fleet.rs"]
-#[allow(dead_code)]
 mod fleet;
 
 use std::path::Path;
