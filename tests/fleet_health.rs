@@ -61,34 +61,48 @@ fn health_playbook_names_the_broken_vm() {
     let pubkey = std::fs::read_to_string(p.join("id_ed25519.pub")).unwrap();
     let bundle = BundleSpec::valid().write(&p.join("bundle"));
 
-    let mut vms: Vec<Vm> = Vec::new();
-    for (i, h) in HOSTS.iter().enumerate() {
-        let mut vm = Vm::from_tree(&format!("hlt{i}"), &tree);
-        let net = lan.nspawn_network(i);
-        vm.set_network(&net.iter().map(String::as_str).collect::<Vec<_>>());
-        fleet::enable_ssh(&vm, &pubkey);
-        std::fs::write(vm.path("/etc/hostname"), format!("{h}\n")).unwrap();
-        e2e::put(
-            &vm,
-            Path::new(env!("CARGO_BIN_EXE_istio-vm")),
-            "/usr/bin/istio-vm",
-            0o755,
-        );
-        for e in std::fs::read_dir(&bundle).unwrap().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            e2e::put(&vm, &e.path(), &format!("/root/bundle/{name}"), 0o600);
-        }
-        vm.boot();
-        vm.wait_until(
-            "sshd is active",
-            Duration::from_secs(20),
-            "systemctl is-active -q ssh",
-        );
-        let out = vm.ok("istio-vm install --bundle /root/bundle --no-start --output json");
-        let r: serde_json::Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(r["ok"], true, "{r}");
-        vms.push(vm);
-    }
+    // Copied, booted and onboarded side by side.
+    let mut vms: Vec<Vm> = std::thread::scope(|s| {
+        let handles: Vec<_> = HOSTS
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let (tree, lan, pubkey, bundle) = (&tree, &lan, &pubkey, &bundle);
+                s.spawn(move || {
+                    let mut vm = Vm::from_tree(&format!("hlt{i}"), tree);
+                    let net = lan.nspawn_network(i);
+                    vm.set_network(&net.iter().map(String::as_str).collect::<Vec<_>>());
+                    fleet::enable_ssh(&vm, pubkey);
+                    std::fs::write(vm.path("/etc/hostname"), format!("{h}\n")).unwrap();
+                    e2e::put(
+                        &vm,
+                        Path::new(env!("CARGO_BIN_EXE_istio-vm")),
+                        "/usr/bin/istio-vm",
+                        0o755,
+                    );
+                    for e in std::fs::read_dir(bundle).unwrap().flatten() {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        e2e::put(&vm, &e.path(), &format!("/root/bundle/{name}"), 0o600);
+                    }
+                    vm.boot();
+                    vm.wait_until(
+                        "sshd is active",
+                        Duration::from_secs(20),
+                        "systemctl is-active -q ssh",
+                    );
+                    let out =
+                        vm.ok("istio-vm install --bundle /root/bundle --no-start --output json");
+                    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+                    assert_eq!(r["ok"], true, "{r}");
+                    vm
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
     // Broken: a placed file is gone.
     vms[1].ok("rm /etc/certs/root-cert.pem");
 
@@ -160,7 +174,7 @@ fn health_playbook_names_the_broken_vm() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    for mut vm in vms {
+    for vm in &mut vms {
         vm.shutdown();
     }
     drop(lan);
