@@ -27,6 +27,10 @@ pub struct Config {
     pub exclude_inbound_ports: Vec<u16>,
     /// Allow rules that would capture inbound SSH (22). Off unless asked for.
     pub allow_ssh_capture: bool,
+    /// Dangerous cluster.env keys accepted anyway (`--allow-env` adds more).
+    pub allow_env: Vec<String>,
+    /// Total time a bundle download may take, connection to last byte.
+    pub fetch_timeout: Duration,
     /// Per network step bound for verify.
     pub timeout: Duration,
     /// How long a run waits for another run's lock.
@@ -47,6 +51,8 @@ impl Default for Config {
             start: true,
             exclude_inbound_ports: Vec::new(),
             allow_ssh_capture: false,
+            allow_env: Vec::new(),
+            fetch_timeout: Duration::from_secs(60),
             timeout: Duration::from_secs(3),
             lock_timeout: Duration::from_secs(300),
             verify_interval: Duration::from_secs(300),
@@ -65,6 +71,8 @@ struct FileLayer {
     start: Option<bool>,
     exclude_inbound_ports: Option<Vec<u16>>,
     allow_ssh_capture: Option<bool>,
+    allow_env: Option<Vec<String>>,
+    fetch_timeout: Option<String>,
     timeout: Option<String>,
     lock_timeout: Option<String>,
     verify_interval: Option<String>,
@@ -93,6 +101,8 @@ const ENV_KEYS: &[&str] = &[
     "ISTIO_VM_START",
     "ISTIO_VM_EXCLUDE_INBOUND_PORTS",
     "ISTIO_VM_ALLOW_SSH_CAPTURE",
+    "ISTIO_VM_ALLOW_ENV",
+    "ISTIO_VM_FETCH_TIMEOUT",
     "ISTIO_VM_TIMEOUT",
     "ISTIO_VM_LOCK_TIMEOUT",
     "ISTIO_VM_VERIFY_INTERVAL",
@@ -153,6 +163,14 @@ impl Config {
         if let Some(v) = layer.allow_ssh_capture {
             self.allow_ssh_capture = v;
         }
+        if let Some(v) = layer.allow_env {
+            self.allow_env = v;
+        }
+        if let Some(v) = layer.fetch_timeout {
+            self.fetch_timeout = parse_duration(&v)
+                .map_err(anyhow::Error::msg)
+                .context("fetch_timeout")?;
+        }
         if let Some(v) = layer.timeout {
             self.timeout = parse_duration(&v)
                 .map_err(anyhow::Error::msg)
@@ -209,6 +227,19 @@ impl Config {
                                 .with_context(|| format!("{}: bad port `{p}`", ctx()))
                         })
                         .collect::<Result<_>>()?;
+                }
+                "ISTIO_VM_ALLOW_ENV" => {
+                    self.allow_env = v
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect();
+                }
+                "ISTIO_VM_FETCH_TIMEOUT" => {
+                    self.fetch_timeout = parse_duration(&v)
+                        .map_err(anyhow::Error::msg)
+                        .with_context(ctx)?
                 }
                 "ISTIO_VM_TIMEOUT" => {
                     self.timeout = parse_duration(&v)

@@ -58,6 +58,7 @@ pub fn prefixed(priority: Priority, text: &str) -> String {
 /// Writes one log line (or several) to stderr, with its priority when the
 /// journal reads it.
 pub fn line(priority: Priority, text: &str) {
+    let text = &crate::report::redact_urls_in(text);
     let s = if stderr_is_journal() {
         prefixed(priority, text)
     } else {
@@ -84,7 +85,9 @@ pub struct JournalWriter {
 
 impl std::io::Write for JournalWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let s = prefixed(self.priority, &String::from_utf8_lossy(buf));
+        // URL credentials redacted as on stdout (one event, one write).
+        let text = crate::report::redact_urls_in(&String::from_utf8_lossy(buf));
+        let s = prefixed(self.priority, &text);
         std::io::stderr().lock().write_all(s.as_bytes())?;
         Ok(buf.len())
     }
