@@ -39,6 +39,9 @@ pkgs=(
     xz-utils
     # Kill at every syscall that changes the tree (tests/install_kills.rs).
     strace
+    # Monitoring (tests/monitor_*.rs): promtool checks the textfile and the
+    # alerting rules.
+    prometheus
 )
 
 missing=()

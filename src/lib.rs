@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod layout;
+pub mod logging;
 pub mod plan;
 pub mod report;
 pub mod sysroot;

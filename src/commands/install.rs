@@ -302,7 +302,10 @@ fn install_locked(
     created_user: bool,
 ) -> Result<()> {
     let capture = !args.no_capture && ctx.config.capture;
-    let unit_files = units::render(&units::Options { capture });
+    let unit_files = units::render(&units::Options {
+        capture,
+        verify: (&ctx.config).into(),
+    });
     let mut extra_files = generated_files(&unit_files);
     let mut extra_dirs = Vec::new();
     if capture {
