@@ -118,6 +118,10 @@ pub struct VerifyArgs {
     /// Also fetch URL from this VM and check it went through the sidecar
     #[arg(long, value_name = "URL")]
     pub probe: Vec<String>,
+    /// Also write the results as Prometheus metrics to FILE, for
+    /// node_exporter's textfile collector (replaced atomically, mode 0644)
+    #[arg(long, value_name = "FILE")]
+    pub textfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -37,6 +37,8 @@ fn main() -> ExitCode {
                     .join(": "),
                 None => format!("{err:#}"),
             };
+            // Under systemd, the journal gets the error at its priority.
+            istio_vm::logging::error_line(&root_cause);
             report.error = Some(root_cause);
             (report, exit_for(&err))
         }
@@ -147,16 +149,22 @@ fn init_logging(verbose: u8) {
         2 => "debug",
         _ => "trace",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ISTIO_VM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .with_writer(|| RedactedStderr)
-        .with_ansi(std::io::stderr().is_terminal())
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ISTIO_VM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_target(false)
-        .without_time()
-        .init();
+        .without_time();
+    if istio_vm::logging::stderr_is_journal() {
+        // Each line with its `<N>` priority prefix; journald adds the time.
+        fmt.with_writer(istio_vm::logging::JournalMakeWriter)
+            .with_ansi(false)
+            .init();
+    } else {
+        fmt.with_writer(|| RedactedStderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init();
+    }
 }
 
 /// stderr for log lines, with URL credentials redacted like stdout (one

@@ -315,7 +315,7 @@ _istio__vm() {
             return 0
             ;;
         istio__subcmd__vm__subcmd__verify)
-            opts="-v -h --wait --timeout --skip-agent --probe --root --config --output --verbose --help"
+            opts="-v -h --wait --timeout --skip-agent --probe --textfile --root --config --output --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -330,6 +330,10 @@ _istio__vm() {
                     return 0
                     ;;
                 --probe)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --textfile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -69,6 +69,7 @@ complete -c istio-vm -n "__fish_istio_vm_using_subcommand uninstall" -s h -l hel
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand verify" -l wait -d 'Repeat until every check passes or this much time has passed' -r
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand verify" -l timeout -d 'Bound on each network step [default: 3s]' -r
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand verify" -l probe -d 'Also fetch URL from this VM and check it went through the sidecar' -r
+complete -c istio-vm -n "__fish_istio_vm_using_subcommand verify" -l textfile -d 'Also write the results as Prometheus metrics to FILE, for node_exporter\'s textfile collector (replaced atomically, mode 0644)' -r -F
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand verify" -l root -d 'Prefix every path read or written; under a root other than / nothing live (services, netfilter, users) is changed' -r -F
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand verify" -l config -d 'Configuration file [default: /etc/istio-vm/config.toml]' -r -F
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand verify" -l output -d 'Output format [default: text]' -r -f -a "text\t''

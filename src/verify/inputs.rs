@@ -2,12 +2,12 @@
 //! who this VM is, what it trusts and what it presents.
 
 use std::collections::BTreeMap;
-use std::io;
 use std::net::IpAddr;
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
 use crate::bundle::{ClusterEnv, MeshConfig};
 use crate::layout;
+use crate::sysroot::Sysroot;
 
 /// Istio's default when the mesh config names no discovery address
 /// (pkg/config/mesh/mesh.go `DefaultProxyConfig`).
@@ -17,73 +17,21 @@ pub const DEFAULT_PORT: u16 = 15012;
 /// (pilot/pkg/grpc/tls.go).
 pub const DEFAULT_SAN: &str = "istiod.istio-system.svc";
 
-/// `path` (absolute, as on the VM) inside `root`, with every symlink resolved
-/// as a chroot would: absolute targets restart at `root`, `..` never climbs
-/// above it. The last component is resolved too.
-pub fn resolve(root: &Path, path: &str) -> io::Result<PathBuf> {
-    let mut pending: Vec<String> = components(path);
-    pending.reverse();
-    let mut cur: Vec<String> = Vec::new();
-    let mut hops = 0;
-    while let Some(c) = pending.pop() {
-        match c.as_str() {
-            "." => {}
-            ".." => {
-                cur.pop();
-            }
-            _ => {
-                let candidate = join(root, &cur).join(&c);
-                match std::fs::symlink_metadata(&candidate) {
-                    Ok(m) if m.file_type().is_symlink() => {
-                        hops += 1;
-                        if hops > 40 {
-                            return Err(io::Error::other(format!(
-                                "too many symbolic links resolving {path}"
-                            )));
-                        }
-                        let target = std::fs::read_link(&candidate)?;
-                        let t = target.to_string_lossy().into_owned();
-                        if target.is_absolute() {
-                            cur.clear();
-                        }
-                        let mut more = components(&t);
-                        more.reverse();
-                        pending.extend(more);
-                    }
-                    _ => cur.push(c),
-                }
-            }
-        }
-    }
-    Ok(join(root, &cur))
-}
+/// Where pilot-agent writes the workload certificate it renews with
+/// (`OUTPUT_CERTS=./etc/certs` in istio-start.sh, reference §4.3).
+pub const WORKLOAD_CERT: &str = "/etc/certs/cert-chain.pem";
+pub const WORKLOAD_KEY: &str = "/etc/certs/key.pem";
 
-fn components(p: &str) -> Vec<String> {
-    Path::new(p)
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn join(root: &Path, parts: &[String]) -> PathBuf {
-    let mut p = root.to_path_buf();
-    for c in parts {
-        p.push(c);
-    }
-    p
-}
-
-/// Reads a placed file; the error names the VM path.
+/// Reads a placed file through the one view of the VM's filesystem
+/// (symlinks inside the root only, regular files only, bounded); the error
+/// names the VM path.
 pub fn read(root: &Path, path: &str) -> Result<Vec<u8>, String> {
-    let real = resolve(root, path).map_err(|e| format!("{path}: {e}"))?;
-    std::fs::read(&real).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => format!("{path} does not exist"),
-        _ => format!("{path}: {e}"),
-    })
+    let r = Sysroot::new(root).map_err(|e| format!("{e:#}"))?;
+    match r.read(path) {
+        Ok(Some(b)) => Ok(b),
+        Ok(None) => Err(format!("{path} does not exist")),
+        Err(e) => Err(format!("{e:#}")),
+    }
 }
 
 /// `host:port` of istiod (or of the CA), and the name its certificate must carry.
@@ -221,10 +169,7 @@ impl Inputs {
         }
         i.root_cert_pem = read(root, layout::ROOT_CERT).ok();
         i.token = read(root, layout::TOKEN).ok();
-        if let (Ok(c), Ok(k)) = (
-            read(root, super::files::WORKLOAD_CERT),
-            read(root, super::files::WORKLOAD_KEY),
-        ) {
+        if let (Ok(c), Ok(k)) = (read(root, WORKLOAD_CERT), read(root, WORKLOAD_KEY)) {
             i.workload = Some((c, k));
         }
         if let Ok(b) = read(root, layout::ETC_HOSTS) {
@@ -358,25 +303,5 @@ mod tests {
             Some("a:1")
         );
         assert_eq!(discovery_address(b"defaultConfig: {}\n"), None);
-    }
-
-    #[test]
-    fn resolve_stays_inside_root() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path();
-        std::fs::create_dir_all(root.join("run/secrets")).unwrap();
-        std::fs::create_dir_all(root.join("var")).unwrap();
-        std::os::unix::fs::symlink("/run", root.join("var/run")).unwrap();
-        std::os::unix::fs::symlink("../../../../etc/x", root.join("run/secrets/up")).unwrap();
-        assert_eq!(
-            resolve(root, "/var/run/secrets/tokens/t").unwrap(),
-            root.join("run/secrets/tokens/t")
-        );
-        assert_eq!(
-            resolve(root, "/run/secrets/up").unwrap(),
-            root.join("etc/x")
-        );
-        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
-        assert!(resolve(root, "/loop").is_err());
     }
 }
