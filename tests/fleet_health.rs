@@ -17,6 +17,8 @@ mod bundlegen;
 mod e2e;
 #[path = "common/fleet.rs"]
 mod fleet;
+#[path = "common/pinned.rs"]
+mod pinned;
 
 use std::path::Path;
 use std::process::Stdio;

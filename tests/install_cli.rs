@@ -90,7 +90,7 @@ fn files_land_where_design_says() {
         assert_eq!(mode(path.trim_start_matches('/')), *want_mode, "{path}");
         seen += 1;
     }
-    assert_eq!(seen, 5);
+    assert_eq!(seen, 10);
     // Nothing escaped the root through var/run.
     assert!(
         !Path::new("/run/secrets/tokens/istio-token").exists() || {

@@ -37,7 +37,37 @@ pub const PINNED: &[(&str, Kind, &str, u32)] = &[
         0o644,
     ),
     (
+        "/etc/systemd/system/istio-vm-verify.service",
+        Kind::File,
+        "root",
+        0o644,
+    ),
+    (
+        "/etc/systemd/system/istio-vm-verify.service.d/istio-vm.conf",
+        Kind::File,
+        "root",
+        0o644,
+    ),
+    (
+        "/etc/systemd/system/istio-vm-verify.timer",
+        Kind::File,
+        "root",
+        0o644,
+    ),
+    (
+        "/etc/systemd/system/istio-vm-verify.timer.d/istio-vm.conf",
+        Kind::File,
+        "root",
+        0o644,
+    ),
+    (
         "/etc/systemd/system/multi-user.target.d/istio-vm.conf",
+        Kind::File,
+        "root",
+        0o644,
+    ),
+    (
+        "/etc/systemd/system/timers.target.d/istio-vm.conf",
         Kind::File,
         "root",
         0o644,
