@@ -375,6 +375,8 @@ mod tests {
         // Only a backslash escapes inside double quotes: the quote closes
         // before the bracket.
         assert_eq!(flow_depth("a: \"xy\"[1]\n"), 1);
+        // `#` starts a comment only after whitespace.
+        assert_eq!(flow_depth("a: b#[1]\n"), 1);
     }
 
     #[test]
