@@ -13,6 +13,12 @@ use crate::error::Failure;
 
 pub const DEFAULT_PATH: &str = "/etc/istio-vm/config.toml";
 
+/// The link-local instance metadata services (AWS, GCP, Azure, OpenStack
+/// at 169.254.169.254; AWS's IPv6 endpoint): excluded from outbound
+/// capture by default so that a crash-looping sidecar does not cut the
+/// cloud agent off from its credentials.
+pub const DEFAULT_EXCLUDE_OUTBOUND_CIDRS: [&str; 2] = ["169.254.169.254/32", "fd00:ec2::254/128"];
+
 /// Effective settings after every layer is applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -27,6 +33,9 @@ pub struct Config {
     pub exclude_inbound_ports: Vec<u16>,
     /// Allow rules that would capture inbound SSH (22). Off unless asked for.
     pub allow_ssh_capture: bool,
+    /// Destinations never captured outbound (cloud metadata by default, so
+    /// the cloud agent keeps its credentials while the sidecar is down).
+    pub exclude_outbound_cidrs: Vec<String>,
     /// Per network step bound for verify.
     pub timeout: Duration,
     /// How long a run waits for another run's lock.
@@ -42,6 +51,10 @@ impl Default for Config {
             start: true,
             exclude_inbound_ports: Vec::new(),
             allow_ssh_capture: false,
+            exclude_outbound_cidrs: DEFAULT_EXCLUDE_OUTBOUND_CIDRS
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
             timeout: Duration::from_secs(3),
             lock_timeout: Duration::from_secs(300),
         }
@@ -58,6 +71,7 @@ struct FileLayer {
     start: Option<bool>,
     exclude_inbound_ports: Option<Vec<u16>>,
     allow_ssh_capture: Option<bool>,
+    exclude_outbound_cidrs: Option<Vec<String>>,
     timeout: Option<String>,
     lock_timeout: Option<String>,
 }
@@ -84,6 +98,7 @@ const ENV_KEYS: &[&str] = &[
     "ISTIO_VM_START",
     "ISTIO_VM_EXCLUDE_INBOUND_PORTS",
     "ISTIO_VM_ALLOW_SSH_CAPTURE",
+    "ISTIO_VM_EXCLUDE_OUTBOUND_CIDRS",
     "ISTIO_VM_TIMEOUT",
     "ISTIO_VM_LOCK_TIMEOUT",
     // Read by clap directly.
@@ -142,6 +157,9 @@ impl Config {
         if let Some(v) = layer.allow_ssh_capture {
             self.allow_ssh_capture = v;
         }
+        if let Some(v) = layer.exclude_outbound_cidrs {
+            self.exclude_outbound_cidrs = v;
+        }
         if let Some(v) = layer.timeout {
             self.timeout = parse_duration(&v)
                 .map_err(anyhow::Error::msg)
@@ -181,6 +199,14 @@ impl Config {
                 "ISTIO_VM_START" => self.start = parse_bool(&v).with_context(ctx)?,
                 "ISTIO_VM_ALLOW_SSH_CAPTURE" => {
                     self.allow_ssh_capture = parse_bool(&v).with_context(ctx)?
+                }
+                "ISTIO_VM_EXCLUDE_OUTBOUND_CIDRS" => {
+                    self.exclude_outbound_cidrs = v
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect();
                 }
                 "ISTIO_VM_EXCLUDE_INBOUND_PORTS" => {
                     self.exclude_inbound_ports = v

@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
     let output = commands::output_of(&cli);
-    let (report, exit) = match commands::run(&cli) {
+    let (mut report, exit) = match commands::run(&cli) {
         Ok(report) => {
             let exit = if report.ok { Exit::Ok } else { Exit::NotOk };
             (report, exit)
@@ -37,7 +37,17 @@ fn main() -> ExitCode {
     };
     let text = match output {
         Output::Json => report.to_json() + "\n",
-        Output::Text => report.to_text(),
+        // `capture render`: the rules alone on stdout (so they pipe into
+        // iptables-restore / nft), the report on stderr.
+        Output::Text => match report.rules.take() {
+            Some(rules) => {
+                let _ = std::io::stderr()
+                    .lock()
+                    .write_all(report.to_text().as_bytes());
+                rules
+            }
+            None => report.to_text(),
+        },
     };
     // A closed stdout (e.g. `| head`) must not turn into a panic.
     let _ = std::io::stdout().lock().write_all(text.as_bytes());

@@ -49,8 +49,10 @@ impl Root {
         &self.dir
     }
 
+    /// The live machine: `/`, and not a chroot (there, `/` is an image and
+    /// the host's netfilter and systemd are not this root's).
     pub fn is_slash(&self) -> bool {
-        self.dir == Path::new("/")
+        self.dir == Path::new("/") && !crate::chroot::in_chroot()
     }
 
     /// Host path of an already resolved absolute path.

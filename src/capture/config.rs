@@ -119,6 +119,9 @@ pub struct Inputs<'a> {
     pub host_ipv6: bool,
     /// istio-vm config: extra inbound ports never captured.
     pub exclude_inbound_ports: &'a [u16],
+    /// istio-vm config: destinations never captured outbound
+    /// (`exclude_outbound_cidrs`, cloud metadata by default).
+    pub exclude_outbound_cidrs: &'a [String],
     pub allow_ssh_capture: bool,
 }
 
@@ -494,10 +497,24 @@ impl IstioConfig {
         Ok(())
     }
 
+    /// istio-vm's `exclude_outbound_cidrs`: added to Istio's
+    /// ISTIO_SERVICE_EXCLUDE_CIDR list (a RETURN in ISTIO_OUTPUT, per
+    /// family), each validated like Istio's own CIDRs.
+    pub fn exclude_outbound(&mut self, cidrs: &[String]) -> Result<(), CaptureError> {
+        for c in cidrs {
+            let (c, _) = cidr("exclude_outbound_cidrs", c)?;
+            if !self.cidr_exclude.contains(&c) {
+                self.cidr_exclude.push(c);
+            }
+        }
+        Ok(())
+    }
+
     /// Istio's reading plus the VM-safety layer: what istio-vm applies.
     pub fn for_vm(inp: &Inputs<'_>) -> Result<IstioConfig, CaptureError> {
         let mut cfg = IstioConfig::from_inputs(inp)?;
         cfg.apply_vm_safety(inp.exclude_inbound_ports, inp.allow_ssh_capture)?;
+        cfg.exclude_outbound(inp.exclude_outbound_cidrs)?;
         Ok(cfg)
     }
 }
@@ -521,6 +538,7 @@ mod tests {
             gid: Some(997),
             host_ipv6: false,
             exclude_inbound_ports: &[],
+            exclude_outbound_cidrs: &[],
             allow_ssh_capture: false,
         }
     }
