@@ -98,9 +98,14 @@ pub fn sidecar_active() -> bool {
             .status()
             .is_ok_and(|s| s.success());
     }
+    // `/proc/PID/stat`: "PID (comm) STATE …"; a zombie does not run.
     std::fs::read_dir("/proc").is_ok_and(|d| {
         d.flatten().any(|e| {
-            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "pilot-agent")
+            std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| {
+                s.split_once(" (")
+                    .and_then(|(_, r)| r.rsplit_once(") "))
+                    .is_some_and(|(comm, rest)| comm == "pilot-agent" && !rest.starts_with('Z'))
+            })
         })
     })
 }

@@ -28,6 +28,7 @@ pub mod logs;
 pub mod net;
 pub mod probe;
 pub mod proto;
+pub mod rules;
 pub mod xds;
 
 /// What one verify run looks at.
@@ -164,6 +165,8 @@ pub async fn once(opts: &Options) -> Vec<Check> {
     out.extend(agent);
     let t = Instant::now();
     out.push(timed(t, logs::check(&opts.root)));
+    let t = Instant::now();
+    out.push(timed(t, rules::check(&opts.root)));
     out.extend(probes);
     out
 }
