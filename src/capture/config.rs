@@ -646,6 +646,38 @@ mod tests {
     }
 
     #[test]
+    fn exclude_outbound_cidrs_join_the_exclude_list_per_family() {
+        let e = env(&[("ISTIO_SERVICE_EXCLUDE_CIDR", "10.9.0.0/16")]);
+        let defaults: Vec<String> = crate::config::DEFAULT_EXCLUDE_OUTBOUND_CIDRS
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        let mut i = inputs(&e, "");
+        i.exclude_outbound_cidrs = &defaults;
+        let cfg = IstioConfig::for_vm(&i).unwrap();
+        assert_eq!(
+            cfg.cidr_exclude,
+            vec!["10.9.0.0/16", "169.254.169.254/32", "fd00:ec2::254/128"]
+        );
+        let rs = crate::capture::model::generate(&cfg, crate::capture::Backend::Iptables);
+        let v4 = crate::capture::iptables::render_restore(&rs, crate::capture::Family::V4).unwrap();
+        assert!(
+            v4.contains("-A ISTIO_OUTPUT -d 169.254.169.254/32 -j RETURN"),
+            "{v4}"
+        );
+        assert!(!v4.contains("fd00:ec2"), "{v4}");
+        // Users can turn it off, and a bad entry is refused.
+        i.exclude_outbound_cidrs = &[];
+        assert_eq!(
+            IstioConfig::for_vm(&i).unwrap().cidr_exclude,
+            vec!["10.9.0.0/16"]
+        );
+        let bad = vec!["169.254.169.254/33".to_string()];
+        i.exclude_outbound_cidrs = &bad;
+        assert!(IstioConfig::for_vm(&i).is_err());
+    }
+
+    #[test]
     fn dual_stack_turns_on_ipv6() {
         let e = env(&[("DUAL_STACK", "true")]);
         assert!(IstioConfig::from_inputs(&inputs(&e, "")).unwrap().ipv6);
