@@ -43,7 +43,12 @@ fn verify_passes_on_what_install_placed() {
         // An install under --root records the capture rules but applies
         // none: capture.rules compares that record with this namespace's
         // kernel and must say they are missing.
-        assert_eq!(run.failing(), vec!["capture.rules".to_string()], "{}", run.json);
+        assert_eq!(
+            run.failing(),
+            vec!["capture.rules".to_string()],
+            "{}",
+            run.json
+        );
         assert_eq!(run.status("capture.rules"), "fail");
         for id in [
             "dns.discovery",

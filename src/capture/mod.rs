@@ -27,6 +27,7 @@
 
 pub mod compare;
 pub mod config;
+pub mod generate;
 pub mod iptables;
 pub mod live;
 pub mod model;
