@@ -29,9 +29,11 @@ pub mod compare;
 pub mod config;
 pub mod generate;
 pub mod iptables;
+pub mod kernel;
 pub mod live;
 pub mod model;
 pub mod nft;
+pub mod routing;
 pub mod sysfiles;
 pub mod watch;
 
