@@ -1168,19 +1168,11 @@ fn readback_sees_a_real_difference_and_rolls_back() {
     assert_eq!(lab.snapshot(), before, "the prior rules were not restored");
 }
 
-/// Self-healing: while the sidecar runs, `capture watch` puts the rules
-/// back after each kind of flush, within 2 s (measured and printed); while
-/// it does not run, nothing is re-applied; idle, the watcher does not wake.
-#[test]
-fn watch_heals_flushes_while_the_sidecar_runs() {
-    require_root();
-    let lab = Lab::new();
-    let (code, _, log) = lab.tool("apply --backend iptables", None);
-    assert_eq!(code, 0, "{log}");
-    // A stand-in for the sidecar: a process named pilot-agent (no systemd
-    // here; where systemd runs, istio.service's state decides), in a PID
-    // namespace of its own with the watcher, so no other process on this
-    // machine can pass for it.
+/// `capture watch` in the app namespace, in a PID namespace of its own
+/// with a stand-in sidecar (a process named pilot-agent, its child): no
+/// other process on this machine can pass for the sidecar. Returns the
+/// spawned child and the host pids of the watcher and the stand-in.
+fn start_watch(lab: &Lab) -> (std::process::Child, u32, u32) {
     let agent_bin = lab.dir.path().join("pilot-agent");
     std::fs::copy(must("command -v sleep").trim(), &agent_bin).unwrap();
     let script = lab.script("capture watch --backend iptables").replacen(
@@ -1188,7 +1180,7 @@ fn watch_heals_flushes_while_the_sidecar_runs() {
         &format!("{} 600 & mkdir -p", agent_bin.display()),
         1,
     );
-    let mut watch = Command::new("ip")
+    let watch = Command::new("ip")
         .args([
             "netns",
             "exec",
@@ -1225,6 +1217,23 @@ fn watch_heals_flushes_while_the_sidecar_runs() {
     assert!(found.is_some(), "watcher did not start");
     let watcher = watcher.unwrap();
     let agent = child_of(watcher).unwrap();
+    (watch, watcher, agent)
+}
+
+/// Self-healing: while the sidecar runs, `capture watch` puts the rules
+/// back after each kind of flush, within 2 s (measured and printed); while
+/// it does not run, nothing is re-applied; idle, the watcher does not wake.
+#[test]
+fn watch_heals_flushes_while_the_sidecar_runs() {
+    require_root();
+    let lab = Lab::new();
+    let (code, _, log) = lab.tool("apply --backend iptables", None);
+    assert_eq!(code, 0, "{log}");
+    // A stand-in for the sidecar: a process named pilot-agent (no systemd
+    // here; where systemd runs, istio.service's state decides), in a PID
+    // namespace of its own with the watcher, so no other process on this
+    // machine can pass for it.
+    let (mut watch, watcher, agent) = start_watch(&lab);
     let ok = |lab: &Lab| lab.tool("status --backend iptables", None).0 == 0;
     let present = |lab: &Lab| {
         String::from_utf8_lossy(&lab.app.try_exec("iptables-nft-save -t nat").stdout)
@@ -1373,4 +1382,201 @@ fn in_process_comparison_matches_the_kernels_spelling_for_every_golden() {
         }
     }
     assert!(checked >= 40, "only {checked} golden blocks checked");
+}
+
+/// firewalld in the app namespace, one backend at a time (one firewalld
+/// owns the system bus name; the test runs both backends in turn).
+mod firewalld {
+    use super::*;
+    use std::io::{Read, Write};
+
+    struct Firewalld {
+        child: std::process::Child,
+        _etc: tempfile::TempDir,
+    }
+
+    impl Drop for Firewalld {
+        fn drop(&mut self) {
+            // `ip netns exec`, `unshare` and `sh` all exec: the child is firewalld.
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn cmd(args: &str) -> Output {
+        sh(&format!("timeout 30 firewall-cmd {args}"))
+    }
+
+    fn start(lab: &Lab, backend: &str) -> Firewalld {
+        let etc = tempfile::tempdir().unwrap();
+        must(&format!("cp -a /etc/firewalld/. {}", etc.path().display()));
+        let conf = etc.path().join("firewalld.conf");
+        let text = std::fs::read_to_string(&conf).unwrap();
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("FirewallBackend=") {
+                    format!("FirewallBackend={backend}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(&conf, text).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &lab.app.0, "unshare", "-m", "sh", "-c"])
+            .arg(format!(
+                "mount --bind {} /etc/firewalld && mkdir -p /run/firewalld && \
+                 mount -t tmpfs none /run/firewalld && exec firewalld --nofork --nopid",
+                etc.path().display()
+            ))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let fw = Firewalld { child, _etc: etc };
+        let up = within_deadline(Duration::from_secs(30), || cmd("--state").status.success());
+        assert!(up.is_some(), "firewalld ({backend}) did not start");
+        fw
+    }
+
+    /// firewalld's own state: its nft table, or the iptables rules it made.
+    fn firewalld_rules(lab: &Lab) -> String {
+        let nft = lab.app.try_exec("nft -s list table inet firewalld");
+        let ipt = lab.app.try_exec("iptables-nft-save -t filter");
+        format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&nft.stdout),
+            normalize_save(&String::from_utf8_lossy(&ipt.stdout))
+        )
+    }
+
+    /// A connection from the peer to `port` is refused or dropped (not accepted).
+    fn blocked(lab: &Lab, port: u16) -> bool {
+        let l = lab.app.within(move || listen_tcp(port));
+        lab.peer.try_exec(&format!(
+            "timeout 2 bash -c 'exec 3<>/dev/tcp/{APP}/{port}'"
+        ));
+        accept_within(&l, Duration::from_millis(500)).is_none()
+    }
+
+    fn coexist(backend: &str) -> String {
+        let lab = Lab::new();
+        let fw = start(&lab, backend);
+        must("timeout 30 firewall-cmd --zone=public --change-interface=va");
+        // firewalld's rule at work: 9999 is not open in the public zone.
+        assert!(
+            blocked(&lab, 9999),
+            "{backend}: firewalld did not block 9999"
+        );
+
+        // An SSH session open before apply.
+        let (server_l, sidecar) = lab.app.within(|| (listen_tcp(22), listen_tcp(15001)));
+        let mut client = lab.peer.within(|| {
+            let s = TcpStream::connect((APP, 22)).expect("connect to 22");
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s
+        });
+        let mut server = accept_within(&server_l, Duration::from_secs(5)).expect("ssh accepted");
+        server.set_nonblocking(false).unwrap();
+        let mut buf = [0u8; 6];
+
+        let (code, _, log) = lab.tool("apply --backend iptables", None);
+        assert_eq!(code, 0, "{backend}: apply: {log}");
+        server.write_all(b"apply!").unwrap();
+        client.read_exact(&mut buf).expect("SSH cut by apply");
+
+        // Outbound capture with real packets: an app uid's TCP lands on 15001.
+        client_fn(&lab);
+        let got = accept_within(&sidecar, Duration::from_secs(5));
+        assert!(
+            got.is_some(),
+            "{backend}: outbound TCP did not land on 15001"
+        );
+        assert!(
+            blocked(&lab, 9999),
+            "{backend}: firewalld's rule stopped working"
+        );
+
+        // A firewalld reload and a restart (both wipe Istio's rules, in
+        // either backend): with `capture watch` running beside the sidecar,
+        // the rules are back within 2 s, and the SSH session survives.
+        let (mut watch, watcher, _agent) = start_watch(&lab);
+        let back = |lab: &Lab| {
+            within_deadline(Duration::from_secs(2), || {
+                lab.tool("status --backend iptables", None).0 == 0
+            })
+        };
+        assert!(back(&lab).is_some(), "{backend}: watcher start");
+        let t = Instant::now();
+        must("timeout 60 firewall-cmd --reload");
+        let reload_ms = t.elapsed().as_millis();
+        let healed = back(&lab);
+        assert!(
+            healed.is_some(),
+            "{backend}: rules not back within 2 s of firewall-cmd --reload"
+        );
+        let reload_heal = healed.unwrap().as_millis();
+        drop(fw);
+        let fw = start(&lab, backend);
+        must("timeout 30 firewall-cmd --zone=public --change-interface=va");
+        let restart_heal = back(&lab).map(|d| d.as_millis());
+        assert!(
+            restart_heal.is_some(),
+            "{backend}: rules not back within 2 s of a firewalld restart"
+        );
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(watcher as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = watch.wait();
+        server.write_all(b"reload").unwrap();
+        client
+            .read_exact(&mut buf)
+            .expect("SSH cut by firewalld reload");
+        assert_eq!(&buf, b"reload");
+        assert!(nothing_pending(&sidecar), "SSH reached the sidecar");
+        assert!(
+            blocked(&lab, 9999),
+            "{backend}: firewalld's rule stopped working after reload"
+        );
+
+        // remove leaves firewalld's rules exactly as they were.
+        let fw_before = firewalld_rules(&lab);
+        let (code, _, log) = lab.tool("remove", None);
+        assert_eq!(code, 0, "{log}");
+        assert_eq!(
+            firewalld_rules(&lab),
+            fw_before,
+            "{backend}: remove changed firewalld's rules"
+        );
+        drop(fw);
+        format!(
+            "firewalld {backend}: `firewall-cmd --reload` ({reload_ms} ms) wipes Istio's rules, \
+             back {reload_heal} ms after it returned; firewalld restart: back within \
+             {} ms of firewalld answering",
+            restart_heal.unwrap()
+        )
+    }
+
+    fn client_fn(lab: &Lab) {
+        client(&lab.app, APP_UID, "tcp", PEER, 8080);
+    }
+
+    #[test]
+    fn firewalld_coexistence_in_both_backends() {
+        require_root();
+        assert!(
+            sh("command -v firewalld").status.success(),
+            "firewalld is not installed (scripts/install-test-deps.sh installs it)"
+        );
+        let mut notes = Vec::new();
+        for backend in ["nftables", "iptables"] {
+            notes.push(coexist(backend));
+        }
+        let note = format!("SUMMARY: {}\n", notes.join("; "));
+        if let Ok(mut e) = std::fs::OpenOptions::new().write(true).open("/dev/stderr") {
+            let _ = e.write_all(note.as_bytes());
+        }
+    }
 }
