@@ -7,7 +7,7 @@
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use super::kernel::run;
+use super::kernel::{finish, run, start};
 use super::live::Outcome;
 use super::model::Family;
 use crate::report::{Step, StepStatus};
@@ -78,13 +78,29 @@ struct IpAddrInfo {
     prefixlen: Option<u8>,
 }
 
+/// `ip -j` output as a list (`ip` prints nothing, not `[]`, for an empty
+/// table on some versions; unreadable output counts as empty).
+fn parse<T: for<'de> Deserialize<'de>>(out: Option<String>) -> Vec<T> {
+    out.filter(|o| !o.trim().is_empty())
+        .and_then(|o| serde_json::from_str(&o).ok())
+        .unwrap_or_default()
+}
+
 fn ip_json<T: for<'de> Deserialize<'de>>(args: &[&str]) -> Option<Vec<T>> {
-    let out = run("ip", args, None).ok()?;
-    // `ip -j` prints nothing (not `[]`) for an empty table on some versions.
-    if out.trim().is_empty() {
-        return Some(Vec::new());
-    }
-    serde_json::from_str(&out).ok()
+    Some(parse(run("ip", args, None).ok()))
+}
+
+fn is_local_default(r: &IpRoute) -> bool {
+    r.kind.as_deref() == Some("local")
+        && r.dst.as_deref() == Some("default")
+        && r.dev.as_deref() == Some("lo")
+}
+
+fn passthrough_in(links: &[IpLink]) -> bool {
+    links
+        .iter()
+        .flat_map(|l| &l.addr_info)
+        .any(|a| a.local.as_deref() == Some("::6") && a.prefixlen == Some(128))
 }
 
 /// (fwmark, table) of every policy rule with a mark.
@@ -106,19 +122,13 @@ fn has_local_route(f: Family, table: &str) -> bool {
     ip_json::<IpRoute>(&["-j", "-f", ip_family(f), "route", "show", "table", table])
         .unwrap_or_default()
         .iter()
-        .any(|r| {
-            r.kind.as_deref() == Some("local")
-                && r.dst.as_deref() == Some("default")
-                && r.dev.as_deref() == Some("lo")
-        })
+        .any(is_local_default)
 }
 
 fn has_v6_passthrough() -> bool {
-    ip_json::<IpLink>(&["-j", "-6", "addr", "show", "dev", "lo"])
-        .unwrap_or_default()
-        .iter()
-        .flat_map(|l| &l.addr_info)
-        .any(|a| a.local.as_deref() == Some("::6") && a.prefixlen == Some(128))
+    passthrough_in(
+        &ip_json::<IpLink>(&["-j", "-6", "addr", "show", "dev", "lo"]).unwrap_or_default(),
+    )
 }
 
 /// Whether the TPROXY routing `t` is fully in place.
@@ -192,30 +202,59 @@ pub fn apply_tproxy_routing(t: &TproxyRouting) -> Result<Outcome> {
 /// lo.
 pub fn remove_tproxy_routing(tables: &[String]) -> Result<Outcome> {
     let mut out = Outcome::default();
-    for f in [Family::V4, Family::V6] {
-        let fam_s = ip_family(f);
+    // Everything is read at once, the `ip` runs side by side: removal runs
+    // on every `capture remove` and uninstall, TPROXY or not.
+    let fams = [Family::V4, Family::V6];
+    let rule_q: Vec<_> = fams
+        .iter()
+        .map(|f| start("ip", &["-j", "-f", ip_family(*f), "rule", "show"]))
+        .collect();
+    let route_q: Vec<Vec<_>> = fams
+        .iter()
+        .map(|f| {
+            tables
+                .iter()
+                .map(|t| {
+                    start(
+                        "ip",
+                        &["-j", "-f", ip_family(*f), "route", "show", "table", t],
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let addr_q = start("ip", &["-j", "-6", "addr", "show", "dev", "lo"]);
+    let rules: Vec<Vec<IpRule>> = rule_q.into_iter().map(|c| parse(finish(c))).collect();
+    let routes: Vec<Vec<Vec<IpRoute>>> = route_q
+        .into_iter()
+        .map(|per| per.into_iter().map(|c| parse(finish(c))).collect())
+        .collect();
+    let v6_passthrough = passthrough_in(&parse::<IpLink>(finish(addr_q)));
+    for (i, f) in fams.iter().enumerate() {
+        let fam_s = ip_family(*f);
         let mut removed = 0;
-        for (mark, table) in marked_rules(f) {
-            if tables.contains(&table) {
+        for r in &rules[i] {
+            let (Some(mark), Some(table)) = (&r.fwmark, &r.table) else {
+                continue;
+            };
+            if tables.contains(table) {
                 run(
                     "ip",
-                    &[
-                        "-f", fam_s, "rule", "del", "fwmark", &mark, "lookup", &table,
-                    ],
+                    &["-f", fam_s, "rule", "del", "fwmark", mark, "lookup", table],
                     None,
                 )
                 .context("removing the TPROXY policy rule")?;
                 removed += 1;
             }
         }
-        for t in tables {
-            if has_local_route(f, t) {
+        for (t, r) in tables.iter().zip(&routes[i]) {
+            if r.iter().any(is_local_default) {
                 run("ip", &["-f", fam_s, "route", "flush", "table", t], None)
                     .context("removing the TPROXY route table")?;
                 removed += 1;
             }
         }
-        if f == Family::V6 && has_v6_passthrough() {
+        if *f == Family::V6 && v6_passthrough {
             run("ip", &["-6", "addr", "del", "::6/128", "dev", "lo"], None)
                 .context("removing ::6/128 from lo")?;
             removed += 1;
@@ -223,7 +262,7 @@ pub fn remove_tproxy_routing(tables: &[String]) -> Result<Outcome> {
         if removed > 0 {
             out.changed = true;
             out.steps.push(step(
-                &format!("capture:tproxy-routing:{}", fam(f)),
+                &format!("capture:tproxy-routing:{}", fam(*f)),
                 StepStatus::Changed,
                 format!("removed {removed} routing entries"),
             ));
