@@ -41,7 +41,7 @@ touch "$mnt"
 mount --bind "$mnt" "$mnt"
 mount --make-private "$mnt"
 cleanup() {
-    umount "$mnt" 2>/dev/null || true
+    umount -l "$mnt" 2>/dev/null || true
     rm -f "$mnt"
     ip netns del "$ns" 2>/dev/null || true
     rm -rf "$work"

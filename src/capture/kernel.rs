@@ -229,6 +229,38 @@ impl Probe {
     }
 }
 
+/// One `*-save` on its way. Legacy x_tables list their tables in
+/// `/proc/net/ip{,6}_tables_names` (per network namespace); when that is
+/// missing or empty the legacy flavour holds nothing, and its save is not
+/// run at all (one process less on every apply and remove).
+enum Pending {
+    Running(Option<std::process::Child>),
+    Empty,
+}
+
+impl Pending {
+    fn start(v: Variant, f: Family) -> Pending {
+        if v == Variant::Legacy {
+            let names = match f {
+                Family::V4 => "/proc/net/ip_tables_names",
+                Family::V6 => "/proc/net/ip6_tables_names",
+            };
+            let empty = std::fs::read_to_string(names).map_or(true, |t| t.trim().is_empty());
+            if empty && on_path(&v.bin(f, "save")) {
+                return Pending::Empty;
+            }
+        }
+        Pending::Running(start(&v.bin(f, "save"), &[]))
+    }
+
+    fn finish(self) -> Option<String> {
+        match self {
+            Pending::Running(c) => finish(c),
+            Pending::Empty => Some(String::new()),
+        }
+    }
+}
+
 /// The kernel's netfilter state as the tools print it, read once: every
 /// iptables variant and family, and Istio's nft tables.
 pub struct Snapshot {
@@ -248,12 +280,7 @@ impl Snapshot {
             .collect();
         let children: Vec<_> = variants
             .iter()
-            .map(|v| {
-                [
-                    start(&v.bin(Family::V4, "save"), &[]),
-                    start(&v.bin(Family::V6, "save"), &[]),
-                ]
-            })
+            .map(|v| [Family::V4, Family::V6].map(|f| Pending::start(*v, f)))
             .collect();
         let nft = on_path("nft");
         let tables = nft.then(|| start("nft", &["-j", "list", "tables"]));
@@ -262,7 +289,7 @@ impl Snapshot {
             .zip(children)
             .map(|(variant, [a, b])| Probe {
                 variant,
-                saves: [finish(a), finish(b)],
+                saves: [a.finish(), b.finish()],
             })
             .collect();
         let names = tables

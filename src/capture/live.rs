@@ -540,17 +540,29 @@ fn apply_nft(script: &str, snap: &Snapshot) -> Result<Outcome> {
 /// RETURNs, TPROXY marks), and the recorded nft tables. Istio-named
 /// chains the record does not name are left alone and reported.
 ///
-/// Also removes TPROXY policy routing that looks up `route_tables` (Istio's
-/// default table 133 is always included).
+/// Also removes TPROXY policy routing that looks up `route_tables`, or
+/// Istio's default table 133 when the record holds TPROXY rules.
 pub fn remove_live(records: &[Rendered], route_tables: &[String]) -> Result<Outcome> {
     let snap = Snapshot::take();
     let owned = Owned::from_records(records);
     let mut out = remove_from(None, &snap, &owned, false)?;
-    let mut tables = vec!["133".to_string()];
-    tables.extend(route_tables.iter().filter(|t| *t != "133").cloned());
-    let routing = remove_tproxy_routing(&tables)?;
-    out.changed |= routing.changed;
-    out.steps.extend(routing.steps);
+    // Policy routing only where istio-vm set it up: TPROXY rules in the
+    // record (Istio's default table 133 when the caller knows no other).
+    let tproxy = records.iter().any(|r| match r {
+        Rendered::Iptables { v4, v6 } => {
+            v4.contains("-j TPROXY") || v6.as_deref().is_some_and(|t| t.contains("-j TPROXY"))
+        }
+        Rendered::Nftables { script } => script.contains(" tproxy "),
+    });
+    if tproxy || !route_tables.is_empty() {
+        let mut tables = route_tables.to_vec();
+        if tables.is_empty() {
+            tables.push("133".to_string());
+        }
+        let routing = remove_tproxy_routing(&tables)?;
+        out.changed |= routing.changed;
+        out.steps.extend(routing.steps);
+    }
     Ok(out)
 }
 

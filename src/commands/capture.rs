@@ -133,9 +133,12 @@ pub fn apply_with(
 /// For `uninstall` and `capture remove`.
 pub fn remove_on_root(root: &Path, config: &Config) -> Result<live::Outcome> {
     let p = prepare(root, config, Backend::Auto, false)?;
+    // The routing table of the current rendering, when it is TPROXY's.
     let mut route_tables = Vec::new();
     if let Ok((cfg, _)) = p.rendered {
-        route_tables.push(cfg.tproxy_route_table);
+        if cfg.mode == capture::config::InterceptionMode::Tproxy {
+            route_tables.push(cfg.tproxy_route_table);
+        }
     }
     let mut out = live::remove_live(&recorded(root), &route_tables)?;
     if !out.changed {
