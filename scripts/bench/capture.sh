@@ -42,6 +42,7 @@ mount --bind "$mnt" "$mnt"
 mount --make-private "$mnt"
 cleanup() {
     umount -l "$mnt" 2>/dev/null || true
+    umount -l "$mnt" 2>/dev/null || true
     rm -f "$mnt"
     ip netns del "$ns" 2>/dev/null || true
     rm -rf "$work"
@@ -95,7 +96,8 @@ if command -v hyperfine >/dev/null; then
         "bash -c 'true'"
     python3 - "$work/h.json" "$rules" <<'PY'
 import json, sys
-r = {x["command"]: x["mean"] for x in json.load(open(sys.argv[1]))["results"]}
+# Medians: robust against a busy machine's outliers.
+r = {x["command"]: x["median"] for x in json.load(open(sys.argv[1]))["results"]}
 rules = int(sys.argv[2])
 # The restore and the tool runs are started the same way (`bash -c` then
 # nsenter into the namespaces); bash's own start is measured and taken off.
