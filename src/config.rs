@@ -36,6 +36,10 @@ pub struct Config {
     /// Destinations never captured outbound (cloud metadata by default, so
     /// the cloud agent keeps its credentials while the sidecar is down).
     pub exclude_outbound_cidrs: Vec<String>,
+    /// Dangerous cluster.env keys accepted anyway (`--allow-env` adds more).
+    pub allow_env: Vec<String>,
+    /// Total time a bundle download may take, connection to last byte.
+    pub fetch_timeout: Duration,
     /// Per network step bound for verify.
     pub timeout: Duration,
     /// How long a run waits for another run's lock.
@@ -55,6 +59,8 @@ impl Default for Config {
                 .iter()
                 .map(|c| c.to_string())
                 .collect(),
+            allow_env: Vec::new(),
+            fetch_timeout: Duration::from_secs(60),
             timeout: Duration::from_secs(3),
             lock_timeout: Duration::from_secs(300),
         }
@@ -72,6 +78,8 @@ struct FileLayer {
     exclude_inbound_ports: Option<Vec<u16>>,
     allow_ssh_capture: Option<bool>,
     exclude_outbound_cidrs: Option<Vec<String>>,
+    allow_env: Option<Vec<String>>,
+    fetch_timeout: Option<String>,
     timeout: Option<String>,
     lock_timeout: Option<String>,
 }
@@ -99,6 +107,8 @@ const ENV_KEYS: &[&str] = &[
     "ISTIO_VM_EXCLUDE_INBOUND_PORTS",
     "ISTIO_VM_ALLOW_SSH_CAPTURE",
     "ISTIO_VM_EXCLUDE_OUTBOUND_CIDRS",
+    "ISTIO_VM_ALLOW_ENV",
+    "ISTIO_VM_FETCH_TIMEOUT",
     "ISTIO_VM_TIMEOUT",
     "ISTIO_VM_LOCK_TIMEOUT",
     // Read by clap directly.
@@ -160,6 +170,14 @@ impl Config {
         if let Some(v) = layer.exclude_outbound_cidrs {
             self.exclude_outbound_cidrs = v;
         }
+        if let Some(v) = layer.allow_env {
+            self.allow_env = v;
+        }
+        if let Some(v) = layer.fetch_timeout {
+            self.fetch_timeout = parse_duration(&v)
+                .map_err(anyhow::Error::msg)
+                .context("fetch_timeout")?;
+        }
         if let Some(v) = layer.timeout {
             self.timeout = parse_duration(&v)
                 .map_err(anyhow::Error::msg)
@@ -218,6 +236,19 @@ impl Config {
                                 .with_context(|| format!("{}: bad port `{p}`", ctx()))
                         })
                         .collect::<Result<_>>()?;
+                }
+                "ISTIO_VM_ALLOW_ENV" => {
+                    self.allow_env = v
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect();
+                }
+                "ISTIO_VM_FETCH_TIMEOUT" => {
+                    self.fetch_timeout = parse_duration(&v)
+                        .map_err(anyhow::Error::msg)
+                        .with_context(ctx)?
                 }
                 "ISTIO_VM_TIMEOUT" => {
                     self.timeout = parse_duration(&v)

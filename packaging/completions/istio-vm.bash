@@ -217,7 +217,7 @@ _istio__vm() {
             return 0
             ;;
         istio__subcmd__vm__subcmd__install)
-            opts="-v -h --bundle --sha256 --check --diff --no-capture --no-start --root --config --output --verbose --help"
+            opts="-v -h --bundle --sha256 --allow-env --check --diff --no-capture --no-start --root --config --output --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -228,6 +228,10 @@ _istio__vm() {
                     return 0
                     ;;
                 --sha256)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --allow-env)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -277,7 +281,7 @@ _istio__vm() {
             return 0
             ;;
         istio__subcmd__vm__subcmd__validate)
-            opts="-v -h --bundle --sha256 --strict --root --config --output --verbose --help"
+            opts="-v -h --bundle --sha256 --allow-env --strict --root --config --output --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -288,6 +292,10 @@ _istio__vm() {
                     return 0
                     ;;
                 --sha256)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --allow-env)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -143,7 +143,10 @@ pub fn install(ctx: &Ctx, args: &InstallArgs) -> Result<Report> {
     report.check_mode = args.check;
     let (src, sha) = (&args.bundle.bundle, args.bundle.sha256.as_deref());
     bundle::source::check_args(src, sha).map_err(Failure::Usage)?;
-    let bundle = match bundle::load(src, sha) {
+    let load = bundle::source::LoadOptions {
+        fetch_timeout: ctx.config.fetch_timeout,
+    };
+    let bundle = match bundle::source::load_with(src, sha, &load) {
         Ok(b) => b,
         Err(findings) => {
             report.findings = findings;
@@ -153,7 +156,9 @@ pub fn install(ctx: &Ctx, args: &InstallArgs) -> Result<Report> {
     };
     // A bundle with errors is refused before anything is touched (exit 1);
     // warnings are reported and the install goes on.
-    report.findings = crate::validate::validate(&bundle, time::OffsetDateTime::now_utc()).findings;
+    let opts = super::validate_options(ctx, &args.bundle);
+    report.findings =
+        crate::validate::validate_with(&bundle, time::OffsetDateTime::now_utc(), &opts).findings;
     if report.has_errors() {
         report.ok = false;
         return Ok(report);
@@ -208,9 +213,32 @@ pub fn install(ctx: &Ctx, args: &InstallArgs) -> Result<Report> {
                 "removing the istio-proxy user this run created failed too: {u:#}"
             )));
         }
+        // The bundle is refused by capture's own reading of cluster.env:
+        // that is a finding like validate's, never an error without one.
+        if let Some(finding) = capture_refusal(&e) {
+            report.findings.push(finding);
+            report.ok = false;
+            return Ok(report);
+        }
         return Err(with_failed_steps(e, report));
     }
     Ok(report)
+}
+
+/// A capture rendering refusal as the finding validate would give.
+fn capture_refusal(err: &anyhow::Error) -> Option<crate::report::Finding> {
+    use crate::capture::config::CaptureError;
+    let e = err.chain().find_map(|e| e.downcast_ref::<CaptureError>())?;
+    let code = match e {
+        CaptureError::SshCaptured { .. } => "env.ssh_captured",
+        CaptureError::InvalidValue { .. } => "env.invalid_value",
+    };
+    Some(crate::report::Finding::error(
+        code,
+        Some(bundle::CLUSTER_ENV),
+        e.to_string(),
+        "correct cluster.env (`istio-vm validate` shows every finding), then run again",
+    ))
 }
 
 /// Attach the planned steps to a rolled-back run's error, so the report
