@@ -7,6 +7,8 @@ set -euo pipefail
 pkgs=(
     iptables
     nftables
+    # Capture coexistence (tests/capture_netns.rs): firewalld in a namespace.
+    firewalld
     iproute2
     util-linux
     cloud-init

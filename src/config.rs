@@ -16,6 +16,12 @@ pub const DEFAULT_PATH: &str = "/etc/istio-vm/config.toml";
 /// A config file is a few hundred bytes; anything near this is not one.
 const CONFIG_CAP: u64 = 1 << 20;
 
+/// The link-local instance metadata services (AWS, GCP, Azure, OpenStack
+/// at 169.254.169.254; AWS's IPv6 endpoint): excluded from outbound
+/// capture by default so that a crash-looping sidecar does not cut the
+/// cloud agent off from its credentials.
+pub const DEFAULT_EXCLUDE_OUTBOUND_CIDRS: [&str; 2] = ["169.254.169.254/32", "fd00:ec2::254/128"];
+
 /// Effective settings after every layer is applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -30,6 +36,9 @@ pub struct Config {
     pub exclude_inbound_ports: Vec<u16>,
     /// Allow rules that would capture inbound SSH (22). Off unless asked for.
     pub allow_ssh_capture: bool,
+    /// Destinations never captured outbound (cloud metadata by default, so
+    /// the cloud agent keeps its credentials while the sidecar is down).
+    pub exclude_outbound_cidrs: Vec<String>,
     /// Dangerous cluster.env keys accepted anyway (`--allow-env` adds more).
     pub allow_env: Vec<String>,
     /// Total time a bundle download may take, connection to last byte.
@@ -54,6 +63,10 @@ impl Default for Config {
             start: true,
             exclude_inbound_ports: Vec::new(),
             allow_ssh_capture: false,
+            exclude_outbound_cidrs: DEFAULT_EXCLUDE_OUTBOUND_CIDRS
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
             allow_env: Vec::new(),
             fetch_timeout: Duration::from_secs(60),
             timeout: Duration::from_secs(3),
@@ -74,6 +87,7 @@ struct FileLayer {
     start: Option<bool>,
     exclude_inbound_ports: Option<Vec<u16>>,
     allow_ssh_capture: Option<bool>,
+    exclude_outbound_cidrs: Option<Vec<String>>,
     allow_env: Option<Vec<String>>,
     fetch_timeout: Option<String>,
     timeout: Option<String>,
@@ -104,6 +118,7 @@ const ENV_KEYS: &[&str] = &[
     "ISTIO_VM_START",
     "ISTIO_VM_EXCLUDE_INBOUND_PORTS",
     "ISTIO_VM_ALLOW_SSH_CAPTURE",
+    "ISTIO_VM_EXCLUDE_OUTBOUND_CIDRS",
     "ISTIO_VM_ALLOW_ENV",
     "ISTIO_VM_FETCH_TIMEOUT",
     "ISTIO_VM_TIMEOUT",
@@ -182,6 +197,9 @@ impl Config {
         if let Some(v) = layer.allow_ssh_capture {
             self.allow_ssh_capture = v;
         }
+        if let Some(v) = layer.exclude_outbound_cidrs {
+            self.exclude_outbound_cidrs = v;
+        }
         if let Some(v) = layer.allow_env {
             self.allow_env = v;
         }
@@ -235,6 +253,14 @@ impl Config {
                 "ISTIO_VM_START" => self.start = parse_bool(&v).with_context(ctx)?,
                 "ISTIO_VM_ALLOW_SSH_CAPTURE" => {
                     self.allow_ssh_capture = parse_bool(&v).with_context(ctx)?
+                }
+                "ISTIO_VM_EXCLUDE_OUTBOUND_CIDRS" => {
+                    self.exclude_outbound_cidrs = v
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect();
                 }
                 "ISTIO_VM_EXCLUDE_INBOUND_PORTS" => {
                     self.exclude_inbound_ports = v

@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod bundle;
 pub mod capture;
+pub mod chroot;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     };
     init_logging(cli.global.verbose);
     let output = commands::output_of(&cli);
-    let (report, exit) = match commands::run(&cli) {
+    let (mut report, exit) = match commands::run(&cli) {
         Ok(report) => {
             let exit = if report.ok { Exit::Ok } else { Exit::NotOk };
             (report, exit)
@@ -45,7 +45,17 @@ fn main() -> ExitCode {
     };
     let text = match output {
         Output::Json => report.to_json() + "\n",
-        Output::Text => report.to_text(),
+        // `capture render`: the rules alone on stdout (so they pipe into
+        // iptables-restore / nft), the report on stderr.
+        Output::Text => match report.rules.take() {
+            Some(rules) => {
+                let _ = std::io::stderr()
+                    .lock()
+                    .write_all(redact_urls_in(&report.to_text()).as_bytes());
+                rules
+            }
+            None => report.to_text(),
+        },
     };
     print(&text);
     ExitCode::from(exit as u8)

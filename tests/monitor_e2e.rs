@@ -319,7 +319,6 @@ fn node_exporter_serves_verify_metrics_and_the_journal_has_priorities() {
 /// capture away; the `capture.rules` check
 /// (capture's side of #11) sees it and its series flips within a period.
 #[test]
-#[ignore = "needs verify's capture.rules check (issue #11.2, branch capture): remove once merged"]
 fn flushed_capture_rules_flip_within_a_period() {
     let mut vm = onboarded("monflush");
     let pass = "istio_vm_check_status{check=\"capture.rules\",status=\"pass\"} 1";

@@ -85,7 +85,7 @@ _istio__vm() {
             return 0
             ;;
         istio__subcmd__vm__subcmd__capture)
-            opts="-v -h --backend --root --config --output --verbose --help render apply remove status"
+            opts="-v -h --backend --replace-foreign --family --root --config --output --verbose --help render apply remove status watch"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -93,6 +93,10 @@ _istio__vm() {
             case "${prev}" in
                 --backend)
                     COMPREPLY=($(compgen -W "auto iptables nftables" -- "${cur}"))
+                    return 0
+                    ;;
+                --family)
+                    COMPREPLY=($(compgen -W "ipv4 ipv6" -- "${cur}"))
                     return 0
                     ;;
                 --root)

@@ -81,7 +81,7 @@ fn restart_verify_timer(_: &HookEnv) -> Result<()> {
     systemctl(&["restart", units::VERIFY_TIMER_NAME])
 }
 
-fn stop_sidecar(_: &HookEnv) -> Result<()> {
+fn stop_sidecar(env: &HookEnv) -> Result<()> {
     if booted_with_systemd() {
         // Stopping the sidecar stops the capture unit (PartOf=), whose
         // ExecStop removes the rules. Units that are not loaded are no error.
@@ -102,9 +102,10 @@ fn stop_sidecar(_: &HookEnv) -> Result<()> {
             }
         }
     }
-    // Whatever else put Istio rules in (a hand-run `capture apply`, Istio's
-    // own script before install), uninstall leaves none.
-    crate::capture::live::remove_live(&[], &[]).context("removing the capture rules")?;
+    // Also without systemd (or a capture unit), uninstall leaves none of
+    // the rules istio-vm's record names; another tool's ISTIO_* chains stay.
+    let record = crate::commands::capture::recorded(&env.root);
+    crate::capture::live::remove_live(&record, &[]).context("removing the capture rules")?;
     Ok(())
 }
 

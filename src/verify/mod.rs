@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod net;
 pub mod probe;
 pub mod proto;
+pub mod rules;
 pub mod wait;
 pub mod xds;
 
@@ -156,6 +157,8 @@ pub async fn once_with(opts: &Options, reuse: &mut wait::Reuse) -> Vec<Check> {
     out.extend(agent);
     let t = Instant::now();
     out.push(timed(t, logs::check(&opts.root)));
+    let t = Instant::now();
+    out.push(timed(t, rules::check(&opts.root)));
     out.extend(probes);
     out
 }
