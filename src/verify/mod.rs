@@ -55,6 +55,7 @@ pub const CHECK_IDS: &[&str] = &[
     "agent.live",
     "agent.dns",
     "log.errors",
+    "capture.rules",
     "probe.<host>",
 ];
 
