@@ -28,6 +28,7 @@ pub mod logs;
 pub mod net;
 pub mod probe;
 pub mod proto;
+pub mod version;
 pub mod xds;
 
 /// What one verify run looks at.
@@ -181,7 +182,7 @@ async fn network(inputs: &inputs::Inputs, live: bool, timeout: Duration) -> Vec<
         return out;
     };
     let t = Instant::now();
-    let (c, peer) = net::tcp(&target, &addrs, timeout).await;
+    let (c, peer) = net::tcp(&target, &addrs, timeout, inputs.owner).await;
     out.push(timed(t, c));
     let Some(peer) = peer else {
         for id in ["tls.handshake", "ca.token", "xds.stream"] {
@@ -259,13 +260,13 @@ async fn probe_checks(opts: &Options) -> Vec<Check> {
         ids.push(id);
     }
     let to = opts.timeout;
-    net::futures_join(
-        ids.into_iter()
-            .zip(&opts.probes)
-            .map(|(id, url)| async move {
-                let t = Instant::now();
-                timed(t, probe::check(id, url, to).await)
-            }),
-    )
+    // `--probe` is an application's traffic: made as root, so capture
+    // applies to it, which is the point.
+    net::join_ordered(ids.into_iter().zip(opts.probes.iter().cloned()).map(
+        |(id, url)| async move {
+            let t = Instant::now();
+            timed(t, probe::check(id, &url, to).await)
+        },
+    ))
     .await
 }
