@@ -382,131 +382,31 @@ pub fn check(root: &Path) -> Check {
 mod tests {
     use super::*;
 
-    /// Real lines as the agent (istio.log) and Envoy (istio.err.log) write
-    /// them: Istio's log format (time, level, scope, message, tab-separated;
-    /// pkg/log) and Envoy's as pilot-agent configures it (pkg/envoy/proxy.go
-    /// `--log-format`), each message from the source cited.
-    pub const LINES: &[(&str, &str)] = &[
-        // pkg/istio-agent/xds_proxy.go@1.10.0 L332
-        (
-            "2021-06-01T10:00:00.000000Z\terror\txdsproxy\tfailed to connect to upstream istiod.istio-system.svc:15012: context deadline exceeded",
-            "xds.connect_failed",
-        ),
-        // pkg/istio-agent/xds_proxy.go@1.10.0 L384 with grpc-go's TLS error
-        (
-            "2021-06-01T10:00:00.000000Z\twarn\txdsproxy\tupstream terminated with unexpected error rpc error: code = Unavailable desc = connection error: desc = \"transport: authentication handshake failed: x509: certificate signed by unknown authority\"",
-            "tls.unknown_authority",
-        ),
-        (
-            "2021-06-01T10:00:00.000000Z\twarn\txdsproxy\tupstream terminated with unexpected error rpc error: code = Unavailable desc = connection error: desc = \"transport: authentication handshake failed: x509: certificate is valid for istiod.istio-system.svc, not istiod.example.com\"",
-            "tls.wrong_name",
-        ),
-        // security/pkg/server/ca/server.go@1.10.0 L77, through the citadel client
-        (
-            "2021-06-01T10:00:00.000000Z\terror\tcache\tresource:default request:1 CSR retrial timed out: rpc error: code = Unauthenticated desc = request authenticate failure",
-            "auth.unauthenticated",
-        ),
-        // pilot/pkg/xds/ads.go@1.10.0 L548, relayed by xds_proxy.go
-        (
-            "2021-06-01T10:00:00.000000Z\twarn\txdsproxy\tupstream terminated with unexpected error rpc error: code = PermissionDenied desc = authorization failed: no identities ([spiffe://cluster.local/ns/a/sa/x]) matched vm-apps/ratings-sa",
-            "xds.permission_denied",
-        ),
-        // security/pkg/nodeagent/caclient/credentials.go@1.10.0 L128
-        (
-            "2021-06-01T10:00:00.000000Z\twarn\tfailed to fetch token from file: open ./var/run/secrets/tokens/istio-token: no such file or directory",
-            "token.missing",
-        ),
-        // security/pkg/nodeagent/caclient/providers/citadel/client.go@1.10.0 L134
-        (
-            "2021-06-01T10:00:00.000000Z\twarn\tcitadelclient\tcannot load key pair, using token instead: open etc/certs/cert-chain.pem: no such file or directory",
-            "cert.first_boot",
-        ),
-        // citadel/client.go@1.11.0 L144
-        (
-            "2021-08-01T10:00:00.000000Z\twarn\tcitadelclient\tcannot parse the cert chain, using token instead: failed to read the cert, error is open etc/certs/cert-chain.pem: no such file or directory",
-            "cert.first_boot",
-        ),
-        // citadel/client.go@1.11.0 L148
-        (
-            "2021-08-01T10:00:00.000000Z\twarn\tcitadelclient\tcert expired, using token instead",
-            "cert.expired",
-        ),
-        // pkg/security/retry.go@1.10.0 L50
-        (
-            "2021-06-01T10:00:00.000000Z\twarn\tca\tca request failed, starting attempt 1 in 91.4ms",
-            "ca.failed",
-        ),
-        // security/pkg/nodeagent/sds/sdsservice.go@1.10.0 L113
-        (
-            "2021-06-01T10:00:00.000000Z\twarn\tsds\tfailed to warm certificate: failed to generate workload certificate: create certificate: rpc error: code = Unavailable desc = connection error",
-            "ca.failed",
-        ),
-        (
-            "2021-06-01T10:00:00.000000Z\terror\tcitadelclient\tFailed to create certificate: rpc error: code = Unimplemented desc = unknown service istio.v1.auth.IstioCertificateService",
-            "ca.unknown_service",
-        ),
-        // pilot/pkg/autoregistration/controller.go (master) L341, relayed
-        (
-            "2026-11-27T05:00:00.000000Z\twarn\txdsproxy\tupstream terminated with unexpected error rpc error: code = FailedPrecondition desc = auto-registration WorkloadEntry of vm1.vm-apps failed: cannot find WorkloadGroup vm-apps/ratings-vm",
-            "autoregister.no_group",
-        ),
-        (
-            "2021-10-01T10:00:00.000000Z\twarn\txdsproxy\tupstream terminated with unexpected error rpc error: code = Unknown desc = WorkloadEntry.networking.istio.io \"ratings-vm-fd00--1\" is invalid: metadata.name: Invalid value",
-            "autoregister.invalid_name",
-        ),
-        // pilot/cmd/pilot-agent/status/ready/probe.go@1.10.0 L69 via status/server.go L338
-        (
-            "2021-06-01T10:00:00.000000Z\twarn\tEnvoy proxy is NOT ready: config not received from Pilot (is Pilot running?): cds updates: 0 successful, 0 rejected; lds updates: 0 successful, 0 rejected",
-            "envoy.not_ready",
-        ),
-        // probe.go (master) L76, L78, L80
-        (
-            "2026-11-27T05:00:00.000000Z\twarn\tEnvoy proxy is NOT ready: config not received from XDS server (is Istiod running?): cds updates: 0 successful, 0 rejected; lds updates: 0 successful, 0 rejected",
-            "envoy.not_ready",
-        ),
-        (
-            "2026-11-27T05:00:00.000000Z\twarn\tEnvoy proxy is NOT ready: config received from XDS server, but was rejected: cds updates: 1 successful, 1 rejected; lds updates: 0 successful, 0 rejected",
-            "envoy.rejected",
-        ),
-        (
-            "2026-11-27T05:00:00.000000Z\twarn\tEnvoy proxy is NOT ready: config not fully received from XDS server: cds updates: 1 successful, 0 rejected; lds updates: 0 successful, 0 rejected",
-            "envoy.partial",
-        ),
-        // pkg/dns/client/dns.go (master) L147
-        (
-            "2026-11-27T05:00:00.000000Z\terror\tdns\tDNS address :53 and not running as root, use default",
-            "dns.not_root",
-        ),
-        // security/pkg/nodeagent/sds/server.go@1.10.0 L100
-        (
-            "2021-06-01T10:00:00.000000Z\terror\tsds\tSDS grpc server for workload proxies failed to set up UDS: failed to listen on unix socket \"./etc/istio/proxy/SDS\": listen unix ./etc/istio/proxy/SDS: bind: permission denied",
-            "sds.permission",
-        ),
-        // Envoy (istio.err.log): grpc_stream.h with grpc-go's dial errors
-        (
-            "2021-06-01T10:00:00.000000Z\twarning\tenvoy config\tStreamAggregatedResources gRPC config stream closed: 14, connection error: desc = \"transport: Error while dialing dial tcp 198.51.100.20:15012: connect: connection refused\"",
-            "envoy.xds_refused",
-        ),
-        (
-            "2021-06-01T10:00:00.000000Z\twarning\tenvoy config\tStreamAggregatedResources gRPC config stream closed: 14, connection error: desc = \"transport: Error while dialing dial tcp: lookup istiod.istio-system.svc on 127.0.0.53:53: no such host\"",
-            "envoy.xds_no_host",
-        ),
-        (
-            "2021-06-01T10:00:00.000000Z\twarning\tenvoy config\tStreamAggregatedResources gRPC config stream closed: 14, connection error: desc = \"transport: Error while dialing dial tcp 198.51.100.20:15012: i/o timeout\"",
-            "envoy.xds_timeout",
-        ),
-        (
-            "2026-11-27T05:00:00.000000Z\twarning\tenvoy config external/envoy/source/extensions/config_subscription/grpc/grpc_stream.h:152\tStreamAggregatedResources gRPC config stream to xds-grpc closed: 14, connection error: desc = \"transport: authentication handshake failed: tls: failed to verify certificate: x509: certificate signed by unknown authority\"",
-            "envoy.xds_x509",
-        ),
-    ];
+    /// Real lines, each with the source that writes it: the file the
+    /// integration tests feed through verify too.
+    const LINES: &str = include_str!("../../tests/data/agent-log-lines.txt");
+
+    fn lines() -> impl Iterator<Item = (&'static str, &'static str)> {
+        LINES
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                let mut p = l.splitn(3, '|');
+                let code = p.next().unwrap();
+                let _file = p.next().unwrap();
+                (p.next().unwrap(), code)
+            })
+    }
 
     #[test]
     fn every_known_line_maps_to_its_meaning() {
-        for (line, code) in LINES {
+        let mut n = 0;
+        for (line, code) in lines() {
             let k = classify(line).unwrap_or_else(|| panic!("not recognised: {line}"));
-            assert_eq!(k.code, *code, "{line}");
+            assert_eq!(k.code, code, "{line}");
+            n += 1;
         }
+        assert!(n >= 20, "the fixture lost lines: {n}");
         // pkg/istio-agent/xds_proxy.go: logged when the stream is created.
         let connected = "2026-11-27T05:00:00.000000Z\tinfo\txdsproxy\tconnected to upstream XDS server: istiod.istio-system.svc:15012";
         assert!(classify(connected).is_none());
