@@ -420,6 +420,36 @@ mod tests {
         assert_eq!(dns_answers(&q, 7), None, "a query is not an answer");
     }
 
+    /// One HTTP response from a local listener, whatever the request.
+    async fn serve_once(raw: &'static [u8]) -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            if let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(raw).await;
+            }
+        });
+        a
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_whole_or_an_error() {
+        let t = Duration::from_secs(5);
+        let a = serve_once(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").await;
+        let r = http_get(a, "/stats", t).await.ok().unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "abcde"));
+        // The hand-written decoder returned "abc" here, silently.
+        let a = serve_once(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\nde\r\n0\r\n\r\n").await;
+        assert!(http_get(a, "/stats", t).await.is_err());
+        // A bare 503, as pilot-agent's /healthz/ready answers.
+        let a = serve_once(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n").await;
+        let r = http_get(a, "/healthz/ready", t).await.ok().unwrap();
+        assert_eq!((r.status, r.body.as_str()), (503, ""));
+    }
+
     #[test]
     fn long_labels_are_an_error_not_truncated() {
         // The hand-written encoder cut labels to 63 bytes and asked another name.

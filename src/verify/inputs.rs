@@ -432,6 +432,34 @@ mod tests {
     }
 
     #[test]
+    fn ca_addr_needs_its_port() {
+        // pilot-agent dials CA_ADDR as written: gRPC refuses a port-less one.
+        let e = Target::parse_with_port("istiod.istio-system.svc", None, "CA_ADDR").unwrap_err();
+        assert!(e.contains("missing port in address"), "{e}");
+        assert_eq!(
+            Target::parse_with_port("istiod.istio-system.svc:15012", None, "x")
+                .unwrap()
+                .port,
+            15012
+        );
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("var/lib/istio/envoy")).unwrap();
+        std::fs::write(
+            d.path().join("var/lib/istio/envoy/cluster.env"),
+            "CA_ADDR='istiod.istio-system.svc'\nISTIO_NAMESPACE='vm'\n",
+        )
+        .unwrap();
+        let i = Inputs::load(d.path());
+        assert!(
+            i.target_error
+                .as_deref()
+                .is_some_and(|e| e.contains("CA_ADDR")),
+            "{:?}",
+            i.target_error
+        );
+    }
+
+    #[test]
     fn hosts_block_and_mesh() {
         let text = "127.0.0.1 localhost\n# BEGIN istio-vm\n203.0.113.10 istiod.istio-system.svc\n# END istio-vm\n";
         assert_eq!(parse_hosts(&managed_block(text)).len(), 1);
