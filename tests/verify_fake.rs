@@ -72,6 +72,30 @@ fn scenario(
     (o.run, o.seen)
 }
 
+/// A fake istiod bound on `port` of istiod's address, on a worker of `rt`
+/// (which lives in istiod's namespace).
+fn start_on(
+    rt: &tokio::runtime::Runtime,
+    port: u16,
+    b: Behaviour,
+    ca: std::sync::Arc<fake_istiod::TestCa>,
+) -> FakeIstiod {
+    let bind = SocketAddr::new(ISTIOD_IP.parse().unwrap(), port);
+    rt.block_on(async move {
+        tokio::spawn(FakeIstiod::start_with_ca(bind, b, ca))
+            .await
+            .unwrap()
+    })
+}
+
+/// `verify ARGS` in the VM's namespace, behind Istio's capture rules.
+fn verify_behind_rules(wire: &Wire, root: VmRoot, args: &'static [&'static str]) -> Run {
+    Wire::run_in(&wire.vm, move || {
+        apply_capture(&root);
+        verify(&root, args)
+    })
+}
+
 const T: &[&str] = &["--timeout", "2s"];
 
 #[test]
@@ -287,44 +311,40 @@ fn expired_token() {
 
 #[test]
 fn expired_token_with_a_valid_workload_cert_can_still_renew() {
-    in_netns(|| {
-        let rt = runtime();
-        let fake = rt.block_on(FakeIstiod::start(
-            ISTIOD.parse().unwrap(),
-            Behaviour::default(),
-        ));
-        let spec = VmSpec {
-            token_exp_in: -120,
-            ..Default::default()
-        };
-        let root = VmRoot::new(&spec, fake.root_pem());
-        let key = rcgen::KeyPair::generate().unwrap();
-        let pem =
-            fake.ca
-                .workload_cert("spiffe://cluster.local/ns/vm-apps/sa/ratings-sa", &key, 24);
-        std::fs::write(root.file("/etc/certs/cert-chain.pem"), pem).unwrap();
-        std::fs::write(root.file("/etc/certs/key.pem"), key.serialize_pem()).unwrap();
-        let run = verify(&root, &["--timeout", "2s", "--skip-agent"]);
-        run.expect(
-            "files.token",
-            "warn",
-            "renews with its workload certificate",
-        );
-        run.expect("files.workload_cert", "pass", "");
-        // The CA accepts the certificate where the token no longer works,
-        // exactly the agent's renewal path.
-        run.expect(
-            "ca.token",
-            "pass",
-            "authenticated with the workload certificate",
-        );
-        run.expect("xds.stream", "pass", "");
-        assert_eq!(
-            fake.seen().ca_subjects,
-            vec!["spiffe://cluster.local/ns/vm-apps/sa/ratings-sa"]
-        );
-        assert_eq!(run.code, 0, "{}", run.json);
-    });
+    let wire = Wire::new();
+    let rt = wire.istiod_runtime();
+    let ca = std::sync::Arc::new(fake_istiod::TestCa::new("cluster.local"));
+    let fake = start_on(&rt, 15012, Behaviour::default(), ca.clone());
+    let spec = VmSpec {
+        token_exp_in: -120,
+        hosts_block: vec![format!("{ISTIOD_IP} istiod.istio-system.svc")],
+        ..Default::default()
+    };
+    let root = VmRoot::new(&spec, fake.root_pem());
+    let key = rcgen::KeyPair::generate().unwrap();
+    let pem = ca.workload_cert("spiffe://cluster.local/ns/vm-apps/sa/ratings-sa", &key, 24);
+    std::fs::write(root.file("/etc/certs/cert-chain.pem"), pem).unwrap();
+    std::fs::write(root.file("/etc/certs/key.pem"), key.serialize_pem()).unwrap();
+    let run = verify_behind_rules(&wire, root, &["--timeout", "2s", "--skip-agent"]);
+    run.expect(
+        "files.token",
+        "warn",
+        "renews with its workload certificate",
+    );
+    run.expect("files.workload_cert", "pass", "");
+    // The CA accepts the certificate where the token no longer works,
+    // exactly the agent's renewal path.
+    run.expect(
+        "ca.token",
+        "pass",
+        "authenticated with the workload certificate",
+    );
+    run.expect("xds.stream", "pass", "");
+    assert_eq!(
+        fake.seen().ca_subjects,
+        vec!["spiffe://cluster.local/ns/vm-apps/sa/ratings-sa"]
+    );
+    assert_eq!(run.code, 0, "{}", run.json);
 }
 
 #[test]
@@ -650,47 +670,48 @@ fn wait_retries_until_istiod_answers() {
 
 #[test]
 fn ca_addr_is_used_for_the_certificate() {
-    in_netns(|| {
-        let rt = runtime();
-        // istiod without a CA on 15012; the CA (same root) on 15013.
-        let ca = std::sync::Arc::new(fake_istiod::TestCa::new("cluster.local"));
-        let xds = rt.block_on(FakeIstiod::start_with_ca(
-            ISTIOD.parse().unwrap(),
-            Behaviour {
-                ca_unimplemented: true,
-                ..Default::default()
-            },
-            ca.clone(),
-        ));
-        let ca_server = rt.block_on(FakeIstiod::start_with_ca(
-            "127.0.0.1:15013".parse().unwrap(),
-            Behaviour {
-                sans: vec!["istiod-ca.istio-system.svc".into()],
-                ..Default::default()
-            },
-            ca.clone(),
-        ));
-        let spec = VmSpec {
-            hosts_block: vec![
-                "127.0.0.1 istiod.istio-system.svc istiod-ca.istio-system.svc".into(),
-            ],
-            env_extra: vec!["CA_ADDR='istiod-ca.istio-system.svc:15013'".into()],
+    let wire = Wire::new();
+    let rt = wire.istiod_runtime();
+    // istiod without a CA on 15012; the CA (same root) on 15013.
+    let ca = std::sync::Arc::new(fake_istiod::TestCa::new("cluster.local"));
+    let xds = start_on(
+        &rt,
+        15012,
+        Behaviour {
+            ca_unimplemented: true,
             ..Default::default()
-        };
-        let root = VmRoot::new(&spec, &ca.cert_pem);
-        let run = verify(&root, &["--timeout", "2s", "--skip-agent"]);
-        assert!(
-            run.detail("dns.discovery")
-                .contains("istiod-ca.istio-system.svc -> 127.0.0.1"),
-            "{}",
-            run.detail("dns.discovery")
-        );
-        run.expect("ca.token", "pass", "istiod-ca.istio-system.svc:15013");
-        run.expect("xds.stream", "pass", "");
-        assert_eq!(ca_server.seen().ca_subjects.len(), 1);
-        assert!(xds.seen().ca_subjects.is_empty());
-        assert_eq!(xds.seen().nodes.len(), 1);
-    });
+        },
+        ca.clone(),
+    );
+    let ca_server = start_on(
+        &rt,
+        15013,
+        Behaviour {
+            sans: vec!["istiod-ca.istio-system.svc".into()],
+            ..Default::default()
+        },
+        ca.clone(),
+    );
+    let spec = VmSpec {
+        hosts_block: vec![format!(
+            "{ISTIOD_IP} istiod.istio-system.svc istiod-ca.istio-system.svc"
+        )],
+        env_extra: vec!["CA_ADDR='istiod-ca.istio-system.svc:15013'".into()],
+        ..Default::default()
+    };
+    let root = VmRoot::new(&spec, &ca.cert_pem);
+    let run = verify_behind_rules(&wire, root, &["--timeout", "2s", "--skip-agent"]);
+    assert!(
+        run.detail("dns.discovery")
+            .contains("istiod-ca.istio-system.svc -> 203.0.113.20"),
+        "{}",
+        run.detail("dns.discovery")
+    );
+    run.expect("ca.token", "pass", "istiod-ca.istio-system.svc:15013");
+    run.expect("xds.stream", "pass", "");
+    assert_eq!(ca_server.seen().ca_subjects.len(), 1);
+    assert!(xds.seen().ca_subjects.is_empty());
+    assert_eq!(xds.seen().nodes.len(), 1);
 }
 
 #[test]
@@ -951,39 +972,35 @@ fn the_installed_sidecar_version_decides_the_addresses() {
 
 #[test]
 fn an_expired_workload_certificate_strands_1_10_only() {
-    in_netns(|| {
-        let rt = runtime();
-        let fake = rt.block_on(FakeIstiod::start(
-            ISTIOD.parse().unwrap(),
-            Behaviour::default(),
-        ));
-        let expired = |v: &str| {
-            let spec = VmSpec {
-                sidecar_version: Some(v.into()),
-                ..Default::default()
-            };
-            let root = VmRoot::new(&spec, fake.root_pem());
-            let key = rcgen::KeyPair::generate().unwrap();
-            let pem =
-                fake.ca
-                    .workload_cert("spiffe://cluster.local/ns/vm-apps/sa/ratings-sa", &key, -1);
-            std::fs::write(root.file("/etc/certs/cert-chain.pem"), pem).unwrap();
-            std::fs::write(root.file("/etc/certs/key.pem"), key.serialize_pem()).unwrap();
-            verify(&root, &["--timeout", "2s", "--skip-agent"])
+    let wire = Wire::new();
+    let rt = wire.istiod_runtime();
+    let ca = std::sync::Arc::new(fake_istiod::TestCa::new("cluster.local"));
+    let _fake = start_on(&rt, 15012, Behaviour::default(), ca.clone());
+    let expired = |v: &str| {
+        let spec = VmSpec {
+            sidecar_version: Some(v.into()),
+            hosts_block: vec![format!("{ISTIOD_IP} istiod.istio-system.svc")],
+            ..Default::default()
         };
-        // citadel/client.go@1.10.0 presents it anyway: stuck.
-        let run = expired("1.10.6");
-        run.expect("ca.token", "fail", "/etc/certs/cert-chain.pem");
-        assert!(
-            run.hint("ca.token")
-                .contains("stuck until the files are removed")
-        );
-        run.expect("files.workload_cert", "fail", "stuck");
-        // citadel/client.go@1.11.0: `cert expired, using token instead`.
-        let run = expired("1.11.0");
-        run.expect("ca.token", "pass", "");
-        run.expect("files.workload_cert", "warn", "falls back to the token");
-    });
+        let root = VmRoot::new(&spec, &ca.cert_pem);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem = ca.workload_cert("spiffe://cluster.local/ns/vm-apps/sa/ratings-sa", &key, -1);
+        std::fs::write(root.file("/etc/certs/cert-chain.pem"), pem).unwrap();
+        std::fs::write(root.file("/etc/certs/key.pem"), key.serialize_pem()).unwrap();
+        verify_behind_rules(&wire, root, &["--timeout", "2s", "--skip-agent"])
+    };
+    // citadel/client.go@1.10.0 presents it anyway: stuck.
+    let run = expired("1.10.6");
+    run.expect("ca.token", "fail", "/etc/certs/cert-chain.pem");
+    assert!(
+        run.hint("ca.token")
+            .contains("stuck until the files are removed")
+    );
+    run.expect("files.workload_cert", "fail", "stuck");
+    // citadel/client.go@1.11.0: `cert expired, using token instead`.
+    let run = expired("1.11.0");
+    run.expect("ca.token", "pass", "");
+    run.expect("files.workload_cert", "warn", "falls back to the token");
 }
 
 #[test]

@@ -508,9 +508,20 @@ impl Drop for Wire {
 
 /// Istio's capture rules for `root` (its cluster.env, uid/gid
 /// `PROXY_UID`), as istio-vm renders them, applied with
-/// `iptables-restore --noflush` in the calling thread's namespace.
-pub fn apply_capture(root: &VmRoot) -> String {
+/// `iptables-restore --noflush` in the calling thread's namespace (once:
+/// a namespace that has them keeps them).
+pub fn apply_capture(root: &VmRoot) {
     use std::io::Write;
+    let present = Command::new("iptables")
+        .args(["-t", "nat", "-S", "ISTIO_OUTPUT"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("iptables")
+        .success();
+    if present {
+        return;
+    }
     let env = root.env();
     let inp = istio_vm::capture::Inputs {
         env: &env,
@@ -541,7 +552,6 @@ pub fn apply_capture(root: &VmRoot) -> String {
         child.wait().unwrap().success(),
         "iptables-restore failed:\n{v4}"
     );
-    v4
 }
 
 /// Packets the nat table's owner-match RETURN rules let through (uid or gid
