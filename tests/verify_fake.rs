@@ -971,6 +971,35 @@ fn the_installed_sidecar_version_decides_the_addresses() {
 }
 
 #[test]
+fn from_1_12_the_ca_is_not_the_mesh_files_address() {
+    // The mesh file names a revisioned istiod that resolves; the CA is still
+    // istiod.istio-system.svc:15012 (tools/packaging/common/istio-start.sh@1.12.0).
+    let spec = VmSpec {
+        sidecar_version: Some("1.24.2".into()),
+        discovery_address: "istiod-rev.istio-system.svc:15012".into(),
+        hosts_block: vec!["127.0.0.1 istiod-rev.istio-system.svc".into()],
+        ..Default::default()
+    };
+    let (run, _) = scenario(
+        spec,
+        Behaviour::default(),
+        None,
+        &["--timeout", "2s", "--skip-agent"],
+    );
+    run.expect("dns.discovery", "fail", "istio-start.sh's CA_ADDR default");
+    assert!(
+        run.detail("dns.discovery")
+            .starts_with("istiod.istio-system.svc "),
+        "{}",
+        run.detail("dns.discovery")
+    );
+    assert!(
+        run.hint("dns.discovery")
+            .contains("set CA_ADDR in cluster.env")
+    );
+}
+
+#[test]
 fn an_expired_workload_certificate_strands_1_10_only() {
     let wire = Wire::new();
     let rt = wire.istiod_runtime();

@@ -168,7 +168,15 @@ pub async fn dns(inputs: &Inputs, live: bool, timeout: Duration) -> (Check, Reso
         let (expected, _) = inputs.hosts_addrs(&t.host);
         match r {
             Err(e) => {
-                let hint = if expected.is_empty() && t.host.parse::<IpAddr>().is_err() {
+                let hint = if t.source == super::version::CA_DEFAULT_SOURCE {
+                    // tools/packaging/common/istio-start.sh@1.12.0: CA_ADDR
+                    // never follows the mesh file's discoveryAddress.
+                    format!(
+                        "the agent asks its certificates from {} (istio-start.sh's CA_ADDR default, whatever the mesh config's \
+                         discoveryAddress says): add it to the istio-vm hosts block, or set CA_ADDR in cluster.env to the discovery address",
+                        t.addr()
+                    )
+                } else if expected.is_empty() && t.host.parse::<IpAddr>().is_err() {
                     format!(
                         "{} does not resolve and /etc/hosts has no entry for it: run `istio-vm install` with the bundle \
                          (it adds the bundle's hosts line); if the bundle's hosts file is empty the east-west gateway \

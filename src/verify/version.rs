@@ -95,6 +95,9 @@ pub fn start_script_version(text: &str) -> Option<String> {
     })
 }
 
+/// Where a CA address came from when istio-start.sh chose it (1.12+).
+pub const CA_DEFAULT_SOURCE: &str = "istio-start.sh's CA_ADDR default";
+
 /// An address (`host:port`) and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Addr {
@@ -202,7 +205,7 @@ pub fn plan(
     });
     let ca = env_ca.or(custom).unwrap_or_else(|| Addr {
         addr: format!("istiod.{ns}.svc:15012"),
-        source: "istio-start.sh's CA_ADDR default",
+        source: CA_DEFAULT_SOURCE,
     });
     Plan {
         mesh_ignored: None,
