@@ -7,8 +7,11 @@
 //! is bounded by `--timeout`; independent branches run concurrently, so an
 //! unreachable istiod costs about one timeout, not a sum.
 //!
-//! Files are read under `--root`; the network is probed from this host.
-//! Nothing is written anywhere. The key and certificate `ca.token` obtains
+//! Files are read under `--root`; the network is probed from this host,
+//! toward istiod as istio-proxy (so Istio's capture rules let it through as
+//! they let the agent's through, see `net::Owner`), and with the addresses
+//! and names of the installed sidecar's version (`version`). `--probe` is
+//! an application's traffic and stays root's. Nothing is written anywhere. The key and certificate `ca.token` obtains
 //! live only in memory.
 
 use std::io::IsTerminal;
