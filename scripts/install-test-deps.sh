@@ -30,6 +30,13 @@ pkgs=(
     qemu-user-static
     # Fleet e2e (tests/fleet_*.rs): the Ansible controller's ssh client.
     openssh-client
+    # Signed repositories (scripts/build-repo.sh, tests/repo_*.rs).
+    apt-utils
+    createrepo-c
+    dnf
+    gnupg
+    gpgv
+    xz-utils
 )
 
 missing=()

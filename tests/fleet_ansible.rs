@@ -2,9 +2,14 @@
 //! python3, each on its own veth on a private LAN (198.51.100.0/24, network
 //! namespaces this test creates; see fleet::Lan), onboarded by real
 //! `ansible-playbook` runs from a controller namespace over SSH with a key
-//! generated here. The shipped playbook and inventory are used as they are;
-//! the packages are the real istio-vm .deb (this run's binary) and the
-//! stand-in of Istio's istio-sidecar .deb (scripts/e2e/build-stand-in-deb.sh).
+//! generated here. The shipped playbook and inventory are used as they are,
+//! in the role's default `repo` mode: the packages, the real istio-vm .deb
+//! (this run's binary) and the stand-in of Istio's istio-sidecar .deb
+//! (scripts/e2e/build-stand-in-deb.sh), are published with
+//! scripts/build-repo.sh (a throwaway signing key) and served by a static
+//! HTTP server on the LAN; the hosts install them with apt from that signed
+//! repository. Host keys are not checked in the test's own SSH options (the
+//! hosts' keys are made fresh here); the shipped ansible.cfg checks them.
 //!
 //! No istiod is reachable from the containers and the stand-in sidecar proxies
 //! nothing, so the role's `verify` step is turned off (`istio_vm_verify_wait=`);
@@ -17,6 +22,8 @@ mod bundlegen;
 mod e2e;
 #[path = "common/fleet.rs"]
 mod fleet;
+#[path = "common/repo.rs"]
+mod repo;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -29,14 +36,19 @@ use fleet::Lan;
 use istio_vm::{layout, units};
 
 const HOSTS: [&str; 3] = ["vm-1", "vm-2", "vm-3"];
-const ROOTFS_PACKAGES: &str = "openssh-server,python3,python3-apt";
+// python3-debian: ansible.builtin.deb822_repository needs it on the host.
+const ROOTFS_PACKAGES: &str = "openssh-server,python3,python3-apt,python3-debian";
+const REPO_PORT: u16 = 8080;
 const HOSTS_BLOCK: &str = "203.0.113.10 istiod.istio-system.svc\n";
 
-/// The containers (stopped first on drop), then the LAN they sit on.
+/// The containers (stopped first on drop), the repository's server, then
+/// the LAN they sit on.
 struct Fleet {
     vms: Vec<Vm>,
+    _server: repo::StaticServer,
     lan: Lan,
     project: tempfile::TempDir,
+    _key: repo::SigningKey,
 }
 
 struct Run {
@@ -78,10 +90,27 @@ impl Fleet {
             fleet::path_of(&key),
         ]);
         let pubkey = std::fs::read_to_string(p.join("id_ed25519.pub")).unwrap();
-        std::fs::create_dir_all(p.join("dist")).unwrap();
-        std::fs::copy(fleet::istio_vm_deb(), p.join("dist/istio-vm_amd64.deb")).unwrap();
+        // The signed repository, published where the playbook expects its
+        // key (beside it) and served on the LAN.
+        let dist = p.join("dist");
+        std::fs::create_dir_all(&dist).unwrap();
+        std::fs::copy(fleet::istio_vm_deb(), dist.join("istio-vm_amd64.deb")).unwrap();
         let sidecar = e2e::stand_in_deb(p);
-        std::fs::rename(&sidecar, p.join("dist/istio-sidecar.deb")).unwrap();
+        std::fs::rename(&sidecar, dist.join("istio-sidecar.deb")).unwrap();
+        let key = repo::SigningKey::new("istio-vm-archive");
+        key.build_repo(&dist, &p.join("repo"));
+        std::fs::copy(
+            p.join("repo/istio-vm-archive-keyring.asc"),
+            p.join("istio-vm-archive-keyring.asc"),
+        )
+        .unwrap();
+        let server = repo::StaticServer::start(
+            &lan.controller,
+            fleet::CONTROLLER_ADDR,
+            REPO_PORT,
+            &p.join("repo"),
+            None,
+        );
         for h in HOSTS {
             BundleSpec::valid().write(&p.join("bundles").join(h));
         }
@@ -104,12 +133,21 @@ impl Fleet {
             let net = lan.nspawn_network(i);
             vm.set_network(&net.iter().map(String::as_str).collect::<Vec<_>>());
             fleet::enable_ssh(&vm, &pubkey);
+            // The LAN leads nowhere else: the istio-vm repository is the
+            // hosts' only package source.
+            let _ = std::fs::remove_file(vm.path("/etc/apt/sources.list"));
             std::fs::write(vm.path("/etc/hostname"), format!("{h}\n")).unwrap();
             let hosts = std::fs::read_to_string(vm.path("/etc/hosts")).unwrap_or_default();
             std::fs::write(vm.path("/etc/hosts"), format!("{hosts}127.0.1.1 {h}\n")).unwrap();
             vms.push(vm);
         }
-        let mut f = Fleet { vms, lan, project };
+        let mut f = Fleet {
+            vms,
+            _server: server,
+            lan,
+            project,
+            _key: key,
+        };
         let host_net = std::fs::read_link("/proc/self/ns/net").expect("our netns");
         for (i, vm) in f.vms.iter_mut().enumerate() {
             vm.boot();
@@ -170,6 +208,11 @@ impl Fleet {
         let mut cmd = self.lan.controller_cmd("timeout");
         cmd.args(["600", "ansible-playbook", "playbook.yml"])
             .args(["-e", "istio_vm_verify_wait="])
+            .arg("-e")
+            .arg(format!(
+                "istio_vm_repo_url=http://{}:{REPO_PORT}",
+                fleet::CONTROLLER_ADDR
+            ))
             .args(extra)
             .current_dir(p)
             .env("ANSIBLE_CONFIG", p.join("ansible.cfg"))
@@ -399,6 +442,7 @@ fn set_token(dir: &Path, token: &str) {
 
 const TOKEN_TASK: &str = "Copy the bundle token";
 const INSTALL_TASK: &str = "Onboard the VM with istio-vm install";
+const INSTALL_PKGS_TASK: &str = "Install the packages from the repository (Debian family)";
 
 #[test]
 fn one_playbook_onboards_three_vms_idempotently() {
@@ -586,8 +630,77 @@ fn one_playbook_onboards_three_vms_idempotently() {
         }
     }
 
+    // 6. Air-gapped: `files` mode, the same signed repository copied from
+    // the controller to the VM (on vm-1 only: the role's tasks are the same
+    // on every host, and each run costs the suite a minute on three). A copy
+    // whose Packages was changed after signing is refused by apt and nothing
+    // installed changes; the good copy is used; a second run changes nothing.
+    let files = [
+        "-v",
+        "--limit",
+        "vm-1",
+        "-e",
+        "istio_vm_install_from=files",
+        "-e",
+        "istio_vm_repo_dir={{ playbook_dir }}/repo",
+    ];
+    let dists = f.dir().join("repo/apt/dists");
+    let saved = f.dir().join("dists.saved");
+    fleet::run(&["cp", "-a", fleet::path_of(&dists), fleet::path_of(&saved)]);
+    let index = dists.join("stable/main/binary-amd64");
+    let packages = std::fs::read_to_string(index.join("Packages")).unwrap();
+    let forged = packages.replacen("Priority: optional", "Priority: optionaL", 1);
+    assert_ne!(packages, forged);
+    std::fs::write(index.join("Packages"), &forged).unwrap();
+    fleet::run(&[
+        "sh",
+        "-c",
+        &format!(
+            "cd {0} && gzip -9nc Packages > Packages.gz && xz -9c Packages > Packages.xz",
+            fleet::path_of(&index)
+        ),
+    ]);
+    let vm1 = &f.vms[0];
+    let installed = "dpkg-query -W istio-vm istio-sidecar; sha256sum /usr/bin/istio-vm";
+    let dpkg_before = vm1.ok(installed);
+    let refused = f.playbook(&files);
+    assert_eq!(refused.status.code(), Some(2), "{}", refused.stdout);
+    let (status, result) = task_result(&refused, INSTALL_PKGS_TASK, "vm-1");
+    assert_eq!(status, "fatal", "{result}");
+    let msg = result["msg"].as_str().unwrap_or_default();
+    assert!(msg.contains("Hash Sum mismatch"), "{result}");
+    eprintln!("fleet: vm-1, files mode, changed Packages: {msg}");
+    assert_eq!(
+        vm1.ok(installed),
+        dpkg_before,
+        "a refused repository changed packages"
+    );
+    fleet::run(&["rm", "-rf", fleet::path_of(&dists)]);
+    fleet::run(&["mv", fleet::path_of(&saved), fleet::path_of(&dists)]);
+    let good = f.playbook(&files);
+    f.assert_ok(&good, "files mode");
+    let sources = vm1.ok("cat /etc/apt/sources.list.d/istio-vm.sources");
+    assert!(
+        sources.contains("URIs: file:///var/lib/istio-vm-repo"),
+        "{sources}"
+    );
+    assert!(sources.contains("Signed-By:"), "{sources}");
+    let again = f.playbook(&files);
+    f.assert_ok(&again, "files mode, second run");
+    let r = recap(&again);
+    assert_eq!(r.keys().collect::<Vec<_>>(), ["vm-1"], "{r:?}");
+    for (h, c) in r {
+        assert_eq!(
+            c["changed"], 0,
+            "{h} changed on the second files-mode run:\n{}",
+            again.stdout
+        );
+    }
+
     // No token ever reached ansible's output.
-    for run in [&dry, &first, &second, &check, &run, &bad] {
+    for run in [
+        &dry, &first, &second, &check, &run, &bad, &refused, &good, &again,
+    ] {
         for s in &secrets {
             let s = s.trim();
             assert!(

@@ -8,11 +8,23 @@
 //! scripts/e2e/build-stand-in-deb.sh (it serves the agent's local endpoints
 //! but proxies nothing). verify itself is tested against a fake istiod in
 //! tests/verify_fake.rs.
+//!
+//! The second example (user-data-repo.yaml, the recommended form) boots on
+//! the test's LAN: apt installs both packages from the signed repository
+//! scripts/build-repo.sh built (a static HTTP server at 198.51.100.1), and
+//! istio-vm fetches the bundle from an HTTPS server there (a test CA through
+//! SSL_CERT_FILE), checked against the digest in the user-data, which
+//! carries no token.
 
+#[path = "common/bundlegen.rs"]
+#[allow(dead_code)]
+mod bundlegen;
 #[path = "common/e2e.rs"]
 mod e2e;
 #[path = "common/fleet.rs"]
 mod fleet;
+#[path = "common/repo.rs"]
+mod repo;
 
 use std::time::Instant;
 
@@ -21,13 +33,16 @@ use istio_vm::layout;
 
 /// How install's JSON result starts (pretty-printed, one document).
 const INSTALL_RESULT: &str = "{\n  \"command\": \"install\"";
+/// What a Debian cloud image has and the examples need: locales for
+/// cloud-init's locale module (on by default), gnupg for the apt module's
+/// keys (cloud-init makes a keyring of them with gpg). One tree for both
+/// tests.
+const CLOUD_IMAGE_PACKAGES: &str = "cloud-init,locales,gnupg";
 const VERIFY_LINE: &str = "  - [istio-vm, verify, --wait, 120s, --output, json]\n";
 
 #[test]
 fn a_nocloud_seed_onboards_the_vm_at_first_boot() {
-    // locales: cloud-init's locale module (on by default) needs it, as a
-    // Debian cloud image has it.
-    let tree = fleet::variant_tree("cloud-init,locales");
+    let tree = fleet::variant_tree(CLOUD_IMAGE_PACKAGES);
     let mut vm = Vm::from_tree("cloudinit", &tree);
 
     let example = std::fs::read_to_string(e2e::repo().join("packaging/cloud-init/user-data.yaml"))
@@ -142,5 +157,189 @@ fn a_nocloud_seed_onboards_the_vm_at_first_boot() {
         log.matches(INSTALL_RESULT).count(),
         1,
         "install ran again on the second boot:\n{log}"
+    );
+}
+
+const REPO_EXAMPLE: &str = "packaging/cloud-init/user-data-repo.yaml";
+
+/// `example` with `from` replaced by `to`; `from` must be in it.
+#[track_caller]
+fn subst(example: &str, from: &str, to: &str) -> String {
+    assert!(
+        example.contains(from),
+        "{REPO_EXAMPLE} no longer holds `{from}`: update this test"
+    );
+    example.replace(from, to)
+}
+
+#[test]
+fn the_repo_example_installs_from_the_signed_repo_and_fetches_the_bundle_over_https() {
+    let tree = fleet::variant_tree(CLOUD_IMAGE_PACKAGES);
+    let lan = fleet::Lan::new("cir", 1);
+    let work = tempfile::Builder::new()
+        .prefix("istio-vm-ci-repo-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let w = work.path();
+
+    // The signed repository with both packages, on the LAN over HTTP.
+    let dist = w.join("dist");
+    std::fs::create_dir_all(&dist).unwrap();
+    std::fs::copy(fleet::istio_vm_deb(), dist.join("istio-vm.deb")).unwrap();
+    let sidecar = e2e::stand_in_deb(w);
+    std::fs::rename(&sidecar, dist.join("istio-sidecar.deb")).unwrap();
+    let key = repo::SigningKey::new("istio-vm-archive");
+    let out = w.join("repo");
+    key.build_repo(&dist, &out);
+    let _repo_server =
+        repo::StaticServer::start(&lan.controller, fleet::CONTROLLER_ADDR, 8080, &out, None);
+
+    // The bundle as a .tar.gz on the LAN's HTTPS server.
+    let bundle = bundlegen::BundleSpec::valid().write(&w.join("bundle"));
+    let token = std::fs::read_to_string(bundle.join(bundlegen::TOKEN)).unwrap();
+    let site = w.join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    let tarball = site.join("vm-1.tar.gz");
+    fleet::run(&[
+        "tar",
+        "czf",
+        fleet::path_of(&tarball),
+        "-C",
+        fleet::path_of(&bundle),
+        ".",
+    ]);
+    let digest = {
+        use sha2::Digest;
+        sha2::Sha256::digest(std::fs::read(&tarball).unwrap())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let (ca_pem, server_pem) = repo::test_ca(fleet::CONTROLLER_ADDR);
+    std::fs::write(w.join("server.pem"), server_pem).unwrap();
+    let _https = repo::StaticServer::start(
+        &lan.controller,
+        fleet::CONTROLLER_ADDR,
+        8443,
+        &site,
+        Some(&w.join("server.pem")),
+    );
+
+    // The example with this LAN's URLs, the key and the digest.
+    let example = std::fs::read_to_string(e2e::repo().join(REPO_EXAMPLE)).unwrap();
+    let armored = std::fs::read_to_string(out.join("istio-vm-archive-keyring.asc")).unwrap();
+    let indented: String = armored
+        .trim_end()
+        .lines()
+        .map(|l| format!("        {l}\n"))
+        .collect();
+    let placeholder = "        -----BEGIN PGP PUBLIC KEY BLOCK-----\n        \
+                       (paste istio-vm-archive-keyring.asc here)\n        \
+                       -----END PGP PUBLIC KEY BLOCK-----\n";
+    let mut user_data = subst(&example, placeholder, &indented);
+    user_data = subst(
+        &user_data,
+        "https://packages.example.com/istio-vm/apt",
+        &format!("http://{}:8080/apt", fleet::CONTROLLER_ADDR),
+    );
+    user_data = subst(
+        &user_data,
+        "https://bundles.example.com/istio-vm/ratings-vm.tar.gz",
+        &format!("https://{}:8443/vm-1.tar.gz", fleet::CONTROLLER_ADDR),
+    );
+    user_data = subst(&user_data, "SHA256_OF_THE_TARBALL", &digest);
+    // The test CA is no public one: install is told of it.
+    user_data = subst(
+        &user_data,
+        "[istio-vm, install,",
+        "[env, SSL_CERT_FILE=/usr/local/share/istio-vm-test/ca.pem, istio-vm, install,",
+    );
+    user_data = subst(&user_data, VERIFY_LINE, "");
+    assert!(!user_data.contains(token.trim()));
+
+    let mut vm = Vm::from_tree("cirepo", &tree);
+    let net = lan.nspawn_network(0);
+    vm.set_network(&net.iter().map(String::as_str).collect::<Vec<_>>());
+    // The LAN leads nowhere else: the image's Debian sources are unreachable.
+    let _ = std::fs::remove_file(vm.path("/etc/apt/sources.list"));
+    let ca = w.join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    e2e::put(&vm, &ca, "/usr/local/share/istio-vm-test/ca.pem", 0o644);
+    let seed = vm.path("/var/lib/cloud/seed/nocloud");
+    std::fs::create_dir_all(&seed).unwrap();
+    std::fs::write(seed.join("user-data"), &user_data).unwrap();
+    std::fs::write(
+        seed.join("meta-data"),
+        "instance-id: iid-istio-vm-repo\nlocal-hostname: vm-repo\n",
+    )
+    .unwrap();
+
+    let started = Instant::now();
+    if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vm.boot())) {
+        let read = |p: &str| std::fs::read_to_string(vm.path(p)).unwrap_or_default();
+        eprintln!(
+            "cloud-init-output.log:\n{}",
+            read("/var/log/cloud-init-output.log")
+        );
+        std::panic::resume_unwind(e);
+    }
+    let status = vm.ok("cloud-init status --wait --format json");
+    eprintln!(
+        "cloud-init (repo + HTTPS bundle): booted and onboarded in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let log = vm.ok("cat /var/log/cloud-init-output.log");
+    assert_eq!(status["status"], "done", "{status}\n{log}");
+    assert_eq!(status["errors"], serde_json::json!([]), "{status}\n{log}");
+
+    // apt installed both from the repository, trusting its key only there.
+    let list = vm.ok("cat /etc/apt/sources.list.d/istio-vm.list");
+    assert!(
+        list.contains("[signed-by=/etc/apt/cloud-init.gpg.d/istio-vm.gpg]"),
+        "{list}"
+    );
+    let policy = vm.ok("apt-cache policy istio-vm istio-sidecar");
+    assert!(
+        policy
+            .matches(&format!(
+                "http://{}:8080/apt stable/main",
+                fleet::CONTROLLER_ADDR
+            ))
+            .count()
+            >= 2,
+        "{policy}"
+    );
+    let pkgs = vm.ok("dpkg-query -W -f '${Package} ${Status}\\n' istio-vm istio-sidecar");
+    assert_eq!(
+        pkgs.matches("install ok installed").count(),
+        2,
+        "{pkgs}\n{log}"
+    );
+    let start = log
+        .find(INSTALL_RESULT)
+        .unwrap_or_else(|| panic!("no install result in cloud-init-output.log:\n{log}"));
+    let result: serde_json::Value = serde_json::Deserializer::from_str(&log[start..])
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(result["ok"], true, "{result}");
+    fleet::assert_onboarded(&vm, "203.0.113.10 istiod.istio-system.svc\n");
+    assert_eq!(
+        vm.ok(&format!("cat {}", layout::TOKEN)).trim(),
+        token.trim(),
+        "the placed token is the bundle's"
+    );
+    // The token is nowhere in what cloud-init keeps or logs.
+    let kept = vm.sh(&format!(
+        "grep -rlF -- '{}' /var/lib/cloud /var/log/cloud-init.log /var/log/cloud-init-output.log",
+        token.trim()
+    ));
+    assert_eq!(
+        kept.status.code(),
+        Some(1),
+        "the token is in: {}",
+        String::from_utf8_lossy(&kept.stdout)
     );
 }

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use crate::e2e;
 
@@ -58,26 +58,35 @@ const CARGO_DEB: &str = "cargo-deb 3.8.0";
 /// per test process with cargo-deb (`--profile dev`: the debug binary cargo
 /// already built, so no release build is needed for the fleet tests).
 pub fn istio_vm_deb() -> PathBuf {
-    static DEB: OnceLock<PathBuf> = OnceLock::new();
-    DEB.get_or_init(|| {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let version = Command::new(&cargo).args(["deb", "--version"]).output();
-        let ok =
-            matches!(&version, Ok(o) if String::from_utf8_lossy(&o.stdout).trim() == CARGO_DEB);
-        assert!(
-            ok,
-            "the fleet tests package istio-vm with {CARGO_DEB}, which is missing \
-             (scripts/build-deb.sh installs it: `cargo install --locked cargo-deb --version 3.8.0`)"
-        );
-        // <target>/debug/istio-vm -> <target>
-        let target = e2e::target_profile_dir()
-            .parent()
-            .expect("target directory")
-            .to_path_buf();
-        // One directory per process (parallel test binaries build their own).
-        let out_dir = target.join(format!("fleet-deb-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&out_dir);
-        std::fs::create_dir_all(&out_dir).expect("creating the .deb directory");
+    istio_vm_deb_revision(1)
+}
+
+/// [`istio_vm_deb`] with Debian revision `revision` (version
+/// `<CARGO_PKG_VERSION>-<revision>`): "a newer version" for upgrade tests,
+/// the same binary in a package apt orders after the lower revisions.
+pub fn istio_vm_deb_revision(revision: u32) -> PathBuf {
+    static DEBS: Mutex<BTreeMap<u32, PathBuf>> = Mutex::new(BTreeMap::new());
+    let mut debs = DEBS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = debs.get(&revision) {
+        return p.clone();
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let version = Command::new(&cargo).args(["deb", "--version"]).output();
+    let ok = matches!(&version, Ok(o) if String::from_utf8_lossy(&o.stdout).trim() == CARGO_DEB);
+    assert!(
+        ok,
+        "the fleet tests package istio-vm with {CARGO_DEB}, which is missing \
+         (scripts/build-deb.sh installs it: `cargo install --locked cargo-deb --version 3.8.0`)"
+    );
+    // <target>/debug/istio-vm -> <target>
+    let target = e2e::target_profile_dir()
+        .parent()
+        .expect("target directory")
+        .to_path_buf();
+    // One directory per process (parallel test binaries build their own).
+    let proc_dir = target.join(format!("fleet-deb-{}", std::process::id()));
+    if debs.is_empty() {
+        let _ = std::fs::remove_dir_all(&proc_dir);
         // Left-overs of finished runs go.
         if let Ok(dir) = std::fs::read_dir(&target) {
             for e in dir.flatten() {
@@ -90,33 +99,36 @@ pub fn istio_vm_deb() -> PathBuf {
                 }
             }
         }
-        let out = Command::new(&cargo)
-            .args([
-                "deb",
-                "--no-build",
-                "--locked",
-                "--profile",
-                "dev",
-                "--fast",
-                "-q",
-            ])
-            .arg("--output")
-            .arg(&out_dir)
-            .env("CARGO_TARGET_DIR", &target)
-            .current_dir(e2e::repo())
-            .output()
-            .expect("running cargo deb");
-        assert!(
-            out.status.success(),
-            "cargo deb failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let deb = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        assert!(deb.is_file(), "cargo deb printed `{}`", deb.display());
-        deb
-    })
-    .clone()
+    }
+    let out_dir = proc_dir.join(format!("rev{revision}"));
+    std::fs::create_dir_all(&out_dir).expect("creating the .deb directory");
+    let out = Command::new(&cargo)
+        .args([
+            "deb",
+            "--no-build",
+            "--locked",
+            "--profile",
+            "dev",
+            "--fast",
+            "-q",
+        ])
+        .args(["--deb-revision", &revision.to_string()])
+        .arg("--output")
+        .arg(&out_dir)
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(e2e::repo())
+        .output()
+        .expect("running cargo deb");
+    assert!(
+        out.status.success(),
+        "cargo deb failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deb = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(deb.is_file(), "cargo deb printed `{}`", deb.display());
+    debs.insert(revision, deb.clone());
+    deb
 }
 
 /// Runs a command of this machine; panics with its output unless it succeeds.
