@@ -37,6 +37,11 @@ pkgs=(
     gnupg
     gpgv
     xz-utils
+    # Kill at every syscall that changes the tree (tests/install_kills.rs).
+    strace
+    # Monitoring (tests/monitor_*.rs): promtool checks the textfile and the
+    # alerting rules.
+    prometheus
 )
 
 missing=()

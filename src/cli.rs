@@ -70,6 +70,11 @@ pub struct BundleArgs {
     /// (directory); required for a URL
     #[arg(long, value_name = "HEX")]
     pub sha256: Option<String>,
+    /// Accept this dangerous cluster.env variable (a loader or shell variable
+    /// such as LD_LIBRARY_PATH, or EXEC_USER other than istio-proxy);
+    /// repeatable. Shell syntax in a value is never accepted
+    #[arg(long = "allow-env", value_name = "KEY")]
+    pub allow_env: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -113,6 +118,10 @@ pub struct VerifyArgs {
     /// Also fetch URL from this VM and check it went through the sidecar
     #[arg(long, value_name = "URL")]
     pub probe: Vec<String>,
+    /// Also write the results as Prometheus metrics to FILE, for
+    /// node_exporter's textfile collector (replaced atomically, mode 0644)
+    #[arg(long, value_name = "FILE")]
+    pub textfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -144,27 +153,25 @@ pub enum Backend {
     Nftables,
 }
 
-/// `500ms`, `3s`, `2m`, `1h`: a number with a unit.
+/// Longest duration any setting takes.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `500ms`, `3s`, `2m`, `1h`, `1m30s`, systemd's `2min`: humantime's syntax
+/// (which systemd.time(7) spans also parse). A bare number is refused: its
+/// unit would be a guess.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .ok_or_else(|| format!("`{s}` has no unit: write e.g. 500ms, 3s or 2m"))?;
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration: write e.g. 500ms, 3s or 2m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("unknown unit `{unit}` in `{s}`: use ms, s, m or h")),
-    };
-    if !secs.is_finite() || !(0.0..=7.0 * 24.0 * 3600.0).contains(&secs) {
-        return Err(format!("`{s}` is out of range"));
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "`{s}` has no unit: write e.g. 500ms, 3s, 2m or 1m30s"
+        ));
     }
-    Ok(Duration::from_secs_f64(secs))
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}): write e.g. 500ms, 3s, 2m or 1m30s"))?;
+    if d > MAX_DURATION {
+        return Err(format!("`{s}` is out of range (at most 7 days)"));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -184,7 +191,17 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("3").is_err());
         assert!(parse_duration("s").is_err());
-        assert!(parse_duration("3d").is_err());
+        assert!(parse_duration("3x").is_err());
         assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("").is_err());
+        // Issue 17: compound spans and systemd's unit names.
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("2min").unwrap(), Duration::from_secs(120));
+        assert_eq!(
+            parse_duration("1h 5min").unwrap(),
+            Duration::from_secs(3900)
+        );
+        assert_eq!(parse_duration("7d").unwrap(), MAX_DURATION);
+        assert!(parse_duration("8d").is_err());
     }
 }

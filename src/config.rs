@@ -13,6 +13,9 @@ use crate::error::Failure;
 
 pub const DEFAULT_PATH: &str = "/etc/istio-vm/config.toml";
 
+/// A config file is a few hundred bytes; anything near this is not one.
+const CONFIG_CAP: u64 = 1 << 20;
+
 /// Effective settings after every layer is applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -27,10 +30,19 @@ pub struct Config {
     pub exclude_inbound_ports: Vec<u16>,
     /// Allow rules that would capture inbound SSH (22). Off unless asked for.
     pub allow_ssh_capture: bool,
+    /// Dangerous cluster.env keys accepted anyway (`--allow-env` adds more).
+    pub allow_env: Vec<String>,
+    /// Total time a bundle download may take, connection to last byte.
+    pub fetch_timeout: Duration,
     /// Per network step bound for verify.
     pub timeout: Duration,
     /// How long a run waits for another run's lock.
     pub lock_timeout: Duration,
+    /// How often istio-vm-verify.timer runs verify (install writes it into
+    /// the timer's drop-in).
+    pub verify_interval: Duration,
+    /// Where the timer's verify writes its metrics (`--textfile`).
+    pub textfile: String,
 }
 
 impl Default for Config {
@@ -42,8 +54,12 @@ impl Default for Config {
             start: true,
             exclude_inbound_ports: Vec::new(),
             allow_ssh_capture: false,
+            allow_env: Vec::new(),
+            fetch_timeout: Duration::from_secs(60),
             timeout: Duration::from_secs(3),
             lock_timeout: Duration::from_secs(300),
+            verify_interval: Duration::from_secs(300),
+            textfile: DEFAULT_TEXTFILE.to_string(),
         }
     }
 }
@@ -58,8 +74,12 @@ struct FileLayer {
     start: Option<bool>,
     exclude_inbound_ports: Option<Vec<u16>>,
     allow_ssh_capture: Option<bool>,
+    allow_env: Option<Vec<String>>,
+    fetch_timeout: Option<String>,
     timeout: Option<String>,
     lock_timeout: Option<String>,
+    verify_interval: Option<String>,
+    textfile: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for Output {
@@ -84,8 +104,12 @@ const ENV_KEYS: &[&str] = &[
     "ISTIO_VM_START",
     "ISTIO_VM_EXCLUDE_INBOUND_PORTS",
     "ISTIO_VM_ALLOW_SSH_CAPTURE",
+    "ISTIO_VM_ALLOW_ENV",
+    "ISTIO_VM_FETCH_TIMEOUT",
     "ISTIO_VM_TIMEOUT",
     "ISTIO_VM_LOCK_TIMEOUT",
+    "ISTIO_VM_VERIFY_INTERVAL",
+    "ISTIO_VM_TEXTFILE",
     // Read by clap directly.
     "ISTIO_VM_ROOT",
     "ISTIO_VM_CONFIG",
@@ -100,21 +124,37 @@ impl Config {
     /// may be absent), then overlay the environment.
     pub fn load(explicit: Option<&Path>, root: &Path) -> Result<Config> {
         let mut cfg = Config::default();
-        let (path, required) = match explicit {
-            Some(p) => (p.to_path_buf(), true),
-            None => (root.join(DEFAULT_PATH.trim_start_matches('/')), false),
+        // Both reads are bounded and refuse anything but a regular file
+        // (`--config /dev/zero` or a FIFO must not hang or grow memory);
+        // the default file is read inside the root, never through a link
+        // out of it.
+        let (shown, read) = match explicit {
+            Some(p) => (
+                p.display().to_string(),
+                crate::sysroot::read_host_file(p, CONFIG_CAP)
+                    .and_then(|b| b.ok_or_else(|| anyhow::anyhow!("no such file")).map(Some)),
+            ),
+            None => {
+                let root = crate::sysroot::Sysroot::new(root)
+                    .map_err(|e| Failure::Usage(format!("{e:#}")))?;
+                (
+                    root.host(DEFAULT_PATH).display().to_string(),
+                    root.read_capped(DEFAULT_PATH, CONFIG_CAP),
+                )
+            }
         };
-        match std::fs::read_to_string(&path) {
-            Ok(text) => cfg
-                .apply_file(&text)
-                .map_err(|e| Failure::Usage(format!("{}: {e:#}", path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {}
+        match read {
+            Ok(Some(bytes)) => {
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| Failure::Usage(format!("{shown}: not UTF-8 text")))?;
+                cfg.apply_file(&text)
+                    .map_err(|e| Failure::Usage(format!("{shown}: {e:#}")))?
+            }
+            Ok(None) => {}
             Err(e) => {
-                return Err(Failure::Usage(format!(
-                    "cannot read config file {}: {e}",
-                    path.display()
-                ))
-                .into());
+                return Err(
+                    Failure::Usage(format!("cannot read config file {shown}: {e:#}")).into(),
+                );
             }
         }
         cfg.apply_env(std::env::vars())
@@ -142,6 +182,14 @@ impl Config {
         if let Some(v) = layer.allow_ssh_capture {
             self.allow_ssh_capture = v;
         }
+        if let Some(v) = layer.allow_env {
+            self.allow_env = v;
+        }
+        if let Some(v) = layer.fetch_timeout {
+            self.fetch_timeout = parse_duration(&v)
+                .map_err(anyhow::Error::msg)
+                .context("fetch_timeout")?;
+        }
         if let Some(v) = layer.timeout {
             self.timeout = parse_duration(&v)
                 .map_err(anyhow::Error::msg)
@@ -151,6 +199,12 @@ impl Config {
             self.lock_timeout = parse_duration(&v)
                 .map_err(anyhow::Error::msg)
                 .context("lock_timeout")?;
+        }
+        if let Some(v) = layer.verify_interval {
+            self.verify_interval = parse_interval(&v).context("verify_interval")?;
+        }
+        if let Some(v) = layer.textfile {
+            self.textfile = check_textfile(&v).context("textfile")?;
         }
         Ok(())
     }
@@ -193,6 +247,19 @@ impl Config {
                         })
                         .collect::<Result<_>>()?;
                 }
+                "ISTIO_VM_ALLOW_ENV" => {
+                    self.allow_env = v
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect();
+                }
+                "ISTIO_VM_FETCH_TIMEOUT" => {
+                    self.fetch_timeout = parse_duration(&v)
+                        .map_err(anyhow::Error::msg)
+                        .with_context(ctx)?
+                }
                 "ISTIO_VM_TIMEOUT" => {
                     self.timeout = parse_duration(&v)
                         .map_err(anyhow::Error::msg)
@@ -203,6 +270,10 @@ impl Config {
                         .map_err(anyhow::Error::msg)
                         .with_context(ctx)?
                 }
+                "ISTIO_VM_VERIFY_INTERVAL" => {
+                    self.verify_interval = parse_interval(&v).with_context(ctx)?
+                }
+                "ISTIO_VM_TEXTFILE" => self.textfile = check_textfile(&v).with_context(ctx)?,
                 k if ENV_KEYS.contains(&k) => {}
                 _ => bail!(
                     "unknown environment variable {k}; known: {}",
@@ -212,6 +283,33 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Debian's and Fedora's prometheus-node-exporter read textfiles here.
+pub const DEFAULT_TEXTFILE: &str = "/var/lib/prometheus/node-exporter/istio_vm.prom";
+
+/// The timer's interval: at least a second (a timer at 0 would spin).
+fn parse_interval(v: &str) -> Result<Duration> {
+    let d = parse_duration(v).map_err(anyhow::Error::msg)?;
+    if d < Duration::from_secs(1) {
+        bail!("`{v}` is shorter than 1s");
+    }
+    Ok(d)
+}
+
+/// An absolute path ending in `.prom` (the only files the textfile
+/// collector reads), in characters a unit's command line carries unquoted.
+fn check_textfile(v: &str) -> Result<String> {
+    let ok_chars = v
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c));
+    if !v.starts_with('/') || !v.ends_with(".prom") || !ok_chars || v.contains("/../") {
+        bail!(
+            "`{v}`: give an absolute path ending in .prom in the directory node_exporter's \
+             --collector.textfile.directory names (letters, digits, / . _ - only)"
+        );
+    }
+    Ok(v.to_string())
 }
 
 fn parse_bool(v: &str) -> Result<bool> {
@@ -248,6 +346,35 @@ mod tests {
             .apply_env([("ISTIO_VM_BAKEND".to_string(), "x".to_string())].into_iter())
             .unwrap_err();
         assert!(format!("{e:#}").contains("ISTIO_VM_BAKEND"));
+    }
+
+    #[test]
+    fn verify_timer_settings() {
+        let mut c = Config::default();
+        assert_eq!(c.verify_interval, Duration::from_secs(300));
+        assert_eq!(c.textfile, DEFAULT_TEXTFILE);
+        c.apply_file(
+            "verify_interval = \"30s\"\ntextfile = \"/var/lib/node_exporter/istio_vm.prom\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.verify_interval, Duration::from_secs(30));
+        assert_eq!(c.textfile, "/var/lib/node_exporter/istio_vm.prom");
+        assert!(c.apply_file("verify_interval = \"500ms\"\n").is_err());
+        for bad in [
+            "x.prom",
+            "/a/b.txt",
+            "/a b/c.prom",
+            "/a/\"c.prom",
+            "/a/../c.prom",
+        ] {
+            assert!(
+                c.apply_file(&format!("textfile = '{bad}'\n")).is_err(),
+                "{bad}"
+            );
+        }
+        c.apply_env([("ISTIO_VM_VERIFY_INTERVAL".to_string(), "2m".to_string())].into_iter())
+            .unwrap();
+        assert_eq!(c.verify_interval, Duration::from_secs(120));
     }
 
     #[test]

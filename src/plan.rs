@@ -5,6 +5,9 @@
 //! Other areas plug in here with a few lines each: a generated file is an
 //! [`Action::File`] (units, tmpfiles.d, capture rule records), a live side
 //! effect is an [`Action::Hook`] (capture apply/remove, `systemctl`).
+//!
+//! Kept together (over 700 lines) because the planner and the managed-block
+//! editor share the Current/Facts model; about a quarter is their tests.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -263,199 +266,23 @@ pub struct Planned {
     pub action: Action,
 }
 
+/// One action's evaluation: status, detail, diff, and the op to run.
+type Eval = (StepStatus, String, Option<String>, Option<Op>);
+
 /// Compare desired actions with the facts: what changes, and how.
 /// `with_diff` adds a unified diff for text files (secrets redacted).
 pub fn evaluate(actions: &[Action], facts: &Facts, with_diff: bool) -> Result<Vec<Planned>> {
     let mut out: Vec<Planned> = Vec::new();
     for a in actions {
-        let id = a.id();
         let (status, detail, diff, op) = match a {
-            Action::User => {
-                if facts.proxy_ids.is_some() {
-                    (StepStatus::Ok, "exists".to_string(), None, None)
-                } else {
-                    (
-                        StepStatus::Changed,
-                        "create system user and group (home /var/lib/istio, no login)".into(),
-                        None,
-                        Some(Op::CreateUser),
-                    )
-                }
-            }
-            Action::Dir(d) => {
-                let want = facts.ids(d.owner);
-                match facts.get(&d.path) {
-                    Current::Absent => (
-                        StepStatus::Changed,
-                        format!("created, mode {:04o}", d.mode),
-                        None,
-                        Some(Op::Mkdir {
-                            path: d.path.clone(),
-                            mode: d.mode,
-                            owner: want,
-                        }),
-                    ),
-                    Current::Dir { mode, uid, gid } => {
-                        let mut what = Vec::new();
-                        if mode & 0o7777 != d.mode {
-                            what.push(format!("mode {:04o} -> {:04o}", mode & 0o7777, d.mode));
-                        }
-                        if let Some(w) = want.filter(|w| *w != (*uid, *gid)) {
-                            what.push(format!("owner {uid}:{gid} -> {}:{}", w.0, w.1));
-                        }
-                        if what.is_empty() {
-                            (StepStatus::Ok, "as desired".into(), None, None)
-                        } else {
-                            (
-                                StepStatus::Changed,
-                                what.join(", "),
-                                None,
-                                Some(Op::SetMeta {
-                                    path: d.path.clone(),
-                                    mode: d.mode,
-                                    owner: want,
-                                }),
-                            )
-                        }
-                    }
-                    other => bail!(refusal(&d.path, other, "a directory")),
-                }
-            }
-            Action::File(f) => {
-                let want = facts.ids(f.owner);
-                let write = Some(Op::Write {
-                    path: f.path.clone(),
-                    content: f.content.clone(),
-                    mode: f.mode,
-                    owner: want,
-                });
-                match facts.get(&f.path) {
-                    Current::Absent => (
-                        StepStatus::Changed,
-                        format!("created, mode {:04o}", f.mode),
-                        with_diff.then(|| diff_text(&f.path, b"", &f.content, f.secret)),
-                        write,
-                    ),
-                    Current::File {
-                        bytes,
-                        mode,
-                        uid,
-                        gid,
-                    } => {
-                        let mut what = Vec::new();
-                        if *bytes != f.content {
-                            what.push("content".to_string());
-                        }
-                        if mode & 0o7777 != f.mode {
-                            what.push(format!("mode {:04o} -> {:04o}", mode & 0o7777, f.mode));
-                        }
-                        if let Some(w) = want.filter(|w| *w != (*uid, *gid)) {
-                            what.push(format!("owner {uid}:{gid} -> {}:{}", w.0, w.1));
-                        }
-                        if what.is_empty() {
-                            (StepStatus::Ok, "as desired".into(), None, None)
-                        } else {
-                            let diff = (with_diff && *bytes != f.content)
-                                .then(|| diff_text(&f.path, bytes, &f.content, f.secret));
-                            (
-                                StepStatus::Changed,
-                                format!("updated {}", what.join(", ")),
-                                diff,
-                                write,
-                            )
-                        }
-                    }
-                    other => bail!(refusal(&f.path, other, "a regular file")),
-                }
-            }
-            Action::Block(b) => {
-                let note = if b.note.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", b.note)
-                };
-                match facts.get(&b.path) {
-                    Current::Absent => {
-                        let new = set_block(b"", &b.lines)?;
-                        (
-                            StepStatus::Changed,
-                            format!("created with the istio-vm block{note}"),
-                            with_diff.then(|| diff_text(&b.path, b"", &new, false)),
-                            Some(Op::Write {
-                                path: b.path.clone(),
-                                content: new,
-                                mode: 0o644,
-                                owner: facts.ids(Owner::Root),
-                            }),
-                        )
-                    }
-                    Current::File {
-                        bytes,
-                        mode,
-                        uid,
-                        gid,
-                    } => {
-                        let new = set_block(bytes, &b.lines)
-                            .map_err(|e| anyhow::anyhow!("{}: {e}", b.path))?;
-                        if new == *bytes {
-                            (StepStatus::Ok, "block as desired".into(), None, None)
-                        } else {
-                            let verb = if find_block(bytes)?.is_some() {
-                                "replaced"
-                            } else {
-                                "added"
-                            };
-                            (
-                                StepStatus::Changed,
-                                format!("{verb} the istio-vm block{note}"),
-                                with_diff.then(|| diff_text(&b.path, bytes, &new, false)),
-                                Some(Op::Write {
-                                    path: b.path.clone(),
-                                    content: new,
-                                    mode: mode & 0o7777,
-                                    // Someone else's file: keep its owner.
-                                    owner: facts.can_chown.then_some((*uid, *gid)),
-                                }),
-                            )
-                        }
-                    }
-                    other => bail!(refusal(&b.path, other, "a regular file")),
-                }
-            }
-            Action::Hook(h) => {
-                let changed_paths: Vec<&str> = out
-                    .iter()
-                    .filter(|p| p.status == StepStatus::Changed)
-                    .filter_map(|p| match &p.action {
-                        Action::File(f) => Some(f.path.as_str()),
-                        Action::Block(b) => Some(b.path.as_str()),
-                        Action::Dir(d) => Some(d.path.as_str()),
-                        _ => None,
-                    })
-                    .collect();
-                let due = h.after_change_of.is_empty()
-                    || h.after_change_of
-                        .iter()
-                        .any(|p| changed_paths.contains(&p.as_str()));
-                if due {
-                    (
-                        StepStatus::Changed,
-                        h.detail.clone(),
-                        None,
-                        Some(Op::Hook(h.clone())),
-                    )
-                } else {
-                    (
-                        StepStatus::Ok,
-                        "nothing it depends on changed".into(),
-                        None,
-                        None,
-                    )
-                }
-            }
+            Action::User => eval_user(facts),
+            Action::Dir(d) => eval_dir(d, facts)?,
+            Action::File(f) => eval_file(f, facts, with_diff)?,
+            Action::Block(b) => eval_block(b, facts, with_diff)?,
+            Action::Hook(h) => eval_hook(h, &out),
         };
         out.push(Planned {
-            id,
+            id: a.id(),
             status,
             detail,
             diff,
@@ -464,6 +291,194 @@ pub fn evaluate(actions: &[Action], facts: &Facts, with_diff: bool) -> Result<Ve
         });
     }
     Ok(out)
+}
+
+fn eval_user(facts: &Facts) -> Eval {
+    if facts.proxy_ids.is_some() {
+        (StepStatus::Ok, "exists".to_string(), None, None)
+    } else {
+        (
+            StepStatus::Changed,
+            "create system user and group (home /var/lib/istio, no login)".into(),
+            None,
+            Some(Op::CreateUser),
+        )
+    }
+}
+
+fn eval_dir(d: &DirAction, facts: &Facts) -> Result<Eval> {
+    let want = facts.ids(d.owner);
+    Ok(match facts.get(&d.path) {
+        Current::Absent => (
+            StepStatus::Changed,
+            format!("created, mode {:04o}", d.mode),
+            None,
+            Some(Op::Mkdir {
+                path: d.path.clone(),
+                mode: d.mode,
+                owner: want,
+            }),
+        ),
+        Current::Dir { mode, uid, gid } => {
+            let mut what = Vec::new();
+            if mode & 0o7777 != d.mode {
+                what.push(format!("mode {:04o} -> {:04o}", mode & 0o7777, d.mode));
+            }
+            if let Some(w) = want.filter(|w| *w != (*uid, *gid)) {
+                what.push(format!("owner {uid}:{gid} -> {}:{}", w.0, w.1));
+            }
+            if what.is_empty() {
+                (StepStatus::Ok, "as desired".into(), None, None)
+            } else {
+                (
+                    StepStatus::Changed,
+                    what.join(", "),
+                    None,
+                    Some(Op::SetMeta {
+                        path: d.path.clone(),
+                        mode: d.mode,
+                        owner: want,
+                    }),
+                )
+            }
+        }
+        other => bail!(refusal(&d.path, other, "a directory")),
+    })
+}
+
+fn eval_file(f: &FileAction, facts: &Facts, with_diff: bool) -> Result<Eval> {
+    let want = facts.ids(f.owner);
+    let write = Some(Op::Write {
+        path: f.path.clone(),
+        content: f.content.clone(),
+        mode: f.mode,
+        owner: want,
+    });
+    Ok(match facts.get(&f.path) {
+        Current::Absent => (
+            StepStatus::Changed,
+            format!("created, mode {:04o}", f.mode),
+            with_diff.then(|| diff_text(&f.path, b"", &f.content, f.secret)),
+            write,
+        ),
+        Current::File {
+            bytes,
+            mode,
+            uid,
+            gid,
+        } => {
+            let mut what = Vec::new();
+            if *bytes != f.content {
+                what.push("content".to_string());
+            }
+            if mode & 0o7777 != f.mode {
+                what.push(format!("mode {:04o} -> {:04o}", mode & 0o7777, f.mode));
+            }
+            if let Some(w) = want.filter(|w| *w != (*uid, *gid)) {
+                what.push(format!("owner {uid}:{gid} -> {}:{}", w.0, w.1));
+            }
+            if what.is_empty() {
+                (StepStatus::Ok, "as desired".into(), None, None)
+            } else {
+                let diff = (with_diff && *bytes != f.content)
+                    .then(|| diff_text(&f.path, bytes, &f.content, f.secret));
+                (
+                    StepStatus::Changed,
+                    format!("updated {}", what.join(", ")),
+                    diff,
+                    write,
+                )
+            }
+        }
+        other => bail!(refusal(&f.path, other, "a regular file")),
+    })
+}
+
+fn eval_block(b: &BlockAction, facts: &Facts, with_diff: bool) -> Result<Eval> {
+    let note = if b.note.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", b.note)
+    };
+    Ok(match facts.get(&b.path) {
+        Current::Absent => {
+            let new = set_block(b"", &b.lines)?;
+            (
+                StepStatus::Changed,
+                format!("created with the istio-vm block{note}"),
+                with_diff.then(|| diff_text(&b.path, b"", &new, false)),
+                Some(Op::Write {
+                    path: b.path.clone(),
+                    content: new,
+                    mode: 0o644,
+                    owner: facts.ids(Owner::Root),
+                }),
+            )
+        }
+        Current::File {
+            bytes,
+            mode,
+            uid,
+            gid,
+        } => {
+            let new = set_block(bytes, &b.lines).map_err(|e| anyhow::anyhow!("{}: {e}", b.path))?;
+            if new == *bytes {
+                (StepStatus::Ok, "block as desired".into(), None, None)
+            } else {
+                let verb = if find_block(bytes)?.is_some() {
+                    "replaced"
+                } else {
+                    "added"
+                };
+                (
+                    StepStatus::Changed,
+                    format!("{verb} the istio-vm block{note}"),
+                    with_diff.then(|| diff_text(&b.path, bytes, &new, false)),
+                    Some(Op::Write {
+                        path: b.path.clone(),
+                        content: new,
+                        mode: mode & 0o7777,
+                        // Someone else's file: keep its owner.
+                        owner: facts.can_chown.then_some((*uid, *gid)),
+                    }),
+                )
+            }
+        }
+        other => bail!(refusal(&b.path, other, "a regular file")),
+    })
+}
+
+/// A hook is due when a path it depends on changed earlier in this plan.
+fn eval_hook(h: &Hook, out: &[Planned]) -> Eval {
+    let changed_paths: Vec<&str> = out
+        .iter()
+        .filter(|p| p.status == StepStatus::Changed)
+        .filter_map(|p| match &p.action {
+            Action::File(f) => Some(f.path.as_str()),
+            Action::Block(b) => Some(b.path.as_str()),
+            Action::Dir(d) => Some(d.path.as_str()),
+            _ => None,
+        })
+        .collect();
+    let due = h.after_change_of.is_empty()
+        || h.after_change_of
+            .iter()
+            .any(|p| changed_paths.contains(&p.as_str()));
+    if due {
+        (
+            StepStatus::Changed,
+            h.detail.clone(),
+            None,
+            Some(Op::Hook(h.clone())),
+        )
+    } else {
+        (
+            StepStatus::Ok,
+            "nothing it depends on changed".into(),
+            None,
+            None,
+        )
+    }
 }
 
 fn refusal(path: &str, cur: &Current, want: &str) -> String {

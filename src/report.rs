@@ -122,6 +122,39 @@ pub struct Report {
     pub rules: Option<String>,
 }
 
+/// Every `http://`/`https://` URL in `text` that carries a credential-like
+/// part (userinfo, query, fragment), redacted with [`redact_url`]: the last
+/// guard before anything is printed, whatever error chain produced the text.
+pub fn redact_urls_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = ["https://", "http://"]
+        .iter()
+        .filter_map(|p| rest.find(p))
+        .min()
+    {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let end = tail
+            // A backslash ends the URL too: in JSON it starts an escape.
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>' | '\\'))
+            .unwrap_or(tail.len());
+        let token = &tail[..end];
+        let url = token.trim_end_matches(['.', ',', ':', ';', ')', ']', '}']);
+        let after_scheme = &url[url.find("://").map_or(0, |j| j + 3)..];
+        let authority = after_scheme.split('/').next().unwrap_or("");
+        if authority.contains('@') || url.contains(['?', '#']) {
+            out.push_str(&redact_url(url));
+            out.push_str(&token[url.len()..]);
+        } else {
+            out.push_str(token);
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 impl Report {
     pub fn new(command: &str) -> Self {
         Report {
@@ -217,5 +250,76 @@ impl Report {
         }
         out.push('\n');
         out
+    }
+}
+
+/// A URL fit to print: no user name or password, no query, no fragment
+/// (a signed URL's query and a URL's userinfo are credentials; a fragment
+/// may be one too). What was removed is shown as `…`.
+pub fn redact_url(url: &str) -> String {
+    if let Ok(mut u) = reqwest::Url::parse(url) {
+        let had_user = !u.username().is_empty() || u.password().is_some();
+        let had_query = u.query().is_some();
+        let had_fragment = u.fragment().is_some();
+        let _ = u.set_username("");
+        let _ = u.set_password(None);
+        u.set_query(None);
+        u.set_fragment(None);
+        let mut out = u.to_string();
+        if had_user && let Some(i) = out.find("://") {
+            out.insert_str(i + 3, "…@");
+        }
+        if had_query {
+            out.push_str("?…");
+        }
+        if had_fragment {
+            out.push_str("#…");
+        }
+        return out;
+    }
+    // Not a URL the parser takes: cut at the first `?` or `#`, drop userinfo.
+    let cut = url.find(['?', '#']).map_or(url, |i| &url[..i]);
+    let mut out = match cut.split_once("://") {
+        Some((scheme, rest)) => {
+            let host_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..host_end].rfind('@') {
+                Some(at) => format!("{scheme}://…@{}", &rest[at + 1..]),
+                None => cut.to_string(),
+            }
+        }
+        None => cut.to_string(),
+    };
+    if cut.len() < url.len() {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::*;
+
+    #[test]
+    fn urls_in_text() {
+        let t = "cannot fetch https://u:pw@h/b.tgz?X-Amz-Signature=s3cr3t: error sending \
+                 request for url (https://u:pw@h/b.tgz?X-Amz-Signature=s3cr3t#frag)";
+        let r = redact_urls_in(t);
+        assert!(
+            !r.contains("pw") && !r.contains("s3cr3t") && !r.contains("frag"),
+            "{r}"
+        );
+        assert!(
+            r.starts_with("cannot fetch https://…@h/b.tgz?…: error"),
+            "{r}"
+        );
+        // JSON escapes after a URL survive: the document stays valid.
+        let j = serde_json::json!({"e": "fetch \"https://u:pw@h/x?s=1\"\nnext"}).to_string();
+        let r = redact_urls_in(&j);
+        let back: serde_json::Value = serde_json::from_str(&r).unwrap();
+        assert_eq!(back["e"], "fetch \"https://…@h/x?…\"\nnext");
+        // Already redacted and plain URLs stay as they are.
+        for t in ["see https://…@h/b.tgz?…#… now", "https://h/x, then", "none"] {
+            assert_eq!(redact_urls_in(t), t);
+        }
     }
 }

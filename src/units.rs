@@ -80,6 +80,22 @@ pub const ISTIO_UNIT_NAME: &str = "istio.service";
 pub const CAPTURE_UNIT_NAME: &str = "istio-vm-capture.service";
 /// Makes the boot target want the sidecar (see "Starting at boot").
 pub const BOOT_DROPIN: &str = "/etc/systemd/system/multi-user.target.d/istio-vm.conf";
+/// Periodic verify (package content, `packaging/systemd/`); placed by
+/// install as well, so that a copied binary brings them.
+pub const VERIFY_SERVICE_NAME: &str = "istio-vm-verify.service";
+pub const VERIFY_TIMER_NAME: &str = "istio-vm-verify.timer";
+pub const VERIFY_SERVICE: &str = "/etc/systemd/system/istio-vm-verify.service";
+pub const VERIFY_TIMER: &str = "/etc/systemd/system/istio-vm-verify.timer";
+/// This VM's textfile path and interval (config `textfile`,
+/// `verify_interval`).
+pub const VERIFY_SERVICE_DROPIN: &str =
+    "/etc/systemd/system/istio-vm-verify.service.d/istio-vm.conf";
+pub const VERIFY_TIMER_DROPIN: &str = "/etc/systemd/system/istio-vm-verify.timer.d/istio-vm.conf";
+/// Enables the timer as a plain file, like [`BOOT_DROPIN`] (works under
+/// `--root`; uninstall removes exactly it).
+pub const TIMERS_DROPIN: &str = "/etc/systemd/system/timers.target.d/istio-vm.conf";
+const VERIFY_SERVICE_UNIT: &str = include_str!("../packaging/systemd/istio-vm-verify.service");
+const VERIFY_TIMER_UNIT: &str = include_str!("../packaging/systemd/istio-vm-verify.timer");
 /// The agent's directories below /run (in [`layout::PROXY_DIRS`]).
 const SECRETS_DIR: &str = "/var/run/secrets";
 const TOKENS_DIR: &str = "/var/run/secrets/tokens";
@@ -90,11 +106,38 @@ pub struct Options {
     /// `false` for `install --no-capture`: no capture unit, and the drop-in
     /// still keeps `istio-start.sh` from installing rules of its own.
     pub capture: bool,
+    pub verify: VerifySchedule,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { capture: true }
+        Self {
+            capture: true,
+            verify: VerifySchedule::default(),
+        }
+    }
+}
+
+/// istio-vm-verify.timer's settings for this VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifySchedule {
+    pub interval: std::time::Duration,
+    /// `verify --textfile` path (config `textfile`, checked there).
+    pub textfile: String,
+}
+
+impl Default for VerifySchedule {
+    fn default() -> Self {
+        Self::from(&crate::config::Config::default())
+    }
+}
+
+impl From<&crate::config::Config> for VerifySchedule {
+    fn from(c: &crate::config::Config) -> Self {
+        Self {
+            interval: c.verify_interval,
+            textfile: c.textfile.clone(),
+        }
     }
 }
 
@@ -121,6 +164,14 @@ pub fn render(opts: &Options) -> Vec<GeneratedFile> {
     }
     out.push(file(layout::ISTIO_DROPIN, istio_dropin(opts)));
     out.push(file(BOOT_DROPIN, boot_dropin()));
+    out.push(file(VERIFY_SERVICE, VERIFY_SERVICE_UNIT.to_string()));
+    out.push(file(VERIFY_TIMER, VERIFY_TIMER_UNIT.to_string()));
+    out.push(file(
+        VERIFY_SERVICE_DROPIN,
+        verify_service_dropin(&opts.verify),
+    ));
+    out.push(file(VERIFY_TIMER_DROPIN, verify_timer_dropin(&opts.verify)));
+    out.push(file(TIMERS_DROPIN, timers_dropin()));
     out.push(file(layout::TMPFILES, tmpfiles()));
     out.push(file(layout::SYSUSERS, sysusers()));
     out
@@ -214,6 +265,56 @@ Wants={istio}
 ",
         cap = CAPTURE_UNIT_NAME,
         istio = ISTIO_UNIT_NAME
+    )
+}
+
+/// `istio-vm-verify.service.d/istio-vm.conf`: this VM's textfile.
+pub fn verify_service_dropin(v: &VerifySchedule) -> String {
+    let dir = std::path::Path::new(&v.textfile)
+        .parent()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| "/".into());
+    format!(
+        "{HEADER}\
+# From `textfile` in /etc/istio-vm/config.toml.
+[Service]
+ExecStart=
+ExecStart={bin} verify --textfile {path} --output json
+ReadWritePaths=-{dir}
+",
+        bin = ISTIO_VM_BIN,
+        path = v.textfile,
+    )
+}
+
+/// `istio-vm-verify.timer.d/istio-vm.conf`: this VM's interval, and a
+/// random delay of a fifth of it (at most the unit's 30 s) so that a short
+/// interval stays one.
+pub fn verify_timer_dropin(v: &VerifySchedule) -> String {
+    let secs = v.interval.as_secs().max(1);
+    format!(
+        "{HEADER}\
+# From `verify_interval` in /etc/istio-vm/config.toml. The empty assignment
+# resets every monotonic trigger of the unit (OnBootSec= too), so both follow.
+[Timer]
+OnUnitActiveSec=
+OnBootSec=1min
+OnUnitActiveSec={secs}s
+RandomizedDelaySec={delay}s
+",
+        delay = (secs / 5).min(30),
+    )
+}
+
+/// `timers.target.d/istio-vm.conf`: start the verify timer at boot.
+pub fn timers_dropin() -> String {
+    format!(
+        "{HEADER}\
+# Starts the periodic verify at boot. Not `systemctl enable`, so that an
+# image baked with --root comes up the same.
+[Unit]
+Wants={VERIFY_TIMER_NAME}
+"
     )
 }
 
@@ -383,7 +484,10 @@ mod tests {
 
     #[test]
     fn no_capture_keeps_istio_away_from_iptables_without_a_capture_unit() {
-        let opts = Options { capture: false };
+        let opts = Options {
+            capture: false,
+            ..Options::default()
+        };
         let out = render(&opts);
         assert!(out.iter().all(|g| g.path != layout::CAPTURE_UNIT));
         let d = file(&out, layout::ISTIO_DROPIN);
@@ -404,6 +508,11 @@ mod tests {
                 layout::CAPTURE_UNIT,
                 layout::ISTIO_DROPIN,
                 BOOT_DROPIN,
+                VERIFY_SERVICE,
+                VERIFY_TIMER,
+                VERIFY_SERVICE_DROPIN,
+                VERIFY_TIMER_DROPIN,
+                TIMERS_DROPIN,
                 layout::TMPFILES,
                 layout::SYSUSERS
             ]
@@ -413,6 +522,63 @@ mod tests {
         assert_eq!(values(boot, "Unit", "Wants"), [ISTIO_UNIT_NAME]);
         // The capture unit is never wanted by a target of its own.
         assert!(section(file(&out, layout::CAPTURE_UNIT), "Install").is_empty());
+    }
+
+    #[test]
+    fn verify_timer_runs_the_textfile_verify_at_the_configured_interval() {
+        let svc = VERIFY_SERVICE_UNIT;
+        assert_eq!(values(svc, "Service", "Type"), ["oneshot"]);
+        assert_eq!(
+            values(svc, "Service", "ExecStart"),
+            [
+                "/usr/bin/istio-vm verify --textfile /var/lib/prometheus/node-exporter/istio_vm.prom --output json"
+            ]
+        );
+        assert_eq!(values(svc, "Service", "ProtectSystem"), ["strict"]);
+        assert_eq!(values(svc, "Service", "NoNewPrivileges"), ["yes"]);
+        let timer = VERIFY_TIMER_UNIT;
+        assert_eq!(values(timer, "Timer", "OnBootSec"), ["1min"]);
+        assert_eq!(values(timer, "Timer", "OnUnitActiveSec"), ["5min"]);
+        assert!(!values(timer, "Timer", "RandomizedDelaySec").is_empty());
+        assert_eq!(values(timer, "Install", "WantedBy"), ["timers.target"]);
+
+        let v = VerifySchedule {
+            interval: std::time::Duration::from_secs(20),
+            textfile: "/var/lib/node_exporter/textfile/istio_vm.prom".into(),
+        };
+        let d = verify_timer_dropin(&v);
+        // The empty assignment resets the unit's list of triggers (all of
+        // them), so the boot trigger is stated again.
+        assert_eq!(values(&d, "Timer", "OnUnitActiveSec"), ["", "20s"]);
+        assert_eq!(
+            values(&d, "Timer", "OnBootSec"),
+            values(timer, "Timer", "OnBootSec")
+        );
+        assert_eq!(values(&d, "Timer", "RandomizedDelaySec"), ["4s"]);
+        assert_eq!(
+            values(
+                &verify_timer_dropin(&VerifySchedule::default()),
+                "Timer",
+                "RandomizedDelaySec"
+            ),
+            ["30s"]
+        );
+        let d = verify_service_dropin(&v);
+        assert_eq!(
+            values(&d, "Service", "ExecStart"),
+            [
+                "",
+                "/usr/bin/istio-vm verify --textfile /var/lib/node_exporter/textfile/istio_vm.prom --output json"
+            ]
+        );
+        assert_eq!(
+            values(&d, "Service", "ReadWritePaths"),
+            ["-/var/lib/node_exporter/textfile"]
+        );
+        assert_eq!(
+            values(&timers_dropin(), "Unit", "Wants"),
+            [VERIFY_TIMER_NAME]
+        );
     }
 
     #[test]
@@ -505,7 +671,10 @@ mod tests {
         }
         insta::assert_snapshot!(
             "istio_dropin_no_capture",
-            istio_dropin(&Options { capture: false })
+            istio_dropin(&Options {
+                capture: false,
+                ..Options::default()
+            })
         );
     }
 }

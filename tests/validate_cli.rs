@@ -377,3 +377,46 @@ fn snapshot_text_and_json() {
     insta::assert_snapshot!("validate_text", run("text"));
     insta::assert_snapshot!("validate_json", run("json"));
 }
+
+#[test]
+fn validate_and_install_agree_on_ssh_capture() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = BundleSpec::valid()
+        .env("ISTIO_INBOUND_PORTS", "22,9080")
+        .write(&tmp.path().join("b"));
+    let error_finding = |v: &serde_json::Value| {
+        v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["code"] == "env.ssh_captured" && f["severity"] == "error")
+    };
+    let (code, v, _) = validate_json(&dir, &[]);
+    assert_eq!(code, 1, "{v:#}");
+    assert!(error_finding(&v), "{v:#}");
+    let root = tempfile::tempdir().unwrap();
+    let out = istio_vm()
+        .args(["--output", "json", "--root"])
+        .arg(root.path())
+        .args(["install", "--no-start", "--bundle"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(error_finding(&v), "install: {v:#}");
+    assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+    // Allowed by the config: a warning for both.
+    let cfg = tmp.path().join("config.toml");
+    std::fs::write(&cfg, "allow_ssh_capture = true\n").unwrap();
+    let out = istio_vm()
+        .args(["--output", "json", "--config"])
+        .arg(&cfg)
+        .args(["validate", "--bundle"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["findings"][0]["severity"], "warning", "{v:#}");
+}

@@ -39,6 +39,14 @@ const ALL_CODES: &[(&str, Severity)] = &[
     ("env.unknown_key", Severity::Warning),
     ("env.invalid_value", Severity::Error),
     ("env.ssh_captured", Severity::Warning),
+    // ISTIO_INBOUND_PORTS listing 22: install's capture refuses it too.
+    ("env.ssh_captured", Severity::Error),
+    ("env.shell_unsafe", Severity::Error),
+    ("env.unsafe_key", Severity::Error),
+    ("env.exec_user", Severity::Error),
+    ("token.unsigned", Severity::Error),
+    ("cert.no_cert_sign", Severity::Error),
+    ("hosts.marker", Severity::Error),
     ("env.agent_port_captured", Severity::Warning),
     ("env.legacy_label", Severity::Warning),
     ("mesh.parse", Severity::Error),
@@ -49,6 +57,33 @@ const ALL_CODES: &[(&str, Severity)] = &[
     ("hosts.discovery_unresolved", Severity::Warning),
     // bundle.fetch (a URL that cannot be fetched) is produced in bundle_source.rs.
 ];
+
+/// The valid bundle's claims under an `alg: none` header (with a filler
+/// signature, so that only the algorithm is wrong).
+fn alg_none_token(spec: &BundleSpec) -> String {
+    use base64::Engine;
+    let e = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    format!(
+        "{}.{}.{}",
+        e(br#"{"alg":"none"}"#),
+        e(spec.claims.to_string().as_bytes()),
+        e(b"filler")
+    )
+}
+
+/// A CA certificate whose keyUsage allows only digital signatures.
+fn ca_without_cert_sign() -> String {
+    use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair};
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "cluster.local");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    p.not_before = OffsetDateTime::now_utc() - time::Duration::days(1);
+    p.not_after = OffsetDateTime::now_utc() + time::Duration::days(365);
+    p.self_signed(&KeyPair::generate().unwrap()).unwrap().pem()
+}
 
 enum Src {
     Spec(BundleSpec),
@@ -222,6 +257,59 @@ fn cases() -> Vec<(&'static str, Src, Vec<&'static str>)> {
             vec!["env.ssh_captured"],
         ),
         (
+            "POD_NAME runs a command",
+            Src::Spec(v().env("POD_NAME", "vm1;touch /tmp/x;")),
+            vec!["env.shell_unsafe"],
+        ),
+        (
+            "ISTIO_AGENT_FLAGS substitutes a command",
+            Src::Spec(v().env("ISTIO_AGENT_FLAGS", "--x=$(id)")),
+            vec!["env.shell_unsafe"],
+        ),
+        (
+            "ISTIO_SERVICE adds a proxy config key",
+            Src::Spec(v().env("ISTIO_SERVICE", "ratings\ndiscoveryAddress: evil:15012")),
+            vec!["env.invalid_value"],
+        ),
+        (
+            "LD_PRELOAD",
+            Src::Spec(v().env("LD_PRELOAD", "/tmp/evil.so")),
+            vec!["env.unsafe_key"],
+        ),
+        (
+            "EXEC_USER root",
+            Src::Spec(v().env("EXEC_USER", "root")),
+            vec!["env.exec_user"],
+        ),
+        (
+            "token alg none",
+            Src::Spec(v().file(TOKEN, alg_none_token(&v()))),
+            vec!["token.unsigned"],
+        ),
+        (
+            "CA without keyCertSign",
+            Src::Spec(v().file(ROOT_CERT, ca_without_cert_sign())),
+            vec!["cert.no_cert_sign"],
+        ),
+        (
+            "hosts with our END marker",
+            Src::Spec(v().hosts(
+                "203.0.113.10 istiod.istio-system.svc
+# END istio-vm
+",
+            )),
+            vec!["hosts.marker"],
+        ),
+        (
+            "hosts with a BEGIN marker in another case",
+            Src::Spec(v().hosts(
+                "#  begin  ISTIO-VM
+203.0.113.10 istiod.istio-system.svc
+",
+            )),
+            vec!["hosts.marker"],
+        ),
+        (
             "inbound * without 15020 (1.10)",
             Src::Spec(
                 v().env("ISTIO_INBOUND_PORTS", "*")
@@ -298,17 +386,28 @@ fn each_case_gives_exactly_its_findings() {
         uniq.dedup();
         assert_eq!(uniq, want, "{name}: {got:#?}");
         for f in &got {
-            let (_, sev) = ALL_CODES
-                .iter()
-                .find(|(c, _)| *c == f.code)
-                .unwrap_or_else(|| panic!("{name}: undocumented code {}", f.code));
-            assert_eq!(f.severity, *sev, "{name}: severity of {}", f.code);
+            assert!(
+                ALL_CODES.iter().any(|(c, _)| *c == f.code),
+                "{name}: undocumented code {}",
+                f.code
+            );
+            assert!(
+                ALL_CODES
+                    .iter()
+                    .any(|(c, sev)| *c == f.code && *sev == f.severity),
+                "{name}: severity {:?} of {}",
+                f.severity,
+                f.code
+            );
             assert!(!f.hint.is_empty() && !f.message.is_empty(), "{name}: {f:?}");
-            produced.insert(f.code.clone());
+            produced.insert((f.code.clone(), f.severity));
         }
     }
-    for (code, _) in ALL_CODES {
-        assert!(produced.contains(*code), "no test produces {code}");
+    for (code, sev) in ALL_CODES {
+        assert!(
+            produced.contains(&(code.to_string(), *sev)),
+            "no test produces {code} as {sev:?}"
+        );
     }
 }
 

@@ -170,7 +170,10 @@ fn agent_log(path: &Option<PathBuf>, line: &str) {
 /// `rel` under `root`, symlinks resolved as in a chroot (a Debian tree's
 /// `var/run -> /run` must mean `ROOT/run`, not the host's /run).
 fn under_root(root: &Path, rel: &str) -> PathBuf {
-    istio_vm::verify::inputs::resolve(root, &format!("/{rel}")).unwrap_or_else(|_| root.join(rel))
+    istio_vm::sysroot::Sysroot::new(root)
+        .and_then(|r| r.resolve(&format!("/{rel}")))
+        .map(|r| r.host)
+        .unwrap_or_else(|_| root.join(rel))
 }
 
 /// `addr name...` lines; `#` comments. Later lines add addresses.

@@ -213,7 +213,7 @@ _istio__vm() {
             return 0
             ;;
         istio__subcmd__vm__subcmd__install)
-            opts="-v -h --bundle --sha256 --check --diff --no-capture --no-start --root --config --output --verbose --help"
+            opts="-v -h --bundle --sha256 --allow-env --check --diff --no-capture --no-start --root --config --output --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -224,6 +224,10 @@ _istio__vm() {
                     return 0
                     ;;
                 --sha256)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --allow-env)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -273,7 +277,7 @@ _istio__vm() {
             return 0
             ;;
         istio__subcmd__vm__subcmd__validate)
-            opts="-v -h --bundle --sha256 --strict --root --config --output --verbose --help"
+            opts="-v -h --bundle --sha256 --allow-env --strict --root --config --output --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -284,6 +288,10 @@ _istio__vm() {
                     return 0
                     ;;
                 --sha256)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --allow-env)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -307,7 +315,7 @@ _istio__vm() {
             return 0
             ;;
         istio__subcmd__vm__subcmd__verify)
-            opts="-v -h --wait --timeout --skip-agent --probe --root --config --output --verbose --help"
+            opts="-v -h --wait --timeout --skip-agent --probe --textfile --root --config --output --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -322,6 +330,10 @@ _istio__vm() {
                     return 0
                     ;;
                 --probe)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --textfile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -39,6 +39,7 @@ complete -c istio-vm -n "__fish_istio_vm_needs_command" -f -a "capture" -d 'Traf
 complete -c istio-vm -n "__fish_istio_vm_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand validate" -l bundle -d 'Bundle: a directory, a .tar.gz of one, or an https:// URL' -r
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand validate" -l sha256 -d 'Expected SHA-256 of the archive (.tar.gz, URL) or the bundle digest (directory); required for a URL' -r
+complete -c istio-vm -n "__fish_istio_vm_using_subcommand validate" -l allow-env -d 'Accept this dangerous cluster.env variable (a loader or shell variable such as LD_LIBRARY_PATH, or EXEC_USER other than istio-proxy); repeatable. Shell syntax in a value is never accepted' -r
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand validate" -l root -d 'Prefix every path read or written; under a root other than / nothing live (services, netfilter, users) is changed' -r -F
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand validate" -l config -d 'Configuration file [default: /etc/istio-vm/config.toml]' -r -F
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand validate" -l output -d 'Output format [default: text]' -r -f -a "text\t''
@@ -48,6 +49,7 @@ complete -c istio-vm -n "__fish_istio_vm_using_subcommand validate" -s v -l verb
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand validate" -s h -l help -d 'Print help'
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand install" -l bundle -d 'Bundle: a directory, a .tar.gz of one, or an https:// URL' -r
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand install" -l sha256 -d 'Expected SHA-256 of the archive (.tar.gz, URL) or the bundle digest (directory); required for a URL' -r
+complete -c istio-vm -n "__fish_istio_vm_using_subcommand install" -l allow-env -d 'Accept this dangerous cluster.env variable (a loader or shell variable such as LD_LIBRARY_PATH, or EXEC_USER other than istio-proxy); repeatable. Shell syntax in a value is never accepted' -r
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand install" -l root -d 'Prefix every path read or written; under a root other than / nothing live (services, netfilter, users) is changed' -r -F
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand install" -l config -d 'Configuration file [default: /etc/istio-vm/config.toml]' -r -F
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand install" -l output -d 'Output format [default: text]' -r -f -a "text\t''
@@ -67,6 +69,7 @@ complete -c istio-vm -n "__fish_istio_vm_using_subcommand uninstall" -s h -l hel
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand verify" -l wait -d 'Repeat until every check passes or this much time has passed' -r
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand verify" -l timeout -d 'Bound on each network step [default: 3s]' -r
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand verify" -l probe -d 'Also fetch URL from this VM and check it went through the sidecar' -r
+complete -c istio-vm -n "__fish_istio_vm_using_subcommand verify" -l textfile -d 'Also write the results as Prometheus metrics to FILE, for node_exporter\'s textfile collector (replaced atomically, mode 0644)' -r -F
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand verify" -l root -d 'Prefix every path read or written; under a root other than / nothing live (services, netfilter, users) is changed' -r -F
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand verify" -l config -d 'Configuration file [default: /etc/istio-vm/config.toml]' -r -F
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand verify" -l output -d 'Output format [default: text]' -r -f -a "text\t''

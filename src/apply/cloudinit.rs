@@ -2,9 +2,9 @@
 //! `manage_etc_hosts` is on; then our block must also be in the template or
 //! it is gone after a reboot (cloudinit/config/cc_update_etc_hosts.py).
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
-use super::root::Root;
+use super::Root;
 
 /// Is `manage_etc_hosts` on after reading the documents in order (cloud.cfg,
 /// then cloud.cfg.d/*.cfg sorted; later wins)? `true` and `template` render
@@ -29,27 +29,21 @@ pub fn manage_etc_hosts<'a>(docs: impl IntoIterator<Item = &'a str>) -> bool {
 /// cloud-init hosts templates under the root that need our block (absolute
 /// VM paths), empty unless cloud-init manages /etc/hosts.
 pub fn hosts_templates(root: &Root) -> Result<Vec<String>> {
+    // Bounded reads through the root: a FIFO or a link out of the tree at
+    // cloud.cfg is an error, not a hang or the host's file.
     let read = |p: &str| -> Result<Option<String>> {
-        let r = root.resolve(p)?;
-        match std::fs::read(&r.host) {
-            Ok(b) => Ok(Some(String::from_utf8_lossy(&b).into_owned())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {p}")),
+        match root.stat(p)? {
+            Some(s) if s.kind == crate::sysroot::Kind::Dir => Ok(None),
+            _ => root.read_string(p),
         }
     };
     let list = |dir: &str, prefix: &str, suffix: &str| -> Result<Vec<String>> {
-        let r = root.resolve(dir)?;
-        let mut names: Vec<String> = match std::fs::read_dir(&r.host) {
-            Ok(rd) => rd
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(prefix) && n.ends_with(suffix))
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        names.sort();
-        Ok(names.into_iter().map(|n| format!("{dir}/{n}")).collect())
+        Ok(root
+            .list_dir(dir)?
+            .into_iter()
+            .filter(|n| n.starts_with(prefix) && n.ends_with(suffix))
+            .map(|n| format!("{dir}/{n}"))
+            .collect())
     };
     let mut docs = Vec::new();
     docs.extend(read("/etc/cloud/cloud.cfg")?);

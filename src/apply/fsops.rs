@@ -49,9 +49,23 @@ pub fn read_current(host: &Path) -> Result<Current> {
             if !m.is_file() {
                 bail!("{} changed while being read; run again", host.display());
             }
+            // Bounded like every read of the root (a target or its backup
+            // is a small text file; a huge one is refused, not slurped).
+            let cap = crate::sysroot::READ_CAP;
+            if m.len() > cap {
+                bail!(
+                    "{} is larger than {cap} bytes: not a file istio-vm places; move it away",
+                    host.display()
+                );
+            }
             let mut bytes = Vec::with_capacity(m.len() as usize);
-            f.read_to_end(&mut bytes)
+            (&mut f)
+                .take(cap + 1)
+                .read_to_end(&mut bytes)
                 .with_context(|| format!("cannot read {}", host.display()))?;
+            if bytes.len() as u64 > cap {
+                bail!("{} grew while being read; run again", host.display());
+            }
             Current::File {
                 bytes,
                 mode: m.mode() & 0o7777,

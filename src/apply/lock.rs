@@ -3,59 +3,200 @@
 //! first run's result and has nothing left to do.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nix::fcntl::{Flock, FlockArg, OFlag};
 
-use super::root::Root;
+use super::Root;
 use crate::layout;
 
 pub struct Lock {
-    _flock: Flock<File>,
+    _flock: Option<Flock<File>>,
+    /// Under `--root`, the lock file (and the directories made for it) go
+    /// when the run ends: an image must not carry them, and uninstall must
+    /// leave the tree as it was.
+    cleanup: Option<Cleanup>,
+}
+
+struct Cleanup {
+    file: PathBuf,
+    /// Directories this run created for the lock, deepest first.
+    dirs: Vec<PathBuf>,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        // Still holding the lock: a waiter that opened the old file sees
+        // it unlinked after it gets the lock, and retries (see `take`).
+        if let Some(c) = self.cleanup.take() {
+            let _ = std::fs::remove_file(&c.file);
+            for d in &c.dirs {
+                if std::fs::remove_dir(d).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// A read-only tree cannot change under us, and nothing can be created
+/// there: no lock is needed (a run that has to change something fails at
+/// its first write, with the path named).
+fn read_only(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(nix::libc::EROFS)
 }
 
 /// Take the lock, creating the lock file (and `/run/lock`) if needed.
 pub fn acquire(root: &Root, timeout: Duration) -> Result<Lock> {
-    let r = root.resolve(layout::LOCK_FILE)?;
-    if let Some(parent) = r.host.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating lock directory {}", parent.display()))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let r = root.resolve(layout::LOCK_FILE)?;
+        let mut dirs = Vec::new();
+        if let Some(parent) = r.host.parent() {
+            let mut p = Some(parent);
+            while let Some(d) = p {
+                if d.exists() || d == root.dir() {
+                    break;
+                }
+                dirs.push(d.to_path_buf());
+                p = d.parent();
+            }
+            match std::fs::create_dir_all(parent) {
+                Ok(()) => {}
+                Err(e) if read_only(&e) => return Ok(unlocked()),
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("creating lock directory {}", parent.display()));
+                }
+            }
+        }
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+            .open(&r.host)
+        {
+            Ok(f) => f,
+            Err(e) if read_only(&e) => match open_read_only(&r.host)? {
+                // flock works on a read-only descriptor: a writable mount
+                // of the same tree elsewhere is still excluded.
+                Some(f) => {
+                    return take(
+                        f,
+                        FlockArg::LockSharedNonblock,
+                        (deadline, timeout),
+                        &r,
+                        None,
+                    );
+                }
+                None => return Ok(unlocked()),
+            },
+            // Removed by the run that held it, between our mkdir and open.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(e).with_context(|| format!("opening lock file {}", r.host.display()));
+            }
+        };
+        let cleanup = (!root.is_live()).then(|| Cleanup {
+            file: r.host.clone(),
+            dirs,
+        });
+        match take(
+            file,
+            FlockArg::LockExclusiveNonblock,
+            (deadline, timeout),
+            &r,
+            cleanup,
+        ) {
+            Err(e) if e.is::<Stale>() => continue,
+            other => return other,
+        }
     }
-    let file = OpenOptions::new()
+}
+
+fn unlocked() -> Lock {
+    Lock {
+        _flock: None,
+        cleanup: None,
+    }
+}
+
+fn open_read_only(host: &Path) -> Result<Option<File>> {
+    match OpenOptions::new()
         .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
         .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
-        .open(&r.host)
-        .with_context(|| format!("opening lock file {}", r.host.display()))?;
-    take(file, FlockArg::LockExclusiveNonblock, timeout, &r.real)
+        .open(host)
+    {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("opening lock file {}", host.display())),
+    }
 }
 
 /// A shared lock for `--check`, only if the lock file already exists (a
 /// check run never creates anything).
 pub fn acquire_shared(root: &Root, timeout: Duration) -> Result<Option<Lock>> {
-    let r = root.resolve(layout::LOCK_FILE)?;
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
-        .open(&r.host)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("opening lock file {}", r.real)),
-    };
-    take(file, FlockArg::LockSharedNonblock, timeout, &r.real).map(Some)
-}
-
-fn take(mut file: File, arg: FlockArg, timeout: Duration, shown: &str) -> Result<Lock> {
     let deadline = Instant::now() + timeout;
     loop {
+        let r = root.resolve(layout::LOCK_FILE)?;
+        let Some(file) = open_read_only(&r.host)? else {
+            return Ok(None);
+        };
+        match take(
+            file,
+            FlockArg::LockSharedNonblock,
+            (deadline, timeout),
+            &r,
+            None,
+        ) {
+            Err(e) if e.is::<Stale>() => continue,
+            other => return other.map(Some),
+        }
+    }
+}
+
+/// The lock was taken on a file another run has removed meanwhile.
+#[derive(Debug)]
+struct Stale;
+
+impl std::fmt::Display for Stale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the lock file was replaced")
+    }
+}
+
+impl std::error::Error for Stale {}
+
+fn take(
+    mut file: File,
+    arg: FlockArg,
+    (deadline, timeout): (Instant, Duration),
+    r: &crate::sysroot::Resolved,
+    cleanup: Option<Cleanup>,
+) -> Result<Lock> {
+    let shown = &r.real;
+    loop {
         match Flock::lock(file, arg) {
-            Ok(f) => return Ok(Lock { _flock: f }),
+            Ok(f) => {
+                // The holder before us may have removed the file (under
+                // --root it does): a lock on an unlinked file excludes no
+                // one who opens the path afresh.
+                let held = f.metadata()?;
+                match std::fs::symlink_metadata(&r.host) {
+                    Ok(m) if (m.dev(), m.ino()) == (held.dev(), held.ino()) => {}
+                    _ => return Err(Stale.into()),
+                }
+                return Ok(Lock {
+                    _flock: Some(f),
+                    cleanup,
+                });
+            }
             Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
                 if Instant::now() >= deadline {
                     bail!(

@@ -23,11 +23,11 @@ use crate::plan::{Current, HookEnv, Op};
 pub mod cloudinit;
 pub mod fsops;
 pub mod lock;
-pub mod root;
 pub mod systemd;
 pub mod user;
 
-pub use root::{Resolved, Root};
+/// The writer works on the one view of the VM's filesystem.
+pub use crate::sysroot::{Resolved, Sysroot as Root};
 
 pub use crate::layout::JOURNAL;
 
@@ -113,8 +113,43 @@ pub struct Done {
     pub detail: String,
 }
 
-fn backup_real(txid: &str) -> String {
-    format!("{}/{txid}", layout::BACKUP_DIR)
+/// Our bookkeeping paths as resolved inside the root. A tree's `/var/lib`
+/// may be a link (`ROOT/var/lib -> /data/varlib`): it is followed inside the
+/// root as a chroot would, like every other parent, so the journal, state
+/// and backups live where the VM will see them and the writer (which never
+/// follows a link) is handed paths without one.
+#[derive(Debug, Clone)]
+pub struct Books {
+    pub journal: String,
+    pub state: String,
+    pub backup_dir: String,
+}
+
+impl Books {
+    pub fn of(root: &Root) -> Result<Books> {
+        Ok(Books {
+            journal: root.resolve(JOURNAL)?.real,
+            state: root.resolve(layout::STATE_FILE)?.real,
+            backup_dir: root.resolve(layout::BACKUP_DIR)?.real,
+        })
+    }
+
+    /// The backup directory of one transaction.
+    pub fn tx_dir(&self, txid: &str) -> String {
+        format!("{}/{txid}", self.backup_dir)
+    }
+
+    /// A backup file (`<txid>/<n>`, as a `Prior::File` names it).
+    pub fn backup(&self, name: &str) -> String {
+        format!("{}/{name}", self.backup_dir)
+    }
+
+    /// Journal, state or backups: not part of what is installed.
+    pub fn is_transient(&self, real: &str) -> bool {
+        real == self.journal
+            || real == self.state
+            || real.starts_with(&format!("{}/", self.backup_dir))
+    }
 }
 
 fn new_txid() -> String {
@@ -265,10 +300,11 @@ impl<'a> Tx<'a> {
     /// Record every path the ops touch, write the backups and the journal.
     /// Nothing has been changed before this returns.
     pub fn begin(&mut self, ops: &[(String, Op)], extra: &[String]) -> Result<()> {
-        let bdir = backup_real(&self.txid);
+        let books = Books::of(self.root)?;
+        let bdir = books.tx_dir(&self.txid);
         // Our bookkeeping directories come first, so they are undone last.
         self.record_with_parents(&bdir, "dir", true)?;
-        self.record(JOURNAL, "file", true)?;
+        self.record(&books.journal, "file", true)?;
         for (_, op) in ops {
             if let Some((path, kind)) = Self::op_path(op) {
                 let r = self.root.resolve(path)?;
@@ -291,7 +327,7 @@ impl<'a> Tx<'a> {
             .collect();
         self.started = true;
         for e in chain {
-            let mode = if e.path.starts_with(layout::BACKUP_DIR) {
+            let mode = if e.path.starts_with(&books.backup_dir) {
                 0o700
             } else {
                 0o755
@@ -303,7 +339,7 @@ impl<'a> Tx<'a> {
         let meta: Vec<Entry> = self.entries.iter().filter(|e| e.meta).cloned().collect();
         self.write_journal(&meta, "prepare")?;
         for (name, bytes) in std::mem::take(&mut self.pending) {
-            let host = self.root.host(&format!("{}/{name}", layout::BACKUP_DIR));
+            let host = self.root.host(&books.backup(&name));
             fsops::write_atomic(&host, &bytes, 0o600, owner, "backup", &fsops::Syncer::now())
                 .context("backing up before the change")?;
         }
@@ -322,7 +358,7 @@ impl<'a> Tx<'a> {
         let bytes = serde_json::to_vec_pretty(&j)?;
         let owner = self.can_chown.then_some((0, 0));
         fsops::write_atomic(
-            &self.root.host(JOURNAL),
+            &self.root.resolve(JOURNAL)?.host,
             &bytes,
             0o600,
             owner,
@@ -394,8 +430,8 @@ impl<'a> Tx<'a> {
     /// Commit: the journal goes, and backups no longer referenced by
     /// `keep` (the new state) are deleted.
     pub fn commit(self, keep: Option<&State>) -> Result<()> {
-        fsops::remove_file(&self.root.host(JOURNAL), &fsops::Syncer::now())?;
-        prune_backups(self.root, keep)
+        fsops::remove_file(&self.root.resolve(JOURNAL)?.host, &fsops::Syncer::now())?;
+        prune_backups(self.root, keep).map(|_| ())
     }
 
     /// Undo everything recorded, newest first.
@@ -418,8 +454,43 @@ impl<'a> Tx<'a> {
     }
 }
 
-/// Delete backup directories no state entry refers to.
-fn prune_backups(root: &Root, keep: Option<&State>) -> Result<()> {
+/// The cleanup after a commit, redone by every run that changes something
+/// (after `recover`, under the lock): it is idempotent, so a run killed
+/// anywhere in it (or before it) is finished by the next one.
+///
+/// - Backups no state entry refers to are deleted: those of a committed
+///   uninstall, of a token rotation, of an install killed before its first
+///   journal was written.
+/// - With nothing installed (no state), an empty backup directory and an
+///   empty `/var/lib/istio-vm` are leftovers of such a run and go too, so
+///   the next install records them as absent again (and its uninstall
+///   removes them). `/var/lib/istio-vm` is istio-vm's own directory: no
+///   package ships it, and a non-empty one (a `capture apply` record) stays.
+///
+/// Returns a step detail when something was cleaned up.
+pub fn tidy(root: &Root) -> Result<Option<String>> {
+    let state = load_state(root)?;
+    let mut n = prune_backups(root, state.as_ref())?;
+    if state.is_none() {
+        let books = Books::of(root)?;
+        let state_dir = root.resolve(layout::STATE_DIR)?;
+        for d in [root.host(&books.backup_dir), state_dir.host] {
+            if matches!(fsops::read_current(&d)?, Current::Dir { .. })
+                && fsops::rmdir_if_empty(&d, &fsops::Syncer::now())?
+            {
+                n += 1;
+            }
+        }
+    }
+    Ok((n > 0).then(|| {
+        format!(
+            "finished the cleanup of an earlier run ({n} leftover backups or directories removed)"
+        )
+    }))
+}
+
+/// Delete backup directories no state entry refers to; returns how many.
+fn prune_backups(root: &Root, keep: Option<&State>) -> Result<usize> {
     let referenced: BTreeSet<String> = keep
         .map(|s| {
             s.entries
@@ -433,15 +504,17 @@ fn prune_backups(root: &Root, keep: Option<&State>) -> Result<()> {
         .unwrap_or_default();
     let dir = root.resolve(layout::BACKUP_DIR)?;
     let Ok(rd) = std::fs::read_dir(&dir.host) else {
-        return Ok(());
+        return Ok(0);
     };
+    let mut n = 0;
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         if !referenced.contains(&name) {
             remove_tree(&e.path())?;
+            n += 1;
         }
     }
-    Ok(())
+    Ok(n)
 }
 
 /// Remove a backup directory tree (only ever ours, under the backup dir).
@@ -455,8 +528,8 @@ fn remove_tree(p: &std::path::Path) -> Result<()> {
     }
 }
 
-fn read_backup(root: &Root, backup: &str) -> Result<Vec<u8>> {
-    let host = root.host(&format!("{}/{backup}", layout::BACKUP_DIR));
+pub fn read_backup(root: &Root, backup: &str) -> Result<Vec<u8>> {
+    let host = root.host(&Books::of(root)?.backup(backup));
     match fsops::read_current(&host)? {
         Current::File { bytes, .. } => Ok(bytes),
         _ => bail!(
@@ -537,8 +610,9 @@ fn rollback_entries(root: &Root, txid: &str, entries: &[Entry], can_chown: bool)
         bail!("rollback incomplete: {}", errors.join("; "));
     }
     // The journal goes first: from then on nothing refers to the backups.
-    fsops::remove_file(&root.host(JOURNAL), &fsops::Syncer::now())?;
-    remove_tree(&root.host(&backup_real(txid)))?;
+    let books = Books::of(root)?;
+    fsops::remove_file(&root.host(&books.journal), &fsops::Syncer::now())?;
+    remove_tree(&root.host(&books.tx_dir(txid)))?;
     for e in entries.iter().rev().filter(|e| e.meta) {
         restore(root, e, can_chown)?;
     }

@@ -73,12 +73,26 @@ fn restart_sidecar(_: &HookEnv) -> Result<()> {
     )
 }
 
+/// (Re)starts the verify timer, so that a changed interval takes effect.
+fn restart_verify_timer(_: &HookEnv) -> Result<()> {
+    if !booted_with_systemd() {
+        return Ok(());
+    }
+    systemctl(&["restart", units::VERIFY_TIMER_NAME])
+}
+
 fn stop_sidecar(_: &HookEnv) -> Result<()> {
     if booted_with_systemd() {
         // Stopping the sidecar stops the capture unit (PartOf=), whose
         // ExecStop removes the rules. Units that are not loaded are no error.
         let out = Command::new("systemctl")
-            .args(["stop", units::ISTIO_UNIT_NAME, units::CAPTURE_UNIT_NAME])
+            .args([
+                "stop",
+                units::VERIFY_TIMER_NAME,
+                units::VERIFY_SERVICE_NAME,
+                units::ISTIO_UNIT_NAME,
+                units::CAPTURE_UNIT_NAME,
+            ])
             .output()
             .context("running systemctl stop")?;
         if !out.status.success() {
@@ -126,6 +140,21 @@ pub fn install_hooks(files: &[units::GeneratedFile], start: bool) -> Vec<Hook> {
             undo: None,
             after_change_of: restart_triggers(files),
         });
+        hooks.push(Hook {
+            id: "hook:verify-timer".into(),
+            detail: format!("systemctl restart {}", units::VERIFY_TIMER_NAME),
+            run: restart_verify_timer,
+            undo: None,
+            after_change_of: [
+                units::VERIFY_SERVICE,
+                units::VERIFY_TIMER,
+                units::VERIFY_SERVICE_DROPIN,
+                units::VERIFY_TIMER_DROPIN,
+                units::TIMERS_DROPIN,
+            ]
+            .map(String::from)
+            .to_vec(),
+        });
     }
     hooks
 }
@@ -135,7 +164,8 @@ pub fn uninstall_stop_hook() -> Hook {
     Hook {
         id: "hook:istio-stop".into(),
         detail: format!(
-            "systemctl stop {} {}; capture rules removed",
+            "systemctl stop {} {} {}; capture rules removed",
+            units::VERIFY_TIMER_NAME,
             units::ISTIO_UNIT_NAME,
             units::CAPTURE_UNIT_NAME
         ),
@@ -164,7 +194,7 @@ mod tests {
     fn the_sidecar_restarts_only_when_its_inputs_change() {
         let files = units::render(&units::Options::default());
         let hooks = install_hooks(&files, true);
-        assert_eq!(hooks.len(), 2);
+        assert_eq!(hooks.len(), 3);
         let restart = &hooks[1];
         for p in [
             layout::CLUSTER_ENV,

@@ -9,34 +9,13 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::root::Root;
+use super::Root;
 use crate::layout::PROXY_USER;
 
-/// uid and primary gid of istio-proxy, if it exists: from NSS when live,
-/// from `<root>/etc/passwd` otherwise (never the host's database).
+/// uid and primary gid of istio-proxy, if it exists (the one rule of
+/// `Sysroot::user`: NSS when live, the root's own files otherwise).
 pub fn proxy_ids(root: &Root) -> Result<Option<(u32, u32)>> {
-    if root.is_slash() {
-        let u = nix::unistd::User::from_name(PROXY_USER)
-            .with_context(|| format!("looking up user {PROXY_USER}"))?;
-        return Ok(u.map(|u| (u.uid.as_raw(), u.gid.as_raw())));
-    }
-    let r = root.resolve("/etc/passwd")?;
-    let text = match std::fs::read_to_string(&r.host) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", r.real)),
-    };
-    Ok(passwd_ids(&text, PROXY_USER))
-}
-
-/// uid/gid of `name` in passwd(5) text.
-pub fn passwd_ids(text: &str, name: &str) -> Option<(u32, u32)> {
-    text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 4 && f[0] == name)
-            .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
-            .flatten()
-    })
+    Ok(root.user(PROXY_USER)?.map(|u| (u.uid, u.gid)))
 }
 
 /// What `create` did, so a rollback can undo exactly that.
@@ -102,14 +81,4 @@ pub fn undo(c: Created) -> Result<()> {
         run(Command::new("groupdel").arg(PROXY_USER))?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwd_lookup() {
-        let t = "root:x:0:0:root:/root:/bin/bash\nistio-proxy:x:998:997::/var/lib/istio:/usr/sbin/nologin\n";
-        assert_eq!(super::passwd_ids(t, "istio-proxy"), Some((998, 997)));
-        assert_eq!(super::passwd_ids(t, "istio"), None);
-    }
 }

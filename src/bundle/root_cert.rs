@@ -15,6 +15,9 @@ pub struct CertInfo {
     pub not_after: i64,
     /// basicConstraints `cA: TRUE`.
     pub is_ca: bool,
+    /// keyUsage keyCertSign; `None` when the certificate has no keyUsage
+    /// extension (then nothing is restricted).
+    pub key_cert_sign: Option<bool>,
     /// Lower-case hex SHA-256 of the DER bytes.
     pub sha256: String,
 }
@@ -60,12 +63,17 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<CertInfo>, CertError> {
             .basic_constraints()
             .map_err(|e| err(format!("certificate {n}: bad basicConstraints: {e}")))?
             .is_some_and(|bc| bc.value.ca);
+        let key_cert_sign = cert
+            .key_usage()
+            .map_err(|e| err(format!("certificate {n}: bad keyUsage: {e}")))?
+            .map(|ku| ku.value.key_cert_sign());
         out.push(CertInfo {
             subject: cert.subject().to_string(),
             issuer: cert.issuer().to_string(),
             not_before: validity.not_before.timestamp(),
             not_after: validity.not_after.timestamp(),
             is_ca,
+            key_cert_sign,
             sha256: format!("{:x}", Sha256::digest(&pem.contents)),
         });
     }

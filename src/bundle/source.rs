@@ -33,6 +33,22 @@ pub const MAX_TOTAL: u64 = 16 * 1024 * 1024;
 /// Variable naming an extra PEM CA bundle for https:// sources.
 pub const CA_FILE_ENV: &str = "SSL_CERT_FILE";
 
+/// How a bundle is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Total time a download may take, from connecting to the last byte: a
+    /// server trickling bytes must not hold the run past it.
+    pub fetch_timeout: Duration,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            fetch_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
 const HINT_REGENERATE: &str = "use the files `istioctl x workload entry configure -o DIR` wrote, \
     as a directory or packed with `tar czf bundle.tar.gz -C DIR .`";
 
@@ -76,12 +92,21 @@ pub fn check_args(src: &str, sha256: Option<&str>) -> Result<(), String> {
 /// (validation reports them as `bundle.missing_file`); problems with the source
 /// itself (unsafe archive, too large, checksum, unreadable) are findings.
 pub fn load(src: &str, sha256: Option<&str>) -> Result<Bundle, Vec<Finding>> {
+    load_with(src, sha256, &LoadOptions::default())
+}
+
+/// [`load`] with explicit options.
+pub fn load_with(
+    src: &str,
+    sha256: Option<&str>,
+    opts: &LoadOptions,
+) -> Result<Bundle, Vec<Finding>> {
     if let Err(msg) = check_args(src, sha256) {
         return Err(finding("bundle.checksum", None, msg, HINT_REGENERATE));
     }
     let sha256 = sha256.map(str::to_ascii_lowercase);
     if is_url(src) {
-        let bytes = fetch(src)?;
+        let bytes = fetch(src, opts.fetch_timeout)?;
         check_sha(&bytes, sha256.as_deref(), src)?;
         return unpack(&bytes);
     }
@@ -278,8 +303,63 @@ fn unpack(bytes: &[u8]) -> Result<Bundle, Vec<Finding>> {
         return Err(not_archive("no gzip header".into()));
     }
     // The decompressed stream is bounded: headers count too, so a tar of
-    // millions of empty entries cannot spin forever.
-    let gz = GzDecoder::new(bytes).take(MAX_TOTAL + 64 * 1024);
+    // millions of empty entries cannot spin forever. Reaching the bound is an
+    // error, not an end of file: a cut-off archive would otherwise read as
+    // one that lacks the bundle files.
+    let capped = std::rc::Rc::new(std::cell::Cell::new(false));
+    let gz = Capped {
+        inner: GzDecoder::new(bytes),
+        left: MAX_TOTAL + 64 * 1024,
+        hit: capped.clone(),
+    };
+    let over_cap = || {
+        finding(
+            "bundle.too_large",
+            None,
+            format!("the archive unpacks to more than {MAX_TOTAL} bytes"),
+            HINT_REGENERATE,
+        )
+    };
+    let result = unpack_entries(gz, not_archive);
+    if capped.get() {
+        return Err(over_cap());
+    }
+    result
+}
+
+/// A reader that fails (and says so in `hit`) past `left` bytes.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    hit: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            // More data beyond the cap (not a clean end at exactly the cap)?
+            let mut probe = [0u8; 1];
+            if self.inner.read(&mut probe)? == 0 {
+                return Ok(0);
+            }
+            self.hit.set(true);
+            return Err(std::io::Error::other(
+                "archive larger than the unpack limit",
+            ));
+        }
+        let n = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let got = self.inner.read(&mut buf[..n])?;
+        self.left -= got as u64;
+        Ok(got)
+    }
+}
+
+fn unpack_entries(
+    gz: impl Read,
+    not_archive: impl Fn(String) -> Vec<Finding>,
+) -> Result<Bundle, Vec<Finding>> {
     let mut archive = tar::Archive::new(gz);
     let entries = archive.entries().map_err(|e| not_archive(e.to_string()))?;
     // (components below the root, bytes)
@@ -400,16 +480,19 @@ fn unpack(bytes: &[u8]) -> Result<Bundle, Vec<Finding>> {
     Ok(bundle)
 }
 
-/// Download `url` (https only, redirects only to https), at most MAX_TOTAL bytes.
-fn fetch(url: &str) -> Result<Vec<u8>, Vec<Finding>> {
+/// Download `url` (https only, redirects only to https), at most MAX_TOTAL
+/// bytes, within `deadline` from start to the last byte.
+fn fetch(url: &str, deadline: Duration) -> Result<Vec<u8>, Vec<Finding>> {
     let fail = |msg: String, hint: &str| finding("bundle.fetch", None, msg, hint);
-    let mut builder = reqwest::blocking::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .https_only(true)
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(60))
+        .connect_timeout(deadline.min(Duration::from_secs(10)))
+        // The deadline below answers first; this only backs it up.
+        .timeout(deadline + Duration::from_secs(1))
         .redirect(reqwest::redirect::Policy::limited(5))
         .user_agent(concat!("istio-vm/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = std::env::var_os(CA_FILE_ENV) {
+        const HINT_CA: &str = "point SSL_CERT_FILE at a PEM file of CA certificates, or unset it";
         let pem = std::fs::read(&path).map_err(|e| {
             fail(
                 format!(
@@ -417,31 +500,58 @@ fn fetch(url: &str) -> Result<Vec<u8>, Vec<Finding>> {
                     Path::new(&path).display(),
                     io_reason(&e)
                 ),
-                "point SSL_CERT_FILE at a PEM file of CA certificates, or unset it",
+                HINT_CA,
             )
         })?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
             fail(
                 format!("{CA_FILE_ENV} holds no usable PEM certificate: {e}"),
-                "point SSL_CERT_FILE at a PEM file of CA certificates, or unset it",
+                HINT_CA,
             )
         })?;
         if certs.is_empty() {
             return Err(fail(
                 format!("{CA_FILE_ENV} holds no PEM certificate"),
-                "point SSL_CERT_FILE at a PEM file of CA certificates, or unset it",
+                HINT_CA,
             ));
         }
         for c in certs {
             builder = builder.add_root_certificate(c);
         }
     }
-    let client = builder
-        .build()
-        .map_err(|e| fail(format!("cannot set up HTTPS: {e}"), ""))?;
-    let resp = client.get(url).send().map_err(|e| {
+    let client = builder.build().map_err(|e| {
         fail(
-            format!("cannot fetch {}: {}", redact_url(url), chain(&e)),
+            format!("cannot set up HTTPS: {}", chain(&e.without_url())),
+            "",
+        )
+    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(format!("cannot start the HTTP client: {e}"), ""))?;
+    // One deadline over connection, headers and body.
+    match rt.block_on(async { tokio::time::timeout(deadline, download(&client, url)).await }) {
+        Ok(r) => r,
+        Err(_) => Err(fail(
+            format!(
+                "download of {} did not finish within {}s",
+                redact_url(url),
+                deadline.as_secs_f64()
+            ),
+            "the server is too slow or stalled: check it, or raise fetch_timeout in \
+             /etc/istio-vm/config.toml (ISTIO_VM_FETCH_TIMEOUT)",
+        )),
+    }
+}
+
+async fn download(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, Vec<Finding>> {
+    let fail = |msg: String, hint: &str| finding("bundle.fetch", None, msg, hint);
+    let shown = redact_url(url);
+    // reqwest's errors name the URL (with its credentials): drop it, ours
+    // is redacted.
+    let mut resp = client.get(url).send().await.map_err(|e| {
+        fail(
+            format!("cannot fetch {shown}: {}", chain(&e.without_url())),
             "check the URL, the network, and that the server's certificate chains to a \
              trusted CA (an extra CA can be given with SSL_CERT_FILE)",
         )
@@ -449,40 +559,37 @@ fn fetch(url: &str) -> Result<Vec<u8>, Vec<Finding>> {
     let status = resp.status();
     if !status.is_success() {
         return Err(fail(
-            format!("{} answered HTTP {status}", redact_url(url)),
+            format!("{shown} answered HTTP {status}"),
             "check the URL (a signed URL may have expired)",
         ));
     }
-    if resp.content_length().is_some_and(|n| n > MAX_TOTAL) {
-        return Err(finding(
+    let too_large = || {
+        finding(
             "bundle.too_large",
             None,
-            format!("{} is larger than {MAX_TOTAL} bytes", redact_url(url)),
+            format!("{shown} is larger than {MAX_TOTAL} bytes"),
             HINT_REGENERATE,
-        ));
+        )
+    };
+    if resp.content_length().is_some_and(|n| n > MAX_TOTAL) {
+        return Err(too_large());
     }
     let mut buf = Vec::new();
-    resp.take(MAX_TOTAL + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| fail(format!("download of {} failed: {e}", redact_url(url)), ""))?;
-    if buf.len() as u64 > MAX_TOTAL {
-        return Err(finding(
-            "bundle.too_large",
-            None,
-            format!("{} is larger than {MAX_TOTAL} bytes", redact_url(url)),
-            HINT_REGENERATE,
-        ));
+    while let Some(chunk) = resp.chunk().await.map_err(|e| {
+        fail(
+            format!("download of {shown} failed: {}", chain(&e.without_url())),
+            "",
+        )
+    })? {
+        if (buf.len() + chunk.len()) as u64 > MAX_TOTAL {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
     }
     Ok(buf)
 }
 
-/// A URL without its query (a signed URL's query is a credential).
-fn redact_url(url: &str) -> String {
-    match url.split_once('?') {
-        Some((base, _)) => format!("{base}?…"),
-        None => url.to_string(),
-    }
-}
+pub use crate::report::redact_url;
 
 fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
@@ -512,7 +619,19 @@ mod tests {
     }
 
     #[test]
-    fn redacts_query() {
+    fn redacts_credentials() {
         assert_eq!(redact_url("https://h/b?sig=1"), "https://h/b?…");
+        assert_eq!(
+            redact_url("https://user:pw@h:8443/b.tgz?X-Amz-Signature=s#t"),
+            "https://…@h:8443/b.tgz?…#…"
+        );
+        assert_eq!(redact_url("https://h/b.tgz"), "https://h/b.tgz");
+        for bad in ["https://u:p@[zz/b?s", "ht tp://u:p@h/x#f"] {
+            let r = redact_url(bad);
+            assert!(
+                !r.contains("p@") && !r.contains('?') && !r.contains('#'),
+                "{r}"
+            );
+        }
     }
 }

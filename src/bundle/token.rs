@@ -15,6 +15,8 @@ pub const ISTIO_CA_AUDIENCE: &str = "istio-ca";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Claims {
+    /// The header's `alg` (`RS256`; `none` would be an unsigned token).
+    pub alg: String,
     /// Unix seconds.
     pub exp: Option<i64>,
     pub nbf: Option<i64>,
@@ -97,9 +99,13 @@ impl Claims {
         }
         let header: Value = serde_json::from_slice(&b64(parts[0], "header")?)
             .map_err(|_| err("the header is not JSON"))?;
-        if !header.get("alg").is_some_and(Value::is_string) {
+        let Some(alg) = header
+            .get("alg")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+        else {
             return Err(err("the header has no `alg`"));
-        }
+        };
         if parts[2].is_empty() {
             return Err(err("the signature is empty (an unsigned token)"));
         }
@@ -131,6 +137,7 @@ impl Claims {
                 .map(str::to_string)
         };
         Ok(Claims {
+            alg,
             exp: numeric_date(p.get("exp"), "exp")?,
             nbf: numeric_date(p.get("nbf"), "nbf")?,
             iat: numeric_date(p.get("iat"), "iat")?,

@@ -1,95 +1,36 @@
 //! Reading the capture inputs from a root: the placed cluster.env,
-//! resolv.conf, the istio-proxy user and group. Symlinks resolve inside the
-//! root as in a chroot (a Debian image's `/etc/resolv.conf ->
-//! /run/systemd/resolve/stub-resolv.conf` means `ROOT/run/...`).
+//! resolv.conf, the istio-proxy user and group. All of it goes through
+//! [`crate::sysroot`]: symlinks resolve inside the root as in a chroot (a
+//! Debian image's `/etc/resolv.conf -> /run/systemd/resolve/stub-resolv.conf`
+//! means `ROOT/run/...`), reads are bounded, and the istio-proxy ids come
+//! from the same source apply uses (NSS when live).
 
 use std::collections::BTreeMap;
-use std::io::ErrorKind;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 
-/// Resolve `path` (absolute, as on the VM) under `root`, following symlinks
-/// within the root. Missing final components are fine (returns the path).
+use crate::sysroot::Sysroot;
+
+/// Resolve `path` (absolute, as on the VM) under `root` for writing: parent
+/// links followed within the root, the final component kept.
 pub fn resolve_in_root(root: &Path, path: &str) -> Result<PathBuf> {
-    let mut resolved = PathBuf::from("/");
-    let mut pending: Vec<String> = components(path);
-    pending.reverse();
-    let mut hops = 0;
-    while let Some(c) = pending.pop() {
-        match c.as_str() {
-            "." | "" => continue,
-            ".." => {
-                resolved.pop();
-                continue;
-            }
-            _ => {}
-        }
-        let candidate = resolved.join(&c);
-        let host = join_root(root, &candidate);
-        match std::fs::symlink_metadata(&host) {
-            Ok(m) if m.file_type().is_symlink() => {
-                hops += 1;
-                if hops > 40 {
-                    bail!("{path}: too many symbolic links under {}", root.display());
-                }
-                let target = std::fs::read_link(&host)
-                    .with_context(|| format!("reading link {}", host.display()))?;
-                let t = target.to_string_lossy().to_string();
-                if t.starts_with('/') {
-                    resolved = PathBuf::from("/");
-                }
-                let mut more = components(&t);
-                more.reverse();
-                pending.extend(more);
-            }
-            _ => resolved = candidate,
-        }
-    }
-    Ok(join_root(root, &resolved))
-}
-
-fn components(p: &str) -> Vec<String> {
-    Path::new(p)
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(s) => Some(s.to_string_lossy().to_string()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn join_root(root: &Path, p: &Path) -> PathBuf {
-    root.join(p.strip_prefix("/").unwrap_or(p))
+    Ok(Sysroot::new(root)?.resolve(path)?.host)
 }
 
 /// Read a text file under the root; `Ok(None)` if it does not exist.
 pub fn read_optional(root: &Path, path: &str) -> Result<Option<String>> {
-    let p = resolve_in_root(root, path)?;
-    match std::fs::read_to_string(&p) {
-        Ok(s) => Ok(Some(s)),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
-    }
+    Sysroot::new(root)?.read_string(path)
 }
 
-/// The numeric id of `name` in a passwd- or group-format file (field 3).
-pub fn lookup_id(text: &str, name: &str) -> Option<u32> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let mut f = l.split(':');
-        (f.next()? == name).then_some(())?;
-        f.next()?;
-        f.next()?.parse().ok()
-    })
-}
+pub use crate::sysroot::lookup_id;
 
-/// uid and gid of istio-proxy from the root's `/etc/passwd` and
-/// `/etc/group` (so a baked image's ids are used, not the build host's).
+/// uid of user `user` and gid of the group of that name (NSS when live, the
+/// root's `/etc/passwd` and `/etc/group` otherwise, so a baked image's ids
+/// are used, not the build host's).
 pub fn proxy_ids(root: &Path, user: &str) -> Result<(Option<u32>, Option<u32>)> {
-    let uid = read_optional(root, "/etc/passwd")?.and_then(|t| lookup_id(&t, user));
-    let gid = read_optional(root, "/etc/group")?.and_then(|t| lookup_id(&t, user));
-    Ok((uid, gid))
+    let r = Sysroot::new(root)?;
+    Ok((r.user(user)?.map(|u| u.uid), r.group(user)?))
 }
 
 /// A global-scope IPv6 address exists in this network namespace
@@ -125,7 +66,7 @@ pub fn read_inputs(root: &Path, live: bool) -> Result<Read> {
                 .display()
         )
     })?;
-    let resolv = read_optional(root, "/etc/resolv.conf")?.unwrap_or_default();
+    let resolv = Sysroot::new(root)?.resolv_conf()?;
     let (uid, gid) = proxy_ids(root, crate::layout::PROXY_USER)?;
     let path = root.join(crate::layout::CLUSTER_ENV.trim_start_matches('/'));
     let env = crate::bundle::ClusterEnv::parse(env_text.as_bytes())
@@ -197,8 +138,14 @@ mod tests {
         assert!(read_optional(root, "/etc/nothing").unwrap().is_none());
         // `..` cannot climb out of the root.
         std::os::unix::fs::symlink("../../../../etc/passwd", root.join("etc/up")).unwrap();
+        std::fs::write(root.join("etc/passwd"), "in the root\n").unwrap();
+        assert_eq!(
+            read_optional(root, "/etc/up").unwrap().unwrap(),
+            "in the root\n"
+        );
+        // For writing, the final link is never followed.
         let p = resolve_in_root(root, "/etc/up").unwrap();
-        assert_eq!(p, root.join("etc/passwd"));
+        assert_eq!(p, root.canonicalize().unwrap().join("etc/up"));
     }
 
     #[test]

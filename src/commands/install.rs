@@ -1,5 +1,7 @@
 //! `install` and `uninstall`: bundle -> findings -> plan -> apply -> report.
 
+use std::collections::BTreeSet;
+
 use anyhow::Result;
 
 use super::Ctx;
@@ -58,15 +60,25 @@ fn next_state(
     bundle: &Bundle,
     planned: &[Planned],
     recorded: &[Entry],
+    dropped: &BTreeSet<String>,
 ) -> State {
-    let mut entries: Vec<Entry> = old.map(|s| s.entries.clone()).unwrap_or_default();
-    let transient = |e: &Entry| {
-        e.path == apply::JOURNAL
-            || e.path == layout::STATE_FILE
-            || e.path.starts_with(&format!("{}/", layout::BACKUP_DIR))
+    let mut entries: Vec<Entry> = old
+        .map(|s| s.entries.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| !dropped.contains(&e.path))
+        .collect();
+    let books = apply::Books::of(root).ok();
+    let transient = |e: &Entry| match &books {
+        Some(b) => b.is_transient(&e.path),
+        None => {
+            e.path == apply::JOURNAL
+                || e.path == layout::STATE_FILE
+                || e.path.starts_with(&format!("{}/", layout::BACKUP_DIR))
+        }
     };
     for e in recorded {
-        if transient(e) || entries.iter().any(|x| x.path == e.path) {
+        if transient(e) || dropped.contains(&e.path) || entries.iter().any(|x| x.path == e.path) {
             continue;
         }
         entries.push(e.clone());
@@ -143,7 +155,10 @@ pub fn install(ctx: &Ctx, args: &InstallArgs) -> Result<Report> {
     report.check_mode = args.check;
     let (src, sha) = (&args.bundle.bundle, args.bundle.sha256.as_deref());
     bundle::source::check_args(src, sha).map_err(Failure::Usage)?;
-    let bundle = match bundle::load(src, sha) {
+    let load = bundle::source::LoadOptions {
+        fetch_timeout: ctx.config.fetch_timeout,
+    };
+    let bundle = match bundle::source::load_with(src, sha, &load) {
         Ok(b) => b,
         Err(findings) => {
             report.findings = findings;
@@ -153,14 +168,16 @@ pub fn install(ctx: &Ctx, args: &InstallArgs) -> Result<Report> {
     };
     // A bundle with errors is refused before anything is touched (exit 1);
     // warnings are reported and the install goes on.
-    report.findings = crate::validate::validate(&bundle, time::OffsetDateTime::now_utc()).findings;
+    let opts = super::validate_options(ctx, &args.bundle);
+    report.findings =
+        crate::validate::validate_with(&bundle, time::OffsetDateTime::now_utc(), &opts).findings;
     if report.has_errors() {
         report.ok = false;
         return Ok(report);
     }
 
     let root = Root::new(&ctx.root).map_err(|e| Failure::Usage(format!("{e:#}")))?;
-    let live = root.is_slash();
+    let live = root.is_live();
     let _lock = if args.check {
         lock::acquire_shared(&root, ctx.config.lock_timeout)?
     } else {
@@ -178,14 +195,8 @@ pub fn install(ctx: &Ctx, args: &InstallArgs) -> Result<Report> {
                 diff: None,
             });
         }
-    } else if let Some(detail) = apply::recover(&root)? {
-        report.steps.push(Step {
-            id: "journal".into(),
-            status: StepStatus::Changed,
-            detail,
-            diff: None,
-        });
-        report.changed = true;
+    } else {
+        recover_and_tidy(&root, &mut report)?;
     }
 
     let mut created_user = None;
@@ -208,9 +219,52 @@ pub fn install(ctx: &Ctx, args: &InstallArgs) -> Result<Report> {
                 "removing the istio-proxy user this run created failed too: {u:#}"
             )));
         }
+        // The bundle is refused by capture's own reading of cluster.env:
+        // that is a finding like validate's, never an error without one.
+        if let Some(finding) = capture_refusal(&e) {
+            report.findings.push(finding);
+            report.ok = false;
+            return Ok(report);
+        }
         return Err(with_failed_steps(e, report));
     }
     Ok(report)
+}
+
+/// A capture rendering refusal as the finding validate would give.
+fn capture_refusal(err: &anyhow::Error) -> Option<crate::report::Finding> {
+    use crate::capture::config::CaptureError;
+    let e = err.chain().find_map(|e| e.downcast_ref::<CaptureError>())?;
+    let code = match e {
+        CaptureError::SshCaptured { .. } => "env.ssh_captured",
+        CaptureError::InvalidValue { .. } => "env.invalid_value",
+    };
+    Some(crate::report::Finding::error(
+        code,
+        Some(bundle::CLUSTER_ENV),
+        e.to_string(),
+        "correct cluster.env (`istio-vm validate` shows every finding), then run again",
+    ))
+}
+
+/// Roll back an interrupted run, then finish the cleanup of a committed one
+/// (see `apply::tidy`): whatever moment a run was killed at, this one starts
+/// from a converged tree.
+fn recover_and_tidy(root: &Root, report: &mut Report) -> Result<()> {
+    let recovered = apply::recover(root)?;
+    let tidied = apply::tidy(root)?;
+    for (id, detail) in [("journal", recovered), ("cleanup", tidied)] {
+        if let Some(detail) = detail {
+            report.steps.push(Step {
+                id: id.into(),
+                status: StepStatus::Changed,
+                detail,
+                diff: None,
+            });
+            report.changed = true;
+        }
+    }
+    Ok(())
 }
 
 /// Attach the planned steps to a rolled-back run's error, so the report
@@ -248,7 +302,10 @@ fn install_locked(
     created_user: bool,
 ) -> Result<()> {
     let capture = !args.no_capture && ctx.config.capture;
-    let unit_files = units::render(&units::Options { capture });
+    let unit_files = units::render(&units::Options {
+        capture,
+        verify: (&ctx.config).into(),
+    });
     let mut extra_files = generated_files(&unit_files);
     let mut extra_dirs = Vec::new();
     if capture {
@@ -271,12 +328,12 @@ fn install_locked(
     }
     let input = plan::Input {
         bundle: Some(bundle),
-        live: root.is_slash(),
+        live: root.is_live(),
         cloud_init_templates: cloudinit::hosts_templates(root)?,
         extra_dirs,
         extra_files,
         // Under --root nothing is started: the units come up at first boot.
-        hooks: if root.is_slash() {
+        hooks: if root.is_live() {
             install_hooks(args, &unit_files)
         } else {
             Vec::new()
@@ -293,18 +350,53 @@ fn install_locked(
         }
         report.steps.push(s);
     }
+    // What an earlier install placed and this one no longer does (the
+    // capture unit and rule record after `--no-capture`) is put back as it
+    // was before, in the same transaction: reversible like everything else.
+    let old = apply::load_state(root)?;
+    let dropped = dropped_entries(root, old.as_ref(), &planned);
+    let mut drop_ops: Vec<(String, Op)> = Vec::new();
+    if root.is_live() && dropped.iter().any(|e| e.path == layout::CAPTURE_UNIT) {
+        // The rules go with the unit that owns them.
+        let h = systemd::uninstall_stop_hook();
+        report.steps.push(Step {
+            id: h.id.clone(),
+            status: StepStatus::Changed,
+            detail: h.detail.clone(),
+            diff: None,
+        });
+        drop_ops.push((h.id.clone(), Op::Hook(h)));
+    }
+    let can_chown = nix::unistd::geteuid().is_root();
+    for e in dropped.iter().rev() {
+        let Some((detail, op)) = undo_entry(root, e, can_chown)? else {
+            continue;
+        };
+        let id = entry_id(e);
+        report.steps.push(Step {
+            id: id.clone(),
+            status: StepStatus::Changed,
+            detail: format!("no longer installed: {detail}"),
+            diff: None,
+        });
+        drop_ops.push((id, op));
+    }
     report.changed |= report.steps.iter().any(|s| s.status == StepStatus::Changed);
     if args.check {
         return Ok(());
     }
 
-    let ops: Vec<(String, Op)> = planned
-        .iter()
-        .filter_map(|p| p.op.clone().map(|o| (p.id.clone(), o)))
-        .filter(|(_, o)| !matches!(o, Op::CreateUser))
+    let dropped_paths: BTreeSet<String> = dropped.iter().map(|e| e.path.clone()).collect();
+    let ops: Vec<(String, Op)> = drop_ops
+        .into_iter()
+        .chain(
+            planned
+                .iter()
+                .filter_map(|p| p.op.clone().map(|o| (p.id.clone(), o)))
+                .filter(|(_, o)| !matches!(o, Op::CreateUser)),
+        )
         .collect();
-    let old = apply::load_state(root)?;
-    let unchanged_state = next_state(old.as_ref(), root, bundle, &planned, &[]);
+    let unchanged_state = next_state(old.as_ref(), root, bundle, &planned, &[], &dropped_paths);
     if ops.is_empty() && old.as_ref() == Some(&unchanged_state) {
         return Ok(());
     }
@@ -318,7 +410,16 @@ fn install_locked(
         "install",
         hook_env(ctx),
         &ops,
-        |recorded| Some(next_state(old.as_ref(), root, bundle, &planned, recorded)),
+        |recorded| {
+            Some(next_state(
+                old.as_ref(),
+                root,
+                bundle,
+                &planned,
+                recorded,
+                &dropped_paths,
+            ))
+        },
         &mut done,
     )?;
     // A rewrite of state.json alone (e.g. a new tool version) is bookkeeping.
@@ -326,19 +427,184 @@ fn install_locked(
     Ok(())
 }
 
+/// Entries an earlier install placed (they carry a step id) at paths this
+/// plan no longer has. Parent directories made along the way carry none and
+/// stay while they hold something.
+fn dropped_entries<'s>(root: &Root, old: Option<&'s State>, planned: &[Planned]) -> Vec<&'s Entry> {
+    let Some(old) = old else {
+        return Vec::new();
+    };
+    let wanted: BTreeSet<String> = planned
+        .iter()
+        .filter_map(|p| match &p.action {
+            Action::File(f) => Some(&f.path),
+            Action::Block(b) => Some(&b.path),
+            Action::Dir(d) => Some(&d.path),
+            _ => None,
+        })
+        .filter_map(|p| root.resolve(p).ok().map(|r| r.real))
+        .collect();
+    old.entries
+        .iter()
+        .filter(|e| !e.meta && e.id.is_some() && !wanted.contains(&e.path))
+        .collect()
+}
+
+/// The step id of a recorded entry.
+fn entry_id(e: &Entry) -> String {
+    e.id.clone().unwrap_or_else(|| match e.kind.as_str() {
+        "block" => format!("hosts:{}", e.path),
+        "dir" => format!("dir:{}", e.path),
+        _ => format!("file:{}", e.path),
+    })
+}
+
+/// Lines of `b`, each with its line end (as `plan::find_block` counts them).
+fn lines(b: &[u8]) -> Vec<&[u8]> {
+    b.split_inclusive(|c| *c == b'\n').collect()
+}
+
+/// How to put one recorded entry back as it was before the first install,
+/// or `None` when it already is. Shared by uninstall and by an install that
+/// no longer places something an earlier one did (`--no-capture`).
+fn undo_entry(root: &Root, e: &Entry, can_chown: bool) -> Result<Option<(&'static str, Op)>> {
+    let host = root.resolve(&e.path)?.host;
+    let cur = fsops::read_current(&host)?;
+    Ok(Some(match (e.kind.as_str(), &e.prior, &cur) {
+        (
+            "block",
+            _,
+            Current::File {
+                bytes,
+                mode,
+                uid,
+                gid,
+            },
+        ) => {
+            // A block that was there before the first install (written by
+            // hand, or by another copy of the tool) is put back as it was;
+            // otherwise ours goes. Lines outside it stay as they are now.
+            let prior_block = match &e.prior {
+                Prior::File { backup, .. } => {
+                    let old = apply::read_backup(root, backup)?;
+                    plan::find_block(&old)
+                        .ok()
+                        .flatten()
+                        .map(|(s, t)| lines(&old)[s..=t].concat())
+                }
+                _ => None,
+            };
+            let new = match (&prior_block, plan::find_block(bytes)) {
+                (Some(pb), Ok(Some((s, t)))) => {
+                    let l = lines(bytes);
+                    let mut out = l[..s].concat();
+                    out.extend_from_slice(pb);
+                    out.extend(l[t + 1..].concat());
+                    out
+                }
+                _ => {
+                    plan::remove_block(bytes).map_err(|err| anyhow::anyhow!("{}: {err}", e.path))?
+                }
+            };
+            if new == *bytes {
+                return Ok(None);
+            }
+            if new.is_empty() && e.prior == Prior::Absent {
+                // install created the file for the block alone.
+                (
+                    "removed (created by install for the istio-vm block)",
+                    Op::Remove {
+                        path: e.path.clone(),
+                    },
+                )
+            } else {
+                (
+                    if prior_block.is_some() {
+                        "restored the istio-vm block that was there before install"
+                    } else {
+                        "removed the istio-vm block"
+                    },
+                    Op::Write {
+                        path: e.path.clone(),
+                        content: new,
+                        mode: *mode,
+                        owner: can_chown.then_some((*uid, *gid)),
+                    },
+                )
+            }
+        }
+        ("block", _, _) => return Ok(None),
+        (_, Prior::Absent, Current::Absent) => return Ok(None),
+        (_, Prior::Absent, Current::Dir { .. }) => (
+            "removed (created by install)",
+            Op::Rmdir {
+                path: e.path.clone(),
+            },
+        ),
+        (_, Prior::Absent, _) => (
+            "removed (created by install)",
+            Op::Remove {
+                path: e.path.clone(),
+            },
+        ),
+        (
+            _,
+            Prior::File {
+                backup,
+                mode,
+                uid,
+                gid,
+            },
+            _,
+        ) => {
+            let bytes = apply::read_backup(root, backup).map_err(|err| {
+                anyhow::anyhow!("the backup of {} is unreadable: {err:#}", e.path)
+            })?;
+            let same = matches!(&cur, Current::File { bytes: b, mode: m, uid: u, gid: g }
+                if *b == bytes && m == mode && (!can_chown || (*u, *g) == (*uid, *gid)));
+            if same {
+                return Ok(None);
+            }
+            (
+                "restored as it was before install",
+                Op::Write {
+                    path: e.path.clone(),
+                    content: bytes,
+                    mode: *mode,
+                    owner: can_chown.then_some((*uid, *gid)),
+                },
+            )
+        }
+        (
+            _,
+            Prior::Dir { mode, uid, gid },
+            Current::Dir {
+                mode: m,
+                uid: u,
+                gid: g,
+            },
+        ) => {
+            if m == mode && (!can_chown || (u, g) == (uid, gid)) {
+                return Ok(None);
+            }
+            (
+                "owner and mode restored",
+                Op::SetMeta {
+                    path: e.path.clone(),
+                    mode: *mode,
+                    owner: can_chown.then_some((*uid, *gid)),
+                },
+            )
+        }
+        (_, Prior::Dir { .. }, _) => return Ok(None),
+    }))
+}
+
 pub fn uninstall(ctx: &Ctx) -> Result<Report> {
     let mut report = Report::new("uninstall");
     let root = Root::new(&ctx.root).map_err(|e| Failure::Usage(format!("{e:#}")))?;
     let _lock = lock::acquire(&root, ctx.config.lock_timeout)?;
-    if let Some(detail) = apply::recover(&root)? {
-        report.steps.push(Step {
-            id: "journal".into(),
-            status: StepStatus::Changed,
-            detail,
-            diff: None,
-        });
-        report.changed = true;
-    }
+    recover_and_tidy(&root, &mut report)?;
     let Some(state) = apply::load_state(&root)? else {
         report.steps.push(Step {
             id: format!("state:{}", layout::STATE_FILE),
@@ -350,7 +616,7 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
     };
     let can_chown = nix::unistd::geteuid().is_root();
     let mut ops: Vec<(String, Op)> = Vec::new();
-    if root.is_slash() {
+    if root.is_live() {
         for h in uninstall_hooks(&state) {
             report.steps.push(Step {
                 id: h.id.clone(),
@@ -362,119 +628,10 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
         }
     }
     for e in state.entries.iter().rev().filter(|e| !e.meta) {
-        let host = root.resolve(&e.path)?.host;
-        let cur = fsops::read_current(&host)?;
-        let id = e.id.clone().unwrap_or_else(|| match e.kind.as_str() {
-            "block" => format!("hosts:{}", e.path),
-            "dir" => format!("dir:{}", e.path),
-            _ => format!("file:{}", e.path),
-        });
-        let (detail, op) = match (e.kind.as_str(), &e.prior, &cur) {
-            (
-                "block",
-                _,
-                Current::File {
-                    bytes,
-                    mode,
-                    uid,
-                    gid,
-                },
-            ) => {
-                let new = plan::remove_block(bytes)
-                    .map_err(|err| anyhow::anyhow!("{}: {err}", e.path))?;
-                if new == *bytes {
-                    continue;
-                }
-                if new.is_empty() && e.prior == Prior::Absent {
-                    // install created the file for the block alone.
-                    (
-                        "removed (created by install for the istio-vm block)",
-                        Op::Remove {
-                            path: e.path.clone(),
-                        },
-                    )
-                } else {
-                    (
-                        "removed the istio-vm block",
-                        Op::Write {
-                            path: e.path.clone(),
-                            content: new,
-                            mode: *mode,
-                            owner: can_chown.then_some((*uid, *gid)),
-                        },
-                    )
-                }
-            }
-            ("block", _, _) => continue,
-            (_, Prior::Absent, Current::Absent) => continue,
-            (_, Prior::Absent, Current::Dir { .. }) => (
-                "removed (created by install)",
-                Op::Rmdir {
-                    path: e.path.clone(),
-                },
-            ),
-            (_, Prior::Absent, _) => (
-                "removed (created by install)",
-                Op::Remove {
-                    path: e.path.clone(),
-                },
-            ),
-            (
-                _,
-                Prior::File {
-                    backup,
-                    mode,
-                    uid,
-                    gid,
-                },
-                _,
-            ) => {
-                let bytes = std::fs::read(root.host(&format!("{}/{backup}", layout::BACKUP_DIR)))
-                    .map_err(|err| {
-                    anyhow::anyhow!(
-                        "the backup of {} ({}/{backup}) is unreadable: {err}",
-                        e.path,
-                        layout::BACKUP_DIR
-                    )
-                })?;
-                let same = matches!(&cur, Current::File { bytes: b, mode: m, uid: u, gid: g }
-                    if *b == bytes && m == mode && (!can_chown || (*u, *g) == (*uid, *gid)));
-                if same {
-                    continue;
-                }
-                (
-                    "restored as it was before install",
-                    Op::Write {
-                        path: e.path.clone(),
-                        content: bytes,
-                        mode: *mode,
-                        owner: can_chown.then_some((*uid, *gid)),
-                    },
-                )
-            }
-            (
-                _,
-                Prior::Dir { mode, uid, gid },
-                Current::Dir {
-                    mode: m,
-                    uid: u,
-                    gid: g,
-                },
-            ) => {
-                if m == mode && (!can_chown || (u, g) == (uid, gid)) {
-                    continue;
-                }
-                (
-                    "owner and mode restored",
-                    Op::SetMeta {
-                        path: e.path.clone(),
-                        mode: *mode,
-                        owner: can_chown.then_some((*uid, *gid)),
-                    },
-                )
-            }
-            (_, Prior::Dir { .. }, _) => continue,
+        let Some((detail, op)) = undo_entry(&root, e, can_chown)? else {
+            continue;
         };
+        let id = entry_id(e);
         report.steps.push(Step {
             id: id.clone(),
             status: StepStatus::Changed,
@@ -484,7 +641,7 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
         ops.push((id, op));
     }
     // systemd forgets the removed units after they are gone.
-    if root.is_slash() && state.entries.iter().any(|e| e.path == layout::ISTIO_DROPIN) {
+    if root.is_live() && state.entries.iter().any(|e| e.path == layout::ISTIO_DROPIN) {
         let hook = systemd::uninstall_reload_hook();
         report.steps.push(Step {
             id: hook.id.clone(),

@@ -30,6 +30,16 @@ impl Ctx {
     }
 }
 
+/// What validation allows beyond the defaults: config, then flags.
+pub fn validate_options(ctx: &Ctx, args: &crate::cli::BundleArgs) -> crate::validate::Options {
+    let mut allow_env = ctx.config.allow_env.clone();
+    allow_env.extend(args.allow_env.iter().cloned());
+    crate::validate::Options {
+        allow_env,
+        allow_ssh_capture: ctx.config.allow_ssh_capture,
+    }
+}
+
 /// Name of the command, for the report of an error.
 pub fn name(cmd: &Command) -> &'static str {
     match cmd {

@@ -1,7 +1,6 @@
 //! `files.*`: the placed files exist with the owners and modes of DESIGN.md,
 //! and the token and certificates are valid now.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use x509_parser::prelude::*;
@@ -10,24 +9,18 @@ use super::inputs::{self, Inputs};
 use super::{fail, pass, skip, warn};
 use crate::layout::{self, Owner, Placement};
 use crate::report::Check;
+use crate::sysroot::{Kind, Sysroot};
 
-/// Where pilot-agent writes the workload certificate it renews with
-/// (`OUTPUT_CERTS=./etc/certs` in istio-start.sh, reference §4.3).
-pub const WORKLOAD_CERT: &str = "/etc/certs/cert-chain.pem";
-pub const WORKLOAD_KEY: &str = "/etc/certs/key.pem";
+pub use super::inputs::{WORKLOAD_CERT, WORKLOAD_KEY};
 
 const CERT_SOON_SECS: i64 = 30 * 24 * 3600;
 const TOKEN_SOON_SECS: i64 = 10 * 60;
 
-/// The istio-proxy uid/gid from the VM's /etc/passwd, if the user exists.
+/// The istio-proxy uid/gid, if the user exists (`Sysroot::user`: NSS when
+/// live, the root's /etc/passwd otherwise, as apply and capture see it).
 pub fn proxy_ids(root: &Path) -> Option<(u32, u32)> {
-    let b = inputs::read(root, "/etc/passwd").ok()?;
-    String::from_utf8_lossy(&b).lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 4 && f[0] == layout::PROXY_USER)
-            .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
-            .flatten()
-    })
+    let u = Sysroot::new(root).ok()?.user(layout::PROXY_USER).ok()??;
+    Some((u.uid, u.gid))
 }
 
 pub use crate::bundle::token::Claims;
@@ -134,13 +127,19 @@ fn owner_mode(
     proxy: Option<(u32, u32)>,
     live: bool,
 ) -> Result<Vec<(bool, String, String)>, String> {
-    let real = inputs::resolve(root, p.path).map_err(|e| format!("{}: {e}", p.path))?;
-    let m = std::fs::metadata(&real).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => format!("{} does not exist", p.path),
-        _ => format!("{}: {e}", p.path),
-    })?;
+    let m = Sysroot::new(root)
+        .and_then(|r| r.stat(p.path))
+        .map_err(|e| format!("{}: {e:#}", p.path))?
+        .ok_or_else(|| format!("{} does not exist", p.path))?;
+    if m.kind != Kind::File {
+        // A FIFO or device is never opened (it could block verify forever).
+        return Err(format!(
+            "{} is not a regular file (a FIFO, device or directory is in its place)",
+            p.path
+        ));
+    }
     let mut out = Vec::new();
-    let mode = m.mode() & 0o7777;
+    let mode = m.mode;
     if mode != p.mode {
         // A world- or group-readable token is a leaked credential; any other
         // mode difference only departs from the layout.
@@ -156,12 +155,12 @@ fn owner_mode(
         Owner::IstioProxy => proxy.map(|(u, _)| u),
     };
     match want_uid {
-        Some(uid) if m.uid() != uid => {
+        Some(uid) if m.uid != uid => {
             // The agent runs as istio-proxy and must read its 0600 token.
             let fatal = p.secret && p.owner == Owner::IstioProxy;
             out.push((
                 fatal,
-                format!("{} is owned by uid {}, expected {}", p.path, m.uid(), layout::PROXY_USER),
+                format!("{} is owned by uid {}, expected {}", p.path, m.uid, layout::PROXY_USER),
                 format!("chown {}:{} {}", layout::PROXY_USER, layout::PROXY_USER, p.path),
             ));
         }
@@ -571,11 +570,11 @@ fn dirs(root: &Path, proxy: Option<(u32, u32)>, live: bool) -> Check {
     };
     let mut bad = Vec::new();
     for d in layout::PROXY_DIRS {
-        match inputs::resolve(root, d).and_then(std::fs::metadata) {
-            Ok(m) if m.is_dir() && m.uid() == uid => {}
-            Ok(m) if m.is_dir() => bad.push(format!("{d} (owner uid {})", m.uid())),
-            Ok(_) => bad.push(format!("{d} (not a directory)")),
-            Err(_) => bad.push(format!("{d} (missing)")),
+        match Sysroot::new(root).and_then(|r| r.stat(d)) {
+            Ok(Some(m)) if m.kind == Kind::Dir && m.uid == uid => {}
+            Ok(Some(m)) if m.kind == Kind::Dir => bad.push(format!("{d} (owner uid {})", m.uid)),
+            Ok(Some(_)) => bad.push(format!("{d} (not a directory)")),
+            _ => bad.push(format!("{d} (missing)")),
         }
     }
     if bad.is_empty() {

@@ -2,13 +2,13 @@
 //! who this VM is, what it trusts and what it presents.
 
 use std::collections::BTreeMap;
-use std::io;
 use std::net::IpAddr;
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
 use super::version;
 use crate::bundle::{ClusterEnv, MeshConfig};
 use crate::layout;
+use crate::sysroot::Sysroot;
 
 /// Istio's default when the mesh config names no discovery address
 /// (pkg/config/mesh/mesh.go `DefaultProxyConfig`).
@@ -18,73 +18,21 @@ pub const DEFAULT_PORT: u16 = 15012;
 /// (pilot/pkg/grpc/tls.go).
 pub const DEFAULT_SAN: &str = "istiod.istio-system.svc";
 
-/// `path` (absolute, as on the VM) inside `root`, with every symlink resolved
-/// as a chroot would: absolute targets restart at `root`, `..` never climbs
-/// above it. The last component is resolved too.
-pub fn resolve(root: &Path, path: &str) -> io::Result<PathBuf> {
-    let mut pending: Vec<String> = components(path);
-    pending.reverse();
-    let mut cur: Vec<String> = Vec::new();
-    let mut hops = 0;
-    while let Some(c) = pending.pop() {
-        match c.as_str() {
-            "." => {}
-            ".." => {
-                cur.pop();
-            }
-            _ => {
-                let candidate = join(root, &cur).join(&c);
-                match std::fs::symlink_metadata(&candidate) {
-                    Ok(m) if m.file_type().is_symlink() => {
-                        hops += 1;
-                        if hops > 40 {
-                            return Err(io::Error::other(format!(
-                                "too many symbolic links resolving {path}"
-                            )));
-                        }
-                        let target = std::fs::read_link(&candidate)?;
-                        let t = target.to_string_lossy().into_owned();
-                        if target.is_absolute() {
-                            cur.clear();
-                        }
-                        let mut more = components(&t);
-                        more.reverse();
-                        pending.extend(more);
-                    }
-                    _ => cur.push(c),
-                }
-            }
-        }
-    }
-    Ok(join(root, &cur))
-}
+/// Where pilot-agent writes the workload certificate it renews with
+/// (`OUTPUT_CERTS=./etc/certs` in istio-start.sh, reference §4.3).
+pub const WORKLOAD_CERT: &str = "/etc/certs/cert-chain.pem";
+pub const WORKLOAD_KEY: &str = "/etc/certs/key.pem";
 
-fn components(p: &str) -> Vec<String> {
-    Path::new(p)
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn join(root: &Path, parts: &[String]) -> PathBuf {
-    let mut p = root.to_path_buf();
-    for c in parts {
-        p.push(c);
-    }
-    p
-}
-
-/// Reads a placed file; the error names the VM path.
+/// Reads a placed file through the one view of the VM's filesystem
+/// (symlinks inside the root only, regular files only, bounded); the error
+/// names the VM path.
 pub fn read(root: &Path, path: &str) -> Result<Vec<u8>, String> {
-    let real = resolve(root, path).map_err(|e| format!("{path}: {e}"))?;
-    std::fs::read(&real).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => format!("{path} does not exist"),
-        _ => format!("{path}: {e}"),
-    })
+    let r = Sysroot::new(root).map_err(|e| format!("{e:#}"))?;
+    match r.read(path) {
+        Ok(Some(b)) => Ok(b),
+        Ok(None) => Err(format!("{path} does not exist")),
+        Err(e) => Err(format!("{e:#}")),
+    }
 }
 
 /// `host:port` of istiod (or of the CA), and the name its certificate must carry.
@@ -262,10 +210,7 @@ impl Inputs {
         i.owner = super::net::Owner(super::files::proxy_ids(root));
         i.root_cert_pem = read(root, layout::ROOT_CERT).ok();
         i.token = read(root, layout::TOKEN).ok();
-        if let (Ok(c), Ok(k)) = (
-            read(root, super::files::WORKLOAD_CERT),
-            read(root, super::files::WORKLOAD_KEY),
-        ) {
+        if let (Ok(c), Ok(k)) = (read(root, WORKLOAD_CERT), read(root, WORKLOAD_KEY)) {
             i.workload = Some((c, k));
         }
         if let Ok(b) = read(root, layout::ETC_HOSTS) {
@@ -316,43 +261,31 @@ impl Inputs {
 /// Where the sidecar package's files and databases are (Istio's .deb/.rpm:
 /// tools/packaging/packaging.mk@1.12.0 puts istio-start.sh in /usr/local/bin).
 pub const DPKG_STATUS: &str = "/var/lib/dpkg/status";
-pub const RPM_DB: &str = "/var/lib/rpm";
 pub const START_SCRIPT: &str = "/usr/local/bin/istio-start.sh";
 pub const SIDECAR_PACKAGE: &str = "istio-sidecar";
 
-/// The installed istio-sidecar: from dpkg's status file, else rpm's
-/// database, else the version istio-start.sh announces.
+/// The installed istio-sidecar: from the package database (dpkg's status
+/// file, else rpm's database, through the sysroot), else the version
+/// istio-start.sh announces.
 pub fn installed_sidecar(root: &Path) -> Option<version::Installed> {
     let found = |v: &str, source: String| {
         version::Version::parse(v).map(|version| version::Installed { version, source })
     };
-    if let Ok(b) = read(root, DPKG_STATUS)
-        && let Some(v) = version::dpkg_version(&String::from_utf8_lossy(&b), SIDECAR_PACKAGE)
+    if let Ok(r) = Sysroot::new(root)
+        && let Ok(Some(p)) = r.installed_package(SIDECAR_PACKAGE)
     {
-        return found(&v, format!("{SIDECAR_PACKAGE} {v} in dpkg's {DPKG_STATUS}"));
-    }
-    if let Ok(db) = resolve(root, RPM_DB)
-        && db.is_dir()
-        && let Some(v) = rpm_version(root)
-    {
-        return found(&v, format!("{SIDECAR_PACKAGE} {v} in rpm's database"));
+        let db = match p.source {
+            crate::sysroot::PackageDb::Dpkg => format!("dpkg's {DPKG_STATUS}"),
+            crate::sysroot::PackageDb::Rpm => "rpm's database".to_string(),
+        };
+        return found(
+            &p.version,
+            format!("{SIDECAR_PACKAGE} {} in {db}", p.version),
+        );
     }
     let b = read(root, START_SCRIPT).ok()?;
     let v = version::start_script_version(&String::from_utf8_lossy(&b))?;
     found(&v, format!("ISTIO_META_ISTIO_VERSION in {START_SCRIPT}"))
-}
-
-/// `rpm --root ROOT -q istio-sidecar`, if rpm is here at all.
-fn rpm_version(root: &Path) -> Option<String> {
-    let out = std::process::Command::new("rpm")
-        .arg("--root")
-        .arg(root)
-        .args(["-q", "--qf", "%{VERSION}", SIDECAR_PACKAGE])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && !v.is_empty()).then_some(v)
 }
 
 /// `defaultConfig.discoveryAddress` of a mesh config.
@@ -469,25 +402,5 @@ mod tests {
             Some("a:1")
         );
         assert_eq!(discovery_address(b"defaultConfig: {}\n"), None);
-    }
-
-    #[test]
-    fn resolve_stays_inside_root() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path();
-        std::fs::create_dir_all(root.join("run/secrets")).unwrap();
-        std::fs::create_dir_all(root.join("var")).unwrap();
-        std::os::unix::fs::symlink("/run", root.join("var/run")).unwrap();
-        std::os::unix::fs::symlink("../../../../etc/x", root.join("run/secrets/up")).unwrap();
-        assert_eq!(
-            resolve(root, "/var/run/secrets/tokens/t").unwrap(),
-            root.join("run/secrets/tokens/t")
-        );
-        assert_eq!(
-            resolve(root, "/run/secrets/up").unwrap(),
-            root.join("etc/x")
-        );
-        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
-        assert!(resolve(root, "/loop").is_err());
     }
 }

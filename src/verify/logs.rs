@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use super::inputs;
 use super::{fail, pass, skip, warn};
 use crate::layout;
 use crate::report::Check;
@@ -257,24 +256,27 @@ fn redact(line: &str) -> String {
         .join(" ")
 }
 
-fn tail(root: &Path, path: &str) -> Option<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let real = inputs::resolve(root, path).ok()?;
-    let mut f = std::fs::File::open(real).ok()?;
-    let len = f.metadata().ok()?.len();
-    let from = len.saturating_sub(TAIL_BYTES);
-    f.seek(SeekFrom::Start(from)).ok()?;
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf).ok()?;
+/// The last `TAIL_BYTES` of a log; `Ok(None)` if there is none. Through the
+/// root's bounded reader: a FIFO at the log is refused, not waited on.
+fn tail(root: &Path, path: &str) -> Result<Option<String>, String> {
+    let r = crate::sysroot::Sysroot::new(root).map_err(|e| format!("{e:#}"))?;
+    let Some(buf) = r.tail(path, TAIL_BYTES).map_err(|e| format!("{e:#}"))? else {
+        return Ok(None);
+    };
+    let from_start = r
+        .stat(path)
+        .ok()
+        .flatten()
+        .is_some_and(|s| s.size <= TAIL_BYTES);
     let mut text = String::from_utf8_lossy(&buf).into_owned();
-    if from > 0 {
+    if !from_start {
         // Drop the partial first line.
         text = text
             .split_once('\n')
             .map(|(_, r)| r.to_string())
             .unwrap_or_default();
     }
-    Some(text)
+    Ok(Some(text))
 }
 
 /// A matched line, in log order.
@@ -335,8 +337,19 @@ pub fn scan(log: Option<&str>, err_log: Option<&str>) -> (Vec<(&'static Known, S
 
 pub fn check(root: &Path) -> Check {
     let id = "log.errors";
-    let log = tail(root, layout::ISTIO_LOG);
-    let err = tail(root, layout::ISTIO_ERR_LOG);
+    let (log, err) = match (
+        tail(root, layout::ISTIO_LOG),
+        tail(root, layout::ISTIO_ERR_LOG),
+    ) {
+        (Ok(l), Ok(e)) => (l, e),
+        (Err(e), _) | (_, Err(e)) => {
+            return warn(
+                id,
+                format!("cannot read the agent's log: {e}"),
+                "the agent writes its log there: move what is in its place away",
+            );
+        }
+    };
     if log.is_none() && err.is_none() {
         return skip(
             id,

@@ -14,11 +14,10 @@
 //! an application's traffic and stays root's. Nothing is written anywhere. The key and certificate `ca.token` obtains
 //! live only in memory.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::report::{Check, CheckStatus};
 
@@ -28,10 +27,12 @@ pub mod files;
 pub mod grpc;
 pub mod inputs;
 pub mod logs;
+pub mod metrics;
 pub mod net;
 pub mod probe;
 pub mod proto;
 pub mod version;
+pub mod wait;
 pub mod xds;
 
 /// What one verify run looks at.
@@ -104,55 +105,20 @@ pub fn failed(checks: &[Check]) -> Vec<&str> {
         .collect()
 }
 
-/// Runs the checks once, or with `wait` until nothing fails or time is up;
-/// returns the last attempt's checks.
+/// Runs the checks once, or with `wait` until nothing fails or time is up
+/// (see [`wait`]); returns the last attempt's checks.
 pub fn run(opts: &Options) -> Result<Vec<Check>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let deadline = opts.wait.map(|w| Instant::now() + w);
-    let progress = std::io::stderr().is_terminal();
-    let mut attempt = 0;
-    let checks = loop {
-        attempt += 1;
-        let checks = rt.block_on(once(opts));
-        let failing = failed(&checks);
-        let Some(deadline) = deadline else {
-            break checks;
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        if failing.is_empty() || left.is_zero() {
-            if progress && attempt > 1 {
-                eprintln!();
-            }
-            break checks;
-        }
-        tracing::info!(
-            "verify attempt {attempt}: failing {}; retrying ({}s left)",
-            failing.join(", "),
-            left.as_secs()
-        );
-        if progress {
-            eprint!(
-                "\r\x1b[Kverify: attempt {attempt}: {} failing ({}), {}s left",
-                failing.len(),
-                failing.join(", "),
-                left.as_secs()
-            );
-        }
-        // Retry cadence, not synchronisation: the next attempt re-reads
-        // everything from scratch.
-        let pause = left.min(Duration::from_secs(1));
-        rt.block_on(async move { tokio::time::sleep(pause).await });
-    };
-    // A getaddrinfo stuck on a dead resolver must not hold the exit.
-    rt.shutdown_background();
-    Ok(checks)
+    wait::run(opts)
 }
 
 /// One pass over every check, in report order.
 pub async fn once(opts: &Options) -> Vec<Check> {
+    once_with(opts, &mut wait::Reuse::default()).await
+}
+
+/// [`once`], reusing the certificate an earlier attempt of a `--wait` run
+/// obtained.
+pub async fn once_with(opts: &Options, reuse: &mut wait::Reuse) -> Vec<Check> {
     let t = Instant::now();
     let inputs = inputs::Inputs::load(&opts.root);
     let mut out: Vec<Check> = files::checks(&opts.root, opts.live, &inputs, now())
@@ -160,7 +126,7 @@ pub async fn once(opts: &Options) -> Vec<Check> {
         .map(|c| timed(t, c))
         .collect();
     let (chain, agent, probes) = tokio::join!(
-        network(&inputs, opts.live, opts.timeout),
+        network(&inputs, opts.live, opts.timeout, reuse),
         agent_checks(opts, &inputs),
         probe_checks(opts)
     );
@@ -173,7 +139,12 @@ pub async fn once(opts: &Options) -> Vec<Check> {
 }
 
 /// dns -> tcp -> tls -> ca -> xds; a failed step skips the ones after it.
-async fn network(inputs: &inputs::Inputs, live: bool, timeout: Duration) -> Vec<Check> {
+async fn network(
+    inputs: &inputs::Inputs,
+    live: bool,
+    timeout: Duration,
+    reuse: &mut wait::Reuse,
+) -> Vec<Check> {
     let mut out = Vec::new();
     let t = Instant::now();
     let (c, resolved) = net::dns(inputs, live, timeout).await;
@@ -209,7 +180,7 @@ async fn network(inputs: &inputs::Inputs, live: bool, timeout: Duration) -> Vec<
         return out;
     }
     let t = Instant::now();
-    let (c, issued) = ca::check(inputs, &ca_target, &ca_addrs, timeout).await;
+    let (c, issued) = reuse.ca_check(inputs, &ca_target, &ca_addrs, timeout).await;
     out.push(timed(t, c));
     let Some(issued) = issued else {
         out.push(blocked("xds.stream", "ca.token"));

@@ -1,8 +1,8 @@
 //! Which Istio sidecar is installed, and what that version's
 //! `istio-start.sh` and pilot-agent make of cluster.env and the mesh file.
 //!
-//! Pure: the caller reads the package database or the script and hands the
-//! text in. Each rule cites the Istio source and the tag it was read at.
+//! Pure: the caller reads the package database (`sysroot::installed_package`)
+//! or the script and hands the text in. Each rule cites the Istio source and the tag it was read at.
 
 use std::collections::BTreeMap;
 
@@ -56,28 +56,6 @@ pub struct Installed {
     pub version: Version,
     /// Where the version came from, for the report.
     pub source: String,
-}
-
-/// The `Version:` of `package` in a dpkg status file, if dpkg says it is
-/// installed (`Status: install ok installed`; a removed package keeps its
-/// stanza as `deinstall ok config-files`).
-pub fn dpkg_version(status: &str, package: &str) -> Option<String> {
-    for stanza in status.split("\n\n") {
-        let field = |name: &str| {
-            stanza.lines().find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-            })
-        };
-        if field("Package").as_deref() != Some(package) {
-            continue;
-        }
-        let installed = field("Status").is_some_and(|s| s.ends_with(" installed"));
-        if installed && let Some(v) = field("Version") {
-            return Some(v);
-        }
-    }
-    None
 }
 
 /// The version an installed `istio-start.sh` announces: up to 1.2x it
@@ -283,17 +261,6 @@ mod tests {
         assert_eq!(Version::parse("1.12"), Some(Version::new(1, 12, 0)));
         assert_eq!(Version::parse("x"), None);
         assert!(Version::new(1, 9, 9) < Version::new(1, 10, 0));
-    }
-
-    #[test]
-    fn dpkg_status_needs_an_installed_stanza() {
-        let s = "Package: bash\nStatus: install ok installed\nVersion: 5.2\n\n\
-                 Package: istio-sidecar\nStatus: deinstall ok config-files\nVersion: 1.9.0\n\n\
-                 Package: istio-sidecar\nStatus: install ok installed\nPriority: extra\nVersion: 1.10.6\n";
-        assert_eq!(dpkg_version(s, "istio-sidecar").as_deref(), Some("1.10.6"));
-        let removed = "Package: istio-sidecar\nStatus: deinstall ok config-files\nVersion: 1.9.0\n";
-        assert_eq!(dpkg_version(removed, "istio-sidecar"), None);
-        assert_eq!(dpkg_version("", "istio-sidecar"), None);
     }
 
     #[test]

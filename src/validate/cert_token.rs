@@ -1,0 +1,171 @@
+//! root-cert.pem and istio-token checks.
+
+use super::{CERT_SOON_SECS, TOKEN_SOON_SECS};
+use super::{HINT_NEW_TOKEN, SKEW_SECS, span_text, time_text};
+use crate::bundle::root_cert::CertInfo;
+use crate::bundle::token::{Claims, ISTIO_CA_AUDIENCE};
+use crate::bundle::{ClusterEnv, ROOT_CERT, TOKEN};
+use crate::report::Finding;
+
+pub(super) fn check_certs(certs: &[CertInfo], now: i64, f: &mut Vec<Finding>) {
+    let many = certs.len() > 1;
+    for (i, c) in certs.iter().enumerate() {
+        let which = if many {
+            format!("certificate {} ({})", i + 1, c.subject)
+        } else {
+            format!("root certificate ({})", c.subject)
+        };
+        if c.not_after <= now {
+            f.push(Finding::error(
+                "cert.expired",
+                Some(ROOT_CERT),
+                format!("{which} expired at {}", time_text(c.not_after)),
+                "the mesh root CA was rotated or this is an old bundle: take the current \
+                 root-cert.pem from configmap istio-ca-root-cert (or regenerate the bundle)",
+            ));
+        } else if c.not_after - now < CERT_SOON_SECS {
+            f.push(Finding::warning(
+                "cert.expires_soon",
+                Some(ROOT_CERT),
+                format!(
+                    "{which} expires at {} (in {})",
+                    time_text(c.not_after),
+                    span_text(c.not_after - now)
+                ),
+                "plan the root CA rotation: once istiod uses the new root, place the new \
+                 root-cert.pem on this VM (re-run istio-vm install with a fresh bundle)",
+            ));
+        }
+        if c.not_before > now + SKEW_SECS {
+            f.push(Finding::error(
+                "cert.not_yet_valid",
+                Some(ROOT_CERT),
+                format!(
+                    "{which} is valid only from {} (in {})",
+                    time_text(c.not_before),
+                    span_text(c.not_before - now)
+                ),
+                "check this VM's clock (timedatectl; enable NTP): it is behind the CA's \
+                 clock, and TLS to istiod will fail until it is right",
+            ));
+        }
+        if !c.is_ca {
+            f.push(Finding::error(
+                "cert.not_ca",
+                Some(ROOT_CERT),
+                format!("{which} is not a CA certificate (basicConstraints CA is not set)"),
+                "root-cert.pem must hold the mesh root CA, not a workload or leaf \
+                 certificate: take it from configmap istio-ca-root-cert",
+            ));
+        }
+        // A keyUsage extension without keyCertSign forbids signing
+        // certificates (RFC 5280 4.2.1.3): Go's crypto/x509 (istiod, the
+        // agent) and BoringSSL (Envoy) then refuse every chain through it.
+        // Without the extension there is no restriction.
+        if c.key_cert_sign == Some(false) {
+            f.push(Finding::error(
+                "cert.no_cert_sign",
+                Some(ROOT_CERT),
+                format!(
+                    "{which} has a keyUsage extension without keyCertSign: it may not sign                      certificates, so no workload certificate would verify against it"
+                ),
+                "root-cert.pem must hold the mesh root CA as istiod uses it: take it from                  configmap istio-ca-root-cert (a CA made by hand needs keyUsage                  keyCertSign, cRLSign)",
+            ));
+        }
+    }
+}
+
+pub(super) fn check_token(c: &Claims, env: Option<&ClusterEnv>, now: i64, f: &mut Vec<Finding>) {
+    // `alg: none` is an unsigned token (RFC 7518 3.6): whatever its claims
+    // say, anyone could have written it, and the API server's TokenReview
+    // refuses it.
+    if c.alg.eq_ignore_ascii_case("none") {
+        f.push(Finding::error(
+            "token.unsigned",
+            Some(TOKEN),
+            "token header says `alg: none`: an unsigned token, which istiod's token \
+             review refuses",
+            HINT_NEW_TOKEN,
+        ));
+    }
+    if let Some(exp) = c.exp {
+        if exp <= now {
+            f.push(Finding::error(
+                "token.expired",
+                Some(TOKEN),
+                format!(
+                    "token expired at {} ({} ago)",
+                    time_text(exp),
+                    span_text(now.saturating_sub(exp))
+                ),
+                HINT_NEW_TOKEN,
+            ));
+        } else if exp.saturating_sub(now) < TOKEN_SOON_SECS {
+            f.push(Finding::warning(
+                "token.expires_soon",
+                Some(TOKEN),
+                format!(
+                    "token expires at {} (in {})",
+                    time_text(exp),
+                    span_text(exp.saturating_sub(now))
+                ),
+                format!(
+                    "the agent needs the token for its first certificate: install right \
+                     away, or {HINT_NEW_TOKEN}"
+                ),
+            ));
+        }
+    }
+    if let Some(nbf) = c.nbf
+        && nbf.saturating_sub(SKEW_SECS) > now
+    {
+        f.push(Finding::error(
+            "token.not_yet_valid",
+            Some(TOKEN),
+            format!(
+                "token is valid only from {} (in {})",
+                time_text(nbf),
+                span_text(nbf.saturating_sub(now))
+            ),
+            "check this VM's clock (timedatectl; enable NTP): it is behind the cluster's",
+        ));
+    }
+    if !c.aud.iter().any(|a| a == ISTIO_CA_AUDIENCE) {
+        let has = if c.aud.is_empty() {
+            "no audience (a legacy, non-expiring ServiceAccount secret token?)".to_string()
+        } else {
+            format!("audience {}", c.aud.join(", "))
+        };
+        f.push(Finding::error(
+            "token.audience",
+            Some(TOKEN),
+            format!("token has {has}, istiod expects `{ISTIO_CA_AUDIENCE}`"),
+            "use the token istioctl requests (audience istio-ca): re-run `istioctl x workload \
+             entry configure`; or `kubectl create token <sa> -n <ns> --audience istio-ca`",
+        ));
+    }
+    let Some(env) = env else { return };
+    let (Some(ns), Some(sa)) = (env.get("POD_NAMESPACE"), env.get("SERVICE_ACCOUNT")) else {
+        return;
+    };
+    let want = format!("system:serviceaccount:{ns}:{sa}");
+    let sub = c.sub.as_deref().unwrap_or("");
+    if sub != want {
+        let got = if sub.is_empty() {
+            "no subject".to_string()
+        } else {
+            format!("subject `{sub}`")
+        };
+        f.push(Finding::error(
+            "token.subject_mismatch",
+            Some(TOKEN),
+            format!(
+                "token has {got}, but cluster.env says POD_NAMESPACE={ns} and \
+                 SERVICE_ACCOUNT={sa} (expected `{want}`); istiod would refuse the \
+                 workload's identity"
+            ),
+            "the token and cluster.env come from different bundles: use the files of one \
+             `istioctl x workload entry configure` run",
+        ));
+    }
+}
