@@ -48,6 +48,8 @@ run_one() {
 export -f run_one
 export TEST_LOGS=$logs
 
+# The inner bash expands $1, $2 and $TEST_LOGS, not this one.
+# shellcheck disable=SC2016
 tr '\t' '\n' <"$logs/order" |
     xargs -d '\n' -n 2 -P "$jobs" bash -c 'run_one "$1" "$2" "$TEST_LOGS"' _
 

@@ -7,8 +7,11 @@
 //! is bounded by `--timeout`; independent branches run concurrently, so an
 //! unreachable istiod costs about one timeout, not a sum.
 //!
-//! Files are read under `--root`; the network is probed from this host.
-//! Nothing is written anywhere. The key and certificate `ca.token` obtains
+//! Files are read under `--root`; the network is probed from this host,
+//! toward istiod as istio-proxy (so Istio's capture rules let it through as
+//! they let the agent's through, see `net::Owner`), and with the addresses
+//! and names of the installed sidecar's version (`version`). `--probe` is
+//! an application's traffic and stays root's. Nothing is written anywhere. The key and certificate `ca.token` obtains
 //! live only in memory.
 
 use std::path::PathBuf;
@@ -29,6 +32,7 @@ pub mod net;
 pub mod probe;
 pub mod proto;
 pub mod rules;
+pub mod version;
 pub mod wait;
 pub mod xds;
 
@@ -44,6 +48,7 @@ pub const CHECK_IDS: &[&str] = &[
     "files.workload_cert",
     "files.dirs",
     "files.hosts",
+    "files.sidecar",
     "dns.discovery",
     "tcp.discovery",
     "tls.handshake",
@@ -182,7 +187,7 @@ async fn network(
         return out;
     };
     let t = Instant::now();
-    let (c, peer) = net::tcp(&target, &addrs, timeout).await;
+    let (c, peer) = net::tcp(&target, &addrs, timeout, inputs.owner).await;
     out.push(timed(t, c));
     let Some(peer) = peer else {
         for id in ["tls.handshake", "ca.token", "xds.stream"] {
@@ -260,14 +265,14 @@ async fn probe_checks(opts: &Options) -> Vec<Check> {
         ids.push(id);
     }
     let to = opts.timeout;
-    net::futures_join(
-        ids.into_iter()
-            .zip(&opts.probes)
-            .map(|(id, url)| async move {
-                let t = Instant::now();
-                timed(t, probe::check(id, url, to).await)
-            }),
-    )
+    // `--probe` is an application's traffic: made as root, so capture
+    // applies to it, which is the point.
+    net::join_ordered(ids.into_iter().zip(opts.probes.iter().cloned()).map(
+        |(id, url)| async move {
+            let t = Instant::now();
+            timed(t, probe::check(id, &url, to).await)
+        },
+    ))
     .await
 }
 
