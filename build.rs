@@ -10,14 +10,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ],
         ["proto"],
     )?;
+    // The upstream comments hold YAML and URLs in indented blocks that
+    // rustdoc would compile as doctests; the vendored .proto files are the
+    // documentation. (The builder's own disable_comments does not reach the
+    // message code in compile_fds: only a Config does.)
+    let mut config = tonic_prost_build::Config::new();
+    config.disable_comments(["."]);
     tonic_prost_build::configure()
         .build_server(false)
         .build_client(true)
         .include_file("protos.rs")
-        // The upstream comments hold YAML and URLs in indented blocks that
-        // rustdoc would compile as doctests; the vendored .proto files are
-        // the documentation.
-        .disable_comments(["."])
-        .compile_fds(fds)?;
+        .compile_fds_with_config(fds, config)?;
     Ok(())
 }
