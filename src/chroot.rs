@@ -20,7 +20,18 @@ use std::sync::OnceLock;
 /// The answer for this process, computed once.
 pub fn in_chroot() -> bool {
     static IN: OnceLock<bool> = OnceLock::new();
-    *IN.get_or_init(|| detect(std::path::Path::new("/proc")))
+    *IN.get_or_init(|| {
+        let proc = std::path::Path::new("/proc");
+        // A hardened unit (ProtectProc=invisible, no CAP_SYS_PTRACE) cannot
+        // see pid 1's root, so it cannot tell by looking; but systemd
+        // started it (it sets INVOCATION_ID for every unit), and systemd
+        // runs units on the machine it manages, never inside an image
+        // builder's chroot, where no systemd runs.
+        if std::env::var_os("INVOCATION_ID").is_some() && id(&proc.join("1/root")).is_err() {
+            return false;
+        }
+        detect(proc)
+    })
 }
 
 fn id(p: &std::path::Path) -> std::io::Result<(u64, u64)> {
