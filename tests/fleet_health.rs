@@ -39,31 +39,8 @@ const IGNORE: &str =
 fn health_playbook_names_the_broken_vm() {
     let tree = fleet::variant_tree(ROOTFS_PACKAGES);
     let lan = Lan::new("hlt", HOSTS.len());
-    let project = tempfile::Builder::new()
-        .prefix("istio-vm-health-")
-        .tempdir()
-        .unwrap();
+    let (project, pubkey) = fleet::ansible_project("istio-vm-health-", "istio-vm-health-test");
     let p = project.path();
-    fleet::run(&[
-        "cp",
-        "-r",
-        fleet::path_of(&e2e::repo().join("packaging/ansible/.")),
-        fleet::path_of(p),
-    ]);
-    let key = p.join("id_ed25519");
-    fleet::run(&[
-        "ssh-keygen",
-        "-q",
-        "-t",
-        "ed25519",
-        "-N",
-        "",
-        "-C",
-        "istio-vm-health-test",
-        "-f",
-        fleet::path_of(&key),
-    ]);
-    let pubkey = std::fs::read_to_string(p.join("id_ed25519.pub")).unwrap();
     let bundle = BundleSpec::valid().write(&p.join("bundle"));
 
     // Copied, booted and onboarded side by side.
@@ -118,7 +95,7 @@ fn health_playbook_names_the_broken_vm() {
         .env("ANSIBLE_HOME", p.join(".ansible"))
         .env("ANSIBLE_LOCAL_TEMP", p.join(".ansible/tmp"))
         .env("ANSIBLE_REMOTE_USER", "root")
-        .env("ANSIBLE_PRIVATE_KEY_FILE", &key)
+        .env("ANSIBLE_PRIVATE_KEY_FILE", p.join("id_ed25519"))
         .env("ANSIBLE_PYTHON_INTERPRETER", "/usr/bin/python3")
         .env(
             "ANSIBLE_SSH_ARGS",

@@ -348,3 +348,35 @@ pub fn assert_onboarded(vm: &e2e::Vm, hosts_block: &str) {
          printf 'GET /healthz/ready HTTP/1.0\\r\\n\\r\\n' >&3 && head -n1 <&3 | grep -q ' 200 '",
     );
 }
+
+/// A controller-side project directory: the shipped playbooks, role,
+/// inventory and ansible.cfg copied as they are, plus a fresh SSH key pair
+/// (`id_ed25519`, comment `comment`). Returns (the directory, its public key).
+pub fn ansible_project(prefix: &str, comment: &str) -> (tempfile::TempDir, String) {
+    let project = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("project dir");
+    let p = project.path();
+    run(&[
+        "cp",
+        "-r",
+        path_of(&e2e::repo().join("packaging/ansible/.")),
+        path_of(p),
+    ]);
+    let key = p.join("id_ed25519");
+    run(&[
+        "ssh-keygen",
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-C",
+        comment,
+        "-f",
+        path_of(&key),
+    ]);
+    let pubkey = std::fs::read_to_string(p.join("id_ed25519.pub")).expect("public key");
+    (project, pubkey)
+}
