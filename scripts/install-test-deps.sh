@@ -7,6 +7,8 @@ set -euo pipefail
 pkgs=(
     iptables
     nftables
+    # Capture coexistence (tests/capture_netns.rs): firewalld in a namespace.
+    firewalld
     iproute2
     util-linux
     cloud-init
@@ -39,6 +41,9 @@ pkgs=(
     xz-utils
     # Kill at every syscall that changes the tree (tests/install_kills.rs).
     strace
+    # Monitoring (tests/monitor_*.rs): promtool checks the textfile and the
+    # alerting rules.
+    prometheus
 )
 
 missing=()

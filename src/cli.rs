@@ -118,6 +118,10 @@ pub struct VerifyArgs {
     /// Also fetch URL from this VM and check it went through the sidecar
     #[arg(long, value_name = "URL")]
     pub probe: Vec<String>,
+    /// Also write the results as Prometheus metrics to FILE, for
+    /// node_exporter's textfile collector (replaced atomically, mode 0644)
+    #[arg(long, value_name = "FILE")]
+    pub textfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +131,19 @@ pub struct CaptureArgs {
     /// Netfilter backend
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: Backend,
+    /// apply: replace ISTIO_* chains (and Istio-named nft tables) that
+    /// istio-vm's record does not name, i.e. another tool's
+    #[arg(long)]
+    pub replace_foreign: bool,
+    /// render: which family's iptables-restore input to print on stdout
+    #[arg(long, value_enum, default_value = "ipv4")]
+    pub family: RenderFamily,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RenderFamily {
+    Ipv4,
+    Ipv6,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -135,10 +152,14 @@ pub enum CaptureAction {
     Render,
     /// Apply the rules atomically, replacing any earlier Istio rules
     Apply,
-    /// Remove every Istio rule found, whatever produced it
+    /// Remove the Istio rules istio-vm applied (as its record names them)
     Remove,
     /// Which backend holds which Istio rules, and whether they match
     Status,
+    /// Keep the recorded rules in place while istio.service is active:
+    /// re-apply within moments of a flush (nftables.service, firewalld,
+    /// `iptables -F`); idle until netfilter changes
+    Watch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]

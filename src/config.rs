@@ -16,6 +16,12 @@ pub const DEFAULT_PATH: &str = "/etc/istio-vm/config.toml";
 /// A config file is a few hundred bytes; anything near this is not one.
 const CONFIG_CAP: u64 = 1 << 20;
 
+/// The link-local instance metadata services (AWS, GCP, Azure, OpenStack
+/// at 169.254.169.254; AWS's IPv6 endpoint): excluded from outbound
+/// capture by default so that a crash-looping sidecar does not cut the
+/// cloud agent off from its credentials.
+pub const DEFAULT_EXCLUDE_OUTBOUND_CIDRS: [&str; 2] = ["169.254.169.254/32", "fd00:ec2::254/128"];
+
 /// Effective settings after every layer is applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -30,6 +36,9 @@ pub struct Config {
     pub exclude_inbound_ports: Vec<u16>,
     /// Allow rules that would capture inbound SSH (22). Off unless asked for.
     pub allow_ssh_capture: bool,
+    /// Destinations never captured outbound (cloud metadata by default, so
+    /// the cloud agent keeps its credentials while the sidecar is down).
+    pub exclude_outbound_cidrs: Vec<String>,
     /// Dangerous cluster.env keys accepted anyway (`--allow-env` adds more).
     pub allow_env: Vec<String>,
     /// Total time a bundle download may take, connection to last byte.
@@ -38,6 +47,11 @@ pub struct Config {
     pub timeout: Duration,
     /// How long a run waits for another run's lock.
     pub lock_timeout: Duration,
+    /// How often istio-vm-verify.timer runs verify (install writes it into
+    /// the timer's drop-in).
+    pub verify_interval: Duration,
+    /// Where the timer's verify writes its metrics (`--textfile`).
+    pub textfile: String,
 }
 
 impl Default for Config {
@@ -49,10 +63,16 @@ impl Default for Config {
             start: true,
             exclude_inbound_ports: Vec::new(),
             allow_ssh_capture: false,
+            exclude_outbound_cidrs: DEFAULT_EXCLUDE_OUTBOUND_CIDRS
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
             allow_env: Vec::new(),
             fetch_timeout: Duration::from_secs(60),
             timeout: Duration::from_secs(3),
             lock_timeout: Duration::from_secs(300),
+            verify_interval: Duration::from_secs(300),
+            textfile: DEFAULT_TEXTFILE.to_string(),
         }
     }
 }
@@ -67,10 +87,13 @@ struct FileLayer {
     start: Option<bool>,
     exclude_inbound_ports: Option<Vec<u16>>,
     allow_ssh_capture: Option<bool>,
+    exclude_outbound_cidrs: Option<Vec<String>>,
     allow_env: Option<Vec<String>>,
     fetch_timeout: Option<String>,
     timeout: Option<String>,
     lock_timeout: Option<String>,
+    verify_interval: Option<String>,
+    textfile: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for Output {
@@ -95,10 +118,13 @@ const ENV_KEYS: &[&str] = &[
     "ISTIO_VM_START",
     "ISTIO_VM_EXCLUDE_INBOUND_PORTS",
     "ISTIO_VM_ALLOW_SSH_CAPTURE",
+    "ISTIO_VM_EXCLUDE_OUTBOUND_CIDRS",
     "ISTIO_VM_ALLOW_ENV",
     "ISTIO_VM_FETCH_TIMEOUT",
     "ISTIO_VM_TIMEOUT",
     "ISTIO_VM_LOCK_TIMEOUT",
+    "ISTIO_VM_VERIFY_INTERVAL",
+    "ISTIO_VM_TEXTFILE",
     // Read by clap directly.
     "ISTIO_VM_ROOT",
     "ISTIO_VM_CONFIG",
@@ -171,6 +197,9 @@ impl Config {
         if let Some(v) = layer.allow_ssh_capture {
             self.allow_ssh_capture = v;
         }
+        if let Some(v) = layer.exclude_outbound_cidrs {
+            self.exclude_outbound_cidrs = v;
+        }
         if let Some(v) = layer.allow_env {
             self.allow_env = v;
         }
@@ -188,6 +217,12 @@ impl Config {
             self.lock_timeout = parse_duration(&v)
                 .map_err(anyhow::Error::msg)
                 .context("lock_timeout")?;
+        }
+        if let Some(v) = layer.verify_interval {
+            self.verify_interval = parse_interval(&v).context("verify_interval")?;
+        }
+        if let Some(v) = layer.textfile {
+            self.textfile = check_textfile(&v).context("textfile")?;
         }
         Ok(())
     }
@@ -218,6 +253,14 @@ impl Config {
                 "ISTIO_VM_START" => self.start = parse_bool(&v).with_context(ctx)?,
                 "ISTIO_VM_ALLOW_SSH_CAPTURE" => {
                     self.allow_ssh_capture = parse_bool(&v).with_context(ctx)?
+                }
+                "ISTIO_VM_EXCLUDE_OUTBOUND_CIDRS" => {
+                    self.exclude_outbound_cidrs = v
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect();
                 }
                 "ISTIO_VM_EXCLUDE_INBOUND_PORTS" => {
                     self.exclude_inbound_ports = v
@@ -253,6 +296,10 @@ impl Config {
                         .map_err(anyhow::Error::msg)
                         .with_context(ctx)?
                 }
+                "ISTIO_VM_VERIFY_INTERVAL" => {
+                    self.verify_interval = parse_interval(&v).with_context(ctx)?
+                }
+                "ISTIO_VM_TEXTFILE" => self.textfile = check_textfile(&v).with_context(ctx)?,
                 k if ENV_KEYS.contains(&k) => {}
                 _ => bail!(
                     "unknown environment variable {k}; known: {}",
@@ -262,6 +309,33 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Debian's and Fedora's prometheus-node-exporter read textfiles here.
+pub const DEFAULT_TEXTFILE: &str = "/var/lib/prometheus/node-exporter/istio_vm.prom";
+
+/// The timer's interval: at least a second (a timer at 0 would spin).
+fn parse_interval(v: &str) -> Result<Duration> {
+    let d = parse_duration(v).map_err(anyhow::Error::msg)?;
+    if d < Duration::from_secs(1) {
+        bail!("`{v}` is shorter than 1s");
+    }
+    Ok(d)
+}
+
+/// An absolute path ending in `.prom` (the only files the textfile
+/// collector reads), in characters a unit's command line carries unquoted.
+fn check_textfile(v: &str) -> Result<String> {
+    let ok_chars = v
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c));
+    if !v.starts_with('/') || !v.ends_with(".prom") || !ok_chars || v.contains("/../") {
+        bail!(
+            "`{v}`: give an absolute path ending in .prom in the directory node_exporter's \
+             --collector.textfile.directory names (letters, digits, / . _ - only)"
+        );
+    }
+    Ok(v.to_string())
 }
 
 fn parse_bool(v: &str) -> Result<bool> {
@@ -298,6 +372,35 @@ mod tests {
             .apply_env([("ISTIO_VM_BAKEND".to_string(), "x".to_string())].into_iter())
             .unwrap_err();
         assert!(format!("{e:#}").contains("ISTIO_VM_BAKEND"));
+    }
+
+    #[test]
+    fn verify_timer_settings() {
+        let mut c = Config::default();
+        assert_eq!(c.verify_interval, Duration::from_secs(300));
+        assert_eq!(c.textfile, DEFAULT_TEXTFILE);
+        c.apply_file(
+            "verify_interval = \"30s\"\ntextfile = \"/var/lib/node_exporter/istio_vm.prom\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.verify_interval, Duration::from_secs(30));
+        assert_eq!(c.textfile, "/var/lib/node_exporter/istio_vm.prom");
+        assert!(c.apply_file("verify_interval = \"500ms\"\n").is_err());
+        for bad in [
+            "x.prom",
+            "/a/b.txt",
+            "/a b/c.prom",
+            "/a/\"c.prom",
+            "/a/../c.prom",
+        ] {
+            assert!(
+                c.apply_file(&format!("textfile = '{bad}'\n")).is_err(),
+                "{bad}"
+            );
+        }
+        c.apply_env([("ISTIO_VM_VERIFY_INTERVAL".to_string(), "2m".to_string())].into_iter())
+            .unwrap();
+        assert_eq!(c.verify_interval, Duration::from_secs(120));
     }
 
     #[test]

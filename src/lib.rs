@@ -6,11 +6,13 @@
 pub mod apply;
 pub mod bundle;
 pub mod capture;
+pub mod chroot;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
 pub mod layout;
+pub mod logging;
 pub mod plan;
 pub mod report;
 pub mod sysroot;

@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     };
     init_logging(cli.global.verbose);
     let output = commands::output_of(&cli);
-    let (report, exit) = match commands::run(&cli) {
+    let (mut report, exit) = match commands::run(&cli) {
         Ok(report) => {
             let exit = if report.ok { Exit::Ok } else { Exit::NotOk };
             (report, exit)
@@ -37,13 +37,25 @@ fn main() -> ExitCode {
                     .join(": "),
                 None => format!("{err:#}"),
             };
+            // Under systemd, the journal gets the error at its priority.
+            istio_vm::logging::error_line(&root_cause);
             report.error = Some(root_cause);
             (report, exit_for(&err))
         }
     };
     let text = match output {
         Output::Json => report.to_json() + "\n",
-        Output::Text => report.to_text(),
+        // `capture render`: the rules alone on stdout (so they pipe into
+        // iptables-restore / nft), the report on stderr.
+        Output::Text => match report.rules.take() {
+            Some(rules) => {
+                let _ = std::io::stderr()
+                    .lock()
+                    .write_all(redact_urls_in(&report.to_text()).as_bytes());
+                rules
+            }
+            None => report.to_text(),
+        },
     };
     print(&text);
     ExitCode::from(exit as u8)
@@ -147,16 +159,22 @@ fn init_logging(verbose: u8) {
         2 => "debug",
         _ => "trace",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ISTIO_VM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .with_writer(|| RedactedStderr)
-        .with_ansi(std::io::stderr().is_terminal())
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ISTIO_VM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_target(false)
-        .without_time()
-        .init();
+        .without_time();
+    if istio_vm::logging::stderr_is_journal() {
+        // Each line with its `<N>` priority prefix; journald adds the time.
+        fmt.with_writer(istio_vm::logging::JournalMakeWriter)
+            .with_ansi(false)
+            .init();
+    } else {
+        fmt.with_writer(|| RedactedStderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init();
+    }
 }
 
 /// stderr for log lines, with URL credentials redacted like stdout (one

@@ -25,6 +25,50 @@ pub struct Finding {
     pub hint: String,
 }
 
+/// Every finding code the bundle checks produce, with its severity (for the
+/// codes `--allow-env` turns into warnings, the severity without it): the
+/// contract's list (docs/DESIGN.md "Finding codes", compared by
+/// tests/design_doc.rs). A code that is not listed here is a bug: debug
+/// builds panic on it, so every test that produces a finding checks this.
+pub const FINDING_CODES: &[(&str, Severity)] = &[
+    ("bundle.archive", Severity::Error),
+    ("bundle.checksum", Severity::Error),
+    ("bundle.fetch", Severity::Error),
+    ("bundle.missing_file", Severity::Error),
+    ("bundle.too_large", Severity::Error),
+    ("bundle.unsafe_path", Severity::Error),
+    ("cert.expired", Severity::Error),
+    ("cert.expires_soon", Severity::Warning),
+    ("cert.no_cert_sign", Severity::Error),
+    ("cert.not_ca", Severity::Error),
+    ("cert.not_yet_valid", Severity::Error),
+    ("cert.parse", Severity::Error),
+    ("env.agent_port_captured", Severity::Warning),
+    ("env.exec_user", Severity::Error),
+    ("env.invalid_value", Severity::Error),
+    ("env.legacy_label", Severity::Warning),
+    ("env.missing_key", Severity::Error),
+    ("env.shell_unsafe", Severity::Error),
+    ("env.ssh_captured", Severity::Warning),
+    ("env.syntax", Severity::Error),
+    ("env.unknown_key", Severity::Warning),
+    ("env.unsafe_key", Severity::Error),
+    ("hosts.discovery_unresolved", Severity::Warning),
+    ("hosts.empty", Severity::Error),
+    ("hosts.marker", Severity::Error),
+    ("hosts.syntax", Severity::Error),
+    ("mesh.discovery_address", Severity::Error),
+    ("mesh.mismatch", Severity::Warning),
+    ("mesh.parse", Severity::Error),
+    ("token.audience", Severity::Error),
+    ("token.expired", Severity::Error),
+    ("token.expires_soon", Severity::Warning),
+    ("token.format", Severity::Error),
+    ("token.not_yet_valid", Severity::Error),
+    ("token.subject_mismatch", Severity::Error),
+    ("token.unsigned", Severity::Error),
+];
+
 impl Finding {
     pub fn error(
         code: &str,
@@ -51,6 +95,11 @@ impl Finding {
         message: impl Into<String>,
         hint: impl Into<String>,
     ) -> Self {
+        debug_assert!(
+            FINDING_CODES.iter().any(|(c, _)| *c == code),
+            "finding code {code} is not in report::FINDING_CODES: \
+             add it there and to docs/DESIGN.md"
+        );
         Finding {
             severity,
             code: code.to_string(),
@@ -321,5 +370,235 @@ mod redact_tests {
         for t in ["see https://…@h/b.tgz?…#… now", "https://h/x, then", "none"] {
             assert_eq!(redact_urls_in(t), t);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Codes written as the first argument of a finding constructor
+    /// (`Finding::error`, `Finding::warning`, or a helper named `…finding`)
+    /// anywhere under src/ but this file.
+    fn codes_in_source() -> Vec<(String, String)> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") && !p.ends_with("src/report.rs")
+                {
+                    out.push(p);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
+        let mut found = Vec::new();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            for call in ["Finding::error(", "Finding::warning(", "finding("] {
+                for (at, _) in text.match_indices(call) {
+                    let rest = text[at + call.len()..].trim_start();
+                    let Some(lit) = rest.strip_prefix('"') else {
+                        continue;
+                    };
+                    let code = &lit[..lit.find('"').unwrap()];
+                    found.push((code.to_string(), f.display().to_string()));
+                }
+            }
+            // `Finding::new(severity, "code", …)`: the first literal.
+            for (at, _) in text.match_indices("Finding::new(") {
+                let rest = &text[at..];
+                let Some(open) = rest.find('"') else { continue };
+                let lit = &rest[open + 1..];
+                let code = &lit[..lit.find('"').unwrap()];
+                if code.contains('.') && !code.contains(' ') {
+                    found.push((code.to_string(), f.display().to_string()));
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn every_finding_code_in_the_source_is_listed() {
+        let found = codes_in_source();
+        // The scan itself must see the constructors, or it proves nothing.
+        assert!(found.len() >= FINDING_CODES.len(), "scan found {found:?}");
+        for (code, file) in &found {
+            assert!(
+                FINDING_CODES.iter().any(|(c, _)| c == code),
+                "{file}: finding code {code} is not in FINDING_CODES"
+            );
+        }
+        for (code, _) in FINDING_CODES {
+            assert!(
+                found.iter().any(|(c, _)| c == code),
+                "FINDING_CODES lists {code}, which no constructor in src/ produces"
+            );
+        }
+    }
+
+    fn sample() -> Report {
+        let mut r = Report::new("install");
+        r.changed = true;
+        r.findings = vec![
+            Finding::warning("cert.expires_soon", Some("root-cert.pem"), "soon", "renew"),
+            Finding::error("hosts.empty", None, "empty", ""),
+            Finding::warning("env.unknown_key", Some("cluster.env"), "FOO", "drop it"),
+        ];
+        r.steps = vec![
+            Step {
+                id: "file:/a".into(),
+                status: StepStatus::Changed,
+                detail: "created".into(),
+                diff: Some("+x".into()),
+            },
+            Step {
+                id: "dir:/b".into(),
+                status: StepStatus::Ok,
+                detail: "as desired".into(),
+                diff: Some("-y\n".into()),
+            },
+            Step {
+                id: "hook:c".into(),
+                status: StepStatus::Failed,
+                detail: "boom".into(),
+                diff: None,
+            },
+            Step {
+                id: "hook:d".into(),
+                status: StepStatus::Skipped,
+                detail: "later".into(),
+                diff: None,
+            },
+        ];
+        r.checks = vec![
+            Check {
+                id: "tls.handshake".into(),
+                status: CheckStatus::Pass,
+                detail: "ok".into(),
+                elapsed_ms: 4,
+                hint: None,
+            },
+            Check {
+                id: "ca.token".into(),
+                status: CheckStatus::Fail,
+                detail: "denied".into(),
+                elapsed_ms: 7,
+                hint: Some("new token".into()),
+            },
+            Check {
+                id: "agent.dns".into(),
+                status: CheckStatus::Warn,
+                detail: "slow".into(),
+                elapsed_ms: 0,
+                hint: Some("h".into()),
+            },
+            Check {
+                id: "xds.stream".into(),
+                status: CheckStatus::Skip,
+                detail: "blocked".into(),
+                elapsed_ms: 0,
+                hint: Some("fix ca.token first".into()),
+            },
+        ];
+        r.rules = Some("*nat\n".into());
+        r.error = Some("it broke".into());
+        r
+    }
+
+    #[test]
+    fn text_has_every_part_in_order() {
+        let want = concat!(
+            "*nat\n",
+            "warning[cert.expires_soon]: root-cert.pem: soon\n",
+            "    hint: renew\n",
+            "error[hosts.empty]: empty\n",
+            "warning[env.unknown_key]: cluster.env: FOO\n",
+            "    hint: drop it\n",
+            " changed  file:/a  created\n",
+            "+x\n",
+            "      ok  dir:/b  as desired\n",
+            "-y\n",
+            "  FAILED  hook:c  boom\n",
+            " skipped  hook:d  later\n",
+            "PASS  tls.handshake          ok (4 ms)\n",
+            "FAIL  ca.token               denied (7 ms)\n",
+            "      hint: new token\n",
+            "WARN  agent.dns              slow (0 ms)\n",
+            "      hint: h\n",
+            "skip  xds.stream             blocked (0 ms)\n",
+            "      hint: fix ca.token first\n",
+            "error: it broke\n",
+            "install: ok (changed), 1 error(s), 2 warning(s)\n",
+        );
+        assert_eq!(sample().to_text(), want);
+    }
+
+    #[test]
+    fn text_summary_says_what_happened() {
+        let summary = |ok, changed, check| {
+            let mut r = Report::new("install");
+            (r.ok, r.changed, r.check_mode) = (ok, changed, check);
+            r.to_text()
+        };
+        assert_eq!(summary(true, false, false), "install: ok\n");
+        assert_eq!(summary(true, false, true), "install: ok\n");
+        assert_eq!(summary(true, true, false), "install: ok (changed)\n");
+        assert_eq!(summary(true, true, true), "install: ok (would change)\n");
+        assert_eq!(summary(false, true, true), "install: not ok\n");
+    }
+
+    #[test]
+    fn has_errors_only_for_error_findings() {
+        let mut r = Report::new("validate");
+        assert!(!r.has_errors());
+        r.findings
+            .push(Finding::warning("env.unknown_key", None, "m", "h"));
+        assert!(!r.has_errors());
+        r.findings
+            .push(Finding::error("env.syntax", None, "m", "h"));
+        assert!(r.has_errors());
+    }
+
+    #[test]
+    fn json_is_the_documented_document() {
+        let v: serde_json::Value = serde_json::from_str(&sample().to_json()).unwrap();
+        assert_eq!(v["command"], "install");
+        assert_eq!(v["ok"], true);
+        assert_eq!(v["changed"], true);
+        assert_eq!(v["check_mode"], false);
+        assert_eq!(v["findings"][0]["severity"], "warning");
+        assert_eq!(v["findings"][0]["file"], "root-cert.pem");
+        assert!(v["findings"][1].get("file").is_none());
+        assert_eq!(v["steps"][0]["status"], "changed");
+        assert_eq!(v["steps"][2].get("diff"), None);
+        assert_eq!(v["checks"][1]["hint"], "new token");
+        assert!(v["checks"][0].get("hint").is_none());
+        assert_eq!(v["error"], "it broke");
+        let empty: serde_json::Value =
+            serde_json::from_str(&Report::new("verify").to_json()).unwrap();
+        assert!(empty.get("error").is_none() && empty.get("rules").is_none());
+    }
+
+    #[test]
+    fn finding_codes_are_unique_and_sorted() {
+        let codes: Vec<&str> = FINDING_CODES.iter().map(|(c, _)| *c).collect();
+        let mut sorted = codes.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(codes, sorted);
+    }
+
+    #[test]
+    #[should_panic(expected = "not in report::FINDING_CODES")]
+    #[cfg(debug_assertions)]
+    fn an_unlisted_code_is_refused() {
+        let _ = Finding::error("bundle.no_such_code", None, "m", "h");
     }
 }

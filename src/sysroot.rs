@@ -238,9 +238,10 @@ impl Sysroot {
         &self.dir
     }
 
-    /// The root is `/`: this machine itself.
+    /// The live machine: `/`, and not a chroot (there, `/` is an image and
+    /// the host's netfilter and systemd are not this root's).
     pub fn is_live(&self) -> bool {
-        self.dir == Path::new("/")
+        self.dir == Path::new("/") && !crate::chroot::in_chroot()
     }
 
     /// Host path of an already resolved absolute path.

@@ -90,6 +90,20 @@ use crate::layout;
 pub const ISTIO_VM_BIN: &str = "/usr/bin/istio-vm";
 pub const ISTIO_UNIT_NAME: &str = "istio.service";
 pub const CAPTURE_UNIT_NAME: &str = "istio-vm-capture.service";
+/// Periodic verify (package content, `packaging/systemd/`).
+pub const VERIFY_SERVICE_NAME: &str = "istio-vm-verify.service";
+pub const VERIFY_TIMER_NAME: &str = "istio-vm-verify.timer";
+pub const VERIFY_SERVICE: &str = "/usr/lib/systemd/system/istio-vm-verify.service";
+pub const VERIFY_TIMER: &str = "/usr/lib/systemd/system/istio-vm-verify.timer";
+/// This VM's textfile path and interval (config `textfile`,
+/// `verify_interval`).
+pub const VERIFY_SERVICE_DROPIN: &str =
+    "/etc/systemd/system/istio-vm-verify.service.d/istio-vm.conf";
+pub const VERIFY_TIMER_DROPIN: &str = "/etc/systemd/system/istio-vm-verify.timer.d/istio-vm.conf";
+/// Puts the capture rules back after a firewall reload or flush (`istio-vm
+/// capture watch`), while the sidecar runs (package content).
+pub const HEAL_UNIT_NAME: &str = "istio-vm-capture-heal.service";
+pub const HEAL_UNIT: &str = "/usr/lib/systemd/system/istio-vm-capture-heal.service";
 /// The agent's directories below /run (in [`layout::PROXY_DIRS`]).
 const SECRETS_DIR: &str = "/var/run/secrets";
 const TOKENS_DIR: &str = "/var/run/secrets/tokens";
@@ -112,6 +126,21 @@ pub const SHIPPED: &[Shipped] = &[
         path: layout::CAPTURE_UNIT,
         fallback: "/etc/systemd/system/istio-vm-capture.service",
         content: include_str!("../packaging/systemd/istio-vm-capture.service"),
+    },
+    Shipped {
+        path: HEAL_UNIT,
+        fallback: "/etc/systemd/system/istio-vm-capture-heal.service",
+        content: include_str!("../packaging/systemd/istio-vm-capture-heal.service"),
+    },
+    Shipped {
+        path: VERIFY_SERVICE,
+        fallback: "/etc/systemd/system/istio-vm-verify.service",
+        content: include_str!("../packaging/systemd/istio-vm-verify.service"),
+    },
+    Shipped {
+        path: VERIFY_TIMER,
+        fallback: "/etc/systemd/system/istio-vm-verify.timer",
+        content: include_str!("../packaging/systemd/istio-vm-verify.timer"),
     },
     Shipped {
         path: layout::TMPFILES,
@@ -139,6 +168,7 @@ pub struct Options {
     /// The package's files are in the root's `/usr/lib` (the capture unit
     /// is there). Without them, `install` places [`SHIPPED`] under `/etc`.
     pub packaged: bool,
+    pub verify: VerifySchedule,
 }
 
 impl Default for Options {
@@ -146,6 +176,30 @@ impl Default for Options {
         Self {
             capture: true,
             packaged: true,
+            verify: VerifySchedule::default(),
+        }
+    }
+}
+
+/// istio-vm-verify.timer's settings for this VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifySchedule {
+    pub interval: std::time::Duration,
+    /// `verify --textfile` path (config `textfile`, checked there).
+    pub textfile: String,
+}
+
+impl Default for VerifySchedule {
+    fn default() -> Self {
+        Self::from(&crate::config::Config::default())
+    }
+}
+
+impl From<&crate::config::Config> for VerifySchedule {
+    fn from(c: &crate::config::Config) -> Self {
+        Self {
+            interval: c.verify_interval,
+            textfile: c.textfile.clone(),
         }
     }
 }
@@ -167,7 +221,7 @@ pub fn render(opts: &Options) -> Vec<GeneratedFile> {
     let mut out = Vec::new();
     if !opts.packaged {
         for s in SHIPPED {
-            if s.path == layout::CAPTURE_UNIT && !opts.capture {
+            if (s.path == layout::CAPTURE_UNIT || s.path == HEAL_UNIT) && !opts.capture {
                 continue;
             }
             out.push(GeneratedFile {
@@ -185,6 +239,16 @@ pub fn render(opts: &Options) -> Vec<GeneratedFile> {
     out.push(GeneratedFile {
         path: layout::TOKEN_TMPFILES,
         content: token_tmpfiles(),
+        mode: 0o644,
+    });
+    out.push(GeneratedFile {
+        path: VERIFY_SERVICE_DROPIN,
+        content: verify_service_dropin(&opts.verify),
+        mode: 0o644,
+    });
+    out.push(GeneratedFile {
+        path: VERIFY_TIMER_DROPIN,
+        content: verify_timer_dropin(&opts.verify),
         mode: 0o644,
     });
     out
@@ -267,6 +331,44 @@ ExecStartPre=+/usr/bin/install -d -o {user} -g {user} -m 0755 {run_secrets} {run
         user = layout::PROXY_USER,
     );
     s
+}
+
+/// `istio-vm-verify.service.d/istio-vm.conf`: this VM's textfile.
+pub fn verify_service_dropin(v: &VerifySchedule) -> String {
+    let dir = std::path::Path::new(&v.textfile)
+        .parent()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| "/".into());
+    format!(
+        "{HEADER}\
+# From `textfile` in /etc/istio-vm/config.toml.
+[Service]
+ExecStart=
+ExecStart={bin} verify --textfile {path} --output json
+ReadWritePaths=-{dir}
+",
+        bin = ISTIO_VM_BIN,
+        path = v.textfile,
+    )
+}
+
+/// `istio-vm-verify.timer.d/istio-vm.conf`: this VM's interval, and a
+/// random delay of a fifth of it (at most the unit's 30 s) so that a short
+/// interval stays one.
+pub fn verify_timer_dropin(v: &VerifySchedule) -> String {
+    let secs = v.interval.as_secs().max(1);
+    format!(
+        "{HEADER}\
+# From `verify_interval` in /etc/istio-vm/config.toml. The empty assignment
+# resets every monotonic trigger of the unit (OnBootSec= too), so both follow.
+[Timer]
+OnUnitActiveSec=
+OnBootSec=1min
+OnUnitActiveSec={secs}s
+RandomizedDelaySec={delay}s
+",
+        delay = (secs / 5).min(30),
+    )
 }
 
 /// `/var/run/x` -> `/run/x`; anything else unchanged.
@@ -397,11 +499,13 @@ mod tests {
             let opts = Options {
                 capture: false,
                 packaged,
+                ..Options::default()
             };
             let out = render(&opts);
             assert!(
                 out.iter()
-                    .all(|g| g.path != "/etc/systemd/system/istio-vm-capture.service")
+                    .all(|g| g.path != "/etc/systemd/system/istio-vm-capture.service"
+                        && g.path != "/etc/systemd/system/istio-vm-capture-heal.service")
             );
             let d = file(&out, layout::ISTIO_DROPIN);
             assert!(values(d, "Unit", "Requires").is_empty());
@@ -416,21 +520,34 @@ mod tests {
     fn install_writes_only_the_dropin_when_the_package_is_there() {
         let out = render(&Options::default());
         let paths: Vec<&str> = out.iter().map(|g| g.path).collect();
-        assert_eq!(paths, [layout::ISTIO_DROPIN, layout::TOKEN_TMPFILES]);
+        assert_eq!(
+            paths,
+            [
+                layout::ISTIO_DROPIN,
+                layout::TOKEN_TMPFILES,
+                VERIFY_SERVICE_DROPIN,
+                VERIFY_TIMER_DROPIN
+            ]
+        );
         // Without the package: the same texts, under /etc.
         let out = render(&Options {
-            capture: true,
             packaged: false,
+            ..Options::default()
         });
         let paths: Vec<&str> = out.iter().map(|g| g.path).collect();
         assert_eq!(
             paths,
             [
                 "/etc/systemd/system/istio-vm-capture.service",
+                "/etc/systemd/system/istio-vm-capture-heal.service",
+                "/etc/systemd/system/istio-vm-verify.service",
+                "/etc/systemd/system/istio-vm-verify.timer",
                 "/etc/tmpfiles.d/istio-vm.conf",
                 "/etc/sysusers.d/istio-vm.conf",
                 layout::ISTIO_DROPIN,
                 layout::TOKEN_TMPFILES,
+                VERIFY_SERVICE_DROPIN,
+                VERIFY_TIMER_DROPIN,
             ]
         );
         for s in SHIPPED {
@@ -454,6 +571,59 @@ mod tests {
     /// Every file under packaging/{systemd,tmpfiles.d,sysusers.d} is
     /// embedded (so a copied binary can place it) and shipped where
     /// [`SHIPPED`] says.
+    #[test]
+    fn verify_timer_runs_the_textfile_verify_at_the_configured_interval() {
+        let svc = shipped(VERIFY_SERVICE);
+        assert_eq!(values(svc, "Service", "Type"), ["oneshot"]);
+        assert_eq!(
+            values(svc, "Service", "ExecStart"),
+            [
+                "/usr/bin/istio-vm verify --textfile /var/lib/prometheus/node-exporter/istio_vm.prom --output json"
+            ]
+        );
+        assert_eq!(values(svc, "Service", "ProtectSystem"), ["strict"]);
+        assert_eq!(values(svc, "Service", "NoNewPrivileges"), ["yes"]);
+        let timer = shipped(VERIFY_TIMER);
+        assert_eq!(values(timer, "Timer", "OnBootSec"), ["1min"]);
+        assert_eq!(values(timer, "Timer", "OnUnitActiveSec"), ["5min"]);
+        assert!(!values(timer, "Timer", "RandomizedDelaySec").is_empty());
+        assert_eq!(values(timer, "Install", "WantedBy"), ["timers.target"]);
+
+        let v = VerifySchedule {
+            interval: std::time::Duration::from_secs(20),
+            textfile: "/var/lib/node_exporter/textfile/istio_vm.prom".into(),
+        };
+        let d = verify_timer_dropin(&v);
+        // The empty assignment resets the unit's list of triggers (all of
+        // them), so the boot trigger is stated again.
+        assert_eq!(values(&d, "Timer", "OnUnitActiveSec"), ["", "20s"]);
+        assert_eq!(
+            values(&d, "Timer", "OnBootSec"),
+            values(timer, "Timer", "OnBootSec")
+        );
+        assert_eq!(values(&d, "Timer", "RandomizedDelaySec"), ["4s"]);
+        assert_eq!(
+            values(
+                &verify_timer_dropin(&VerifySchedule::default()),
+                "Timer",
+                "RandomizedDelaySec"
+            ),
+            ["30s"]
+        );
+        let d = verify_service_dropin(&v);
+        assert_eq!(
+            values(&d, "Service", "ExecStart"),
+            [
+                "",
+                "/usr/bin/istio-vm verify --textfile /var/lib/node_exporter/textfile/istio_vm.prom --output json"
+            ]
+        );
+        assert_eq!(
+            values(&d, "Service", "ReadWritePaths"),
+            ["-/var/lib/node_exporter/textfile"]
+        );
+    }
+
     #[test]
     fn every_packaging_file_is_embedded() {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -615,9 +785,19 @@ mod tests {
             "istio_dropin_no_capture",
             istio_dropin(&Options {
                 capture: false,
-                packaged: true
+                packaged: true,
+                ..Options::default()
             })
         );
         insta::assert_snapshot!("etc__tmpfiles.d__istio-vm-token.conf", token_tmpfiles());
+        let v = VerifySchedule::default();
+        insta::assert_snapshot!(
+            "etc__systemd__system__istio-vm-verify.service.d__istio-vm.conf",
+            verify_service_dropin(&v)
+        );
+        insta::assert_snapshot!(
+            "etc__systemd__system__istio-vm-verify.timer.d__istio-vm.conf",
+            verify_timer_dropin(&v)
+        );
     }
 }

@@ -26,29 +26,7 @@ enum Serve {
 /// every connection on its own thread until the listener is dropped with the
 /// returned guard. Returns (base URL, CA PEM, guard).
 fn https_server(serve: Serve) -> (String, String, Server) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = Arc::new(
-        rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![leaf.der().clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-            )
-            .unwrap(),
-    );
+    let (config, ca_pem) = common::tls::loopback_server_config();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -71,7 +49,7 @@ fn https_server(serve: Serve) -> (String, String, Server) {
             std::thread::spawn(move || serve_one(tcp, config, serve, stop));
         }
     });
-    (url, ca_cert.pem(), Server(stop))
+    (url, ca_pem, Server(stop))
 }
 
 /// Stops the accept loop (and trickles) when dropped.

@@ -5,7 +5,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::sync::Arc;
 
 use common::bundlegen::{BundleSpec, RawEntry, TOKEN, raw_tar_gz, sha256_hex};
 use common::istio_vm;
@@ -201,28 +200,7 @@ fn https_server(
     status: &'static str,
     conns: usize,
 ) -> (String, String, std::thread::JoinHandle<()>) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-        )
-        .unwrap();
-    let config = Arc::new(config);
+    let (config, ca_pem) = common::tls::loopback_server_config();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
     let handle = std::thread::spawn(move || {
@@ -253,7 +231,7 @@ fn https_server(
             let _ = tls.flush();
         }
     });
-    (url, ca_cert.pem(), handle)
+    (url, ca_pem, handle)
 }
 
 #[test]

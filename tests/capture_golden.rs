@@ -260,6 +260,7 @@ fn config(case: &Case) -> IstioConfig {
         gid: Some(1337),
         host_ipv6: case.ipv6,
         exclude_inbound_ports: &[],
+        exclude_outbound_cidrs: &[],
         allow_ssh_capture: false,
     };
     IstioConfig::from_inputs(&inp).unwrap_or_else(|e| panic!("{}: {e}", case.name))
@@ -473,6 +474,7 @@ fn typical_vm_rule_set() {
         gid: Some(998),
         host_ipv6: false,
         exclude_inbound_ports: &[],
+        exclude_outbound_cidrs: &[],
         allow_ssh_capture: false,
     };
     let (_, rendered) = istio_vm::capture::render(&inp, Backend::Iptables).unwrap();
@@ -550,6 +552,7 @@ fn features_no_golden_covers() {
             gid: Some(1337),
             host_ipv6: ipv6,
             exclude_inbound_ports: &[],
+            exclude_outbound_cidrs: &[],
             allow_ssh_capture: false,
         };
         IstioConfig::from_inputs(&inp).unwrap()

@@ -12,6 +12,8 @@
 
 #[path = "common/e2e.rs"]
 mod e2e;
+#[path = "common/pinned.rs"]
+mod pinned;
 
 use std::path::Path;
 use std::time::Duration;
@@ -46,8 +48,8 @@ fn prepare(tag: &str) -> Vm {
 /// What install places on this copied-binary tree.
 fn placed_units() -> Vec<units::GeneratedFile> {
     units::render(&units::Options {
-        capture: true,
         packaged: false,
+        ..units::Options::default()
     })
 }
 
@@ -97,20 +99,19 @@ fn assert_onboarded(vm: &Vm) {
         "istio-start.sh touched netfilter although ISTIO_CUSTOM_IP_TABLES=true:\n{r}"
     );
 
-    // Files, owners and modes as DESIGN.md's table.
-    for p in layout::PLACEMENTS {
-        let got = vm.ok(&format!("stat -c '%U %G %a' {}", p.path));
-        assert_eq!(
-            got.trim(),
-            format!("istio-proxy istio-proxy {:o}", p.mode),
-            "{}",
-            p.path
-        );
-    }
-    for d in layout::PROXY_DIRS {
-        let got = vm.ok(&format!("stat -c '%U %F' {d}"));
-        assert_eq!(got.trim(), "istio-proxy directory", "{d}");
-    }
+    // Every placed path's owner and mode as docs/DESIGN.md's table, written
+    // out in tests/common/pinned.rs (not taken from layout.rs).
+    let paths: Vec<&str> = pinned::PINNED.iter().map(|(p, ..)| *p).collect();
+    let got = vm.ok(&format!(
+        "for p in {}; do stat -c \"%n %U %G %a %F\" \"$p\"; done",
+        paths.join(" ")
+    ));
+    let want: Vec<String> = pinned::PINNED
+        .iter()
+        .map(|(p, k, o, m)| format!("{p} {}", pinned::stat_line(*k, o, *m)))
+        .collect();
+    assert_eq!(got.lines().collect::<Vec<_>>(), want);
+    // The package's units, placed under /etc by the copied binary.
     for g in placed_units() {
         let got = vm.ok(&format!("stat -c '%U %G %a' {}", g.path));
         assert_eq!(got.trim(), "root root 644", "{}", g.path);

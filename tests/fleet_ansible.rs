@@ -22,6 +22,8 @@ mod bundlegen;
 mod e2e;
 #[path = "common/fleet.rs"]
 mod fleet;
+#[path = "common/pinned.rs"]
+mod pinned;
 #[path = "common/repo.rs"]
 mod repo;
 
@@ -63,33 +65,9 @@ impl Fleet {
         require_ansible();
         let tree = fleet::variant_tree(ROOTFS_PACKAGES);
         let lan = Lan::new("ans", HOSTS.len());
-        let project = tempfile::Builder::new()
-            .prefix("istio-vm-fleet-")
-            .tempdir()
-            .expect("project dir");
-        let p = project.path();
-
         // The shipped playbook, role, inventory and ansible.cfg, as they are.
-        fleet::run(&[
-            "cp",
-            "-r",
-            fleet::path_of(&e2e::repo().join("packaging/ansible/.")),
-            fleet::path_of(p),
-        ]);
-        let key = p.join("id_ed25519");
-        fleet::run(&[
-            "ssh-keygen",
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "istio-vm-fleet-test",
-            "-f",
-            fleet::path_of(&key),
-        ]);
-        let pubkey = std::fs::read_to_string(p.join("id_ed25519.pub")).unwrap();
+        let (project, pubkey) = fleet::ansible_project("istio-vm-fleet-", "istio-vm-fleet-test");
+        let p = project.path();
         // The signed repository, published where the playbook expects its
         // key (beside it) and served on the LAN.
         let dist = p.join("dist");

@@ -23,6 +23,8 @@ mod bundlegen;
 mod e2e;
 #[path = "common/fleet.rs"]
 mod fleet;
+#[path = "common/pinned.rs"]
+mod pinned;
 #[path = "common/repo.rs"]
 mod repo;
 

@@ -10,6 +10,8 @@
 mod e2e;
 #[path = "common/fleet.rs"]
 mod fleet;
+#[path = "common/pinned.rs"]
+mod pinned;
 #[path = "common/repo.rs"]
 mod repo;
 

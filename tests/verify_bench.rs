@@ -21,23 +21,53 @@ fn bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_istio-vm")))
 }
 
-/// Wall milliseconds and peak RSS (KiB) from GNU time's `-v` report.
-fn time_v(run: &Run) -> (u64, u64) {
-    let mut wall = 0;
-    let mut rss = 0;
-    for l in run.stderr.lines() {
-        let l = l.trim();
-        if let Some(v) = l.strip_prefix("Maximum resident set size (kbytes): ") {
-            rss = v.trim().parse().unwrap_or(0);
-        }
-        if let Some(v) = l.strip_prefix("Elapsed (wall clock) time (h:mm:ss or m:ss): ") {
-            // m:ss.cc or h:mm:ss
-            let parts: Vec<f64> = v.split(':').filter_map(|p| p.parse().ok()).collect();
-            let secs = parts.iter().fold(0.0, |acc, p| acc * 60.0 + p);
-            wall = (secs * 1000.0).round() as u64;
-        }
+/// Wall milliseconds and peak RSS (KiB) from GNU time's `-v` report in
+/// `stderr`. A report that is missing or unreadable is an error, never a
+/// figure of 0.
+fn time_v(stderr: &str) -> Result<(u64, u64), String> {
+    let field = |name: &str| {
+        stderr
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .map(str::trim)
+            .ok_or_else(|| format!("no `{name}` line from /usr/bin/time -v in:\n{stderr}"))
+    };
+    let rss_text = field("Maximum resident set size (kbytes): ")?;
+    let rss: u64 = rss_text
+        .parse()
+        .map_err(|e| format!("peak RSS `{rss_text}`: {e}"))?;
+    // m:ss.cc or h:mm:ss
+    let wall_text = field("Elapsed (wall clock) time (h:mm:ss or m:ss): ")?;
+    let mut secs = 0.0;
+    for p in wall_text.split(':') {
+        let v: f64 = p
+            .parse()
+            .map_err(|e| format!("wall time `{wall_text}`: {e}"))?;
+        secs = secs * 60.0 + v;
     }
-    (wall, rss)
+    if rss == 0 {
+        return Err(format!("a peak RSS of 0 KiB is no measurement:\n{stderr}"));
+    }
+    Ok(((secs * 1000.0).round() as u64, rss))
+}
+
+fn measured(run: &Run) -> (u64, u64) {
+    time_v(&run.stderr).unwrap_or_else(|e| panic!("GNU time: {e}"))
+}
+
+#[test]
+fn time_v_reads_gnu_times_report_and_refuses_a_missing_one() {
+    let report = "\tCommand being timed: \"istio-vm\"\n\
+                  \tElapsed (wall clock) time (h:mm:ss or m:ss): 0:01.25\n\
+                  \tMaximum resident set size (kbytes): 6712\n";
+    assert_eq!(time_v(report), Ok((1250, 6712)));
+    let hours = report.replace("0:01.25", "1:02:03");
+    assert_eq!(time_v(&hours).unwrap().0, 3_723_000);
+    // What verify alone prints when /usr/bin/time did not run.
+    assert!(time_v("verify: 3 failing\n").is_err());
+    assert!(time_v(&report.replace("6712", "")).is_err());
+    assert!(time_v(&report.replace("0:01.25", "soon")).is_err());
+    assert!(time_v(&report.replace("6712", "0")).is_err());
 }
 
 #[test]
@@ -57,7 +87,7 @@ fn bench_healthy() {
         for _ in 0..10 {
             let run = verify_with(&root, &bin(), &["/usr/bin/time", "-v"], &[]);
             assert_eq!(run.code, 0, "healthy verify must pass: {}", run.json);
-            let (w, r) = time_v(&run);
+            let (w, r) = measured(&run);
             walls.push(w);
             rss = rss.max(r);
             last = Some(run);
@@ -102,7 +132,7 @@ fn bench_unreachable() {
             &["--timeout", "1s"],
         );
         assert_eq!(run.code, 1);
-        let (w, rss) = time_v(&run);
+        let (w, rss) = measured(&run);
         println!();
         println!("BENCH verify.unreachable_ms {w} (timeout 1000)");
         println!("BENCH verify.unreachable_peak_rss_kib {rss}");

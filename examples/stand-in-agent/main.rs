@@ -4,19 +4,27 @@
 //! binary serves what `istio-vm verify` and the e2e harness look at on a VM:
 //!
 //! - `:15021/healthz/ready` (Envoy's listener routed to the agent): 200 when
-//!   "connected", else 503 with the agent's readiness message
-//!   (pilot/cmd/pilot-agent/status/ready/probe.go);
+//!   "connected", else a bare 503 with no body, the reason going only to the
+//!   agent's log as `Envoy proxy is NOT ready: ...`
+//!   (pilot/cmd/pilot-agent/status/server.go handleReadyProbe, ready/probe.go);
 //! - Envoy admin `127.0.0.1:15000`: `/stats?filter=...` with
 //!   `control_plane.connected_state: 1|0`, `/server_info` with `"state": "LIVE"`,
 //!   `/ready`;
 //! - the agent's DNS proxy on `127.0.0.1:15053` (UDP and TCP), answering A and
 //!   AAAA queries from a hosts-style file (the real proxy answers mesh names
 //!   from istiod's NDS table and forwards the rest; this one answers NXDOMAIN
-//!   for names it does not know).
+//!   for names it does not know). Like the real one before istiod's first
+//!   name table, it answers SERVFAIL to everything while not "connected"
+//!   (pkg/dns/client/dns.go ServeDNS; pilot/pkg/dns/dns.go@1.10.0).
 //!
 //! It does not talk to istiod. At startup it reads the files install places
-//! (root cert, token, cluster.env under `--root`) and is never "ready" if one
-//! is missing, as the real agent cannot connect without them. Misbehaviour is
+//! and is "ready" only when it could use them as the real agent must: the
+//! token decodes as a JWT with audience `istio-ca`, root-cert.pem parses and
+//! holds a CA certificate, cluster.env exists. Otherwise it is not ready and
+//! its log says why. What it proves: install placed files a real agent could
+//! authenticate and verify istiod with, and verify reads the endpoints
+//! right. What it does not prove: that istiod accepts the token or that
+//! Envoy gets configuration (the fake istiod and a real cluster do). Misbehaviour is
 //! chosen with flags or `STAND_IN_*` environment variables so a systemd unit
 //! can set it. Its own messages go to stderr; the agent's success-path log
 //! lines (reference §4.5) go to stdout (which istio-start.sh appends to
@@ -196,16 +204,36 @@ fn discovery_address(root: &Path) -> String {
         .unwrap_or_else(|| istio_vm::verify::inputs::DEFAULT_DISCOVERY.to_string())
 }
 
-fn load_state(o: &Opts) -> State {
-    let mut missing = Vec::new();
+/// Why the placed files would not let a real agent start, if they would not:
+/// the token must decode with audience istio-ca (istiod reviews it for that,
+/// security.TokenAudiences) and root-cert.pem must hold a CA certificate
+/// (the agent verifies istiod with it).
+fn unusable_files(root: &Path) -> Vec<String> {
+    let mut why = Vec::new();
     for rel in [ROOT_CERT, TOKEN, CLUSTER_ENV] {
-        let p = under_root(&o.root, rel);
-        match std::fs::metadata(&p) {
-            Ok(m) if m.len() > 0 => {}
-            Ok(_) => missing.push(format!("/{rel} (empty)")),
-            Err(_) => missing.push(format!("/{rel}")),
+        let p = under_root(root, rel);
+        match std::fs::read(&p) {
+            Ok(b) if b.is_empty() => why.push(format!("missing /{rel} (empty)")),
+            Ok(b) if rel == TOKEN => match istio_vm::verify::files::decode_claims(&b) {
+                Ok(c) if c.aud.iter().any(|a| a == "istio-ca") => {}
+                Ok(c) => why.push(format!("/{rel} has audience {:?}, not istio-ca", c.aud)),
+                Err(e) => why.push(format!("/{rel}: {e}")),
+            },
+            Ok(b) if rel == ROOT_CERT => match istio_vm::verify::files::parse_pem_certs(&b) {
+                Ok(certs) if certs.iter().any(|(c, _)| c.is_ca) => {}
+                Ok(certs) if certs.is_empty() => why.push(format!("/{rel} holds no certificate")),
+                Ok(_) => why.push(format!("/{rel} holds no CA certificate")),
+                Err(e) => why.push(format!("/{rel}: {e}")),
+            },
+            Ok(_) => {}
+            Err(_) => why.push(format!("missing /{rel}")),
         }
     }
+    why
+}
+
+fn load_state(o: &Opts) -> State {
+    let missing = unusable_files(&o.root);
     let hosts_path = o
         .hosts
         .clone()
@@ -222,16 +250,19 @@ fn load_state(o: &Opts) -> State {
     };
     let disco = discovery_address(&o.root);
     let (ready, connected, reason) = if !missing.is_empty() {
-        log(&format!("missing placed files: {}", missing.join(", ")));
-        agent_log(
-            &o.log,
-            "failed to fetch token from file: open ./var/run/secrets/tokens/istio-token: no such file or directory",
-        );
+        log(&format!("not ready: {}", missing.join(", ")));
+        if missing.iter().any(|m| m.contains(TOKEN)) {
+            // security/pkg/credentialfetcher/plugin/token.go
+            agent_log(
+                &o.log,
+                "failed to fetch token from file: open ./var/run/secrets/tokens/istio-token: no such file or directory",
+            );
+        }
         (
             false,
             false,
             format!(
-                "config not received from XDS server (is Istiod running?): missing {}",
+                "config not received from XDS server (is Istiod running?): cds updates: 0 successful, 0 rejected; lds updates: 0 successful, 0 rejected ({})",
                 missing.join(", ")
             ),
         )
@@ -346,11 +377,13 @@ async fn serve_http(l: TcpListener, st: Arc<State>, admin: bool) {
 
 fn route(st: &State, admin: bool, path: &str, query: &str) -> (u16, &'static str, String) {
     match (admin, path) {
+        // A bare status code: the reason is only logged.
         (false, "/healthz/ready") => {
             if st.ready {
                 (200, "text/plain", String::new())
             } else {
-                (503, "text/plain", format!("{}\n", st.not_ready_reason))
+                log(&format!("Envoy proxy is NOT ready: {}", st.not_ready_reason));
+                (503, "text/plain", String::new())
             }
         }
         (true, "/stats") => {
@@ -434,11 +467,18 @@ fn answer(st: &State, query: &[u8]) -> Option<Vec<u8>> {
         })
         .unwrap_or_default();
     let known = st.names.contains_key(&name);
+    // No name table from istiod yet: SERVFAIL for everything, no answers.
+    let addrs = if st.connected { addrs } else { Vec::new() };
+    let rcode = match (st.connected, known) {
+        (false, _) => 0x02,
+        (true, true) => 0x00,
+        (true, false) => 0x03,
+    };
     let mut out = Vec::with_capacity(qend + 32 * addrs.len());
     out.extend_from_slice(&query[0..2]); // id
     let rd = query[2] & 0x01;
     out.push(0x80 | 0x04 | rd); // QR, AA, RD copied
-    out.push(if known { 0x80 } else { 0x83 }); // RA; NXDOMAIN if unknown
+    out.push(0x80 | rcode); // RA
     out.extend_from_slice(&1u16.to_be_bytes());
     out.extend_from_slice(&(addrs.len() as u16).to_be_bytes());
     out.extend_from_slice(&[0, 0, 0, 0]);

@@ -85,7 +85,7 @@ _istio__vm() {
             return 0
             ;;
         istio__subcmd__vm__subcmd__capture)
-            opts="-v -h --backend --root --config --output --verbose --help render apply remove status"
+            opts="-v -h --backend --replace-foreign --family --root --config --output --verbose --help render apply remove status watch"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -93,6 +93,10 @@ _istio__vm() {
             case "${prev}" in
                 --backend)
                     COMPREPLY=($(compgen -W "auto iptables nftables" -- "${cur}"))
+                    return 0
+                    ;;
+                --family)
+                    COMPREPLY=($(compgen -W "ipv4 ipv6" -- "${cur}"))
                     return 0
                     ;;
                 --root)
@@ -315,7 +319,7 @@ _istio__vm() {
             return 0
             ;;
         istio__subcmd__vm__subcmd__verify)
-            opts="-v -h --wait --timeout --skip-agent --probe --root --config --output --verbose --help"
+            opts="-v -h --wait --timeout --skip-agent --probe --textfile --root --config --output --verbose --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -330,6 +334,10 @@ _istio__vm() {
                     return 0
                     ;;
                 --probe)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --textfile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -69,6 +69,7 @@ complete -c istio-vm -n "__fish_istio_vm_using_subcommand uninstall" -s h -l hel
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand verify" -l wait -d 'Repeat until every check passes or this much time has passed' -r
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand verify" -l timeout -d 'Bound on each network step [default: 3s]' -r
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand verify" -l probe -d 'Also fetch URL from this VM and check it went through the sidecar' -r
+complete -c istio-vm -n "__fish_istio_vm_using_subcommand verify" -l textfile -d 'Also write the results as Prometheus metrics to FILE, for node_exporter\'s textfile collector (replaced atomically, mode 0644)' -r -F
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand verify" -l root -d 'Prefix every path read or written; under a root other than / nothing live (services, netfilter, users) is changed' -r -F
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand verify" -l config -d 'Configuration file [default: /etc/istio-vm/config.toml]' -r -F
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand verify" -l output -d 'Output format [default: text]' -r -f -a "text\t''
@@ -79,10 +80,13 @@ complete -c istio-vm -n "__fish_istio_vm_using_subcommand verify" -s h -l help -
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand capture" -l backend -d 'Netfilter backend' -r -f -a "auto\t''
 iptables\t''
 nftables\t''"
+complete -c istio-vm -n "__fish_istio_vm_using_subcommand capture" -l family -d 'render: which family\'s iptables-restore input to print on stdout' -r -f -a "ipv4\t''
+ipv6\t''"
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand capture" -l root -d 'Prefix every path read or written; under a root other than / nothing live (services, netfilter, users) is changed' -r -F
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand capture" -l config -d 'Configuration file [default: /etc/istio-vm/config.toml]' -r -F
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand capture" -l output -d 'Output format [default: text]' -r -f -a "text\t''
 json\t''"
+complete -c istio-vm -n "__fish_istio_vm_using_subcommand capture" -l replace-foreign -d 'apply: replace ISTIO_* chains (and Istio-named nft tables) that istio-vm\'s record does not name, i.e. another tool\'s'
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand capture" -s v -l verbose -d 'More log detail on stderr (repeat for more)'
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand capture" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c istio-vm -n "__fish_istio_vm_using_subcommand help; and not __fish_seen_subcommand_from validate install uninstall verify capture help" -f -a "validate" -d 'Check a bundle without changing anything'

@@ -74,12 +74,27 @@ fn restart_sidecar(_: &HookEnv) -> Result<()> {
     )
 }
 
-fn stop_sidecar(_: &HookEnv) -> Result<()> {
+/// (Re)starts the verify timer, so that a changed interval takes effect.
+fn restart_verify_timer(_: &HookEnv) -> Result<()> {
+    if !booted_with_systemd() {
+        return Ok(());
+    }
+    systemctl(&["restart", units::VERIFY_TIMER_NAME])
+}
+
+fn stop_sidecar(env: &HookEnv) -> Result<()> {
     if booted_with_systemd() {
         // Stopping the sidecar stops the capture unit (PartOf=), whose
         // ExecStop removes the rules. Units that are not loaded are no error.
         let out = Command::new("systemctl")
-            .args(["stop", units::ISTIO_UNIT_NAME, units::CAPTURE_UNIT_NAME])
+            .args([
+                "stop",
+                units::VERIFY_TIMER_NAME,
+                units::VERIFY_SERVICE_NAME,
+                units::HEAL_UNIT_NAME,
+                units::ISTIO_UNIT_NAME,
+                units::CAPTURE_UNIT_NAME,
+            ])
             .output()
             .context("running systemctl stop")?;
         if !out.status.success() {
@@ -89,9 +104,10 @@ fn stop_sidecar(_: &HookEnv) -> Result<()> {
             }
         }
     }
-    // Whatever else put Istio rules in (a hand-run `capture apply`, Istio's
-    // own script before install), uninstall leaves none.
-    crate::capture::live::remove_live(&[], &[]).context("removing the capture rules")?;
+    // Also without systemd (or a capture unit), uninstall leaves none of
+    // the rules istio-vm's record names; another tool's ISTIO_* chains stay.
+    let record = crate::commands::capture::recorded(&env.root);
+    crate::capture::live::remove_live(&record, &[]).context("removing the capture rules")?;
     Ok(())
 }
 
@@ -103,14 +119,12 @@ const UNIT_DIRS: &[&str] = &[
     "/lib/systemd/system",
 ];
 
-/// Whether the root has a unit file for `istio.service` (the istio-sidecar
-/// package is installed).
-fn istio_unit_present(root: &Path) -> bool {
-    UNIT_DIRS.iter().any(|d| {
-        root.join(d.trim_start_matches('/'))
-            .join(units::ISTIO_UNIT_NAME)
-            .exists()
-    })
+/// Whether the root has a unit file named `unit` (for `istio.service`: the
+/// istio-sidecar package is installed).
+fn unit_present(root: &Path, unit: &str) -> bool {
+    UNIT_DIRS
+        .iter()
+        .any(|d| root.join(d.trim_start_matches('/')).join(unit).exists())
 }
 
 /// `systemctl [--root=DIR] ARGS`: live through the running manager, else
@@ -125,27 +139,58 @@ fn systemctl_at(root: &Path, args: &[&str]) -> Result<()> {
     systemctl(&refs)
 }
 
-/// `systemctl enable istio.service`: the sidecar starts at boot, the usual
-/// way (`systemctl disable istio` undoes it, `is-enabled` says it).
-fn enable_sidecar(env: &HookEnv) -> Result<()> {
-    if !istio_unit_present(&env.root) {
-        tracing::warn!(
-            "istio.service is not installed (Istio's istio-sidecar package): once it is,              `systemctl enable --now istio` starts it now and at every boot"
-        );
+/// `systemctl enable|disable UNIT` when the root has the unit file.
+fn set_enabled(root: &Path, unit: &str, on: bool) -> Result<()> {
+    if !unit_present(root, unit) {
         return Ok(());
     }
-    systemctl_at(&env.root, &["enable", units::ISTIO_UNIT_NAME])
-        .context("enabling istio.service at boot")
+    let verb = if on { "enable" } else { "disable" };
+    systemctl_at(root, &[verb, unit]).with_context(|| format!("systemctl {verb} {unit}"))
 }
 
-/// Undo of [`enable_sidecar`], and uninstall: without its mesh files the
-/// sidecar has nothing to start with.
-fn disable_sidecar(env: &HookEnv) -> Result<()> {
-    if !istio_unit_present(&env.root) {
-        return Ok(());
+/// `systemctl enable` of the sidecar (starts at boot; `systemctl disable
+/// istio` undoes it, `is-enabled` says it), of the verify timer
+/// (`WantedBy=timers.target`), and with capture of the heal unit
+/// (`WantedBy=istio.service`: started with the sidecar, stopped with it,
+/// `BindsTo=`). Without capture the heal unit is disabled: it would pull
+/// the capture unit in.
+fn enable_units(env: &HookEnv, capture: bool) -> Result<()> {
+    if !unit_present(&env.root, units::ISTIO_UNIT_NAME) {
+        tracing::warn!(
+            "istio.service is not installed (Istio's istio-sidecar package): once it is, \
+             `systemctl enable --now istio` starts it now and at every boot"
+        );
     }
-    systemctl_at(&env.root, &["disable", units::ISTIO_UNIT_NAME])
-        .context("disabling istio.service at boot")
+    set_enabled(&env.root, units::ISTIO_UNIT_NAME, true)
+        .context("enabling istio.service at boot")?;
+    set_enabled(&env.root, units::VERIFY_TIMER_NAME, true)?;
+    set_enabled(&env.root, units::HEAL_UNIT_NAME, capture)
+}
+
+fn enable_with_capture(env: &HookEnv) -> Result<()> {
+    enable_units(env, true)
+}
+
+fn enable_without_capture(env: &HookEnv) -> Result<()> {
+    enable_units(env, false)
+}
+
+/// Undo of an uninstall's [`disable_units`]: the heal unit again where the
+/// VM has capture (its record directory is still there).
+fn reenable_units(env: &HookEnv) -> Result<()> {
+    let capture = env
+        .root
+        .join(layout::CAPTURE_DIR.trim_start_matches('/'))
+        .is_dir();
+    enable_units(env, capture)
+}
+
+/// Undo of the enablement, and uninstall: without its mesh files the
+/// sidecar has nothing to start with.
+fn disable_units(env: &HookEnv) -> Result<()> {
+    set_enabled(&env.root, units::HEAL_UNIT_NAME, false)?;
+    set_enabled(&env.root, units::VERIFY_TIMER_NAME, false)?;
+    set_enabled(&env.root, units::ISTIO_UNIT_NAME, false).context("disabling istio.service at boot")
 }
 
 /// Paths whose change needs a new sidecar process.
@@ -159,20 +204,33 @@ fn restart_triggers(files: &[units::GeneratedFile]) -> Vec<String> {
     v
 }
 
-/// Enables the sidecar when this VM is onboarded or its drop-in changes; a
-/// `systemctl disable istio` between two runs with the same bundle sticks.
-fn enable_hook() -> Hook {
+/// Enables the units when this VM is onboarded or its drop-in changes
+/// (capture on or off); a `systemctl disable istio` between two runs with the
+/// same bundle sticks.
+fn enable_hook(capture: bool) -> Hook {
+    let mut detail = format!(
+        "systemctl enable {} {}",
+        units::ISTIO_UNIT_NAME,
+        units::VERIFY_TIMER_NAME
+    );
+    if capture {
+        detail = format!("{detail} {}", units::HEAL_UNIT_NAME);
+    }
     Hook {
         id: "hook:istio-enable".into(),
-        detail: format!("systemctl enable {}", units::ISTIO_UNIT_NAME),
-        run: enable_sidecar,
-        undo: Some(disable_sidecar),
+        detail,
+        run: if capture {
+            enable_with_capture
+        } else {
+            enable_without_capture
+        },
+        undo: Some(disable_units),
         after_change_of: vec![layout::ISTIO_DROPIN.into()],
     }
 }
 
 /// Hooks a live install runs after every file is placed.
-pub fn install_hooks(files: &[units::GeneratedFile], start: bool) -> Vec<Hook> {
+pub fn install_hooks(files: &[units::GeneratedFile], start: bool, capture: bool) -> Vec<Hook> {
     let mut hooks = vec![
         Hook {
             id: "hook:systemd-reload".into(),
@@ -181,7 +239,7 @@ pub fn install_hooks(files: &[units::GeneratedFile], start: bool) -> Vec<Hook> {
             undo: None,
             after_change_of: files.iter().map(|f| f.path.to_string()).collect(),
         },
-        enable_hook(),
+        enable_hook(capture),
     ];
     if start {
         hooks.push(Hook {
@@ -195,23 +253,42 @@ pub fn install_hooks(files: &[units::GeneratedFile], start: bool) -> Vec<Hook> {
             undo: None,
             after_change_of: restart_triggers(files),
         });
+        hooks.push(Hook {
+            id: "hook:verify-timer".into(),
+            detail: format!("systemctl restart {}", units::VERIFY_TIMER_NAME),
+            run: restart_verify_timer,
+            undo: None,
+            after_change_of: [
+                units::VERIFY_SERVICE_DROPIN,
+                units::VERIFY_TIMER_DROPIN,
+                "/etc/systemd/system/istio-vm-verify.service",
+                "/etc/systemd/system/istio-vm-verify.timer",
+            ]
+            .map(String::from)
+            .to_vec(),
+        });
     }
     hooks
 }
 
 /// Hooks of an install under `--root` (an image being baked): the
 /// enablement only, offline; the rest happens at the image's first boot.
-pub fn baked_install_hooks() -> Vec<Hook> {
-    vec![enable_hook()]
+pub fn baked_install_hooks(capture: bool) -> Vec<Hook> {
+    vec![enable_hook(capture)]
 }
 
 /// Run by an uninstall (live or under `--root`) before the units are removed.
 pub fn uninstall_disable_hook() -> Hook {
     Hook {
         id: "hook:istio-disable".into(),
-        detail: format!("systemctl disable {}", units::ISTIO_UNIT_NAME),
-        run: disable_sidecar,
-        undo: Some(enable_sidecar),
+        detail: format!(
+            "systemctl disable {} {} {}",
+            units::ISTIO_UNIT_NAME,
+            units::VERIFY_TIMER_NAME,
+            units::HEAL_UNIT_NAME
+        ),
+        run: disable_units,
+        undo: Some(reenable_units),
         after_change_of: Vec::new(),
     }
 }
@@ -221,7 +298,8 @@ pub fn uninstall_stop_hook() -> Hook {
     Hook {
         id: "hook:istio-stop".into(),
         detail: format!(
-            "systemctl stop {} {}; capture rules removed",
+            "systemctl stop {} {} {}; capture rules removed",
+            units::VERIFY_TIMER_NAME,
             units::ISTIO_UNIT_NAME,
             units::CAPTURE_UNIT_NAME
         ),
@@ -249,12 +327,13 @@ mod tests {
     #[test]
     fn the_sidecar_restarts_only_when_its_inputs_change() {
         let files = units::render(&units::Options {
-            capture: true,
             packaged: false,
+            ..units::Options::default()
         });
-        let hooks = install_hooks(&files, true);
-        assert_eq!(hooks.len(), 3);
+        let hooks = install_hooks(&files, true, true);
+        assert_eq!(hooks.len(), 4);
         let restart = &hooks[2];
+        assert_eq!(restart.id, "hook:istio-restart");
         for p in [
             layout::CLUSTER_ENV,
             layout::MESH_CONFIG,
@@ -265,20 +344,32 @@ mod tests {
         }
         // A new token alone is re-read by the running agent.
         assert!(!restart.after_change_of.iter().any(|x| x == layout::TOKEN));
-        assert!(!restart.after_change_of.is_empty());
-        assert_eq!(install_hooks(&files, false).len(), 2);
+        assert_eq!(install_hooks(&files, false, true).len(), 2);
     }
 
     #[test]
     fn enabling_follows_the_dropin_only() {
-        let h = enable_hook();
-        assert_eq!(h.after_change_of, [layout::ISTIO_DROPIN]);
-        assert!(h.undo.is_some());
-        assert_eq!(baked_install_hooks().len(), 1);
+        for capture in [true, false] {
+            let h = enable_hook(capture);
+            assert_eq!(h.after_change_of, [layout::ISTIO_DROPIN]);
+            assert!(h.undo.is_some());
+            assert_eq!(h.detail.contains(units::HEAL_UNIT_NAME), capture);
+            assert_eq!(baked_install_hooks(capture).len(), 1);
+        }
+    }
+
+    fn write_unit(root: &Path, name: &str, install: &str) {
+        let unit = root.join("usr/lib/systemd/system").join(name);
+        std::fs::create_dir_all(unit.parent().unwrap()).unwrap();
+        std::fs::write(
+            &unit,
+            format!("[Service]\nExecStart=/bin/true\n[Install]\nWantedBy={install}\n"),
+        )
+        .unwrap();
     }
 
     /// Offline enable and disable on a tree, as an image builder's
-    /// `--root` run does them: the usual `.wants` symlink, and none after.
+    /// `--root` run does them: the usual `.wants` symlinks, and none after.
     #[test]
     fn enable_and_disable_offline_under_a_root() {
         let dir = tempfile::tempdir().unwrap();
@@ -286,25 +377,38 @@ mod tests {
             root: dir.path().to_path_buf(),
             config: crate::config::Config::default(),
         };
-        // No istio.service yet: a warning, nothing done.
-        enable_sidecar(&env).unwrap();
-        let wants = dir
-            .path()
-            .join("etc/systemd/system/multi-user.target.wants/istio.service");
-        assert!(!wants.exists());
-        let unit = dir.path().join("usr/lib/systemd/system/istio.service");
-        std::fs::create_dir_all(unit.parent().unwrap()).unwrap();
-        std::fs::write(
-            &unit,
-            "[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n",
-        )
-        .unwrap();
-        enable_sidecar(&env).unwrap();
-        assert_eq!(
-            std::fs::read_link(&wants).unwrap(),
-            Path::new("/usr/lib/systemd/system/istio.service")
-        );
-        disable_sidecar(&env).unwrap();
-        assert!(std::fs::symlink_metadata(&wants).is_err());
+        let etc = dir.path().join("etc/systemd/system");
+        let sidecar = etc.join("multi-user.target.wants/istio.service");
+        let timer = etc
+            .join("timers.target.wants")
+            .join(units::VERIFY_TIMER_NAME);
+        let heal = etc.join("istio.service.wants").join(units::HEAL_UNIT_NAME);
+        // No unit files yet: a warning, nothing done.
+        enable_with_capture(&env).unwrap();
+        assert!(!etc.exists());
+        write_unit(dir.path(), "istio.service", "multi-user.target");
+        write_unit(dir.path(), units::VERIFY_TIMER_NAME, "timers.target");
+        write_unit(dir.path(), units::HEAL_UNIT_NAME, "istio.service");
+        enable_with_capture(&env).unwrap();
+        for (link, name) in [
+            (&sidecar, "istio.service"),
+            (&timer, units::VERIFY_TIMER_NAME),
+            (&heal, units::HEAL_UNIT_NAME),
+        ] {
+            assert_eq!(
+                std::fs::read_link(link).unwrap(),
+                Path::new("/usr/lib/systemd/system").join(name)
+            );
+        }
+        // Capture turned off: the heal unit goes, the rest stays.
+        enable_without_capture(&env).unwrap();
+        assert!(std::fs::symlink_metadata(&heal).is_err());
+        // (The links point into the root's /usr/lib: not followed here.)
+        assert!(std::fs::symlink_metadata(&sidecar).is_ok());
+        assert!(std::fs::symlink_metadata(&timer).is_ok());
+        disable_units(&env).unwrap();
+        for link in [&sidecar, &timer, &heal] {
+            assert!(std::fs::symlink_metadata(link).is_err(), "{link:?}");
+        }
     }
 }

@@ -108,6 +108,13 @@ mod tests {
         assert!(parse("10.0.0.256 x\n").is_err());
     }
 
+    #[test]
+    fn error_names_its_line() {
+        let e = parse("\n10.0.0.1\n").unwrap_err();
+        assert!(e.to_string().starts_with("line 2: "), "{e}");
+        assert!(e.to_string().len() > "line 2: ".len(), "{e}");
+    }
+
     proptest! {
         #[test]
         fn never_panics(s in "\\PC{0,80}") {

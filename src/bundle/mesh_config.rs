@@ -372,6 +372,56 @@ mod tests {
         assert_eq!(flow_depth("a: '[[[['\nb: \"{{\\\"{{\"\n# [[[[\n"), 0);
         assert_eq!(flow_depth("a: it's [x]\nb: [y]\n"), 1);
         assert_eq!(flow_depth("[a'b, [[c]]]\n"), 3);
+        // Only a backslash escapes inside double quotes: the quote closes
+        // before the bracket.
+        assert_eq!(flow_depth("a: \"xy\"[1]\n"), 1);
+        // `#` starts a comment only after whitespace.
+        assert_eq!(flow_depth("a: b#[1]\n"), 1);
+    }
+
+    #[test]
+    fn node_limit_is_exact_and_counts_nulls() {
+        // The top map, the key `x` and the list are three nodes.
+        let list = |n: usize, item: &str| format!("x: [{}]\n", vec![item; n].join(","));
+        assert!(MeshConfig::parse(list(MAX_NODES - 3, "0").as_bytes()).is_ok());
+        let e = MeshConfig::parse(list(MAX_NODES - 2, "~").as_bytes()).unwrap_err();
+        assert!(e.message.contains(LIMIT_NODES), "{e}");
+    }
+
+    #[test]
+    fn block_nesting_is_bounded() {
+        // Indentation, not brackets: only the depth limit sees it.
+        let nest = |n: usize| {
+            let mut s = String::new();
+            for i in 0..n {
+                s.push_str(&format!("{}a:\n", "  ".repeat(i)));
+            }
+            s + &"  ".repeat(n) + "1\n"
+        };
+        assert!(MeshConfig::parse(nest(MAX_DEPTH).as_bytes()).is_ok());
+        let e = MeshConfig::parse(nest(MAX_DEPTH + 1).as_bytes()).unwrap_err();
+        assert!(e.message.contains(LIMIT_DEPTH), "{e}");
+    }
+
+    #[test]
+    fn numbers_keep_their_value() {
+        let m = MeshConfig::parse(b"a: -1\nb: 1.5\nc: 7\nd: ~\n").unwrap();
+        assert_eq!(m.raw["a"], serde_json::json!(-1));
+        assert_eq!(m.raw["b"], serde_json::json!(1.5));
+        assert_eq!(m.raw["c"], serde_json::json!(7));
+        assert!(m.raw["d"].is_null());
+        // Scalar keys become text as YAML prints them.
+        let m = MeshConfig::parse(b"~: a\n1: b\ntrue: c\n").unwrap();
+        assert_eq!(m.raw["null"], "a");
+        assert_eq!(m.raw["1"], "b");
+        assert_eq!(m.raw["true"], "c");
+    }
+
+    #[test]
+    fn error_text_is_the_message() {
+        let e = MeshConfig::parse(b"\xff").unwrap_err();
+        assert_eq!(e.to_string(), e.message);
+        assert!(!e.message.is_empty());
     }
 
     #[test]

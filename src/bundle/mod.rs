@@ -76,6 +76,14 @@ mod tests {
     }
 
     #[test]
+    fn file_returns_the_named_files_bytes() {
+        let mut b = Bundle::default();
+        b.files.insert(HOSTS.into(), b"10.0.0.1 istiod\n".to_vec());
+        assert_eq!(b.file(HOSTS), Some(&b"10.0.0.1 istiod\n"[..]));
+        assert_eq!(b.file(TOKEN), None);
+    }
+
+    #[test]
     fn digest_depends_on_names_and_bytes() {
         let mut a = Bundle::default();
         a.files.insert("ab".into(), b"c".to_vec());

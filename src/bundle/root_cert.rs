@@ -132,6 +132,17 @@ mod tests {
         assert!(parse(&[0xff, 0xfe, 0, 1, 2]).is_err());
     }
 
+    #[test]
+    fn errors_name_the_block_by_its_position() {
+        let text =
+            cert(true) + "-----BEGIN PRIVATE KEY-----\naGVsbG8=\n-----END PRIVATE KEY-----\n";
+        let e = parse(text.as_bytes()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "PEM block 2 is a PRIVATE KEY, not a CERTIFICATE"
+        );
+    }
+
     proptest! {
         #[test]
         fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {

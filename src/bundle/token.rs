@@ -223,6 +223,45 @@ mod tests {
         assert!(Claims::decode(&[0xff, 0x2e, 0x2e]).is_err());
     }
 
+    #[test]
+    fn error_text_is_the_message() {
+        let e = Claims::decode(b"a.b").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "has 2 dot-separated parts, a JWT (compact JWS) has 3"
+        );
+    }
+
+    #[test]
+    fn service_account_needs_both_parts() {
+        let sa = |sub: &str| {
+            Claims {
+                sub: Some(sub.into()),
+                ..Claims::default()
+            }
+            .service_account()
+            .map(|(n, s)| format!("{n}/{s}"))
+        };
+        assert_eq!(sa("system:serviceaccount:ns:sa").as_deref(), Some("ns/sa"));
+        assert_eq!(sa("system:serviceaccount::sa"), None);
+        assert_eq!(sa("system:serviceaccount:ns:"), None);
+        assert_eq!(sa("system:serviceaccount:ns:sa:x"), None);
+        assert_eq!(sa("system:serviceaccount:ns"), None);
+        assert_eq!(sa("user:ns:sa"), None);
+    }
+
+    #[test]
+    fn pod_binding_and_issuer() {
+        let c = Claims::decode(
+            jwt(r#"{"iss":"https://k8s","kubernetes.io":{"pod":{"name":"p"}},"nbf":null}"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        assert!(c.k8s_pod_bound);
+        assert_eq!(c.iss.as_deref(), Some("https://k8s"));
+        assert_eq!(c.nbf, None);
+    }
+
     proptest! {
         #[test]
         fn never_panics(s in "[A-Za-z0-9._=-]{0,80}") {

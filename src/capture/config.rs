@@ -119,6 +119,9 @@ pub struct Inputs<'a> {
     pub host_ipv6: bool,
     /// istio-vm config: extra inbound ports never captured.
     pub exclude_inbound_ports: &'a [u16],
+    /// istio-vm config: destinations never captured outbound
+    /// (`exclude_outbound_cidrs`, cloud metadata by default).
+    pub exclude_outbound_cidrs: &'a [String],
     pub allow_ssh_capture: bool,
 }
 
@@ -494,10 +497,24 @@ impl IstioConfig {
         Ok(())
     }
 
+    /// istio-vm's `exclude_outbound_cidrs`: added to Istio's
+    /// ISTIO_SERVICE_EXCLUDE_CIDR list (a RETURN in ISTIO_OUTPUT, per
+    /// family), each validated like Istio's own CIDRs.
+    pub fn exclude_outbound(&mut self, cidrs: &[String]) -> Result<(), CaptureError> {
+        for c in cidrs {
+            let (c, _) = cidr("exclude_outbound_cidrs", c)?;
+            if !self.cidr_exclude.contains(&c) {
+                self.cidr_exclude.push(c);
+            }
+        }
+        Ok(())
+    }
+
     /// Istio's reading plus the VM-safety layer: what istio-vm applies.
     pub fn for_vm(inp: &Inputs<'_>) -> Result<IstioConfig, CaptureError> {
         let mut cfg = IstioConfig::from_inputs(inp)?;
         cfg.apply_vm_safety(inp.exclude_inbound_ports, inp.allow_ssh_capture)?;
+        cfg.exclude_outbound(inp.exclude_outbound_cidrs)?;
         Ok(cfg)
     }
 }
@@ -521,6 +538,7 @@ mod tests {
             gid: Some(997),
             host_ipv6: false,
             exclude_inbound_ports: &[],
+            exclude_outbound_cidrs: &[],
             allow_ssh_capture: false,
         }
     }
@@ -625,6 +643,38 @@ mod tests {
                 "{k}={v}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn exclude_outbound_cidrs_join_the_exclude_list_per_family() {
+        let e = env(&[("ISTIO_SERVICE_EXCLUDE_CIDR", "10.9.0.0/16")]);
+        let defaults: Vec<String> = crate::config::DEFAULT_EXCLUDE_OUTBOUND_CIDRS
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        let mut i = inputs(&e, "");
+        i.exclude_outbound_cidrs = &defaults;
+        let cfg = IstioConfig::for_vm(&i).unwrap();
+        assert_eq!(
+            cfg.cidr_exclude,
+            vec!["10.9.0.0/16", "169.254.169.254/32", "fd00:ec2::254/128"]
+        );
+        let rs = crate::capture::model::generate(&cfg, crate::capture::Backend::Iptables);
+        let v4 = crate::capture::iptables::render_restore(&rs, crate::capture::Family::V4).unwrap();
+        assert!(
+            v4.contains("-A ISTIO_OUTPUT -d 169.254.169.254/32 -j RETURN"),
+            "{v4}"
+        );
+        assert!(!v4.contains("fd00:ec2"), "{v4}");
+        // Users can turn it off, and a bad entry is refused.
+        i.exclude_outbound_cidrs = &[];
+        assert_eq!(
+            IstioConfig::for_vm(&i).unwrap().cidr_exclude,
+            vec!["10.9.0.0/16"]
+        );
+        let bad = vec!["169.254.169.254/33".to_string()];
+        i.exclude_outbound_cidrs = &bad;
+        assert!(IstioConfig::for_vm(&i).is_err());
     }
 
     #[test]

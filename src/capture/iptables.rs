@@ -235,6 +235,23 @@ impl Tables {
         s
     }
 
+    /// The built-in-chain rules of `self` whose canonical form is one of
+    /// `other`'s built-in-chain rules (in `self`'s spelling, for
+    /// [`Tables::istio_part`]).
+    pub fn builtin_rules_matching(&self, other: &Tables) -> BTreeSet<(String, String, String)> {
+        let want: BTreeSet<(String, String, String)> = other
+            .builtin_rules()
+            .into_iter()
+            .map(|(t, c, r)| (t, c, super::compare::canonical_rule(&r)))
+            .collect();
+        self.builtin_rules()
+            .into_iter()
+            .filter(|(t, c, r)| {
+                want.contains(&(t.clone(), c.clone(), super::compare::canonical_rule(r)))
+            })
+            .collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.tables.values().all(|t| t.chains.is_empty())
     }

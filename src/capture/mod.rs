@@ -25,12 +25,17 @@
 //! back and the exit is 3, as for a read-back mismatch. `capture status` is
 //! a check: exit 1 when the live rules are missing or differ.
 
+pub mod compare;
 pub mod config;
+pub mod generate;
 pub mod iptables;
+pub mod kernel;
 pub mod live;
 pub mod model;
 pub mod nft;
+pub mod routing;
 pub mod sysfiles;
+pub mod watch;
 
 pub use config::{CaptureError, Inputs, IstioConfig};
 pub use model::{Backend, Family, RuleSet};

@@ -29,27 +29,28 @@ fn step(id: &str, status: StepStatus, detail: impl Into<String>) -> Step {
     }
 }
 
-/// What every action starts from: the backend (live only) and the
-/// rendering of the placed inputs (an error is kept: remove and status can
-/// go on without it).
+/// What every action starts from: the backend and the kernel's state
+/// (live only) and the rendering of the placed inputs (an error is kept:
+/// remove and status can go on without it).
 struct Prepared {
     backend: Option<Resolved>,
+    snapshot: Option<live::Snapshot>,
     rendered: Result<(capture::IstioConfig, Rendered)>,
     steps: Vec<Step>,
 }
 
 fn prepare(root: &Path, config: &Config, requested: Backend, detect: bool) -> Result<Prepared> {
-    let live = root == Path::new("/");
+    let live = root == Path::new("/") && !crate::chroot::in_chroot();
     let read = read_inputs(root, live);
     let native_nft = read
         .as_ref()
         .ok()
         .and_then(|r| r.env.get("NATIVE_NFTABLES").cloned())
         .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "True" | "t" | "T"));
-    let backend = if live && detect {
-        Some(live::detect(requested, native_nft)?)
-    } else {
-        None
+    let snapshot = (live && detect).then(live::Snapshot::take);
+    let backend = match &snapshot {
+        Some(s) => Some(live::detect(requested, native_nft, s)?),
+        None => None,
     };
     let model_backend = match (backend, requested) {
         (Some(b), _) => b.model(),
@@ -76,12 +77,14 @@ fn prepare(root: &Path, config: &Config, requested: Backend, detect: bool) -> Re
             gid: r.gid,
             host_ipv6: r.host_ipv6,
             exclude_inbound_ports: &config.exclude_inbound_ports,
+            exclude_outbound_cidrs: &config.exclude_outbound_cidrs,
             allow_ssh_capture: config.allow_ssh_capture,
         };
         capture::render(&inp, model_backend).map_err(anyhow::Error::from)
     });
     Ok(Prepared {
         backend,
+        snapshot,
         rendered,
         steps,
     })
@@ -92,14 +95,26 @@ fn prepare(root: &Path, config: &Config, requested: Backend, detect: bool) -> Re
 /// record the applied rules. For `install` (after it placed cluster.env)
 /// and `capture apply`.
 pub fn apply_on_root(root: &Path, config: &Config, requested: Backend) -> Result<live::Outcome> {
+    apply_with(root, config, requested, live::ApplyOptions::default())
+}
+
+/// [`apply_on_root`] with the options of `capture apply`.
+pub fn apply_with(
+    root: &Path,
+    config: &Config,
+    requested: Backend,
+    opts: live::ApplyOptions,
+) -> Result<live::Outcome> {
     let p = prepare(root, config, requested, true)?;
     let mut out = live::Outcome {
         changed: false,
         steps: p.steps,
     };
     let (cfg, r) = p.rendered?;
-    let b = p.backend.context("capture apply needs the live root /")?;
-    let applied = live::apply_live(&r, b)?;
+    let (Some(b), Some(snap)) = (p.backend, p.snapshot) else {
+        anyhow::bail!("capture apply needs the live root / (not --root, not a chroot)");
+    };
+    let applied = live::apply_live(&r, b, &snap, &recorded(root), opts)?;
     out.changed |= applied.changed;
     out.steps.extend(applied.steps);
     if let Some(t) = tproxy_routing(&cfg) {
@@ -112,20 +127,20 @@ pub fn apply_on_root(root: &Path, config: &Config, requested: Backend) -> Result
     Ok(out)
 }
 
-/// Remove every Istio capture rule by state (all backends), helped by the
-/// current rendering and the record to find Istio's non-jump built-in
-/// rules; works even when cluster.env is gone. For `uninstall` and
-/// `capture remove`.
+/// Remove, by state and from every backend, the Istio capture rules the
+/// record under `/var/lib/istio-vm/capture/` says istio-vm applied (never
+/// another tool's `ISTIO_*` chains); works even when cluster.env is gone.
+/// For `uninstall` and `capture remove`.
 pub fn remove_on_root(root: &Path, config: &Config) -> Result<live::Outcome> {
     let p = prepare(root, config, Backend::Auto, false)?;
-    let mut known = Vec::new();
+    // The routing table of the current rendering, when it is TPROXY's.
     let mut route_tables = Vec::new();
-    if let Ok((cfg, r)) = p.rendered {
-        known.push(r);
-        route_tables.push(cfg.tproxy_route_table);
+    if let Ok((cfg, _)) = p.rendered {
+        if cfg.mode == capture::config::InterceptionMode::Tproxy {
+            route_tables.push(cfg.tproxy_route_table);
+        }
     }
-    known.extend(recorded(root));
-    let mut out = live::remove_live(&known, &route_tables)?;
+    let mut out = live::remove_live(&recorded(root), &route_tables)?;
     if !out.changed {
         out.steps.push(step(
             "capture:remove",
@@ -139,11 +154,15 @@ pub fn remove_on_root(root: &Path, config: &Config) -> Result<live::Outcome> {
 pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
     let mut report = Report::new("capture");
     if args.action != CaptureAction::Render && !ctx.live() {
+        let place = if crate::chroot::in_chroot() {
+            "in a chroot (the host's netfilter is not this root's)".to_string()
+        } else {
+            format!("under --root {}", ctx.root.display())
+        };
         return Err(Failure::Usage(format!(
-            "`capture {}` changes or reads live netfilter state and is not available under \
-             --root {}; use `capture render` (the capture unit applies the rules at boot)",
+            "`capture {}` changes or reads live netfilter state and is not available {place}; \
+             use `capture render` (the capture unit applies the rules at boot)",
             action_name(args.action),
-            ctx.root.display()
         ))
         .into());
     }
@@ -173,10 +192,19 @@ pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
                     ),
                 ));
             }
-            report.rules = Some(r.text());
+            let (text, other) = stdout_rules(&r, args.family);
+            if let Some(other) = other {
+                report
+                    .steps
+                    .push(step("capture:family", StepStatus::Ok, other));
+            }
+            report.rules = Some(text);
         }
         CaptureAction::Apply => {
-            let out = apply_on_root(&ctx.root, &ctx.config, requested)?;
+            let opts = live::ApplyOptions {
+                replace_foreign: args.replace_foreign,
+            };
+            let out = apply_with(&ctx.root, &ctx.config, requested, opts)?;
             report.changed = out.changed;
             report.steps.extend(out.steps);
         }
@@ -185,10 +213,16 @@ pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
             report.changed = out.changed;
             report.steps.extend(out.steps);
         }
+        CaptureAction::Watch => {
+            let out = crate::capture::watch::run(&ctx.root, &ctx.config, requested)?;
+            report.changed = out.changed;
+            report.steps.extend(out.steps);
+        }
         CaptureAction::Status => {
             let p = prepare(&ctx.root, &ctx.config, requested, true)?;
             report.steps.extend(p.steps);
             let b = p.backend.context("internal: no backend")?;
+            let snap = p.snapshot.context("internal: no snapshot")?;
             let mut routing_ok = true;
             let r = match p.rendered {
                 Ok((cfg, r)) => {
@@ -219,7 +253,7 @@ pub fn run(ctx: &Ctx, args: &CaptureArgs) -> Result<Report> {
             };
             // Status is a check: exit 1 when the live rules are missing or
             // differ from what this VM's files render.
-            let (steps, matches) = live::status(r.as_ref(), b)?;
+            let (steps, matches) = live::status(r.as_ref(), b, &snap)?;
             report.steps.extend(steps);
             report.ok = matches && routing_ok && r.is_some();
         }
@@ -236,8 +270,30 @@ pub fn tproxy_routing(cfg: &capture::IstioConfig) -> Option<live::TproxyRouting>
     })
 }
 
-/// The last-applied record under `/var/lib/istio-vm/capture/`, if any.
-fn recorded(root: &Path) -> Vec<Rendered> {
+/// What `capture render` prints on stdout: exactly one restore input (the
+/// chosen family's) or one `nft -f` script, so it pipes into
+/// `iptables-restore --test` / `nft -c -f -`; plus a note for the report
+/// when the other family has rules too.
+fn stdout_rules(r: &Rendered, family: crate::cli::RenderFamily) -> (String, Option<String>) {
+    use crate::cli::RenderFamily as F;
+    match (r, family) {
+        (Rendered::Iptables { v4, v6 }, F::Ipv4) => (
+            v4.clone(),
+            v6.as_ref()
+                .map(|_| "IPv6 rules too: `capture render --family ipv6` prints them".to_string()),
+        ),
+        (Rendered::Iptables { v6: Some(v6), .. }, F::Ipv6) => (v6.clone(), None),
+        (Rendered::Iptables { .. }, F::Ipv6) => (
+            String::new(),
+            Some("no IPv6 rules (IPv6 capture is off)".to_string()),
+        ),
+        (Rendered::Nftables { script }, _) => (script.clone(), None),
+    }
+}
+
+/// The last-applied record under `/var/lib/istio-vm/capture/` (empty when
+/// there is none): what istio-vm may remove, and what counts as its own.
+pub fn recorded(root: &Path) -> Vec<Rendered> {
     let read = |n: &str| {
         sysfiles::read_optional(root, &format!("{}/{n}", layout::CAPTURE_DIR))
             .ok()
@@ -255,6 +311,9 @@ fn recorded(root: &Path) -> Vec<Rendered> {
             v6: Some(v6),
         });
     }
+    if let Some(script) = read("rules.nft") {
+        out.push(Rendered::Nftables { script });
+    }
     out
 }
 
@@ -264,6 +323,7 @@ fn action_name(a: CaptureAction) -> &'static str {
         CaptureAction::Apply => "apply",
         CaptureAction::Remove => "remove",
         CaptureAction::Status => "status",
+        CaptureAction::Watch => "watch",
     }
 }
 
@@ -282,7 +342,7 @@ pub fn plan_records(
     config: &Config,
     env: &std::collections::BTreeMap<String, String>,
 ) -> Result<Vec<crate::plan::FileAction>> {
-    let live = root == Path::new("/");
+    let live = root == Path::new("/") && !crate::chroot::in_chroot();
     let resolv = sysfiles::read_optional(root, "/etc/resolv.conf")?.unwrap_or_default();
     let (uid, gid) = sysfiles::proxy_ids(root, layout::PROXY_USER)?;
     let native_nft = env
@@ -300,6 +360,7 @@ pub fn plan_records(
         gid,
         host_ipv6: live && sysfiles::host_has_global_ipv6(),
         exclude_inbound_ports: &config.exclude_inbound_ports,
+        exclude_outbound_cidrs: &config.exclude_outbound_cidrs,
         allow_ssh_capture: config.allow_ssh_capture,
     };
     let files = capture::record_files(&inp, backend)?;

@@ -134,8 +134,12 @@ fn generated_files(unit_files: &[units::GeneratedFile]) -> Vec<plan::FileAction>
 
 /// Live hooks of an install (capture apply; systemctl daemon-reload, enable,
 /// start), e.g. `Hook { after_change_of: vec![layout::CAPTURE_UNIT.into()], .. }`.
-fn install_hooks(args: &InstallArgs, unit_files: &[units::GeneratedFile]) -> Vec<plan::Hook> {
-    systemd::install_hooks(unit_files, !args.no_start)
+fn install_hooks(
+    args: &InstallArgs,
+    unit_files: &[units::GeneratedFile],
+    capture: bool,
+) -> Vec<plan::Hook> {
+    systemd::install_hooks(unit_files, !args.no_start, capture)
 }
 
 /// Live hooks of an uninstall, run before any file is restored (systemctl
@@ -308,7 +312,11 @@ fn install_locked(
     // Without the package's units in /usr/lib (a copied binary), install
     // places the embedded copies under /etc.
     let packaged = root.resolve(layout::CAPTURE_UNIT)?.host.exists();
-    let unit_files = units::render(&units::Options { capture, packaged });
+    let unit_files = units::render(&units::Options {
+        capture,
+        packaged,
+        verify: (&ctx.config).into(),
+    });
     let mut extra_files = generated_files(&unit_files);
     let mut extra_dirs = Vec::new();
     if capture {
@@ -338,9 +346,9 @@ fn install_locked(
         // Under --root nothing is started: the units come up at first boot,
         // enabled offline.
         hooks: if root.is_live() {
-            install_hooks(args, &unit_files)
+            install_hooks(args, &unit_files, capture)
         } else {
-            systemd::baked_install_hooks()
+            systemd::baked_install_hooks(capture)
         },
     };
     let actions = plan::desired(&input);

@@ -24,9 +24,10 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// True when changing live system state (services, netfilter, users) is allowed.
+    /// True when changing live system state (services, netfilter, users) is
+    /// allowed: the root is `/` and `/` is the machine's (not a chroot).
     pub fn live(&self) -> bool {
-        self.root == std::path::Path::new("/")
+        self.root == std::path::Path::new("/") && !crate::chroot::in_chroot()
     }
 }
 

@@ -51,6 +51,14 @@ pub fn workload_credential(
     Some((chain, key, not_after))
 }
 
+/// When the workload certificate the agent wrote has expired, its expiry.
+pub fn expired_workload(inputs: &Inputs, now: i64) -> Option<i64> {
+    let (cert_pem, _) = inputs.workload.as_ref()?;
+    let certs = files::parse_pem_certs(cert_pem).ok()?;
+    let not_after = certs.first()?.0.not_after;
+    (now > not_after).then_some(not_after)
+}
+
 /// Key pair and PEM CSR for `identity`. istiod ignores the CSR's names and
 /// signs the caller's identity (security/pkg/server/ca/server.go), but the
 /// agent asks for its own, and so do we.
@@ -87,6 +95,33 @@ pub async fn check(
         );
     };
     let now = super::now();
+    let installed = inputs.sidecar.as_ref();
+    if let Some(expired) = expired_workload(inputs, now)
+        && !super::version::expired_cert(installed.map(|s| s.version)).ca_uses_token
+    {
+        // security/pkg/nodeagent/caclient/providers/citadel/client.go@1.10.0
+        // loads /etc/certs and presents it whatever its dates; only 1.11
+        // added `cert expired, using token instead`. istiod's TLS refuses
+        // the expired client certificate, so the token never gets a say.
+        return (
+            fail(
+                id,
+                format!(
+                    "{} expired at {}, and istio-sidecar {} presents it to the CA anyway: the handshake fails before the token is looked at",
+                    files::WORKLOAD_CERT,
+                    files::fmt_time(expired),
+                    installed.map(|s| s.version.to_string()).unwrap_or_default()
+                ),
+                format!(
+                    "this VM is stuck until the files are removed: delete {} and {}, then `systemctl restart istio` \
+                     (it then authenticates with the token); Istio 1.11 and later fall back to the token by themselves",
+                    files::WORKLOAD_CERT,
+                    files::WORKLOAD_KEY
+                ),
+            ),
+            None,
+        );
+    }
     let credential_until = workload_credential(inputs, now).map(|(_, _, until)| until);
     let token = inputs
         .token
@@ -158,7 +193,7 @@ async fn call(
     let id = "ca.token";
     let client = workload_credential(inputs, super::now()).map(|(c, k, _)| (c, k));
     let tls = Tls::new(root_pem, client).map_err(|e| fail(id, e.clone(), "see files.root_cert"))?;
-    let channel = super::grpc::connect(id, &tls, addrs, t, timeout).await?;
+    let channel = super::grpc::connect(id, &tls, addrs, t, timeout, inputs.owner).await?;
     let (key, csr) = key_and_csr(&identity.spiffe()).map_err(|e| fail(id, e, "internal error"))?;
     let mut req = tonic::Request::new(proto::IstioCertificateRequest {
         csr,
@@ -186,27 +221,16 @@ async fn call(
     {
         req.metadata_mut().insert("clusterid", v);
     }
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.map_err(|e| {
-        fail(
-            id,
-            format!("gRPC channel not ready: {e}"),
-            "istiod closed the connection",
-        )
-    })?;
-    let path = http::uri::PathAndQuery::from_static(proto::CREATE_CERTIFICATE);
-    let codec = tonic_prost::ProstCodec::<
-        proto::IstioCertificateRequest,
-        proto::IstioCertificateResponse,
-    >::default();
-    match grpc.unary(req, path, codec).await {
+    // The generated client of istio/api security/v1alpha1/ca.proto.
+    let mut client = proto::IstioCertificateServiceClient::new(channel);
+    match client.create_certificate(req).await {
         Ok(resp) => Ok((resp.into_inner().cert_chain, key)),
-        Err(s) => Err(status_check(id, &s, inputs, identity)),
+        Err(s) => Err(status_check(id, &s, inputs)),
     }
 }
 
 /// A rejected CreateCertificate, explained.
-fn status_check(id: &str, s: &tonic::Status, inputs: &Inputs, identity: &Identity) -> Check {
+fn status_check(id: &str, s: &tonic::Status, inputs: &Inputs) -> Check {
     let detail = super::grpc::status_text(s);
     let claims: Option<Claims> = inputs
         .token
@@ -215,6 +239,8 @@ fn status_check(id: &str, s: &tonic::Status, inputs: &Inputs, identity: &Identit
     let now = super::now();
     let hint = match s.code() {
         tonic::Code::Unauthenticated => {
+            // `request authenticate failure` says nothing more; the reasons
+            // below come from what verify can see itself.
             let why = match &claims {
                 Some(c) if c.exp.is_some_and(|e| e <= now) => format!(
                     "the token expired at {}: create a new one (istioctl x workload entry configure) and run istio-vm install; \
@@ -231,16 +257,20 @@ fn status_check(id: &str, s: &tonic::Status, inputs: &Inputs, identity: &Identit
             };
             format!("neither a certificate nor the token was accepted: {why}")
         }
-        tonic::Code::PermissionDenied => format!(
-            "istiod authenticated the token but refuses the identity: the token's service account differs from {} \
-             in cluster.env (POD_NAMESPACE/SERVICE_ACCOUNT, istio#35249), or a custom CA policy denies it",
-            identity.spiffe()
-        ),
+        // istiod's CreateCertificate answers only Unauthenticated (every
+        // authentication failure, `request authenticate failure`),
+        // InvalidArgument or Internal (CSR signing errors): it never refuses
+        // an identity with PermissionDenied, it signs the caller's
+        // (security/pkg/server/ca/server.go@1.10.0 and at master,
+        // security/pkg/pki/error/error.go HTTPErrorCode).
+        tonic::Code::Internal => "istiod's CA could not sign (`CSR signing error`): its CA is not ready or its signing key \
+                                  is unusable: see istiod's log"
+            .to_string(),
         tonic::Code::Unimplemented => "`unknown service istio.v1.auth.IstioCertificateService`: CA_ADDR (or discoveryAddress) points at \
                                        something that is not istiod's CA, e.g. an external CA without Istio's API (istio#57664): point CA_ADDR at istiod:15012"
             .to_string(),
         tonic::Code::Unavailable => "the connection broke during the call: a proxy between the VM and istiod, or istiod restarting".to_string(),
-        tonic::Code::InvalidArgument => "istiod rejected the request itself: report this as a bug in istio-vm".to_string(),
+        tonic::Code::InvalidArgument => "istiod rejected the CSR or the requested lifetime (`CSR signing error`): report this as a bug in istio-vm".to_string(),
         _ => "see the error message; istiod's log has the matching `Failed to authenticate client` line".to_string(),
     };
     fail(id, detail, hint)

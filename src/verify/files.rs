@@ -223,7 +223,43 @@ pub fn checks(root: &Path, live: bool, inputs: &Inputs, now: i64) -> Vec<Check> 
     out.push(workload.check);
     out.push(dirs(root, proxy, live));
     out.push(hosts(inputs));
+    out.push(sidecar(inputs));
     out
+}
+
+/// `files.sidecar`: which istio-sidecar is installed, so which Istio rules
+/// the addresses below follow.
+fn sidecar(inputs: &Inputs) -> Check {
+    let id = "files.sidecar";
+    let targets = {
+        let d = inputs
+            .discovery
+            .as_ref()
+            .map(|t| format!("discovery {} ({})", t.addr(), t.source));
+        let c = inputs
+            .ca_target()
+            .map(|t| format!("CA {} ({})", t.addr(), t.source));
+        let mut v: Vec<String> = d.into_iter().chain(c).collect();
+        v.extend(inputs.notes.iter().cloned());
+        v.join("; ")
+    };
+    match &inputs.sidecar {
+        Some(s) => pass(
+            id,
+            format!(
+                "{}: verify follows Istio {}.{}'s istio-start.sh and pilot-agent: {targets}",
+                s.source, s.version.major, s.version.minor
+            ),
+        ),
+        None => skip(
+            id,
+            format!(
+                "no istio-sidecar in the package database and no {}: verify uses current Istio (1.12 and later) semantics: {targets}",
+                inputs::START_SCRIPT
+            ),
+            "install the istio-sidecar package of istiod's Istio release (its .deb or .rpm); verify then follows that version",
+        ),
+    }
 }
 
 fn why_owner(p: &Placement) -> &'static str {
@@ -320,6 +356,24 @@ fn workload_cert(root: &Path, inputs: &Inputs, now: i64) -> Workload {
     };
     let leaf = &certs[0].0;
     let want = inputs.identity().map(|i| i.spiffe());
+    let version = inputs.sidecar.as_ref().map(|s| s.version);
+    if now > leaf.not_after && !super::version::expired_cert(version).ca_uses_token {
+        // citadel/client.go@1.10.0 presents it anyway (see ca.token).
+        return Workload {
+            valid_until: None,
+            check: fail(
+                id,
+                format!(
+                    "workload certificate expired at {}; istio-sidecar {} presents it anyway and istiod refuses the handshake",
+                    fmt_time(leaf.not_after),
+                    version.map(|v| v.to_string()).unwrap_or_default()
+                ),
+                format!(
+                    "this VM is stuck until the files are removed: delete {WORKLOAD_CERT} and {WORKLOAD_KEY}, then `systemctl restart istio`"
+                ),
+            ),
+        };
+    }
     if now > leaf.not_after {
         return Workload {
             valid_until: None,
@@ -607,7 +661,7 @@ mod tests {
 
     fn inputs_with(token: &[u8]) -> Inputs {
         let mut i = Inputs::default();
-        i.env.insert("POD_NAMESPACE".into(), "vm-apps".into());
+        i.env.insert("ISTIO_NAMESPACE".into(), "vm-apps".into());
         i.env.insert("SERVICE_ACCOUNT".into(), "ratings-sa".into());
         i.token = Some(token.to_vec());
         i

@@ -59,9 +59,10 @@ pub async fn connect(
     addrs: &[std::net::SocketAddr],
     t: &super::inputs::Target,
     timeout: std::time::Duration,
+    owner: super::net::Owner,
 ) -> Result<Channel, crate::report::Check> {
     use super::net;
-    let tcp = net::tcp_connect(addrs, timeout)
+    let tcp = net::tcp_connect(addrs, timeout, owner)
         .await
         .map_err(|e| net::tcp_failure(id, t, &e, timeout))?;
     let stream = tls

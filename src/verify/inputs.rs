@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 
+use super::version;
 use crate::bundle::{ClusterEnv, MeshConfig};
 use crate::layout;
 use crate::sysroot::Sysroot;
@@ -47,7 +48,26 @@ pub struct Target {
 }
 
 impl Target {
+    /// A discovery address; without a port, 15012.
     pub fn parse(addr: &str, san: Option<&str>, source: &'static str) -> Result<Target, String> {
+        Self::parse_port(addr, san, source, Some(DEFAULT_PORT))
+    }
+
+    /// An address that must carry its port (CA_ADDR).
+    pub fn parse_with_port(
+        addr: &str,
+        san: Option<&str>,
+        source: &'static str,
+    ) -> Result<Target, String> {
+        Self::parse_port(addr, san, source, None)
+    }
+
+    fn parse_port(
+        addr: &str,
+        san: Option<&str>,
+        source: &'static str,
+        default_port: Option<u16>,
+    ) -> Result<Target, String> {
         let addr = addr.trim();
         let (host, port) = if let Some(rest) = addr.strip_prefix('[') {
             let (h, tail) = rest
@@ -64,7 +84,11 @@ impl Target {
             return Err(format!("`{addr}` has no host"));
         }
         let port = match port {
-            None => DEFAULT_PORT,
+            None => default_port.ok_or_else(|| {
+                format!(
+                    "`{addr}` has no port: pilot-agent dials it as written and gRPC fails with `missing port in address` (use {addr}:15012)"
+                )
+            })?,
             Some(p) => p
                 .parse::<u16>()
                 .ok()
@@ -119,6 +143,12 @@ pub struct Inputs {
     /// `CA_ADDR` when it names another place than the discovery address.
     pub ca: Option<Target>,
     pub target_error: Option<String>,
+    /// The installed istio-sidecar, whose rules decide the addresses.
+    pub sidecar: Option<version::Installed>,
+    /// What this sidecar version ignores, for the report.
+    pub notes: Vec<String>,
+    /// Who verify's connections toward istiod are made as.
+    pub owner: super::net::Owner,
     pub root_cert_pem: Option<Vec<u8>>,
     pub token: Option<Vec<u8>>,
     /// The agent's workload certificate chain and key (`OUTPUT_CERTS`), if
@@ -143,30 +173,41 @@ impl Inputs {
         let mesh_addr = read(root, layout::MESH_CONFIG)
             .ok()
             .and_then(|b| discovery_address(&b));
-        let san = i.env.get("ISTIOD_SAN").map(String::as_str);
-        // 1.10's istio-start.sh honours PILOT_ADDRESS over the mesh file.
-        let disco = i
-            .env
-            .get("PILOT_ADDRESS")
-            .filter(|s| !s.is_empty())
-            .map(|a| (a.clone(), "PILOT_ADDRESS in cluster.env"))
-            .or(mesh_addr.map(|a| (a, "discoveryAddress in the mesh config")))
-            .unwrap_or_else(|| (DEFAULT_DISCOVERY.to_string(), "Istio's default"));
-        match Target::parse(&disco.0, san, disco.1) {
+        i.sidecar = installed_sidecar(root);
+        let plan = version::plan(
+            i.sidecar.as_ref().map(|s| s.version),
+            &i.env,
+            mesh_addr.as_deref(),
+        );
+        i.notes.extend(plan.mesh_ignored.as_ref().map(|m| {
+            format!(
+                "the mesh config's discoveryAddress {m} is ignored: this sidecar's istio-start.sh always sets it in PROXY_CONFIG"
+            )
+        }));
+        i.notes.extend(plan.san_ignored.map(str::to_string));
+        match Target::parse(
+            &plan.discovery.addr,
+            plan.xds_san.as_deref(),
+            plan.discovery.source,
+        ) {
             Ok(t) => i.discovery = Some(t),
-            Err(e) => i.target_error = Some(format!("{}: {e}", disco.1)),
+            Err(e) => i.target_error = Some(format!("{}: {e}", plan.discovery.source)),
         }
-        if let Some(ca) = i.env.get("CA_ADDR").filter(|s| !s.is_empty()) {
-            match Target::parse(ca, san, "CA_ADDR in cluster.env") {
-                Ok(t) if Some(&t) != i.discovery.as_ref() => {
-                    if i.discovery.as_ref().map(|d| (&d.host, d.port)) != Some((&t.host, t.port)) {
-                        i.ca = Some(t);
-                    }
+        // pilot-agent dials CA_ADDR as written; without a port gRPC fails
+        // (`missing port in address`), it never adds 15012.
+        match Target::parse_with_port(&plan.ca.addr, None, plan.ca.source) {
+            Ok(t) => {
+                if i.discovery
+                    .as_ref()
+                    .map(|d| (&d.host, d.port, &d.server_name))
+                    != Some((&t.host, t.port, &t.server_name))
+                {
+                    i.ca = Some(t);
                 }
-                Ok(_) => {}
-                Err(e) => i.target_error = Some(format!("CA_ADDR in cluster.env: {e}")),
             }
+            Err(e) => i.target_error = Some(format!("{}: {e}", plan.ca.source)),
         }
+        i.owner = super::net::Owner(super::files::proxy_ids(root));
         i.root_cert_pem = read(root, layout::ROOT_CERT).ok();
         i.token = read(root, layout::TOKEN).ok();
         if let (Ok(c), Ok(k)) = (read(root, WORKLOAD_CERT), read(root, WORKLOAD_KEY)) {
@@ -191,7 +232,7 @@ impl Inputs {
             // pkg/env treats a set-but-empty TRUST_DOMAIN as empty; istiod's
             // default trust domain is cluster.local, which is what it signs.
             trust_domain: get("TRUST_DOMAIN").unwrap_or_else(|| "cluster.local".into()),
-            namespace: get("POD_NAMESPACE").or_else(|| get("ISTIO_NAMESPACE"))?,
+            namespace: version::agent_namespace(&self.env),
             service_account: get("SERVICE_ACCOUNT")?,
         })
     }
@@ -215,6 +256,36 @@ impl Inputs {
         }
         (find(&self.hosts), false)
     }
+}
+
+/// Where the sidecar package's files and databases are (Istio's .deb/.rpm:
+/// tools/packaging/packaging.mk@1.12.0 puts istio-start.sh in /usr/local/bin).
+pub const DPKG_STATUS: &str = "/var/lib/dpkg/status";
+pub const START_SCRIPT: &str = "/usr/local/bin/istio-start.sh";
+pub const SIDECAR_PACKAGE: &str = "istio-sidecar";
+
+/// The installed istio-sidecar: from the package database (dpkg's status
+/// file, else rpm's database, through the sysroot), else the version
+/// istio-start.sh announces.
+pub fn installed_sidecar(root: &Path) -> Option<version::Installed> {
+    let found = |v: &str, source: String| {
+        version::Version::parse(v).map(|version| version::Installed { version, source })
+    };
+    if let Ok(r) = Sysroot::new(root)
+        && let Ok(Some(p)) = r.installed_package(SIDECAR_PACKAGE)
+    {
+        let db = match p.source {
+            crate::sysroot::PackageDb::Dpkg => format!("dpkg's {DPKG_STATUS}"),
+            crate::sysroot::PackageDb::Rpm => "rpm's database".to_string(),
+        };
+        return found(
+            &p.version,
+            format!("{SIDECAR_PACKAGE} {} in {db}", p.version),
+        );
+    }
+    let b = read(root, START_SCRIPT).ok()?;
+    let v = version::start_script_version(&String::from_utf8_lossy(&b))?;
+    found(&v, format!("ISTIO_META_ISTIO_VERSION in {START_SCRIPT}"))
 }
 
 /// `defaultConfig.discoveryAddress` of a mesh config.
@@ -291,6 +362,34 @@ mod tests {
         );
         assert!(Target::parse("istiod:http", None, "x").is_err());
         assert!(Target::parse(":15012", None, "x").is_err());
+    }
+
+    #[test]
+    fn ca_addr_needs_its_port() {
+        // pilot-agent dials CA_ADDR as written: gRPC refuses a port-less one.
+        let e = Target::parse_with_port("istiod.istio-system.svc", None, "CA_ADDR").unwrap_err();
+        assert!(e.contains("missing port in address"), "{e}");
+        assert_eq!(
+            Target::parse_with_port("istiod.istio-system.svc:15012", None, "x")
+                .unwrap()
+                .port,
+            15012
+        );
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("var/lib/istio/envoy")).unwrap();
+        std::fs::write(
+            d.path().join("var/lib/istio/envoy/cluster.env"),
+            "CA_ADDR='istiod.istio-system.svc'\nISTIO_NAMESPACE='vm'\n",
+        )
+        .unwrap();
+        let i = Inputs::load(d.path());
+        assert!(
+            i.target_error
+                .as_deref()
+                .is_some_and(|e| e.contains("CA_ADDR")),
+            "{:?}",
+            i.target_error
+        );
     }
 
     #[test]

@@ -25,8 +25,65 @@ pub struct Known {
     pub meaning: &'static str,
 }
 
-/// Most specific first: a line is attributed to the first match.
+/// Most specific first: a line is attributed to the first match. Each entry
+/// names the Istio (or Envoy) source that writes it; lines only istiod
+/// writes, or only istio-start.sh's own iptables run (which goes to the
+/// journal, not to /var/log/istio), are not here: they never reach these logs.
 pub const KNOWN: &[Known] = &[
+    // Envoy's own stream to the agent's XDS proxy, in istio.err.log (Envoy
+    // writes to stderr): the proxy hands back the upstream gRPC status, code
+    // 14 (Unavailable) with grpc-go's dial error. Envoy's
+    // source/extensions/config_subscription/grpc/grpc_stream.h writes
+    // `StreamAggregatedResources gRPC config stream closed: 14, ...` (newer
+    // Envoys: `... stream to xds-grpc closed: 14, ...`).
+    Known {
+        code: "envoy.xds_refused",
+        needles: &[
+            "StreamAggregatedResources gRPC config stream",
+            "closed: 14",
+            "connection refused",
+        ],
+        weight: Weight::Error,
+        meaning: "nothing accepts on istiod's address: the east-west gateway does not expose 15012 (expose-istiod.yaml) or the hosts address is wrong (see tcp.discovery)",
+    },
+    Known {
+        code: "envoy.xds_no_host",
+        needles: &[
+            "StreamAggregatedResources gRPC config stream",
+            "closed: 14",
+            "no such host",
+        ],
+        weight: Weight::Error,
+        meaning: "the discovery host does not resolve for the agent: the /etc/hosts line for istiod is missing (see dns.discovery)",
+    },
+    Known {
+        code: "envoy.xds_timeout",
+        needles: &[
+            "StreamAggregatedResources gRPC config stream",
+            "closed: 14",
+            "i/o timeout",
+        ],
+        weight: Weight::Error,
+        meaning: "istiod's address does not answer: a firewall or security group drops port 15012 (see tcp.discovery)",
+    },
+    Known {
+        code: "envoy.xds_x509",
+        needles: &[
+            "StreamAggregatedResources gRPC config stream",
+            "closed: 14",
+            "x509",
+        ],
+        weight: Weight::Error,
+        meaning: "istiod's certificate is not accepted: root-cert.pem does not match the mesh CA, or the discovery host is not a name in istiod's certificate (see tls.handshake)",
+    },
+    Known {
+        code: "envoy.xds_closed",
+        needles: &["StreamAggregatedResources gRPC config stream", "closed: 14"],
+        weight: Weight::Error,
+        meaning: "the agent's stream to istiod fails: see the network, TLS and CA checks",
+    },
+    // grpc-go's messages, logged by the agent (pkg/istio-agent/xds_proxy.go
+    // `upstream terminated with unexpected error`, citadel client errors).
     Known {
         code: "ca.unknown_service",
         needles: &["unknown service istio.v1.auth.IstioCertificateService"],
@@ -43,38 +100,38 @@ pub const KNOWN: &[Known] = &[
         code: "tls.wrong_name",
         needles: &["x509: certificate is valid for"],
         weight: Weight::Error,
-        meaning: "the discovery host is not among istiod's certificate names: use istiod.istio-system.svc with the hosts line, or set ISTIOD_SAN",
+        meaning: "the discovery host is not among istiod's certificate names: use istiod.istio-system.svc with the hosts line, or set ISTIOD_SAN (1.12 and later)",
     },
+    // pilot/pkg/xds/auth.go (master), pilot/pkg/xds/ads.go@1.10.0.
     Known {
         code: "xds.permission_denied",
         needles: &["PermissionDenied", "no identities"],
         weight: Weight::Error,
-        meaning: "the credential's namespace/service account differs from POD_NAMESPACE/SERVICE_ACCOUNT in cluster.env (istio#35249)",
+        meaning: "the credential's namespace/service account differs from ISTIO_NAMESPACE/SERVICE_ACCOUNT in cluster.env (istio#35249)",
     },
+    // security/pkg/server/ca/server.go: `request authenticate failure`.
     Known {
         code: "auth.unauthenticated",
         needles: &["code = Unauthenticated"],
         weight: Weight::Error,
         meaning: "istiod accepted neither the workload certificate nor the token (token expired, or certificate expired): place a new token",
     },
-    Known {
-        code: "cluster.mismatch",
-        needles: &["but controller is for cluster"],
-        weight: Weight::Error,
-        meaning: "ISTIO_META_CLUSTER_ID differs from istiod's cluster name (istio#27234): regenerate with --clusterID <istiod's cluster>",
-    },
-    Known {
-        code: "cluster.unknown",
-        needles: &["client claims to be in cluster"],
-        weight: Weight::Error,
-        meaning: "ISTIO_META_CLUSTER_ID names a cluster istiod does not know: use istiod's cluster name (--clusterID)",
-    },
+    // security/pkg/credentialfetcher/plugin/token.go (master),
+    // security/pkg/nodeagent/caclient/credentials.go@1.10.0.
     Known {
         code: "token.missing",
         needles: &["failed to fetch token from file"],
         weight: Weight::Error,
         meaning: "the token file is missing (a reboot emptied /var/run): run istio-vm install again, it restores the token from /var/lib/istio-vm",
     },
+    // citadel/client.go@1.10.0 .. 1.12: no /etc/certs key pair yet.
+    Known {
+        code: "cert.first_boot",
+        needles: &["cannot load key pair, using token instead"],
+        weight: Weight::Notice,
+        meaning: "no workload certificate yet: normal on first start while the token is valid, fatal if the token is missing or expired",
+    },
+    // citadel/client.go@1.11.0, pilot/pkg/grpc/tls.go (master).
     Known {
         code: "cert.first_boot",
         needles: &["cannot parse the cert chain, using token instead"],
@@ -82,35 +139,34 @@ pub const KNOWN: &[Known] = &[
         meaning: "no workload certificate yet: normal on first start while the token is valid, fatal if the token is missing or expired",
     },
     Known {
-        code: "cert.first_boot",
-        needles: &["Failed to load key pair", "key.pem"],
-        weight: Weight::Notice,
-        meaning: "no workload certificate yet: normal on first start while the token is valid, fatal if the token is missing or expired (istio#48311)",
-    },
-    Known {
         code: "cert.expired",
         needles: &["cert expired, using token instead"],
         weight: Weight::Notice,
         meaning: "the workload certificate expired: the agent falls back to the token, which must still be valid",
     },
+    // security/pkg/nodeagent/sds/sdsservice.go.
     Known {
         code: "ca.failed",
         needles: &["failed to warm certificate"],
         weight: Weight::Error,
         meaning: "the CA is unreachable or rejected the request: see ca.token for the reason",
     },
+    // pkg/security/retry.go.
     Known {
         code: "ca.failed",
         needles: &["ca request failed"],
         weight: Weight::Error,
         meaning: "the CA is unreachable or rejected the request: see ca.token for the reason",
     },
+    // pkg/istio-agent/xds_proxy.go.
     Known {
         code: "xds.connect_failed",
         needles: &["failed to connect to upstream"],
         weight: Weight::Error,
         meaning: "the agent cannot dial istiod: hosts line wrong or missing, the gateway does not expose 15012, or a firewall (see dns/tcp/tls checks)",
     },
+    // istiod's stream error, relayed by the agent
+    // (pilot/pkg/autoregistration/controller.go; workloadentry_controller.go@1.10.0).
     Known {
         code: "autoregister.no_group",
         needles: &["cannot find WorkloadGroup"],
@@ -123,44 +179,49 @@ pub const KNOWN: &[Known] = &[
         weight: Weight::Error,
         meaning: "the WorkloadEntry name is invalid, e.g. an IPv6 address in it (istio#35343, fixed in 1.13): set ISTIO_SVC_IP to an IPv4 address or upgrade",
     },
+    // pilot/cmd/pilot-agent/status/ready/probe.go, logged by status/server.go
+    // as `Envoy proxy is NOT ready: ...`: @1.10.0 and 1.11 say
+    // `config not received from Pilot (is Pilot running?)`; from 1.12
+    // `config not received from XDS server`, `... but was rejected`,
+    // `config not fully received`.
+    Known {
+        code: "envoy.rejected",
+        needles: &["Envoy proxy is NOT ready", "but was rejected"],
+        weight: Weight::Error,
+        meaning: "Envoy rejected the configuration istiod sent (NACK): check istio.log and that VM and istiod run compatible Istio versions",
+    },
     Known {
         code: "envoy.not_ready",
-        needles: &["Envoy proxy is NOT ready: config not received from XDS server"],
+        needles: &["Envoy proxy is NOT ready", "config not received from"],
         weight: Weight::Error,
         meaning: "XDS is not flowing: Envoy got no configuration from istiod (see the network and CA checks)",
     },
+    Known {
+        code: "envoy.partial",
+        needles: &["Envoy proxy is NOT ready", "config not fully received"],
+        weight: Weight::Notice,
+        meaning: "Envoy has part of its configuration (clusters, not yet listeners): normal for a few seconds after start; if it stays, see log.errors and istiod's log",
+    },
+    // pkg/dns/client/dns.go (master).
     Known {
         code: "dns.not_root",
         needles: &["DNS address :53 and not running as root"],
         weight: Weight::Notice,
         meaning: "DNS_PROXY_ADDR asks for :53 but the agent is not root: it uses 15053 instead; remove DNS_PROXY_ADDR",
     },
+    // security/pkg/nodeagent/sds/server.go: `failed to set up UDS`.
     Known {
         code: "sds.permission",
-        needles: &["workload-spiffe-uds", "permission denied"],
+        needles: &["set up UDS", "permission denied"],
         weight: Weight::Error,
-        meaning: "/var/run/secrets is not writable by istio-proxy, so the SDS socket cannot be created (istio#42603): run istio-vm install again",
-    },
-    Known {
-        code: "iptables.nat_missing",
-        needles: &["unable to initialize table 'nat'"],
-        weight: Weight::Error,
-        meaning: "the kernel lacks the nat table modules (istio#23009): modprobe iptable_nat (or use the nftables backend)",
-    },
-    Known {
-        code: "iptables.stale_chains",
-        needles: &["Chain already exists"],
-        weight: Weight::Error,
-        meaning: "stale ISTIO_* chains from an older cleanup (istio#52835): `istio-vm capture remove`, then restart istio",
+        meaning: "the agent cannot create its SDS socket under /var/run/secrets or /etc/istio/proxy (`bind: permission denied`, istio#42603): run istio-vm install again",
     },
 ];
 
-/// Lines that mean the agent reached istiod.
-const SUCCESS: &[&str] = &[
-    "connected to upstream XDS server",
-    "connected to delta upstream XDS server",
-    "Envoy proxy is ready",
-];
+/// Lines that mean the agent got its configuration. Not `connected to
+/// upstream XDS server`: pkg/istio-agent/xds_proxy.go logs it when the
+/// stream is created, before istiod has checked anything.
+const SUCCESS: &[&str] = &["Envoy proxy is ready"];
 
 pub fn classify(line: &str) -> Option<&'static Known> {
     let l = line.to_ascii_lowercase();
@@ -334,98 +395,38 @@ pub fn check(root: &Path) -> Check {
 mod tests {
     use super::*;
 
-    /// Every line of reference §4.5's table, as the agent (or istio-start.sh) logs it.
-    const LINES: &[(&str, &str)] = &[
-        (
-            "2026-11-27T05:00:00.000000Z\twarn\txdsproxy\tfailed to connect to upstream istiod.istio-system.svc:15012: context deadline exceeded",
-            "xds.connect_failed",
-        ),
-        (
-            "2026-11-27T05:00:00.000000Z\twarn\txdsproxy\tupstream terminated with unexpected error: rpc error: code = Unavailable desc = connection error: desc = \"transport: authentication handshake failed: x509: certificate signed by unknown authority\"",
-            "tls.unknown_authority",
-        ),
-        (
-            "2026-11-27T05:00:00.000000Z\twarn\tx509: certificate is valid for istiod.istio-system.svc, istiod-remote.istio-system.svc, not istiod.example.com",
-            "tls.wrong_name",
-        ),
-        (
-            "2026-11-27T05:00:00.000000Z\twarn\txdsproxy\tupstream terminated with unexpected error rpc error: code = Unauthenticated desc = authentication failure",
-            "auth.unauthenticated",
-        ),
-        (
-            "2026-11-27T05:00:00.000000Z\twarn\txdsproxy\tupstream terminated with unexpected error rpc error: code = PermissionDenied desc = authorization failed: no identities ([spiffe://cluster.local/ns/a/sa/x]) matched b/y",
-            "xds.permission_denied",
-        ),
-        (
-            "2026-11-27T05:00:00.000000Z\twarn\tfailed to fetch token from file: open ./var/run/secrets/tokens/istio-token: no such file or directory",
-            "token.missing",
-        ),
-        (
-            "2026-11-27T05:00:00.000000Z\twarn\tFailed to load key pair open etc/certs/key.pem: no such file or directory",
-            "cert.first_boot",
-        ),
-        (
-            "2026-11-27T05:00:00.000000Z\twarn\tcannot parse the cert chain, using token instead: failed to read the cert, error is open etc/certs/cert-chain.pem: no such file or directory",
-            "cert.first_boot",
-        ),
-        (
-            "2026-11-27T05:00:00.000000Z\twarn\tca\tca request failed, starting attempt 1 in 91.4ms",
-            "ca.failed",
-        ),
-        (
-            "2026-11-27T05:00:00.000000Z\terror\tcache\tsds failed to warm certificate: failed to generate workload certificate: create certificate: rpc error: code = Unavailable",
-            "ca.failed",
-        ),
-        (
-            "2026-11-27T05:00:00.000000Z\terror\tcitadelclient failed to sign CSR: rpc error: code = Unimplemented desc = unknown service istio.v1.auth.IstioCertificateService",
-            "ca.unknown_service",
-        ),
-        (
-            "2026-11-27T05:00:00.000000Z\twarn\tauto-registration WorkloadEntry of vm1.vm-apps failed: cannot find WorkloadGroup vm-apps/ratings-vm",
-            "autoregister.no_group",
-        ),
-        (
-            "2026-11-27T05:00:00.000000Z\twarn\tWorkloadEntry.networking.istio.io \"ratings-vm-fd00--1\" is invalid: metadata.name: Invalid value",
-            "autoregister.invalid_name",
-        ),
-        (
-            "2026-11-27T05:00:00.000000Z\twarn\tEnvoy proxy is NOT ready: config not received from XDS server (is Istiod running?): cds updates: 0 successful, 0 rejected",
-            "envoy.not_ready",
-        ),
-        (
-            "2026-11-27T05:00:00.000000Z\tinfo\tdns\tDNS address :53 and not running as root, use default",
-            "dns.not_root",
-        ),
-        (
-            "2026-11-27T05:00:00.000000Z\terror\tsds\tFailed to set up UDS path: listen unix ./var/run/secrets/workload-spiffe-uds/socket: bind: permission denied",
-            "sds.permission",
-        ),
-        (
-            "iptables-restore: unable to initialize table 'nat'",
-            "iptables.nat_missing",
-        ),
-        (
-            "iptables-restore: line 5 failed: Chain already exists",
-            "iptables.stale_chains",
-        ),
-        (
-            "2026-11-27T05:00:00.000000Z\twarn\tcert expired, using token instead",
-            "cert.expired",
-        ),
-        (
-            "2026-11-27T05:00:00.000000Z\terror\tproxy is in cluster cluster2, but controller is for cluster Kubernetes",
-            "cluster.mismatch",
-        ),
-    ];
+    /// Real lines, each with the source that writes it: the file the
+    /// integration tests feed through verify too.
+    const LINES: &str = include_str!("../../tests/data/agent-log-lines.txt");
+
+    fn lines() -> impl Iterator<Item = (&'static str, &'static str)> {
+        LINES
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                let mut p = l.splitn(3, '|');
+                let code = p.next().unwrap();
+                let _file = p.next().unwrap();
+                (p.next().unwrap(), code)
+            })
+    }
 
     #[test]
     fn every_known_line_maps_to_its_meaning() {
-        for (line, code) in LINES {
+        let mut n = 0;
+        for (line, code) in lines() {
             let k = classify(line).unwrap_or_else(|| panic!("not recognised: {line}"));
-            assert_eq!(k.code, *code, "{line}");
+            assert_eq!(k.code, code, "{line}");
+            n += 1;
         }
+        assert!(n >= 20, "the fixture lost lines: {n}");
+        // pkg/istio-agent/xds_proxy.go: logged when the stream is created.
+        let connected = "2026-11-27T05:00:00.000000Z\tinfo\txdsproxy\tconnected to upstream XDS server: istiod.istio-system.svc:15012";
+        assert!(classify(connected).is_none());
+        assert!(!is_success(connected), "no proof istiod accepted anything");
+        // Only istiod (pilot/pkg/serviceregistry/kube/controller/controller.go) writes this.
         assert!(
-            classify("2026-11-27T05:00:00Z info xdsproxy connected to upstream XDS server: x")
+            classify("proxy is in cluster cluster2, but controller is for cluster Kubernetes")
                 .is_none()
         );
     }
@@ -433,7 +434,7 @@ mod tests {
     #[test]
     fn errors_before_the_last_success_are_history() {
         let log = "2026-11-27T05:00:00Z\twarn\tfailed to connect to upstream istiod:15012\n\
-                   2026-11-27T05:00:01Z\tinfo\txdsproxy\tconnected to upstream XDS server: istiod:15012\n";
+                   2026-11-27T05:00:01Z\tinfo\tEnvoy proxy is ready\n";
         let (hits, history) = scan(Some(log), None);
         assert!(hits.is_empty());
         assert_eq!(history, 1);

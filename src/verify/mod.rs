@@ -7,15 +7,17 @@
 //! is bounded by `--timeout`; independent branches run concurrently, so an
 //! unreachable istiod costs about one timeout, not a sum.
 //!
-//! Files are read under `--root`; the network is probed from this host.
-//! Nothing is written anywhere. The key and certificate `ca.token` obtains
+//! Files are read under `--root`; the network is probed from this host,
+//! toward istiod as istio-proxy (so Istio's capture rules let it through as
+//! they let the agent's through, see `net::Owner`), and with the addresses
+//! and names of the installed sidecar's version (`version`). `--probe` is
+//! an application's traffic and stays root's. Nothing is written anywhere. The key and certificate `ca.token` obtains
 //! live only in memory.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::report::{Check, CheckStatus};
 
@@ -25,10 +27,42 @@ pub mod files;
 pub mod grpc;
 pub mod inputs;
 pub mod logs;
+pub mod metrics;
 pub mod net;
 pub mod probe;
 pub mod proto;
+pub mod rules;
+pub mod version;
+pub mod wait;
 pub mod xds;
+
+/// Every check id verify reports, in report order: the contract's list
+/// (docs/DESIGN.md "Check ids", compared by tests/design_doc.rs).
+/// `probe.<host>` stands for one check per `--probe URL`.
+pub const CHECK_IDS: &[&str] = &[
+    "files.root_cert",
+    "files.token",
+    "files.token_persistent",
+    "files.cluster_env",
+    "files.mesh_config",
+    "files.workload_cert",
+    "files.dirs",
+    "files.hosts",
+    "files.sidecar",
+    "dns.discovery",
+    "tcp.discovery",
+    "tls.handshake",
+    "ca.token",
+    "xds.stream",
+    "agent.service",
+    "agent.ready",
+    "agent.xds",
+    "agent.live",
+    "agent.dns",
+    "log.errors",
+    "capture.rules",
+    "probe.<host>",
+];
 
 /// What one verify run looks at.
 #[derive(Debug, Clone)]
@@ -100,55 +134,20 @@ pub fn failed(checks: &[Check]) -> Vec<&str> {
         .collect()
 }
 
-/// Runs the checks once, or with `wait` until nothing fails or time is up;
-/// returns the last attempt's checks.
+/// Runs the checks once, or with `wait` until nothing fails or time is up
+/// (see [`wait`]); returns the last attempt's checks.
 pub fn run(opts: &Options) -> Result<Vec<Check>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let deadline = opts.wait.map(|w| Instant::now() + w);
-    let progress = std::io::stderr().is_terminal();
-    let mut attempt = 0;
-    let checks = loop {
-        attempt += 1;
-        let checks = rt.block_on(once(opts));
-        let failing = failed(&checks);
-        let Some(deadline) = deadline else {
-            break checks;
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        if failing.is_empty() || left.is_zero() {
-            if progress && attempt > 1 {
-                eprintln!();
-            }
-            break checks;
-        }
-        tracing::info!(
-            "verify attempt {attempt}: failing {}; retrying ({}s left)",
-            failing.join(", "),
-            left.as_secs()
-        );
-        if progress {
-            eprint!(
-                "\r\x1b[Kverify: attempt {attempt}: {} failing ({}), {}s left",
-                failing.len(),
-                failing.join(", "),
-                left.as_secs()
-            );
-        }
-        // Retry cadence, not synchronisation: the next attempt re-reads
-        // everything from scratch.
-        let pause = left.min(Duration::from_secs(1));
-        rt.block_on(async move { tokio::time::sleep(pause).await });
-    };
-    // A getaddrinfo stuck on a dead resolver must not hold the exit.
-    rt.shutdown_background();
-    Ok(checks)
+    wait::run(opts)
 }
 
 /// One pass over every check, in report order.
 pub async fn once(opts: &Options) -> Vec<Check> {
+    once_with(opts, &mut wait::Reuse::default()).await
+}
+
+/// [`once`], reusing the certificate an earlier attempt of a `--wait` run
+/// obtained.
+pub async fn once_with(opts: &Options, reuse: &mut wait::Reuse) -> Vec<Check> {
     let t = Instant::now();
     let inputs = inputs::Inputs::load(&opts.root);
     let mut out: Vec<Check> = files::checks(&opts.root, opts.live, &inputs, now())
@@ -156,7 +155,7 @@ pub async fn once(opts: &Options) -> Vec<Check> {
         .map(|c| timed(t, c))
         .collect();
     let (chain, agent, probes) = tokio::join!(
-        network(&inputs, opts.live, opts.timeout),
+        network(&inputs, opts.live, opts.timeout, reuse),
         agent_checks(opts, &inputs),
         probe_checks(opts)
     );
@@ -164,12 +163,19 @@ pub async fn once(opts: &Options) -> Vec<Check> {
     out.extend(agent);
     let t = Instant::now();
     out.push(timed(t, logs::check(&opts.root)));
+    let t = Instant::now();
+    out.push(timed(t, rules::check(&opts.root)));
     out.extend(probes);
     out
 }
 
 /// dns -> tcp -> tls -> ca -> xds; a failed step skips the ones after it.
-async fn network(inputs: &inputs::Inputs, live: bool, timeout: Duration) -> Vec<Check> {
+async fn network(
+    inputs: &inputs::Inputs,
+    live: bool,
+    timeout: Duration,
+    reuse: &mut wait::Reuse,
+) -> Vec<Check> {
     let mut out = Vec::new();
     let t = Instant::now();
     let (c, resolved) = net::dns(inputs, live, timeout).await;
@@ -181,7 +187,7 @@ async fn network(inputs: &inputs::Inputs, live: bool, timeout: Duration) -> Vec<
         return out;
     };
     let t = Instant::now();
-    let (c, peer) = net::tcp(&target, &addrs, timeout).await;
+    let (c, peer) = net::tcp(&target, &addrs, timeout, inputs.owner).await;
     out.push(timed(t, c));
     let Some(peer) = peer else {
         for id in ["tls.handshake", "ca.token", "xds.stream"] {
@@ -205,7 +211,7 @@ async fn network(inputs: &inputs::Inputs, live: bool, timeout: Duration) -> Vec<
         return out;
     }
     let t = Instant::now();
-    let (c, issued) = ca::check(inputs, &ca_target, &ca_addrs, timeout).await;
+    let (c, issued) = reuse.ca_check(inputs, &ca_target, &ca_addrs, timeout).await;
     out.push(timed(t, c));
     let Some(issued) = issued else {
         out.push(blocked("xds.stream", "ca.token"));
@@ -259,13 +265,48 @@ async fn probe_checks(opts: &Options) -> Vec<Check> {
         ids.push(id);
     }
     let to = opts.timeout;
-    net::futures_join(
-        ids.into_iter()
-            .zip(&opts.probes)
-            .map(|(id, url)| async move {
-                let t = Instant::now();
-                timed(t, probe::check(id, url, to).await)
-            }),
-    )
+    // `--probe` is an application's traffic: made as root, so capture
+    // applies to it, which is the point.
+    net::join_ordered(ids.into_iter().zip(opts.probes.iter().cloned()).map(
+        |(id, url)| async move {
+            let t = Instant::now();
+            timed(t, probe::check(id, &url, to).await)
+        },
+    ))
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run on an empty root reports every check (the network chain is
+    /// skipped as blocked, the agent by --skip-agent), in CHECK_IDS' order.
+    #[test]
+    fn check_ids_lists_every_check_in_order() {
+        let root = tempfile::tempdir().unwrap();
+        let opts = Options {
+            root: root.path().to_path_buf(),
+            live: false,
+            timeout: Duration::from_secs(1),
+            wait: None,
+            skip_agent: true,
+            probes: Vec::new(),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let ran: Vec<String> = rt.block_on(once(&opts)).into_iter().map(|c| c.id).collect();
+        let listed: Vec<&str> = CHECK_IDS
+            .iter()
+            .copied()
+            .filter(|id| !id.starts_with("probe."))
+            .collect();
+        assert_eq!(ran, listed);
+        assert_eq!(
+            probe::check_id("http://a.example/", 0, &[]),
+            "probe.a.example"
+        );
+    }
 }

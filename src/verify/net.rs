@@ -29,17 +29,78 @@ pub fn mesh_allocated(ip: &IpAddr) -> bool {
     }
 }
 
-/// getaddrinfo (so /etc/hosts counts), bounded by `timeout`.
-pub async fn resolve(host: &str, port: u16, timeout: Duration) -> Result<Vec<SocketAddr>, String> {
+/// Whose sockets verify's traffic toward istiod is: Istio's capture rules
+/// let the istio-proxy uid and gid through by owner match
+/// (tools/istio-iptables/pkg/capture/run.go@1.10.0 and at master:
+/// `-m owner --uid-owner`/`--gid-owner` RETURN in ISTIO_OUTPUT), so the
+/// agent's own connections to istiod are not redirected to Envoy. Without
+/// this, verify (root) would be redirected to 15001 and blame the network.
+///
+/// The kernel matches the *socket's* file credentials, taken when the socket
+/// is created (net/netfilter/xt_owner.c and nft `meta skuid` read
+/// `sk_socket->file->f_cred->fsuid`), and setfsuid/setfsgid change them for
+/// the calling thread only. So a socket made while this thread's fsuid/fsgid
+/// are istio-proxy's counts as istio-proxy's, and the thread goes straight
+/// back to root: files stay readable, nothing else changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Owner(pub Option<(u32, u32)>);
+
+impl Owner {
+    /// Runs `f`, which creates sockets and must not block on anything else,
+    /// with this thread's fsuid/fsgid set to the owner's.
+    pub fn run<R>(self, f: impl FnOnce() -> R) -> R {
+        use nix::unistd::{Gid, Uid, setfsgid, setfsuid};
+        let Some((uid, gid)) = self.0 else {
+            return f();
+        };
+        // gid first: once fsuid is not 0 the fs capabilities are gone, but
+        // CAP_SETGID/CAP_SETUID (needed for both calls) stay.
+        let old_gid = setfsgid(Gid::from_raw(gid));
+        let old_uid = setfsuid(Uid::from_raw(uid));
+        let r = f();
+        setfsuid(old_uid);
+        setfsgid(old_gid);
+        r
+    }
+
+    /// For details: who the connections are made as.
+    pub fn describe(self) -> String {
+        match self.0 {
+            Some((u, g)) => {
+                format!("as istio-proxy (uid {u}, gid {g}), exempt from capture like the agent")
+            }
+            None => {
+                "as root: no istio-proxy user, so capture rules (if any) redirect these connections"
+                    .into()
+            }
+        }
+    }
+}
+
+/// getaddrinfo (so /etc/hosts counts), bounded by `timeout`; its DNS
+/// queries are made as `owner`, like the agent's (with DNS capture the rules
+/// send everyone else's port 53 to the agent's DNS proxy).
+pub async fn resolve(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+    owner: Owner,
+) -> Result<Vec<SocketAddr>, String> {
+    use std::net::ToSocketAddrs;
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
-    match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
+    let h = host.to_string();
+    let lookup = tokio::task::spawn_blocking(move || {
+        owner.run(|| (h.as_str(), port).to_socket_addrs().map(Vec::from_iter))
+    });
+    match tokio::time::timeout(timeout, lookup).await {
         Err(_) => Err(format!("no answer within {}", ms(timeout))),
-        Ok(Err(e)) => Err(e.to_string()),
-        Ok(Ok(it)) => {
+        Ok(Err(e)) => Err(format!("lookup task failed: {e}")),
+        Ok(Ok(Err(e))) => Err(e.to_string()),
+        Ok(Ok(Ok(all))) => {
             let mut v: Vec<SocketAddr> = Vec::new();
-            for a in it {
+            for a in all {
                 if !v.contains(&a) {
                     v.push(a);
                 }
@@ -94,7 +155,12 @@ pub async fn dns(inputs: &Inputs, live: bool, timeout: Duration) -> (Check, Reso
         );
     };
     let targets: Vec<&Target> = std::iter::once(d).chain(inputs.ca.as_ref()).collect();
-    let results = futures_join(targets.iter().map(|t| resolve(&t.host, t.port, timeout))).await;
+    let owner = inputs.owner;
+    let results = join_ordered(targets.iter().map(|t| {
+        let (host, port) = (t.host.clone(), t.port);
+        async move { resolve(&host, port, timeout, owner).await }
+    }))
+    .await;
     let mut details = Vec::new();
     let mut warnings: Vec<String> = Vec::new();
     let mut out: Vec<Option<Vec<SocketAddr>>> = Vec::new();
@@ -102,7 +168,15 @@ pub async fn dns(inputs: &Inputs, live: bool, timeout: Duration) -> (Check, Reso
         let (expected, _) = inputs.hosts_addrs(&t.host);
         match r {
             Err(e) => {
-                let hint = if expected.is_empty() && t.host.parse::<IpAddr>().is_err() {
+                let hint = if t.source == super::version::CA_DEFAULT_SOURCE {
+                    // tools/packaging/common/istio-start.sh@1.12.0: CA_ADDR
+                    // never follows the mesh file's discoveryAddress.
+                    format!(
+                        "the agent asks its certificates from {} (istio-start.sh's CA_ADDR default, whatever the mesh config's \
+                         discoveryAddress says): add it to the istio-vm hosts block, or set CA_ADDR in cluster.env to the discovery address",
+                        t.addr()
+                    )
+                } else if expected.is_empty() && t.host.parse::<IpAddr>().is_err() {
                     format!(
                         "{} does not resolve and /etc/hosts has no entry for it: run `istio-vm install` with the bundle \
                          (it adds the bundle's hosts line); if the bundle's hosts file is empty the east-west gateway \
@@ -199,33 +273,19 @@ pub async fn dns(inputs: &Inputs, live: bool, timeout: Duration) -> (Check, Reso
     )
 }
 
-/// Awaits all futures concurrently, results in order.
-pub async fn futures_join<F: std::future::Future>(
-    fs: impl IntoIterator<Item = F>,
-) -> Vec<F::Output> {
-    let mut handles: Vec<std::pin::Pin<Box<F>>> = fs.into_iter().map(Box::pin).collect();
-    let mut results: Vec<Option<F::Output>> = handles.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (h, r) in handles.iter_mut().zip(results.iter_mut()) {
-            if r.is_none() {
-                match h.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *r = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    results
-        .into_iter()
-        .map(|r| r.expect("every future finished"))
-        .collect()
+/// Runs the futures concurrently on the runtime; results in input order.
+pub async fn join_ordered<F>(fs: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let mut set = tokio::task::JoinSet::new();
+    for (i, f) in fs.into_iter().enumerate() {
+        set.spawn(async move { (i, f.await) });
+    }
+    let mut out = set.join_all().await;
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, v)| v).collect()
 }
 
 /// Why a connection could not be made.
@@ -236,15 +296,34 @@ pub enum ConnError {
     Other(SocketAddr, std::io::Error),
 }
 
-/// TCP to the first address that answers; each try bounded by `timeout`.
-pub async fn tcp_connect(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream, ConnError> {
+/// TCP to the first address that answers, with sockets owned by `owner`;
+/// each try bounded by `timeout`.
+pub async fn tcp_connect(
+    addrs: &[SocketAddr],
+    timeout: Duration,
+    owner: Owner,
+) -> Result<TcpStream, ConnError> {
     let mut last = None;
     for a in addrs {
-        match tokio::time::timeout(timeout, TcpStream::connect(a)).await {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                return Ok(s);
+        let sock = owner.run(|| {
+            if a.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
             }
+        });
+        let sock = match sock {
+            Ok(s) => s,
+            Err(e) => {
+                last = Some(ConnError::Other(*a, e));
+                continue;
+            }
+        };
+        // grpc-go (pilot-agent) sets TCP_NODELAY; without it delayed ACKs
+        // add ~40 ms per round trip.
+        let _ = sock.set_nodelay(true);
+        match tokio::time::timeout(timeout, sock.connect(*a)).await {
+            Ok(Ok(s)) => return Ok(s),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 last = Some(ConnError::Refused(*a))
             }
@@ -292,19 +371,21 @@ pub async fn tcp(
     t: &Target,
     addrs: &[SocketAddr],
     timeout: Duration,
+    owner: Owner,
 ) -> (Check, Option<SocketAddr>) {
     let id = "tcp.discovery";
     let start = std::time::Instant::now();
-    match tcp_connect(addrs, timeout).await {
+    match tcp_connect(addrs, timeout, owner).await {
         Ok(s) => {
             let peer = s.peer_addr().ok();
             (
                 pass(
                     id,
                     format!(
-                        "connected to {} in {} ms",
+                        "connected to {} in {} ms, {}",
                         peer.map(|p| p.to_string()).unwrap_or_else(|| t.addr()),
-                        start.elapsed().as_millis()
+                        start.elapsed().as_millis(),
+                        owner.describe()
                     ),
                 ),
                 peer,
@@ -605,7 +686,7 @@ pub async fn tls(
         Ok(t) => t,
         Err(e) => return (fail(id, e, "see files.root_cert"), false),
     };
-    let tcp = match tcp_connect(&[addr], timeout).await {
+    let tcp = match tcp_connect(&[addr], timeout, inputs.owner).await {
         Ok(s) => s,
         Err(e) => return (tcp_failure(id, t, &e, timeout), false),
     };
@@ -651,11 +732,23 @@ mod tests {
 
     #[tokio::test]
     async fn join_keeps_order() {
-        let v = futures_join([1u64, 0, 2].map(|n| async move {
+        let v = join_ordered([1u64, 0, 2].map(|n| async move {
             tokio::time::sleep(Duration::from_millis(n * 5)).await;
             n
         }))
         .await;
         assert_eq!(v, vec![1, 0, 2]);
+    }
+
+    #[test]
+    fn sockets_made_as_the_owner_go_back_to_root() {
+        // Needs root (as the suite does): setfsuid succeeds, and this
+        // thread's fsuid is 0 again afterwards.
+        let before = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(u32::MAX));
+        let seen = Owner(Some((4242, 4243)))
+            .run(|| nix::unistd::setfsuid(nix::unistd::Uid::from_raw(u32::MAX)));
+        assert_eq!(seen.as_raw(), 4242, "fsuid inside");
+        let after = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(u32::MAX));
+        assert_eq!(after, before, "fsuid restored");
     }
 }

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::net;
-use super::{fail, pass};
+use super::{fail, pass, warn};
 use crate::report::Check;
 
 /// Envoy as Istio configures it names itself `istio-envoy` and adds the
@@ -44,7 +44,7 @@ pub async fn check(id: String, url: &str, timeout: Duration) -> Check {
         .trim_matches(['[', ']'])
         .to_string();
     let port = parsed.port_or_known_default().unwrap_or(80);
-    let addrs = match net::resolve(&host, port, timeout).await {
+    let addrs = match net::resolve(&host, port, timeout, net::Owner(None)).await {
         Ok(a) => a,
         Err(e) => {
             return fail(
@@ -110,11 +110,24 @@ pub async fn check(id: String, url: &str, timeout: Duration) -> Check {
         server.as_deref().unwrap_or("-")
     );
     if !via_sidecar(server.as_deref(), upstream) {
-        return fail(
+        // Envoy adds its headers only where it routes HTTP. TLS (https://)
+        // and services it treats as TCP (protocol not declared, or the
+        // PassthroughCluster) pass through it byte for byte: the response
+        // cannot tell whether the sidecar carried it.
+        if parsed.scheme() == "https" {
+            return pass(
+                &id,
+                format!(
+                    "{detail}; https: Envoy passes TLS through without adding headers, so whether the sidecar carried this cannot be told from the response"
+                ),
+            );
+        }
+        return warn(
             &id,
-            format!("{detail}; the response did not pass through the sidecar"),
-            "no `server: istio-envoy` or `x-envoy-upstream-service-time`: outbound traffic is not captured (`istio-vm capture status`), \
-             the port is excluded (ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE), or the address is outside ISTIO_SERVICE_CIDR",
+            format!("{detail}; no Envoy headers in the response"),
+            "without `server: istio-envoy` or `x-envoy-upstream-service-time` the response cannot tell: either outbound traffic is not captured \
+             (`istio-vm capture status`, ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE, ISTIO_SERVICE_CIDR), or Envoy carries this port as TCP \
+             (protocol not declared on the service port, or a name outside the mesh), where it adds no headers",
         );
     }
     if status >= 500 {

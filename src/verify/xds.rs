@@ -12,6 +12,7 @@ use super::ca::Issued;
 use super::inputs::{Inputs, Target};
 use super::net::{self, Tls};
 use super::proto::{self, Struct, Value};
+use super::version;
 use super::{fail, pass};
 use crate::report::Check;
 
@@ -50,32 +51,33 @@ pub fn pod_name() -> String {
 /// Node id and metadata in the format pilot-agent sends
 /// (pkg/bootstrap/config.go `GetNodeMetaData`, pkg/model/proxy.go `NodeMetadata`).
 pub fn node(inputs: &Inputs, ip: &str, pod: &str) -> proto::Node {
-    let ns = inputs
-        .env
-        .get("POD_NAMESPACE")
-        .or_else(|| inputs.env.get("ISTIO_NAMESPACE"))
-        .cloned()
-        .unwrap_or_default();
+    let ns = version::agent_namespace(&inputs.env);
     let mut md: BTreeMap<String, Value> = BTreeMap::new();
     for (k, v) in &inputs.env {
         if let Some(key) = k.strip_prefix("ISTIO_META_")
             && !NEVER_SENT.contains(&key)
         {
-            md.insert(key.to_string(), Value::string(v));
+            md.insert(key.to_string(), proto::string(v));
         }
         if let Some(key) = k.strip_prefix("ISTIO_METAJSON_")
             && !NEVER_SENT.contains(&key)
             && let Ok(j) = serde_json::from_str::<serde_json::Value>(v)
         {
-            md.insert(key.to_string(), Value::from(&j));
+            md.insert(key.to_string(), proto::from_json(&j));
         }
     }
-    md.insert("NAMESPACE".into(), Value::string(&ns));
-    md.insert("NAME".into(), Value::string(pod));
-    md.insert("INSTANCE_IPS".into(), Value::string(ip));
-    md.insert("INTERCEPTION_MODE".into(), Value::string("REDIRECT"));
+    md.insert("NAMESPACE".into(), proto::string(&ns));
+    md.insert("NAME".into(), proto::string(pod));
+    md.insert("INSTANCE_IPS".into(), proto::string(ip));
+    md.insert("INTERCEPTION_MODE".into(), proto::string("REDIRECT"));
     if let Some(sa) = inputs.env.get("SERVICE_ACCOUNT") {
-        md.insert("SERVICE_ACCOUNT".into(), Value::string(sa));
+        md.insert("SERVICE_ACCOUNT".into(), proto::string(sa));
+    }
+    // istio-start.sh@1.10.0 exports ISTIO_META_ISTIO_VERSION (later the
+    // agent sends its build version, pkg/bootstrap/config.go): istiod
+    // generates config for that Envoy (pkg/model/proxy.go IstioVersion).
+    if let Some(v) = version::node_version(inputs.sidecar.as_ref()) {
+        md.insert("ISTIO_VERSION".into(), proto::string(v));
     }
     let cluster = match inputs
         .env
@@ -88,9 +90,14 @@ pub fn node(inputs: &Inputs, ip: &str, pod: &str) -> proto::Node {
     proto::Node {
         id: format!("sidecar~{ip}~{pod}.{ns}~{ns}.svc.cluster.local"),
         cluster,
-        metadata: Some(Struct { fields: md }),
+        metadata: Some(Struct {
+            fields: md.into_iter().collect(),
+        }),
         user_agent_name: "istio-vm".into(),
-        user_agent_version: env!("CARGO_PKG_VERSION").into(),
+        user_agent_version_type: Some(proto::UserAgentVersionType::UserAgentVersion(
+            env!("CARGO_PKG_VERSION").into(),
+        )),
+        ..Default::default()
     }
 }
 
@@ -107,7 +114,12 @@ pub async fn check(
     };
     let node = node(inputs, &instance_ip(inputs), &pod_name());
     let node_id = node.id.clone();
-    match tokio::time::timeout(timeout, stream(pem, t, addrs, issued, node, timeout)).await {
+    match tokio::time::timeout(
+        timeout,
+        stream(pem, t, addrs, issued, node, timeout, inputs.owner),
+    )
+    .await
+    {
         Err(_) => fail(
             id,
             format!(
@@ -141,6 +153,7 @@ async fn stream(
     issued: &Issued,
     node: proto::Node,
     timeout: Duration,
+    owner: net::Owner,
 ) -> Result<proto::DiscoveryResponse, Check> {
     let id = "xds.stream";
     let tls =
@@ -151,15 +164,7 @@ async fn stream(
                 "the issued certificate cannot be used as a client certificate",
             )
         })?;
-    let channel = super::grpc::connect(id, &tls, addrs, t, timeout).await?;
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.map_err(|e| {
-        fail(
-            id,
-            format!("gRPC channel not ready: {e}"),
-            "istiod closed the connection",
-        )
-    })?;
+    let channel = super::grpc::connect(id, &tls, addrs, t, timeout, owner).await?;
     let first = proto::DiscoveryRequest {
         node: Some(node),
         type_url: proto::CLUSTER_TYPE.into(),
@@ -172,11 +177,9 @@ async fn stream(
         .await
         .map_err(|_| fail(id, "could not queue the request", "internal error"))?;
     let requests = tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(rx);
-    let path = http::uri::PathAndQuery::from_static(proto::STREAM_AGGREGATED_RESOURCES);
-    let codec =
-        tonic_prost::ProstCodec::<proto::DiscoveryRequest, proto::DiscoveryResponse>::default();
-    let resp = grpc
-        .streaming(tonic::Request::new(requests), path, codec)
+    // The generated client of envoy/service/discovery/v3/ads.proto.
+    let resp = proto::AggregatedDiscoveryServiceClient::new(channel)
+        .stream_aggregated_resources(tonic::Request::new(requests))
         .await
         .map_err(|s| status_check(id, &s))?;
     let mut inbound = resp.into_inner();
@@ -187,8 +190,14 @@ async fn stream(
         Ok(None) => Err(fail(
             id,
             "istiod closed the XDS stream without sending anything",
-            "istiod ended the stream right after the first request: look for this node in istiod's log \
-             (`Unauthorized XDS`, `cannot find WorkloadGroup`, cluster ID mismatch `proxy is in cluster X, but controller is for cluster Y`, istio#27234)",
+            // istiod ends a stream without a status only when it stops the
+            // connection itself (pkg/xds/server.go `Stream`: `<-con.stop`,
+            // e.g. shutting down) or when the stream is gone underneath it;
+            // authorisation and WorkloadGroup failures come back as a status
+            // (pilot/pkg/xds/ads.go, pilot/pkg/autoregistration/controller.go).
+            "the stream ended cleanly before any configuration: istiod is shutting down or restarting (retry, `--wait`), \
+             or a proxy between the VM and istiod (the east-west gateway, a load balancer) ends HTTP/2 streams it should pass through: \
+             the gateway must pass 15012 through by SNI (TLS PASSTHROUGH)",
         )),
         Err(s) => Err(status_check(id, &s)),
     }
@@ -218,7 +227,10 @@ mod tests {
     fn node_metadata_is_istio_shaped_without_autoregistration() {
         let mut i = Inputs::default();
         for (k, v) in [
-            ("POD_NAMESPACE", "vm-apps"),
+            // istio-start.sh passes POD_NAMESPACE=${ISTIO_NAMESPACE:-default}
+            // on pilot-agent's command line: cluster.env's POD_NAMESPACE loses.
+            ("POD_NAMESPACE", "ignored"),
+            ("ISTIO_NAMESPACE", "vm-apps"),
             ("SERVICE_ACCOUNT", "ratings-sa"),
             ("CANONICAL_SERVICE", "ratings"),
             ("ISTIO_META_AUTO_REGISTER_GROUP", "ratings-vm"),
@@ -233,12 +245,19 @@ mod tests {
             "sidecar~198.51.100.10~vm1.vm-apps~vm-apps.svc.cluster.local"
         );
         assert_eq!(n.cluster, "ratings.vm-apps");
-        let md = serde_json::Value::from(n.metadata.as_ref().unwrap());
+        let md = proto::struct_json(n.metadata.as_ref().unwrap());
         assert_eq!(md["CLUSTER_ID"], "cluster1");
         assert_eq!(md["NAMESPACE"], "vm-apps");
         assert_eq!(md["SERVICE_ACCOUNT"], "ratings-sa");
         assert_eq!(md["LABELS"]["app"], "ratings");
         assert!(md.get("AUTO_REGISTER_GROUP").is_none());
+        assert!(md.get("ISTIO_VERSION").is_none(), "no sidecar installed");
+        i.sidecar = Some(version::Installed {
+            version: version::Version::new(1, 10, 6),
+            source: "test".into(),
+        });
+        let md = proto::struct_json(node(&i, "198.51.100.10", "vm1").metadata.as_ref().unwrap());
+        assert_eq!(md["ISTIO_VERSION"], "1.10.6");
         assert!(md.get("WORKLOAD_ENTRY").is_none());
     }
 }

@@ -5,11 +5,16 @@
 //! What it checks mirrors istiod (reference §5), reduced to what a test can
 //! know without a Kubernetes API server:
 //! - CA (`istio.v1.auth.IstioCertificateService/CreateCertificate`): the
-//!   bearer token's claims are decoded (not verified: no API server) and must
-//!   have audience `istio-ca`, an `exp` in the future and a subject
-//!   `system:serviceaccount:<ns>:<sa>`; the CSR is signed for the *caller's*
-//!   identity `spiffe://<td>/ns/<ns>/sa/<sa>`, whatever the CSR asks for, as
-//!   security/pkg/server/ca/server.go does.
+//!   `clusterid` header picks the cluster whose API server reviews the token
+//!   (empty: the local cluster; unknown: refused), as
+//!   security/pkg/server/ca/authenticate/kubeauth/kube_jwt.go does. The
+//!   review is stood in for by the claims (decoded, not verified: no API
+//!   server): `iss` must be that cluster's issuer, audience `istio-ca`, `exp`
+//!   in the future, `nbf` and `iat` not in the future, subject
+//!   `system:serviceaccount:<ns>:<sa>`. Every failure is Unauthenticated
+//!   `request authenticate failure`, istiod's one answer
+//!   (security/pkg/server/ca/server.go). The CSR is signed for the *caller's*
+//!   identity `spiffe://<td>/ns/<ns>/sa/<sa>`, whatever the CSR asks for.
 //! - ADS (`envoy.service.discovery.v3.AggregatedDiscoveryService/
 //!   StreamAggregatedResources`): the client certificate's SPIFFE identity
 //!   must match the node's NAMESPACE/SERVICE_ACCOUNT metadata, else
@@ -38,6 +43,8 @@ pub const CA_PATH: &str = "/istio.v1.auth.IstioCertificateService/CreateCertific
 pub const ADS_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+/// The issuer of a default cluster's service account tokens.
+pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
 /// The SANs istiod's serving certificate carries by default
 /// (pilot/pkg/bootstrap/server.go `getDNSNames`).
@@ -265,6 +272,11 @@ pub struct Behaviour {
     /// End the ADS stream right after the first request, without a response.
     pub ads_close: bool,
     pub trust_domain: String,
+    /// istiod's own cluster and its API server's token issuer.
+    pub cluster_id: String,
+    pub issuer: String,
+    /// Remote clusters istiod has a kubeconfig for: (cluster ID, issuer).
+    pub remote_clusters: Vec<(String, String)>,
 }
 
 impl Default for Behaviour {
@@ -276,6 +288,9 @@ impl Default for Behaviour {
             reject_token: false,
             ads_close: false,
             trust_domain: "cluster.local".into(),
+            cluster_id: "cluster1".into(),
+            issuer: ISSUER.into(),
+            remote_clusters: Vec::new(),
         }
     }
 }
@@ -289,6 +304,8 @@ pub struct Seen {
     pub nodes: Vec<(String, serde_json::Value)>,
     /// Client identities presented on ADS streams.
     pub xds_identities: Vec<String>,
+    /// The `clusterid` header of each token-authenticated CA call ("" if none).
+    pub ca_cluster_ids: Vec<String>,
 }
 
 struct State {
@@ -442,8 +459,9 @@ impl tower::Service<Request<CertRequest>> for Ca {
     fn call(&mut self, req: Request<CertRequest>) -> Self::Future {
         let st = self.0.clone();
         Box::pin(async move {
-            // istiod's own wording for any authenticator failure.
-            let denied = || Status::unauthenticated("authentication failure");
+            // istiod's one answer for any authenticator failure
+            // (security/pkg/server/ca/server.go@1.10.0 L77, master L82).
+            let denied = || Status::unauthenticated("request authenticate failure");
             if st.b.reject_token {
                 return Err(denied());
             }
@@ -475,7 +493,28 @@ impl tower::Service<Request<CertRequest>> for Ca {
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .ok_or_else(denied)?
                 .to_string();
+            // kube_jwt.go getKubeClient: the header names the cluster whose
+            // API server reviews the token; none means the local one.
+            let cluster = req
+                .metadata()
+                .get("clusterid")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let issuer = if cluster.is_empty() || cluster == st.b.cluster_id {
+                Some(st.b.issuer.clone())
+            } else {
+                st.b.remote_clusters
+                    .iter()
+                    .find(|(id, _)| *id == cluster)
+                    .map(|(_, iss)| iss.clone())
+            };
+            st.seen.lock().unwrap().ca_cluster_ids.push(cluster);
+            let issuer = issuer.ok_or_else(denied)?;
             let c = claims(&token).ok_or_else(denied)?;
+            if c["iss"].as_str() != Some(issuer.as_str()) {
+                return Err(denied());
+            }
             let aud_ok = match &c["aud"] {
                 serde_json::Value::String(s) => s == "istio-ca",
                 serde_json::Value::Array(a) => a.iter().any(|x| x == "istio-ca"),
@@ -483,6 +522,11 @@ impl tower::Service<Request<CertRequest>> for Ca {
             };
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             let exp_ok = c["exp"].as_i64().is_some_and(|e| e > now);
+            // The API server refuses a token not valid yet.
+            let not_future = |k: &str| c[k].as_i64().is_none_or(|t| t <= now);
+            if !not_future("nbf") || !not_future("iat") {
+                return Err(denied());
+            }
             let sub = c["sub"].as_str().unwrap_or_default().to_string();
             let parts: Vec<&str> = sub.split(':').collect();
             if !aud_ok || !exp_ok || parts.len() != 4 || parts[..2] != ["system", "serviceaccount"]
@@ -533,6 +577,7 @@ impl tower::Service<Request<Streaming<DiscReq>>> for Ads {
     fn call(&mut self, req: Request<Streaming<DiscReq>>) -> Self::Future {
         let st = self.0.clone();
         Box::pin(async move {
+            // pilot/pkg/xds/auth.go: no verified client certificate.
             let identity = peer_identity(&req)
                 .ok_or_else(|| Status::unauthenticated("authentication failure"))?;
             st.seen
@@ -592,15 +637,20 @@ impl tower::Service<Request<Streaming<DiscReq>>> for Ads {
 
 /// A JWT shaped like a Kubernetes TokenRequest's (signature is filler).
 pub fn token(sub: &str, aud: &[&str], exp: i64) -> String {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    token_with(sub, aud, exp, ISSUER, now - 60)
+}
+
+/// As `token`, with the issuer and the `nbf`/`iat` time.
+pub fn token_with(sub: &str, aud: &[&str], exp: i64, iss: &str, issued: i64) -> String {
     let e = |v: &serde_json::Value| {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
     };
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let header = serde_json::json!({"alg": "RS256", "kid": "fake"});
     let parts: Vec<&str> = sub.split(':').collect();
     let payload = serde_json::json!({
-        "aud": aud, "exp": exp, "iat": now - 60, "nbf": now - 60,
-        "iss": "https://kubernetes.default.svc.cluster.local",
+        "aud": aud, "exp": exp, "iat": issued, "nbf": issued,
+        "iss": iss,
         "kubernetes.io": {"namespace": parts.get(2), "serviceaccount": {"name": parts.get(3)}},
         "sub": sub,
     });

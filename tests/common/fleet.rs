@@ -4,7 +4,8 @@
 //! of network namespaces for several containers and a controller.
 //!
 //! Use it as
-//! `#[path = "common/e2e.rs"] mod e2e; #[path = "common/fleet.rs"] mod fleet;`.
+//! `#[path = "common/e2e.rs"] mod e2e; #[path = "common/fleet.rs"] mod fleet;`
+//! (and `#[path = "common/pinned.rs"] mod pinned;`).
 
 #![allow(dead_code)]
 
@@ -293,26 +294,23 @@ pub fn path_of(p: &Path) -> &str {
 /// modes, the hosts block is in /etc/hosts, capture rules are in, and the
 /// (stand-in) agent is ready.
 pub fn assert_onboarded(vm: &e2e::Vm, hosts_block: &str) {
-    use istio_vm::{layout, units};
+    use istio_vm::layout;
     use std::time::Duration;
     vm.wait_until(
         "istio-vm-capture and istio are active",
         Duration::from_secs(30),
         "systemctl is-active -q istio-vm-capture istio",
     );
-    for p in layout::PLACEMENTS {
-        let got = vm.ok(&format!("stat -c '%U %G %a' {}", p.path));
+    // Owners and modes as docs/DESIGN.md's table (tests/common/pinned.rs),
+    // not as layout.rs has them.
+    for (path, kind, owner, mode) in crate::pinned::PINNED {
+        let got = vm.ok(&format!("stat -c '%U %G %a %F' {path}"));
         assert_eq!(
             got.trim(),
-            format!("istio-proxy istio-proxy {:o}", p.mode),
-            "in {}: {}",
-            vm.name,
-            p.path
+            crate::pinned::stat_line(*kind, owner, *mode),
+            "in {}: {path}",
+            vm.name
         );
-    }
-    for g in units::render(&units::Options::default()) {
-        let got = vm.ok(&format!("stat -c '%U %G %a' {}", g.path));
-        assert_eq!(got.trim(), "root root 644", "in {}: {}", vm.name, g.path);
     }
     let hosts = vm.ok("cat /etc/hosts");
     let want = format!(
@@ -349,4 +347,36 @@ pub fn assert_onboarded(vm: &e2e::Vm, hosts_block: &str) {
         "exec 3<>/dev/tcp/127.0.0.1/15021 && \
          printf 'GET /healthz/ready HTTP/1.0\\r\\n\\r\\n' >&3 && head -n1 <&3 | grep -q ' 200 '",
     );
+}
+
+/// A controller-side project directory: the shipped playbooks, role,
+/// inventory and ansible.cfg copied as they are, plus a fresh SSH key pair
+/// (`id_ed25519`, comment `comment`). Returns (the directory, its public key).
+pub fn ansible_project(prefix: &str, comment: &str) -> (tempfile::TempDir, String) {
+    let project = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("project dir");
+    let p = project.path();
+    run(&[
+        "cp",
+        "-r",
+        path_of(&e2e::repo().join("packaging/ansible/.")),
+        path_of(p),
+    ]);
+    let key = p.join("id_ed25519");
+    run(&[
+        "ssh-keygen",
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-C",
+        comment,
+        "-f",
+        path_of(&key),
+    ]);
+    let pubkey = std::fs::read_to_string(p.join("id_ed25519.pub")).expect("public key");
+    (project, pubkey)
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bundlegen;
+pub mod tls;
 
 use std::path::Path;
 

@@ -65,6 +65,12 @@ pub struct VmSpec {
     /// Extra cluster.env lines (`KEY='value'`).
     pub env_extra: Vec<String>,
     pub dns_capture: bool,
+    /// istio-sidecar's version in the root's dpkg database (None: not installed).
+    pub sidecar_version: Option<String>,
+    /// The token's issuer (default: the fake's default cluster's).
+    pub token_iss: String,
+    /// The token's `nbf`/`iat` relative to now, in seconds.
+    pub token_issued_in: i64,
 }
 
 impl Default for VmSpec {
@@ -80,6 +86,9 @@ impl Default for VmSpec {
             hosts_extra: Vec::new(),
             env_extra: Vec::new(),
             dns_capture: true,
+            sidecar_version: None,
+            token_iss: fake_istiod::ISSUER.into(),
+            token_issued_in: -60,
         }
     }
 }
@@ -136,7 +145,13 @@ impl VmRoot {
             )
         });
         let aud: Vec<&str> = spec.token_aud.iter().map(String::as_str).collect();
-        let tok = fake_istiod::token(&sub, &aud, now + spec.token_exp_in);
+        let tok = fake_istiod::token_with(
+            &sub,
+            &aud,
+            now + spec.token_exp_in,
+            &spec.token_iss,
+            now + spec.token_issued_in,
+        );
         let mut env = vec![
             "CANONICAL_REVISION='v1'".to_string(),
             "CANONICAL_SERVICE='ratings'".into(),
@@ -200,6 +215,18 @@ impl VmRoot {
             chown(&root.join(p.trim_start_matches('/')));
         }
         write(root, "/etc/hosts", hosts.as_bytes(), 0o644);
+        // dpkg's status file, as `dpkg -i istio-sidecar.deb` leaves it.
+        let mut status = String::from(
+            "Package: base-files\nStatus: install ok installed\nPriority: required\nVersion: 12.4+deb12u5\n",
+        );
+        if let Some(v) = &spec.sidecar_version {
+            status.push_str(&format!(
+                "\nPackage: istio-sidecar\nStatus: install ok installed\nPriority: extra\nSection: devel\n\
+                 Installed-Size: 90000\nMaintainer: istio@istio.io\nArchitecture: amd64\nVersion: {v}\n\
+                 Description: Istio Sidecar\n"
+            ));
+        }
+        write(root, "/var/lib/dpkg/status", status.as_bytes(), 0o644);
         // The resolver inside the namespace: nothing listens there, so a
         // name that is not in /etc/hosts fails at once and stays local.
         write(root, "/etc/resolv.conf", b"nameserver 127.0.0.1\n", 0o644);
@@ -212,6 +239,12 @@ impl VmRoot {
 
     pub fn file(&self, vm_path: &str) -> PathBuf {
         self.dir.path().join(vm_path.trim_start_matches('/'))
+    }
+
+    /// cluster.env as placed, as a map.
+    pub fn env(&self) -> std::collections::BTreeMap<String, String> {
+        let b = std::fs::read(self.file("/var/lib/istio/envoy/cluster.env")).unwrap();
+        istio_vm::bundle::ClusterEnv::parse(&b).unwrap().to_map()
     }
 
     pub fn append_log(&self, vm_path: &str, lines: &[&str]) {
@@ -391,4 +424,151 @@ pub fn wait_port(addr: &str) {
         assert!(Instant::now() < deadline, "{addr} never came up");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+// ---- two hosts on a wire
+
+/// The VM's and istiod's addresses on the wire between them.
+pub const VM_IP: &str = "203.0.113.10";
+pub const ISTIOD_IP: &str = "203.0.113.20";
+
+/// Two named network namespaces joined by a veth pair: the VM
+/// (203.0.113.10) and istiod (203.0.113.20), so istiod is a remote machine
+/// to the VM's capture rules, not hairpin traffic on its loopback.
+pub struct Wire {
+    pub vm: String,
+    pub istiod: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("running ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Wire {
+    pub fn new() -> Wire {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}-{n}", std::process::id());
+        let w = Wire {
+            vm: format!("ivm-vm-{tag}"),
+            istiod: format!("ivm-istiod-{tag}"),
+        };
+        ip(&["netns", "add", &w.vm]);
+        ip(&["netns", "add", &w.istiod]);
+        ip(&[
+            "-n", &w.vm, "link", "add", "vm0", "type", "veth", "peer", "name", "istiod0", "netns",
+            &w.istiod,
+        ]);
+        for (ns, dev, addr) in [(&w.vm, "vm0", VM_IP), (&w.istiod, "istiod0", ISTIOD_IP)] {
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        w
+    }
+
+    /// Runs `f` on a thread inside namespace `ns` (threads and processes it
+    /// starts stay there).
+    pub fn run_in<R: Send + 'static>(ns: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+        let path = format!("/run/netns/{ns}");
+        let h = std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path).expect("named netns");
+            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        });
+        match h.join() {
+            Ok(r) => r,
+            Err(e) => std::panic::resume_unwind(e),
+        }
+    }
+
+    /// A runtime whose workers live in istiod's namespace.
+    pub fn istiod_runtime(&self) -> tokio::runtime::Runtime {
+        Self::run_in(&self.istiod, runtime)
+    }
+}
+
+impl Drop for Wire {
+    fn drop(&mut self) {
+        for ns in [&self.vm, &self.istiod] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Istio's capture rules for `root` (its cluster.env, uid/gid
+/// `PROXY_UID`), as istio-vm renders them, applied with
+/// `iptables-restore --noflush` in the calling thread's namespace (once:
+/// a namespace that has them keeps them).
+pub fn apply_capture(root: &VmRoot) {
+    use std::io::Write;
+    let present = Command::new("iptables")
+        .args(["-t", "nat", "-S", "ISTIO_OUTPUT"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("iptables")
+        .success();
+    if present {
+        return;
+    }
+    let env = root.env();
+    let inp = istio_vm::capture::Inputs {
+        env: &env,
+        resolv_conf: "nameserver 127.0.0.1\n",
+        uid: Some(PROXY_UID),
+        gid: Some(PROXY_UID),
+        host_ipv6: false,
+        exclude_inbound_ports: &[],
+        allow_ssh_capture: false,
+        // Istio's own rules: no istio-vm exclusions.
+        exclude_outbound_cidrs: &[],
+    };
+    let (_, rendered) = istio_vm::capture::render(&inp, istio_vm::capture::Backend::Iptables)
+        .expect("rendering Istio's rules");
+    let istio_vm::capture::Rendered::Iptables { v4, .. } = rendered else {
+        panic!("iptables rendering expected")
+    };
+    let mut child = Command::new("iptables-restore")
+        .arg("--noflush")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("running iptables-restore");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(v4.as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "iptables-restore failed:\n{v4}"
+    );
+}
+
+/// Packets the nat table's owner-match RETURN rules let through (uid or gid
+/// `PROXY_UID`), from `iptables -t nat -L -v -x`.
+pub fn owner_return_packets() -> u64 {
+    let out = Command::new("iptables")
+        .args(["-t", "nat", "-L", "ISTIO_OUTPUT", "-v", "-x", "-n"])
+        .output()
+        .expect("iptables");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            l.contains("RETURN") && l.contains(&format!("owner UID match {PROXY_UID}"))
+                || l.contains("RETURN") && l.contains(&format!("owner GID match {PROXY_UID}"))
+        })
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }

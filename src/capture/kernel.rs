@@ -1,0 +1,423 @@
+//! The kernel's netfilter as the tools show it: which iptables flavour
+//! (nft or legacy) and backend, running the tools, and one [`Snapshot`] of
+//! every backend read with the tools running side by side.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use super::iptables::Tables;
+use super::model::Family;
+use super::nft;
+
+/// Which iptables binaries: the nf_tables or the legacy x_tables flavour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    Nft,
+    Legacy,
+}
+
+impl Variant {
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Nft => "iptables-nft",
+            Variant::Legacy => "iptables-legacy",
+        }
+    }
+    pub(super) fn bin(self, f: Family, tool: &str) -> String {
+        let base = match f {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        };
+        let v = match self {
+            Variant::Nft => "nft",
+            Variant::Legacy => "legacy",
+        };
+        let join = |parts: &[&str]| {
+            parts
+                .iter()
+                .filter(|p| !p.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join("-")
+        };
+        let named = join(&[base, v, tool]);
+        // iptables before 1.8 (RHEL/CentOS 7) has only the plain names, and
+        // they are legacy x_tables.
+        if self == Variant::Legacy && !on_path(&named) && plain_is_legacy() {
+            return join(&[base, tool]);
+        }
+        named
+    }
+}
+
+/// The unsuffixed `iptables` is the legacy flavour (iptables < 1.8 has no
+/// `-legacy`/`-nft` names; 1.8+ says `(nf_tables)` or `(legacy)`).
+fn plain_is_legacy() -> bool {
+    static PLAIN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PLAIN.get_or_init(|| {
+        on_path("iptables-restore")
+            && !on_path("iptables-legacy-restore")
+            && run("iptables", &["--version"], None).is_ok_and(|v| !v.contains("nf_tables"))
+    })
+}
+
+/// The backend that will hold the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolved {
+    Iptables(Variant),
+    Nftables,
+}
+
+impl Resolved {
+    pub fn name(self) -> &'static str {
+        match self {
+            Resolved::Iptables(v) => v.name(),
+            Resolved::Nftables => "nftables",
+        }
+    }
+    pub fn model(self) -> super::Backend {
+        match self {
+            Resolved::Iptables(_) => super::Backend::Iptables,
+            Resolved::Nftables => super::Backend::Nftables,
+        }
+    }
+}
+
+/// Full path of `bin` from PATH, or the sbin directories (a non-root
+/// shell's PATH often lacks them; the tools live there).
+pub(super) fn which(bin: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+}
+
+pub(super) fn on_path(bin: &str) -> bool {
+    which(bin).is_some()
+}
+
+/// Run a program, feeding `stdin`; its stdout, or an error with its stderr.
+pub(super) fn run(prog: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let exe = if prog.contains('/') {
+        prog.into()
+    } else {
+        which(prog).unwrap_or_else(|| prog.into())
+    };
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {prog}"))?;
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().context("stdin pipe")?;
+        pipe.write_all(input.as_bytes())
+            .with_context(|| format!("writing to {prog}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for {prog}"))?;
+    if !out.status.success() {
+        bail!(
+            "{prog} {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A child started now and read later, so independent reads of the kernel
+/// run side by side (each tool start costs about a millisecond; apply runs
+/// five of them before it changes anything).
+pub(super) fn start(prog: &str, args: &[&str]) -> Option<std::process::Child> {
+    let exe = which(prog)?;
+    Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
+pub(super) fn finish(child: Option<std::process::Child>) -> Option<String> {
+    let out = child?.wait_with_output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `iptables-*-save` of one family; None when that family is unusable here
+/// (binary missing, or no IPv6 in the kernel).
+pub(super) fn save(v: Variant, f: Family) -> Option<String> {
+    finish(start(&v.bin(f, "save"), &[]))
+}
+
+pub(super) fn restore(v: Variant, f: Family, input: &str, noflush: bool) -> Result<()> {
+    let bin = v.bin(f, "restore");
+    let mut args = vec!["-w"];
+    if noflush {
+        args.push("--noflush");
+    }
+    run(&bin, &args, Some(input)).map(|_| ())
+}
+
+/// `nft -j list tables`: (family, name) of every table.
+#[derive(serde::Deserialize)]
+struct NftList {
+    nftables: Vec<serde_json::Value>,
+}
+
+fn nft_table_names(json: &str) -> Vec<(String, String)> {
+    let Ok(list) = serde_json::from_str::<NftList>(json) else {
+        return Vec::new();
+    };
+    list.nftables
+        .iter()
+        .filter_map(|o| {
+            let t = o.get("table")?;
+            Some((
+                t.get("family")?.as_str()?.to_string(),
+                t.get("name")?.as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// Istio's nft tables among `names`, each with its stateless listing.
+pub(super) fn nft_listings(names: &[(String, String)]) -> Vec<(String, String)> {
+    nft::TABLES
+        .iter()
+        .filter(|t| names.iter().any(|(f, n)| f == "inet" && n == *t))
+        .filter_map(|t| {
+            run("nft", &["-s", "list", "table", "inet", t], None)
+                .ok()
+                .map(|s| (t.to_string(), s))
+        })
+        .collect()
+}
+
+/// One iptables variant whose binaries exist, with its `*-save` output per
+/// family (None: that family is unusable here).
+pub struct Probe {
+    pub variant: Variant,
+    saves: [Option<String>; 2],
+}
+
+impl Probe {
+    pub(super) fn save(&self, f: Family) -> Option<&str> {
+        self.saves[f as usize].as_deref()
+    }
+
+    /// Holds any rule or user chain (Istio's choice of variant and the
+    /// mixed-setup check both look at this).
+    pub fn holds_rules(&self) -> bool {
+        self.saves
+            .iter()
+            .flatten()
+            .any(|s| Tables::parse(s).is_ok_and(|t| t.has_content()))
+    }
+}
+
+/// One `*-save` on its way. Legacy x_tables list their tables in
+/// `/proc/net/ip{,6}_tables_names` (per network namespace); when that is
+/// missing or empty the legacy flavour holds nothing, and its save is not
+/// run at all (one process less on every apply and remove).
+enum Pending {
+    Running(Option<std::process::Child>),
+    Empty,
+}
+
+impl Pending {
+    fn start(v: Variant, f: Family) -> Pending {
+        if v == Variant::Legacy {
+            let names = match f {
+                Family::V4 => "/proc/net/ip_tables_names",
+                Family::V6 => "/proc/net/ip6_tables_names",
+            };
+            let empty = std::fs::read_to_string(names).map_or(true, |t| t.trim().is_empty());
+            if empty && on_path(&v.bin(f, "save")) {
+                return Pending::Empty;
+            }
+        }
+        Pending::Running(start(&v.bin(f, "save"), &[]))
+    }
+
+    fn finish(self) -> Option<String> {
+        match self {
+            Pending::Running(c) => finish(c),
+            Pending::Empty => Some(String::new()),
+        }
+    }
+}
+
+/// The kernel's netfilter state as the tools print it, read once: every
+/// iptables variant and family, and Istio's nft tables.
+pub struct Snapshot {
+    pub probes: Vec<Probe>,
+    /// `nft` is installed.
+    pub nft: bool,
+    /// Istio's nft tables present: (name, `nft -s list table inet NAME`).
+    pub nft_tables: Vec<(String, String)>,
+}
+
+impl Snapshot {
+    /// Read everything, the tools running side by side.
+    pub fn take() -> Snapshot {
+        let variants: Vec<Variant> = [Variant::Nft, Variant::Legacy]
+            .into_iter()
+            .filter(|v| on_path(&v.bin(Family::V4, "restore")))
+            .collect();
+        let children: Vec<_> = variants
+            .iter()
+            .map(|v| [Family::V4, Family::V6].map(|f| Pending::start(*v, f)))
+            .collect();
+        let nft = on_path("nft");
+        let tables = nft.then(|| start("nft", &["-j", "list", "tables"]));
+        let probes = variants
+            .into_iter()
+            .zip(children)
+            .map(|(variant, [a, b])| Probe {
+                variant,
+                saves: [a.finish(), b.finish()],
+            })
+            .collect();
+        let names = tables
+            .and_then(finish)
+            .map(|j| nft_table_names(&j))
+            .unwrap_or_default();
+        Snapshot {
+            probes,
+            nft,
+            nft_tables: nft_listings(&names),
+        }
+    }
+
+    pub(super) fn probe(&self, v: Variant) -> Option<&Probe> {
+        self.probes.iter().find(|p| p.variant == v)
+    }
+
+    /// The parsed `*-save` of one variant and family.
+    pub fn tables(&self, v: Variant, f: Family) -> Option<Result<Tables>> {
+        let text = self.probe(v)?.save(f)?;
+        Some(Tables::parse(text).map_err(|e| anyhow!("reading {}: {e}", v.bin(f, "save"))))
+    }
+}
+
+/// Pick the backend. `requested`: the CLI/config choice; `native_nft`:
+/// cluster.env asks for Istio's nftables mode (NATIVE_NFTABLES).
+pub fn detect(
+    requested: crate::cli::Backend,
+    native_nft: bool,
+    snap: &Snapshot,
+) -> Result<Resolved> {
+    use crate::cli::Backend as B;
+    let want_nft = match requested {
+        B::Nftables => true,
+        B::Iptables => false,
+        B::Auto => native_nft,
+    };
+    if want_nft {
+        if !snap.nft {
+            bail!("the nftables backend needs the `nft` binary: install the nftables package");
+        }
+        return Ok(Resolved::Nftables);
+    }
+    let variants: Vec<(Variant, bool)> = snap
+        .probes
+        .iter()
+        .map(|p| (p.variant, p.holds_rules()))
+        .collect();
+    if variants.is_empty() {
+        if requested == B::Auto && snap.nft {
+            return Ok(Resolved::Nftables);
+        }
+        bail!(
+            "no iptables-nft or iptables-legacy binaries found: install the iptables package \
+             (or use --backend nftables)"
+        );
+    }
+    let holding: Vec<Variant> = variants
+        .iter()
+        .filter(|(_, h)| *h)
+        .map(|(v, _)| *v)
+        .collect();
+    if holding.len() > 1 {
+        bail!(
+            "both iptables-nft and iptables-legacy hold rules on this host (see `iptables-nft-save` \
+             and `iptables-legacy-save`): capture rules in one would be bypassed or doubled by the \
+             other. Move every rule to one of them (or flush the unused one), then retry"
+        );
+    }
+    // Istio's choice (dependencies/implementation.go): legacy if it holds
+    // rules, else nft.
+    let v = holding
+        .first()
+        .copied()
+        .or_else(|| {
+            variants
+                .iter()
+                .map(|(v, _)| *v)
+                .find(|v| *v == Variant::Nft)
+        })
+        .unwrap_or(Variant::Legacy);
+    Ok(Resolved::Iptables(v))
+}
+
+const SCRATCH_HINT: &str = "loading the rendered nft rules into a throw-away network namespace to \
+     read back the kernel's spelling of them (needs `unshare` from util-linux and CAP_SYS_ADMIN; \
+     inside a container, run istio-vm with those)";
+
+/// The kernel's listing of an nft script (loaded into a throw-away network
+/// namespace): `nft list` renames priorities, drops implied protocols and
+/// rewrites sets, too much to predict safely.
+pub(super) fn canonical_nft(script: &str) -> Result<Vec<(String, String)>> {
+    let mut lines = vec!["nft -f - >/dev/null".to_string()];
+    for t in nft::TABLES {
+        lines.push(format!(
+            "if nft list tables | grep -qx 'table inet {t}'; then echo '### {t}'; nft -s list table inet {t}; fi"
+        ));
+    }
+    let out = run(
+        "unshare",
+        &["--net", "--", "sh", "-c", &lines.join("\n")],
+        Some(script),
+    )
+    .context(SCRATCH_HINT)?;
+    let mut blocks = Vec::new();
+    for part in out.split("### ").skip(1) {
+        if let Some((name, body)) = part.split_once('\n') {
+            blocks.push((name.trim().to_string(), body.to_string()));
+        }
+    }
+    Ok(blocks)
+}
+
+/// Strip volatile parts of an `iptables-save` dump (comments, counters) so
+/// two dumps of the same rules compare equal.
+pub fn normalize_save(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            if l.starts_with(':') {
+                match l.rfind(" [") {
+                    Some(i) => l[..i].to_string(),
+                    None => l.to_string(),
+                }
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
