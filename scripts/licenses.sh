@@ -12,7 +12,8 @@
 #
 # Tools, pinned and installed with `cargo install --locked` on first use:
 # cargo-about (notices, about.toml + about.hbs) and cargo-deny (deny.toml).
-# Both read the crates' sources as cargo fetches them from the registry;
+# Both read the crates' sources that cargo has already fetched (--frozen:
+# offline, as in CI; `cargo fetch --locked` first on a fresh machine);
 # cargo-deny's advisories check, which needs the RustSec database from the
 # network, is not run (see README "Licenses").
 set -euo pipefail
@@ -42,8 +43,8 @@ need() { # tool version [features]
 need cargo-about "$CARGO_ABOUT_VERSION" cli
 
 generate() { # output
-    cargo about generate --locked --fail about.hbs -o "$1" 2>/dev/null ||
-        cargo about generate --locked --fail about.hbs -o "$1"
+    cargo about generate --frozen --fail about.hbs -o "$1" 2>/dev/null ||
+        cargo about generate --frozen --fail about.hbs -o "$1"
 }
 
 case "${1:-}" in
@@ -70,7 +71,7 @@ case "${1:-}" in
             exit 1
         fi
         need cargo-deny "$CARGO_DENY_VERSION"
-        cargo deny --locked check licenses bans sources
+        cargo deny --frozen check licenses bans sources
         ;;
     *)
         echo "usage: $0 [--check | --expression]" >&2

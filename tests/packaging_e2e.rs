@@ -3,7 +3,8 @@
 //! `istio-vm install`, real packets through the capture rules (that
 //! release's iptables and systemd), a reboot, `systemctl disable`/`enable`,
 //! an upgrade to a package whose capture unit differs (in effect at once, no
-//! rerun of install, the sidecar keeps running) and that keeps a locally
+//! rerun of install, the sidecar and its rules keep running, the heal
+//! watcher restarts once onto the new binary) and that keeps a locally
 //! edited conffile, `dpkg -r` that restores the VM through prerm, and
 //! `dpkg -P` after which nothing of ours is left.
 //!
@@ -239,8 +240,47 @@ fn deb_life_on(suite: &str, systemd_version: u32) {
     vm.ok(&format!("istio-vm install --bundle {BUNDLE}"));
     assert_onboarded(&vm);
     vm.ok("test ! -e /etc/systemd/system/istio-vm-capture.service");
-    assert_eq!(vm.ok("systemctl is-enabled istio").trim(), "enabled");
+    for unit in ["istio", "istio-vm-verify.timer", "istio-vm-capture-heal"] {
+        assert_eq!(
+            vm.ok(&format!("systemctl is-enabled {unit}")).trim(),
+            "enabled",
+            "{suite}: {unit}"
+        );
+    }
+    vm.wait_until(
+        "the heal watcher and the verify timer are active",
+        Duration::from_secs(30),
+        "systemctl is-active -q istio-vm-capture-heal istio-vm-verify.timer",
+    );
     capture_moves_real_packets(&vm);
+    // The exposure of every shipped unit on this release's systemd.
+    for unit in [
+        "istio-vm-capture.service",
+        "istio-vm-capture-heal.service",
+        "istio-vm-verify.service",
+    ] {
+        let sec = vm.ok(&format!(
+            "systemd-analyze security --no-pager {unit} | tail -n 1"
+        ));
+        eprintln!(
+            "MEASURE {suite}: systemd-analyze security {unit}: {}",
+            sec.trim()
+        );
+    }
+    // The heal unit runs only while the sidecar does.
+    vm.ok("systemctl stop istio");
+    assert!(
+        !vm.sh("systemctl is-active -q istio-vm-capture-heal")
+            .status
+            .success(),
+        "{suite}: the heal unit outlived the sidecar"
+    );
+    vm.ok("systemctl start istio");
+    vm.wait_until(
+        "the heal watcher is back with the sidecar",
+        Duration::from_secs(30),
+        "systemctl is-active -q istio-vm-capture-heal",
+    );
 
     // Reboot: the sidecar and its capture come back by themselves.
     vm.reboot();
@@ -275,6 +315,8 @@ fn deb_life_on(suite: &str, systemd_version: u32) {
     ));
     let edited = vm.ok(&format!("cat {conf}"));
     let agent_pid = vm.ok("systemctl show -p MainPID --value istio");
+    let heal_pid = vm.ok("systemctl show -p MainPID --value istio-vm-capture-heal");
+    let rules_onboarded = vm.ok(RULES);
     assert_eq!(
         vm.ok("systemctl show -p Description --value istio-vm-capture")
             .trim(),
@@ -297,7 +339,24 @@ fn deb_life_on(suite: &str, systemd_version: u32) {
             .trim(),
         "no"
     );
+    // The sidecar keeps running and its rules stay; the heal watcher is
+    // restarted once, onto the new binary.
     assert_eq!(vm.ok("systemctl show -p MainPID --value istio"), agent_pid);
+    assert_eq!(
+        vm.ok(RULES),
+        rules_onboarded,
+        "{suite}: the upgrade touched the rules"
+    );
+    vm.wait_until(
+        "the heal watcher runs again",
+        Duration::from_secs(30),
+        "systemctl is-active -q istio-vm-capture-heal",
+    );
+    assert_ne!(
+        vm.ok("systemctl show -p MainPID --value istio-vm-capture-heal"),
+        heal_pid,
+        "{suite}: the heal watcher still runs the old binary"
+    );
     assert_eq!(
         vm.ok(&format!("sha256sum {}", layout::STATE_FILE)),
         state_before,
@@ -324,6 +383,14 @@ fn deb_life_on(suite: &str, systemd_version: u32) {
         vm.sh("systemctl is-enabled istio").stdout,
         b"disabled\n".to_vec()
     );
+    for unit in ["istio-vm-verify.timer", "istio-vm-capture-heal"] {
+        assert!(
+            !vm.sh(&format!("systemctl is-active -q {unit}"))
+                .status
+                .success(),
+            "{suite}: {unit} still active"
+        );
+    }
     let after_remove = vm.ok(SNAPSHOT);
     let left: BTreeSet<String> = changed_paths(&before, &after_remove)
         .into_iter()
