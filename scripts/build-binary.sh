@@ -18,6 +18,12 @@
 # `python3 -m ziglang`).
 #
 # Environment: NO_BUILD=1 only prints the path of the binary already built.
+# QUICK_ARCHS="arm64 ...": for tests only, those architectures are built with
+# the release profile's optimisation cut down (no LTO, 16 codegen units,
+# opt-level 1), at the same path: the same code, the same glibc stubs and
+# floor, a fraction of the CPU time. The packaging tests use it for the
+# architecture they cannot boot (arm64 runs under qemu there); what ships is
+# always built without it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,7 +57,14 @@ if [ "${NO_BUILD:-}" != 1 ]; then
     rustup target list --installed | grep -qx "$triple" || rustup target add "$triple" >&2
     # The .2.17 suffix selects zig's glibc 2.17 stubs; the output lands in
     # target/<triple>/release as for a plain --target build.
-    cargo zigbuild --release --locked --target "$triple.$GLIBC_FLOOR" >&2
+    quick=()
+    case " ${QUICK_ARCHS:-} " in
+        *" $1 "*)
+            quick=(CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
+                CARGO_PROFILE_RELEASE_OPT_LEVEL=1)
+            ;;
+    esac
+    env "${quick[@]}" cargo zigbuild --release --locked --target "$triple.$GLIBC_FLOOR" >&2
 fi
 [ -x "$binary" ] || {
     echo "build-binary: $binary is missing: build it or drop NO_BUILD" >&2

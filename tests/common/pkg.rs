@@ -58,26 +58,32 @@ pub fn clean_command(program: &Path) -> Command {
     cmd
 }
 
-/// The stand-in agent (examples/stand-in-agent) built like the packaged
-/// binary, for glibc 2.17 (scripts/build-binary.sh), so that the stand-in
-/// sidecar runs on every Debian release the booted tests use.
+/// The stand-in agent (examples/stand-in-agent) built for glibc 2.17 like
+/// the packaged binary (scripts/build-binary.sh), so that the stand-in
+/// sidecar runs on every Debian release the booted tests use. In the dev
+/// profile, not release: an example brings the dev-dependencies' features
+/// (tokio's rt-multi-thread), so a release build would recompile every
+/// crate that uses tokio with LTO a second time; unoptimised, the whole
+/// build is a few minutes.
 pub fn portable_stand_in_agent() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
-        // build-binary.sh installs the pinned tools; the example then
-        // shares its dependencies' build.
+        // build-binary.sh installs the pinned tools (and cargo would run
+        // the two builds one after the other anyway: one target dir lock).
         amd64();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        run(clean_command(Path::new(&cargo)).args([
-            "zigbuild",
-            "--release",
-            "--locked",
-            "--example",
-            "stand-in-agent",
-            "--target",
-            "x86_64-unknown-linux-gnu.2.17",
-        ]));
-        target_dir().join("x86_64-unknown-linux-gnu/release/examples/stand-in-agent")
+        // No debug info: smaller and quicker to build and to package.
+        run(clean_command(Path::new(&cargo))
+            .env("CARGO_PROFILE_DEV_DEBUG", "false")
+            .args([
+                "zigbuild",
+                "--locked",
+                "--example",
+                "stand-in-agent",
+                "--target",
+                "x86_64-unknown-linux-gnu.2.17",
+            ]));
+        target_dir().join("x86_64-unknown-linux-gnu/debug/examples/stand-in-agent")
     })
 }
 
@@ -145,7 +151,16 @@ pub fn packages() -> &'static Packages {
             assert_eq!(listed.len(), args.len(), "{name} printed {listed:?}");
             listed
         };
-        let debs = script("build-deb.sh", &out, &["amd64", "arm64"], &[]);
+        // arm64 with cut-down optimisation (build-binary.sh QUICK_ARCHS):
+        // the amd64 build is the one CI boots and shares with
+        // tests/packaging_e2e.rs; a second full LTO build would double the
+        // CI's longest step.
+        let debs = script(
+            "build-deb.sh",
+            &out,
+            &["amd64", "arm64"],
+            &[("QUICK_ARCHS", "arm64")],
+        );
         // The same binaries: rpmbuild packages what cargo built for the debs.
         let rpms = script(
             "build-rpm.sh",
