@@ -49,7 +49,15 @@ pub fn clean_command(program: &Path) -> Command {
     let mut cmd = Command::new(program);
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
-        if (key.starts_with("CARGO") && key != "CARGO_HOME") || key == "LD_LIBRARY_PATH" {
+        // OUT_DIR: cargo sets it for this test binary (the crate has a
+        // build script); inherited, it made the release build differ from
+        // one run from a shell and compile everything again.
+        if (key.starts_with("CARGO") && key != "CARGO_HOME")
+            || matches!(
+                &*key,
+                "LD_LIBRARY_PATH" | "OUT_DIR" | "RUST_RECURSION_COUNT"
+            )
+        {
             cmd.env_remove(&*key);
         }
     }
