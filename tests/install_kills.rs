@@ -166,7 +166,7 @@ fn every_kill_converges(
     setup(probe.path());
     let counts = count(probe.path(), cmd);
     let total: usize = counts.values().sum();
-    assert!(total > 20, "{shape:?}: {counts:?}");
+    assert!(total >= 5, "{shape:?}: {counts:?}");
     let mut died = 0;
     for (syscall, n) in &counts {
         for nth in 1..=*n {
@@ -310,4 +310,59 @@ fn uninstall_with_nothing_installed_keeps_an_empty_own_state_dir() {
     ok(&fx::run(r, &["--output", "json", "uninstall"], &[]));
     let after = tree(r, false);
     assert!(before == after, "{}", tree_diff(&before, &after));
+}
+
+/// A second kill, in the run that cleans up after the first: an install
+/// killed with its journal on disk (files half placed) is rolled back by the
+/// next run (an uninstall: the rollback is all it does), which is itself
+/// killed at every changing syscall; the run after it and a final uninstall
+/// must still give back the original tree.
+#[test]
+fn a_kill_in_the_run_that_rolls_back_an_install_converges() {
+    let b = example().to_str().unwrap();
+    every_kill_converges(
+        Shape::Bare,
+        |r| {
+            assert!(killed_at(r, &["install", "--bundle", b], "renameat", 12));
+            assert!(
+                r.join("var/lib/istio-vm/journal.json").is_file(),
+                "the first kill left no journal: the test proves nothing"
+            );
+        },
+        &["uninstall"],
+        |r| {
+            ok(&fx::run(r, &["--output", "json", "uninstall"], &[]));
+        },
+        None,
+    );
+}
+
+/// The same for an uninstall killed after its commit (its tombstone state
+/// names what is left to remove): the run finishing it is killed at every
+/// changing syscall.
+#[test]
+fn a_kill_in_the_run_that_finishes_an_uninstall_converges() {
+    every_kill_converges(
+        Shape::Bare,
+        |r| {
+            ok(&install(r, example(), &[], &[]));
+            assert!(killed_at(r, &["uninstall"], "unlinkat", 70));
+            let state = std::fs::read_to_string(r.join("var/lib/istio-vm/state.json"))
+                .expect("the first kill left no tombstone state: the test proves nothing");
+            let v: serde_json::Value = serde_json::from_str(&state).unwrap();
+            assert!(
+                v["entries"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|e| e["meta"] == true),
+                "not a tombstone: {state}"
+            );
+        },
+        &["uninstall"],
+        |r| {
+            ok(&fx::run(r, &["--output", "json", "uninstall"], &[]));
+        },
+        None,
+    );
 }
