@@ -3,10 +3,14 @@
 //! root's /etc/hosts bind-mounted over the host's (private mount namespace),
 //! so getaddrinfo sees exactly what the VM would.
 //!
-//! Every test gets its own network namespace (a thread that unshared
-//! CLONE_NEWNET; processes it spawns inherit it), so the default ports
-//! (15012, 15021, 15000, 15053) are free and tests run in parallel. Nothing
-//! leaves the namespace: it has only a loopback interface.
+//! Every test gets its own network namespaces, so the default ports (15012,
+//! 15021, 15000, 15053, 15001) are free and tests run in parallel. A test
+//! that lets verify dial istiod uses a `Wire`: the VM's namespace, where
+//! Istio's capture rules are applied and verify and the stand-in agent run,
+//! joined by a veth pair to istiod's own namespace (203.0.113.0/24). istiod
+//! never sits on the VM's loopback, where Istio's rules treat traffic as
+//! hairpin (tools/istio-iptables/pkg/capture/run.go). `in_netns` (loopback
+//! only) is for tests that never dial istiod.
 #![allow(dead_code)]
 
 use std::os::unix::fs::PermissionsExt;
@@ -495,6 +499,46 @@ impl Wire {
     /// A runtime whose workers live in istiod's namespace.
     pub fn istiod_runtime(&self) -> tokio::runtime::Runtime {
         Self::run_in(&self.istiod, runtime)
+    }
+
+    /// A fake istiod on istiod's address and `port`, bound on a worker of
+    /// `rt` (from `istiod_runtime`, so in istiod's namespace).
+    pub fn start_istiod(
+        rt: &tokio::runtime::Runtime,
+        port: u16,
+        b: fake_istiod::Behaviour,
+        ca: std::sync::Arc<fake_istiod::TestCa>,
+    ) -> fake_istiod::FakeIstiod {
+        let bind = std::net::SocketAddr::new(ISTIOD_IP.parse().unwrap(), port);
+        rt.block_on(async move {
+            tokio::spawn(fake_istiod::FakeIstiod::start_with_ca(bind, b, ca))
+                .await
+                .unwrap()
+        })
+    }
+
+    /// Runs `f` on a thread in the VM's namespace, behind Istio's capture
+    /// rules for `root` (applied first, once per namespace).
+    pub fn on_vm<R: Send + 'static>(
+        &self,
+        root: VmRoot,
+        f: impl FnOnce(&VmRoot) -> R + Send + 'static,
+    ) -> R {
+        Self::run_in(&self.vm, move || {
+            apply_capture(&root);
+            f(&root)
+        })
+    }
+}
+
+impl VmSpec {
+    /// The spec with `127.0.0.1` in its hosts lines and discovery address
+    /// standing for istiod's address on the wire.
+    pub fn on_wire(mut self) -> VmSpec {
+        let to_istiod = |l: &String| l.replace("127.0.0.1", ISTIOD_IP);
+        self.hosts_block = self.hosts_block.iter().map(to_istiod).collect();
+        self.discovery_address = to_istiod(&self.discovery_address);
+        self
     }
 }
 
