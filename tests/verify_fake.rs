@@ -9,8 +9,8 @@ mod verify_harness;
 
 use fake_istiod::{Behaviour, Seen};
 use verify_harness::{
-    ISTIOD_IP, Run, VmRoot, VmSpec, Wire, apply_capture, in_netns, owner_return_packets,
-    start_agent, verify,
+    ISTIOD_IP, Run, VmRoot, VmSpec, Wire, apply_capture, files_only, in_netns,
+    owner_return_packets, start_agent, verify, with_istiod,
 };
 
 /// What one scenario left behind.
@@ -45,26 +45,6 @@ fn scenario_full(
     }
 }
 
-/// A fake istiod with `b` in its own namespace, the VM root for `spec` (on
-/// the wire) with the fake's root certificate, and `f` run in the VM's
-/// namespace behind Istio's capture rules; then what the fake saw.
-fn with_istiod<R: Send + 'static>(
-    spec: VmSpec,
-    b: Behaviour,
-    f: impl FnOnce(&VmRoot) -> R + Send + 'static,
-) -> (R, Seen) {
-    let wire = Wire::new();
-    let rt = wire.istiod_runtime();
-    let ca = std::sync::Arc::new(fake_istiod::TestCa::new("cluster.local"));
-    let fake = Wire::start_istiod(&rt, 15012, b, ca);
-    let root = VmRoot::new(&spec.on_wire(), fake.root_pem());
-    let r = wire.on_vm(root, f);
-    let seen = fake.seen();
-    drop(fake);
-    drop(rt);
-    (r, seen)
-}
-
 fn scenario(
     spec: VmSpec,
     b: Behaviour,
@@ -73,19 +53,6 @@ fn scenario(
 ) -> (Run, Seen) {
     let o = scenario_full(spec, b, agent, args);
     (o.run, o.seen)
-}
-
-/// For checks that read only files: the VM on a wire with nothing in
-/// istiod's namespace, so verify's network checks end at once (connection
-/// refused at istiod's address) and no fake istiod is started. `f` runs in
-/// the VM's namespace behind Istio's capture rules.
-fn files_only<R: Send + 'static>(spec: VmSpec, f: impl FnOnce(&VmRoot) -> R + Send + 'static) -> R {
-    let wire = Wire::new();
-    let root = VmRoot::new(
-        &spec.on_wire(),
-        &fake_istiod::TestCa::new("cluster.local").cert_pem,
-    );
-    wire.on_vm(root, f)
 }
 
 /// `verify ARGS` in the VM's namespace, behind Istio's capture rules.

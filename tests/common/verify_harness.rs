@@ -531,6 +531,69 @@ impl Wire {
     }
 }
 
+/// A fake istiod with `b` in its own namespace, the VM root for `spec` (on
+/// the wire) with the fake's root certificate, and `f` run in the VM's
+/// namespace behind Istio's capture rules; then what the fake saw.
+pub fn with_istiod<R: Send + 'static>(
+    spec: VmSpec,
+    b: fake_istiod::Behaviour,
+    f: impl FnOnce(&VmRoot) -> R + Send + 'static,
+) -> (R, fake_istiod::Seen) {
+    let wire = Wire::new();
+    let rt = wire.istiod_runtime();
+    let ca = std::sync::Arc::new(fake_istiod::TestCa::new("cluster.local"));
+    let fake = Wire::start_istiod(&rt, 15012, b, ca);
+    let root = VmRoot::new(&spec.on_wire(), fake.root_pem());
+    let r = wire.on_vm(root, f);
+    let seen = fake.seen();
+    drop(fake);
+    drop(rt);
+    (r, seen)
+}
+
+/// For checks that read only files: the VM on a wire with nothing in
+/// istiod's namespace, so verify's network checks end at once (connection
+/// refused at istiod's address) and no fake istiod is started. `f` runs in
+/// the VM's namespace behind Istio's capture rules.
+pub fn files_only<R: Send + 'static>(
+    spec: VmSpec,
+    f: impl FnOnce(&VmRoot) -> R + Send + 'static,
+) -> R {
+    let wire = Wire::new();
+    let root = VmRoot::new(
+        &spec.on_wire(),
+        &fake_istiod::TestCa::new("cluster.local").cert_pem,
+    );
+    wire.on_vm(root, f)
+}
+
+/// Applies the capture rules `istio-vm install` recorded under `root`
+/// (`/var/lib/istio-vm/capture/`) in the calling thread's namespace, as
+/// `istio-vm capture apply` would on the VM (it refuses `--root`).
+pub fn apply_record(root: &VmRoot) {
+    use std::io::Write;
+    let dir = root.file("/var/lib/istio-vm/capture");
+    let mut applied = 0;
+    for (file, cmd, args) in [
+        ("rules-v4", "iptables-restore", &["--noflush"][..]),
+        ("rules-v6", "ip6tables-restore", &["--noflush"][..]),
+        ("rules.nft", "nft", &["-f", "-"][..]),
+    ] {
+        let Ok(text) = std::fs::read(dir.join(file)) else {
+            continue;
+        };
+        let mut child = Command::new(cmd)
+            .args(args)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+        child.stdin.take().unwrap().write_all(&text).unwrap();
+        assert!(child.wait().unwrap().success(), "{cmd} < {file} failed");
+        applied += 1;
+    }
+    assert!(applied > 0, "no capture record under {}", dir.display());
+}
+
 impl VmSpec {
     /// The spec with `127.0.0.1` in its hosts lines and discovery address
     /// standing for istiod's address on the wire.
