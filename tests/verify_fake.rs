@@ -160,6 +160,62 @@ fn healthy_mesh_passes_everything() {
 }
 
 #[test]
+fn dns_lookups_are_the_agents() {
+    // No hosts entry: istiod's name comes from the VM's DNS server, on the
+    // far side of the wire. With DNS capture on, Istio's rules send port 53
+    // to the agent's DNS proxy (15053, nothing there yet) for everyone but
+    // istio-proxy's uid: verify's lookup must go out as the agent's does.
+    use hickory_proto::op::{Message, MessageType};
+    use hickory_proto::rr::{Name, RData, Record};
+    let wire = Wire::new();
+    let rt = wire.istiod_runtime();
+    let ca = std::sync::Arc::new(fake_istiod::TestCa::new("cluster.local"));
+    let fake = Wire::start_istiod(&rt, 15012, Behaviour::default(), ca.clone());
+    let sock = rt
+        .block_on(async { tokio::spawn(tokio::net::UdpSocket::bind((ISTIOD_IP, 53))).await })
+        .unwrap()
+        .unwrap();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n = asked.clone();
+    rt.spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((len, peer)) = sock.recv_from(&mut buf).await {
+            let Ok(mut m) = Message::from_vec(&buf[..len]) else {
+                continue;
+            };
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            m.set_message_type(MessageType::Response);
+            let a = m
+                .queries()
+                .first()
+                .is_some_and(|q| q.query_type() == hickory_proto::rr::RecordType::A);
+            if a {
+                m.add_answer(Record::from_rdata(
+                    Name::from_ascii("istiod.istio-system.svc.").unwrap(),
+                    30,
+                    RData::A(ISTIOD_IP.parse::<std::net::Ipv4Addr>().unwrap().into()),
+                ));
+            }
+            let _ = sock.send_to(&m.to_vec().unwrap(), peer).await;
+        }
+    });
+    let spec = VmSpec {
+        hosts_block: vec![],
+        ..Default::default()
+    };
+    let root = VmRoot::new(&spec, fake.root_pem());
+    std::fs::write(
+        root.file("/etc/resolv.conf"),
+        format!("nameserver {ISTIOD_IP}\n"),
+    )
+    .unwrap();
+    let run = verify_behind_rules(&wire, root, &["--timeout", "2s", "--skip-agent"]);
+    run.expect("dns.discovery", "pass", "203.0.113.20");
+    run.expect("xds.stream", "pass", "");
+    assert!(asked.load(std::sync::atomic::Ordering::SeqCst) > 0);
+}
+
+#[test]
 fn no_hosts_entry() {
     let spec = VmSpec {
         hosts_block: vec![],

@@ -630,9 +630,11 @@ pub fn apply_capture(root: &VmRoot) {
         return;
     }
     let env = root.env();
+    // The root's resolv.conf: its nameservers get the DNS redirect rules.
+    let resolv = std::fs::read_to_string(root.file("/etc/resolv.conf")).unwrap_or_default();
     let inp = istio_vm::capture::Inputs {
         env: &env,
-        resolv_conf: "nameserver 127.0.0.1\n",
+        resolv_conf: &resolv,
         uid: Some(PROXY_UID),
         gid: Some(PROXY_UID),
         host_ipv6: false,
