@@ -40,7 +40,7 @@ fn verify_passes_on_what_install_placed() {
         .success();
     // The resolver inside the namespace: nothing answers, nothing leaves.
     std::fs::write(vm.file("/etc/resolv.conf"), "nameserver 127.0.0.1\n").unwrap();
-    let (before, after) = Wire::run_in(&wire.vm, move || {
+    let (before, after, flushed) = Wire::run_in(&wire.vm, move || {
         let _agent = start_agent(&vm, &[]);
         // An install under --root records the capture rules but applies
         // none: capture.rules compares that record with this namespace's
@@ -49,7 +49,14 @@ fn verify_passes_on_what_install_placed() {
         // Then the recorded rules, and verify's own traffic goes through them.
         apply_record(&vm);
         let after = verify(&vm, &["--timeout", "2s"]);
-        (before, after)
+        // What nftables.service's restart or reload does to them.
+        let st = std::process::Command::new("nft")
+            .args(["flush", "ruleset"])
+            .status()
+            .expect("nft");
+        assert!(st.success());
+        let flushed = verify(&vm, &["--timeout", "2s"]);
+        (before, after, flushed)
     });
     assert_eq!(
         before.failing(),
@@ -74,13 +81,24 @@ fn verify_passes_on_what_install_placed() {
         "{}",
         after.detail("tcp.discovery")
     );
+    // Flushed: istiod is still reached (nothing redirects now), and
+    // capture.rules says what is gone and why that happens.
+    assert_eq!(
+        flushed.failing(),
+        vec!["capture.rules".to_string()],
+        "{}",
+        flushed.json
+    );
+    flushed.expect("capture.rules", "fail", "flush ruleset");
+    assert!(
+        flushed.detail("capture.rules").contains("missing"),
+        "{}",
+        flushed.detail("capture.rules")
+    );
     let seen = fake.seen();
     assert_eq!(
         seen.ca_subjects,
-        vec![
-            "system:serviceaccount:vm-apps:ratings-sa",
-            "system:serviceaccount:vm-apps:ratings-sa"
-        ]
+        vec!["system:serviceaccount:vm-apps:ratings-sa"; 3]
     );
     assert!(seen.nodes[0].1.get("AUTO_REGISTER_GROUP").is_none());
 }
