@@ -1218,3 +1218,110 @@ fn stand_in_is_not_ready_with_unusable_files() {
         run.expect("agent.ready", "fail", "");
     });
 }
+
+/// The capture record for `root` with `backend`, written as install does.
+fn record(root: &VmRoot, backend: istio_vm::capture::Backend) -> istio_vm::capture::Rendered {
+    use std::os::unix::fs::PermissionsExt;
+    let env = root.env();
+    let inp = istio_vm::capture::Inputs {
+        env: &env,
+        resolv_conf: "nameserver 127.0.0.1\n",
+        uid: Some(verify_harness::PROXY_UID),
+        gid: Some(verify_harness::PROXY_UID),
+        host_ipv6: false,
+        exclude_inbound_ports: &[],
+        allow_ssh_capture: false,
+        exclude_outbound_cidrs: &[],
+    };
+    let (_, r) = istio_vm::capture::render(&inp, backend).unwrap();
+    let dir = root.file("/var/lib/istio-vm/capture");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for (name, body) in r.record_files() {
+        std::fs::write(dir.join(name), body).unwrap();
+    }
+    r
+}
+
+/// Runs `cmd` with `input` on stdin; it must succeed.
+fn sh(cmd: &[&str], input: &str) {
+    use std::io::Write;
+    let mut c = std::process::Command::new(cmd[0])
+        .args(&cmd[1..])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", cmd[0]));
+    c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    assert!(c.wait().unwrap().success(), "{cmd:?} failed:\n{input}");
+}
+
+#[test]
+fn capture_rules_are_compared_in_each_backend() {
+    // The record applied by each backend istio-vm can use, in the VM's
+    // namespace (istiod a veth pair away): capture.rules passes, names the
+    // backend, and fails naming what is missing once that backend is
+    // flushed, as nftables.service, firewalld or an admin would.
+    use istio_vm::capture::{Backend, Rendered};
+    type Case = (
+        Backend,
+        &'static str,
+        &'static [&'static str],
+        &'static [&'static str],
+    );
+    let cases: [Case; 3] = [
+        (
+            Backend::Iptables,
+            "iptables-nft",
+            &["iptables-nft-restore", "--noflush"],
+            &["iptables-nft", "-t", "nat", "-F"],
+        ),
+        (
+            Backend::Iptables,
+            "iptables-legacy",
+            &["iptables-legacy-restore", "--noflush"],
+            &["iptables-legacy", "-t", "nat", "-F"],
+        ),
+        (
+            Backend::Nftables,
+            "nftables",
+            &["nft", "-f", "-"],
+            &["nft", "flush", "ruleset"],
+        ),
+    ];
+    for (backend, name, apply, flush) in cases {
+        let wire = Wire::new();
+        let root = VmRoot::new(
+            &VmSpec::default().on_wire(),
+            &fake_istiod::TestCa::new("cluster.local").cert_pem,
+        );
+        let (ok, flushed) = Wire::run_in(&wire.vm, move || {
+            let text = match record(&root, backend) {
+                Rendered::Iptables { v4, .. } => v4,
+                Rendered::Nftables { script } => script,
+            };
+            sh(apply, &text);
+            let args = &["--timeout", "1s", "--skip-agent"];
+            let ok = verify(&root, args);
+            let st = std::process::Command::new(flush[0])
+                .args(&flush[1..])
+                .status()
+                .unwrap();
+            assert!(st.success(), "{flush:?}");
+            (ok, verify(&root, args))
+        });
+        ok.expect("capture.rules", "pass", "equal the record");
+        assert!(
+            ok.detail("capture.rules").contains(&format!("({name})")),
+            "{name}: {}",
+            ok.detail("capture.rules")
+        );
+        flushed.expect("capture.rules", "fail", "missing");
+        assert!(
+            flushed
+                .hint("capture.rules")
+                .contains("istio-vm capture apply"),
+            "{}",
+            flushed.hint("capture.rules")
+        );
+    }
+}
