@@ -122,6 +122,8 @@ fn healthy_mesh_passes_everything() {
     );
     // No sidecar in the root's dpkg database: current semantics, said so.
     run.expect("files.sidecar", "skip", "current Istio");
+    // No capture record (as after `install --no-capture`): skipped, saying why.
+    run.expect("capture.rules", "skip", "--no-capture");
     // The CA saw the token's subject; XDS saw the issued identity and a node
     // in Istio's format, without auto-registration.
     assert_eq!(
@@ -1034,6 +1036,69 @@ fn the_installed_sidecar_version_decides_the_addresses() {
     new.run
         .expect("files.sidecar", "pass", "istio-sidecar 1.24.2");
     assert!(new.seen.nodes.is_empty());
+}
+
+#[test]
+fn the_sidecar_version_from_rpm_or_the_start_script() {
+    // istio-sidecar 1.10.6 in the root's rpm database (no dpkg entry) and a
+    // mesh file naming a revisioned istiod that does not resolve: 1.10's
+    // istio-start.sh dials istiod.istio-system.svc anyway.
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    std::fs::write(
+        w.join("s.spec"),
+        "Name: istio-sidecar\nVersion: 1.10.6\nRelease: 1\nSummary: t\nLicense: Apache-2.0\n\
+         BuildArch: noarch\n%description\nt\n%files\n",
+    )
+    .unwrap();
+    let top = format!("_topdir {}", w.join("top").display());
+    let st = std::process::Command::new("rpmbuild")
+        .args(["--define", &top, "-bb", "--quiet"])
+        .arg(w.join("s.spec"))
+        .status()
+        .expect("rpmbuild (package rpm)");
+    assert!(st.success());
+    let pkg = w.join("top/RPMS/noarch/istio-sidecar-1.10.6-1.noarch.rpm");
+    let spec = VmSpec {
+        discovery_address: "istiod-1-10-6.istio-system.svc:15012".into(),
+        ..Default::default()
+    };
+    let (run, seen) = with_istiod(spec, Behaviour::default(), move |root| {
+        let rpm = |args: &[&str]| {
+            let st = std::process::Command::new("rpm")
+                .arg("--root")
+                .arg(root.path())
+                .args(["--dbpath", "/var/lib/rpm"])
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(st.success(), "rpm {args:?}");
+        };
+        rpm(&["--initdb"]);
+        rpm(&["-i", "--justdb", "--nodeps", pkg.to_str().unwrap()]);
+        verify(root, &["--timeout", "2s", "--skip-agent"])
+    });
+    run.expect("files.sidecar", "pass", "rpm's database");
+    for id in ["dns.discovery", "tls.handshake", "ca.token", "xds.stream"] {
+        assert_eq!(run.status(id), "pass", "{id}: {}", run.check(id));
+    }
+    assert_eq!(seen.nodes[0].1["ISTIO_VERSION"], "1.10.6");
+    // No package database entry: the version istio-start.sh announces.
+    files_only(VmSpec::default(), |root| {
+        let p = root.file("/usr/local/bin/istio-start.sh");
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(
+            &p,
+            "#!/bin/bash\nexport ISTIO_META_ISTIO_VERSION=\"1.11.4\"\n",
+        )
+        .unwrap();
+        let run = verify(root, &["--timeout", "1s", "--skip-agent"]);
+        run.expect(
+            "files.sidecar",
+            "pass",
+            "ISTIO_META_ISTIO_VERSION=1.11.4 in /usr/local/bin/istio-start.sh",
+        );
+    });
 }
 
 #[test]

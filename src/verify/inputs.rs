@@ -314,7 +314,10 @@ pub fn installed_sidecar(root: &Path) -> Option<version::Installed> {
     }
     let b = read(root, START_SCRIPT).ok()?;
     let v = version::start_script_version(&String::from_utf8_lossy(&b))?;
-    found(&v, format!("ISTIO_META_ISTIO_VERSION in {START_SCRIPT}"))
+    found(
+        &v,
+        format!("ISTIO_META_ISTIO_VERSION={v} in {START_SCRIPT}"),
+    )
 }
 
 /// `defaultConfig.discoveryAddress` of a mesh config.
