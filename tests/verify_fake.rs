@@ -1161,6 +1161,17 @@ fn an_expired_workload_certificate_strands_1_10_only() {
     let run = expired("1.11.0");
     run.expect("ca.token", "pass", "");
     run.expect("files.workload_cert", "warn", "falls back to the token");
+    // xds_proxy.go@1.15.0 still presents the expired files to istiod.
+    assert!(
+        run.hint("files.workload_cert")
+            .contains("only from Istio 1.16"),
+        "{}",
+        run.hint("files.workload_cert")
+    );
+    // xds_proxy.go@1.16.0: `cert expired, using token instead` for XDS too.
+    let run = expired("1.16.0");
+    run.expect("ca.token", "pass", "");
+    run.expect("files.workload_cert", "warn", "for the CA and XDS");
 }
 
 #[test]
