@@ -7,7 +7,7 @@ mod fake_istiod;
 #[path = "common/verify_harness.rs"]
 mod verify_harness;
 
-use fake_istiod::{Behaviour, Seen};
+use fake_istiod::{Behaviour, FakeIstiod, Seen};
 use verify_harness::{
     ISTIOD_IP, Run, VmRoot, VmSpec, Wire, apply_capture, files_only, in_netns,
     owner_return_packets, start_agent, verify, with_istiod,
@@ -733,8 +733,12 @@ fn wait_retries_until_istiod_answers() {
                 Err(e) => panic!("accept: {e}"),
             }
         }
-        drop(l);
-        let fake = Wire::start_istiod(&rt, 15012, Behaviour::default(), ca);
+        // The same socket goes on as istiod: the port is never closed.
+        let fake = rt.block_on(async {
+            tokio::spawn(async move { FakeIstiod::start_on(l, Behaviour::default(), ca) })
+                .await
+                .unwrap()
+        });
         let run = h.join().unwrap();
         assert_eq!(run.failing(), Vec::<String>::new(), "{}", run.json);
         assert_eq!(run.code, 0);
