@@ -1106,6 +1106,34 @@ fn the_sidecar_version_from_rpm_or_the_start_script() {
 }
 
 #[test]
+fn the_agents_namespace_is_istio_namespace() {
+    // istio-start.sh runs pilot-agent with POD_NAMESPACE=${ISTIO_NAMESPACE:-default}
+    // (tools/packaging/common/istio-start.sh@1.10.0 and at master): a
+    // POD_NAMESPACE in cluster.env never reaches the agent.
+    let ((run, without), seen) = with_istiod(VmSpec::default(), Behaviour::default(), |root| {
+        let env = root.file("/var/lib/istio/envoy/cluster.env");
+        let text = std::fs::read_to_string(&env).unwrap();
+        let other = text.replace("POD_NAMESPACE='vm-apps'", "POD_NAMESPACE='other'");
+        assert_ne!(text, other);
+        std::fs::write(&env, &other).unwrap();
+        let run = verify(root, &["--timeout", "2s", "--skip-agent"]);
+        // Without ISTIO_NAMESPACE the agent's namespace is `default`, and
+        // istiod refuses the token's vm-apps identity for it.
+        let none: String = other
+            .lines()
+            .filter(|l| !l.starts_with("ISTIO_NAMESPACE="))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&env, none).unwrap();
+        (run, verify(root, &["--timeout", "2s", "--skip-agent"]))
+    });
+    run.expect("xds.stream", "pass", "");
+    assert_eq!(seen.nodes[0].1["NAMESPACE"], "vm-apps");
+    assert_eq!(seen.nodes[1].1["NAMESPACE"], "default");
+    without.expect("xds.stream", "fail", "PermissionDenied");
+}
+
+#[test]
 fn from_1_12_the_ca_is_not_the_mesh_files_address() {
     // The mesh file names a revisioned istiod that resolves; the CA is still
     // istiod.istio-system.svc:15012 (tools/packaging/common/istio-start.sh@1.12.0).
