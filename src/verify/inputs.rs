@@ -163,10 +163,10 @@ pub struct Inputs {
 /// The uid and gid Istio's capture rules let through, as capture renders
 /// them for this root (one source: `capture::IstioConfig::from_inputs`):
 /// `PROXY_UID`/`PROXY_GID` in cluster.env, else istio-proxy's ids, else
-/// Istio's default 1337 (tools/istio-iptables/pkg/config/config.go). So in
-/// an image tree without istio-proxy yet, verify's sockets still match the
-/// recorded `--uid-owner 1337` rules. If cluster.env does not render,
-/// istio-proxy's ids as the agent would have them.
+/// Istio's default 1337 (tools/istio-iptables/pkg/constants/constants.go@1.10.0
+/// `DefaultProxyUID`). So in an image tree without istio-proxy yet, verify's
+/// sockets still match the recorded `--uid-owner 1337` rules. If cluster.env
+/// does not render, istio-proxy's ids as the agent would have them.
 fn exempt_owner(root: &Path, env: &BTreeMap<String, String>) -> super::net::Owner {
     let (uid, gid) =
         crate::capture::sysfiles::proxy_ids(root, layout::PROXY_USER).unwrap_or((None, None));
