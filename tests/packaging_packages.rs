@@ -550,9 +550,20 @@ impl Root {
         ] {
             std::os::unix::fs::symlink(to, root.join(link)).unwrap();
         }
-        for prog in ["dash", "getent", "groupadd", "useradd", "rm", "nologin"] {
+        // The maintainer scripts' fallback without systemd-sysusers reads
+        // the sysusers.d line with grep, sed and awk (Priority: required).
+        for prog in [
+            "dash", "getent", "groupadd", "useradd", "rm", "nologin", "grep", "sed", "awk",
+        ] {
             let host = which(prog);
             copy_in(root, &host);
+            // awk is mawk through the alternatives: the name, too.
+            if host.file_name().unwrap() != prog {
+                let link = root.join("usr/bin").join(prog);
+                if !link.exists() {
+                    std::os::unix::fs::symlink(&host, link).unwrap();
+                }
+            }
             for lib in libraries(&host) {
                 copy_in(root, &lib);
             }

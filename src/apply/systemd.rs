@@ -139,13 +139,53 @@ fn systemctl_at(root: &Path, args: &[&str]) -> Result<()> {
     systemctl(&refs)
 }
 
-/// `systemctl enable|disable UNIT` when the root has the unit file.
+/// Whether a `systemctl` can be run here (a package's chroot, a container
+/// image being built, may have none).
+fn have_systemctl() -> bool {
+    Command::new("systemctl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `systemctl enable|disable UNIT` when the root has the unit file. Without
+/// a systemctl (a chroot with no systemd), enabling is left to whoever
+/// boots it with systemd (a warning), and disabling removes the unit's
+/// `.wants` links below the root's /etc/systemd/system, what `systemctl
+/// disable` removes.
 fn set_enabled(root: &Path, unit: &str, on: bool) -> Result<()> {
     if !unit_present(root, unit) {
         return Ok(());
     }
     let verb = if on { "enable" } else { "disable" };
+    if !have_systemctl() {
+        if on {
+            tracing::warn!("no systemctl here: `systemctl enable {unit}` once systemd runs");
+            return Ok(());
+        }
+        return remove_wants_links(root, unit);
+    }
     systemctl_at(root, &[verb, unit]).with_context(|| format!("systemctl {verb} {unit}"))
+}
+
+fn remove_wants_links(root: &Path, unit: &str) -> Result<()> {
+    let etc = root.join("etc/systemd/system");
+    let Ok(dirs) = std::fs::read_dir(&etc) else {
+        return Ok(());
+    };
+    for d in dirs.flatten() {
+        let name = d.file_name().to_string_lossy().into_owned();
+        if !(name.ends_with(".wants") || name.ends_with(".requires")) {
+            continue;
+        }
+        let link = d.path().join(unit);
+        if std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
+            std::fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?;
+            // As systemctl does: an emptied .wants directory goes too.
+            let _ = std::fs::remove_dir(d.path());
+        }
+    }
+    Ok(())
 }
 
 /// `systemctl enable` of the sidecar (starts at boot; `systemctl disable
@@ -410,5 +450,25 @@ mod tests {
         for link in [&sidecar, &timer, &heal] {
             assert!(std::fs::symlink_metadata(link).is_err(), "{link:?}");
         }
+    }
+
+    /// Without a systemctl, disabling removes exactly the unit's links (and
+    /// the directories that held only them), nothing else.
+    #[test]
+    fn disabling_without_systemctl_removes_the_wants_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc/systemd/system");
+        let wants = etc.join("istio.service.wants");
+        let timers = etc.join("timers.target.wants");
+        std::fs::create_dir_all(&wants).unwrap();
+        std::fs::create_dir_all(&timers).unwrap();
+        let to = Path::new("/usr/lib/systemd/system");
+        std::os::unix::fs::symlink(to.join("h.service"), wants.join("h.service")).unwrap();
+        std::os::unix::fs::symlink(to.join("h.service"), timers.join("h.service")).unwrap();
+        std::os::unix::fs::symlink(to.join("o.timer"), timers.join("o.timer")).unwrap();
+        remove_wants_links(dir.path(), "h.service").unwrap();
+        assert!(!wants.exists());
+        assert!(std::fs::symlink_metadata(timers.join("h.service")).is_err());
+        assert!(std::fs::symlink_metadata(timers.join("o.timer")).is_ok());
     }
 }
