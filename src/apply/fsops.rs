@@ -432,15 +432,38 @@ pub fn remove_file(host: &Path, sync: &Syncer) -> Result<()> {
 /// tree appears (or goes) in one step, then the parent is synced.
 pub fn rename_dir(from: &Path, to: &Path) -> Result<()> {
     let dir = open_parent_nofollow(from)?;
-    nix::fcntl::renameat2(
-        &dir,
-        file_name(from)?,
-        &dir,
-        file_name(to)?,
-        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-    )
-    .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+    renameat2_noreplace(&dir, file_name(from)?, file_name(to)?)
+        .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
     nix::unistd::fsync(&dir).with_context(|| format!("syncing the directory of {}", from.display()))
+}
+
+/// renameat2(RENAME_NOREPLACE) within one directory, by the system call:
+/// glibc's wrapper (and so nix's) needs GLIBC_2.28, newer than the
+/// packages' glibc 2.17 floor (scripts/build-binary.sh); the kernel has had
+/// the call since 3.15.
+fn renameat2_noreplace(
+    dir: &OwnedFd,
+    from: &std::ffi::OsStr,
+    to: &std::ffi::OsStr,
+) -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let from = std::ffi::CString::new(from.as_bytes()).map_err(|_| Errno::EINVAL)?;
+    let to = std::ffi::CString::new(to.as_bytes()).map_err(|_| Errno::EINVAL)?;
+    let fd = dir.as_raw_fd();
+    // SAFETY: both paths are NUL-terminated and outlive the call; the fd is
+    // open for its duration.
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_renameat2,
+            fd,
+            from.as_ptr(),
+            fd,
+            to.as_ptr(),
+            nix::libc::RENAME_NOREPLACE,
+        )
+    };
+    Errno::result(r).map(drop)
 }
 
 /// Remove a directory if it is empty. Returns false if it was left in place.
