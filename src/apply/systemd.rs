@@ -155,7 +155,13 @@ fn have_systemctl() -> bool {
 /// disable` removes.
 fn set_enabled(root: &Path, unit: &str, on: bool) -> Result<()> {
     if !unit_present(root, unit) {
-        return Ok(());
+        // A link left by an earlier enable whose unit file is gone (an
+        // interrupted uninstall) is removed all the same.
+        return if on {
+            Ok(())
+        } else {
+            remove_wants_links(root, unit)
+        };
     }
     let verb = if on { "enable" } else { "disable" };
     if !have_systemctl() {
@@ -230,7 +236,18 @@ fn reenable_units(env: &HookEnv) -> Result<()> {
 fn disable_units(env: &HookEnv) -> Result<()> {
     set_enabled(&env.root, units::HEAL_UNIT_NAME, false)?;
     set_enabled(&env.root, units::VERIFY_TIMER_NAME, false)?;
-    set_enabled(&env.root, units::ISTIO_UNIT_NAME, false).context("disabling istio.service at boot")
+    set_enabled(&env.root, units::ISTIO_UNIT_NAME, false)
+        .context("disabling istio.service at boot")?;
+    // The .wants directories the enablement made, when nothing else is in
+    // them (on a tree that had none, uninstall leaves none).
+    for d in [
+        "istio.service.wants",
+        "timers.target.wants",
+        "multi-user.target.wants",
+    ] {
+        let _ = std::fs::remove_dir(env.root.join("etc/systemd/system").join(d));
+    }
+    Ok(())
 }
 
 /// Paths whose change needs a new sidecar process.
