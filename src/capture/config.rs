@@ -207,6 +207,177 @@ fn cidr(key: &str, v: &str) -> Result<(String, bool), CaptureError> {
     Ok((text, ip.is_ipv6()))
 }
 
+/// cluster.env as istio-iptables reads it: a missing key is an empty value,
+/// and values are trimmed.
+struct Env<'e>(&'e BTreeMap<String, String>);
+
+/// DNS capture after Istio's "no servers means off" rule.
+struct DnsCapture {
+    redirect: bool,
+    capture_all: bool,
+    v4: Vec<String>,
+    v6: Vec<String>,
+    /// Why capture is off although cluster.env asks for it.
+    note: Option<String>,
+}
+
+impl<'e> Env<'e> {
+    fn get(&self, key: &str) -> &'e str {
+        self.0.get(key).map(String::as_str).unwrap_or("").trim()
+    }
+
+    /// The first of `keys` that is set (Istio's deprecated aliases), with
+    /// the key named in an error.
+    fn first<'k>(&self, keys: &[&'k str]) -> (&'k str, &'e str) {
+        keys.iter()
+            .find_map(|k| self.0.get(*k).map(|v| (*k, v.trim())))
+            .unwrap_or((keys[0], ""))
+    }
+
+    fn flag(&self, keys: &[&str]) -> Result<bool, CaptureError> {
+        let (k, v) = self.first(keys);
+        parse_bool(k, v)
+    }
+
+    fn port_or(&self, key: &str, default: &str) -> Result<String, CaptureError> {
+        match self.get(key) {
+            "" => Ok(default.to_string()),
+            v => port(key, v),
+        }
+    }
+
+    fn id_or(&self, key: &str, default: &str) -> Result<String, CaptureError> {
+        match self.get(key) {
+            "" => Ok(default.to_string()),
+            v => owner_id(key, v),
+        }
+    }
+
+    /// PROXY_UID and PROXY_GID (see the GID deviation on `from_inputs`).
+    fn proxy_owners(
+        &self,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<(Vec<String>, Vec<String>), CaptureError> {
+        let ids = |key: &str, v: &str| -> Result<Vec<String>, CaptureError> {
+            split(v).iter().map(|id| owner_id(key, id)).collect()
+        };
+        let uids = match self.get("PROXY_UID") {
+            "" => vec![uid.unwrap_or(1337).to_string()],
+            v => ids("PROXY_UID", v)?,
+        };
+        let gids = match self.get("PROXY_GID") {
+            "" => match gid {
+                Some(g) => vec![g.to_string()],
+                None => uids.clone(),
+            },
+            v => ids("PROXY_GID", v)?,
+        };
+        Ok((uids, gids))
+    }
+
+    /// Inbound interception mode, with TPROXY's mark and route table.
+    fn interception(&self) -> Result<(InterceptionMode, String, String), CaptureError> {
+        let mode = match self.get("ISTIO_INBOUND_INTERCEPTION_MODE") {
+            "TPROXY" => InterceptionMode::Tproxy,
+            "" | "REDIRECT" => InterceptionMode::Redirect,
+            v => {
+                return Err(invalid(
+                    "ISTIO_INBOUND_INTERCEPTION_MODE",
+                    v,
+                    "expected REDIRECT or TPROXY",
+                ));
+            }
+        };
+        let mark = self.id_or("ISTIO_INBOUND_TPROXY_MARK", "1337")?;
+        let table = self.id_or("ISTIO_INBOUND_TPROXY_ROUTE_TABLE", "133")?;
+        Ok((mode, mark, table))
+    }
+
+    fn inbound_ports(&self) -> Result<InboundPorts, CaptureError> {
+        let raw = self.get("ISTIO_INBOUND_PORTS");
+        Ok(if split(raw).is_empty() {
+            InboundPorts::None
+        } else if raw == "*" {
+            InboundPorts::All {
+                exclude: ports(
+                    "ISTIO_LOCAL_EXCLUDE_PORTS",
+                    self.get("ISTIO_LOCAL_EXCLUDE_PORTS"),
+                )?,
+            }
+        } else {
+            // Istio ignores the exclude list unless the include is `*`.
+            InboundPorts::List(ports("ISTIO_INBOUND_PORTS", raw)?)
+        })
+    }
+
+    /// ISTIO_SERVICE_CIDR and ISTIO_SERVICE_EXCLUDE_CIDR.
+    fn service_cidrs(&self) -> Result<(CidrInclude, Vec<String>), CaptureError> {
+        let list = |key: &str, v: &str| -> Result<Vec<String>, CaptureError> {
+            split(v).iter().map(|c| cidr(key, c).map(|t| t.0)).collect()
+        };
+        let include = match self.get("ISTIO_SERVICE_CIDR") {
+            "*" => CidrInclude::All,
+            v => CidrInclude::List(list("ISTIO_SERVICE_CIDR", v)?),
+        };
+        let exclude = list(
+            "ISTIO_SERVICE_EXCLUDE_CIDR",
+            self.get("ISTIO_SERVICE_EXCLUDE_CIDR"),
+        )?;
+        Ok((include, exclude))
+    }
+
+    fn dns(&self, resolv_conf: &str) -> Result<DnsCapture, CaptureError> {
+        let requested = self.flag(&["REDIRECT_DNS", "ISTIO_META_DNS_CAPTURE"])?;
+        let capture_all = parse_bool("CAPTURE_ALL_DNS", self.get("CAPTURE_ALL_DNS"))?;
+        let (v4, v6) = if requested && !capture_all {
+            parse_resolv_conf(resolv_conf)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        // capture/run.go: requested, not capture-all and no servers -> off.
+        let redirect = requested && (capture_all || !v4.is_empty() || !v6.is_empty());
+        let note = (requested && !redirect).then(|| {
+            "DNS capture is on in cluster.env but resolv.conf lists no nameserver: \
+             DNS capture disabled (as istio-iptables does)"
+                .to_string()
+        });
+        Ok(DnsCapture {
+            redirect,
+            capture_all,
+            v4,
+            v6,
+            note,
+        })
+    }
+
+    fn owner_groups(&self) -> Result<OwnerGroups, CaptureError> {
+        let include = self.get("ISTIO_OUTBOUND_OWNER_GROUPS");
+        Ok(if include.is_empty() || include == "*" {
+            OwnerGroups::All {
+                exclude: names(
+                    "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE",
+                    self.get("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"),
+                    32,
+                )?,
+            }
+        } else {
+            OwnerGroups::Only(names("ISTIO_OUTBOUND_OWNER_GROUPS", include, 32)?)
+        })
+    }
+
+    fn ipv4_loopback_cidr(&self) -> Result<String, CaptureError> {
+        const KEY: &str = "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR";
+        match self.get(KEY) {
+            "" => Ok("127.0.0.1/32".to_string()),
+            v => match cidr(KEY, v)? {
+                (_, true) => Err(invalid(KEY, v, "must be an IPv4 CIDR")),
+                (text, false) => Ok(text),
+            },
+        }
+    }
+}
+
 /// Nameservers of resolv.conf, split by family (Istio reads them with
 /// miekg/dns `ClientConfigFromFile`; zone suffixes are not supported).
 pub fn parse_resolv_conf(text: &str) -> (Vec<String>, Vec<String>) {
@@ -239,160 +410,35 @@ impl IstioConfig {
     /// - IPv6 is on when the host has a global IPv6 address or DUAL_STACK is
     ///   set (Istio looks only at the first non-loopback address).
     pub fn from_inputs(inp: &Inputs<'_>) -> Result<IstioConfig, CaptureError> {
-        let env = inp.env;
-        let get = |k: &str| env.get(k).map(String::as_str).unwrap_or("").trim();
-        fn first<'k, 'e>(
-            env: &'e BTreeMap<String, String>,
-            keys: &[&'k str],
-        ) -> (&'k str, &'e str) {
-            keys.iter()
-                .find_map(|k| env.get(*k).map(|v| (*k, v.trim())))
-                .unwrap_or((keys[0], ""))
-        }
-
-        let single_port = |key: &str, default: &str| -> Result<String, CaptureError> {
-            match get(key) {
-                "" => Ok(default.to_string()),
-                v => port(key, v),
-            }
-        };
+        // Read in Istio's order so that the first bad value is the one
+        // reported, as before the split.
+        let env = Env(inp.env);
         // ENVOY_PORT has not been read since Istio 1.21 (the flag lost its
         // env binding); Envoy's outbound listener is 15001 regardless.
         let envoy_port = "15001".to_string();
-        let inbound_capture_port = single_port("INBOUND_CAPTURE_PORT", "15006")?;
-        let inbound_tunnel_port = single_port("INBOUND_TUNNEL_PORT", "15008")?;
-
-        let proxy_uids = match get("PROXY_UID") {
-            "" => vec![inp.uid.unwrap_or(1337).to_string()],
-            v => split(v)
-                .iter()
-                .map(|u| owner_id("PROXY_UID", u))
-                .collect::<Result<_, _>>()?,
-        };
-        let proxy_gids = match get("PROXY_GID") {
-            "" => match inp.gid {
-                Some(g) => vec![g.to_string()],
-                None => proxy_uids.clone(),
-            },
-            v => split(v)
-                .iter()
-                .map(|g| owner_id("PROXY_GID", g))
-                .collect::<Result<_, _>>()?,
-        };
-
-        let mode = match get("ISTIO_INBOUND_INTERCEPTION_MODE") {
-            "TPROXY" => InterceptionMode::Tproxy,
-            "" | "REDIRECT" => InterceptionMode::Redirect,
-            v => {
-                return Err(invalid(
-                    "ISTIO_INBOUND_INTERCEPTION_MODE",
-                    v,
-                    "expected REDIRECT or TPROXY",
-                ));
-            }
-        };
-        let tproxy_mark = match get("ISTIO_INBOUND_TPROXY_MARK") {
-            "" => "1337".to_string(),
-            v => owner_id("ISTIO_INBOUND_TPROXY_MARK", v)?,
-        };
-
-        let tproxy_route_table = match get("ISTIO_INBOUND_TPROXY_ROUTE_TABLE") {
-            "" => "133".to_string(),
-            v => owner_id("ISTIO_INBOUND_TPROXY_ROUTE_TABLE", v)?,
-        };
-
-        let inbound_raw = get("ISTIO_INBOUND_PORTS");
-        let inbound = if split(inbound_raw).is_empty() {
-            InboundPorts::None
-        } else if inbound_raw == "*" {
-            InboundPorts::All {
-                exclude: ports(
-                    "ISTIO_LOCAL_EXCLUDE_PORTS",
-                    get("ISTIO_LOCAL_EXCLUDE_PORTS"),
-                )?,
-            }
-        } else {
-            // Istio ignores the exclude list unless the include is `*`.
-            InboundPorts::List(ports("ISTIO_INBOUND_PORTS", inbound_raw)?)
-        };
-
+        let inbound_capture_port = env.port_or("INBOUND_CAPTURE_PORT", "15006")?;
+        let inbound_tunnel_port = env.port_or("INBOUND_TUNNEL_PORT", "15008")?;
+        let (proxy_uids, proxy_gids) = env.proxy_owners(inp.uid, inp.gid)?;
+        let (mode, tproxy_mark, tproxy_route_table) = env.interception()?;
+        let inbound = env.inbound_ports()?;
         let exclude_interfaces = names(
             "ISTIO_EXCLUDE_INTERFACES",
-            get("ISTIO_EXCLUDE_INTERFACES"),
+            env.get("ISTIO_EXCLUDE_INTERFACES"),
             15,
         )?;
-        let kube_virt_interfaces = names("KUBE_VIRT_INTERFACES", get("KUBE_VIRT_INTERFACES"), 15)?;
-
-        let cidr_include = match get("ISTIO_SERVICE_CIDR") {
-            "*" => CidrInclude::All,
-            v => CidrInclude::List(
-                split(v)
-                    .iter()
-                    .map(|c| cidr("ISTIO_SERVICE_CIDR", c).map(|t| t.0))
-                    .collect::<Result<_, _>>()?,
-            ),
-        };
-        let cidr_exclude = split(get("ISTIO_SERVICE_EXCLUDE_CIDR"))
-            .iter()
-            .map(|c| cidr("ISTIO_SERVICE_EXCLUDE_CIDR", c).map(|t| t.0))
-            .collect::<Result<_, _>>()?;
-        let outbound_ports = ports("ISTIO_OUTBOUND_PORTS", get("ISTIO_OUTBOUND_PORTS"))?;
+        let kube_virt_interfaces =
+            names("KUBE_VIRT_INTERFACES", env.get("KUBE_VIRT_INTERFACES"), 15)?;
+        let (cidr_include, cidr_exclude) = env.service_cidrs()?;
+        let outbound_ports = ports("ISTIO_OUTBOUND_PORTS", env.get("ISTIO_OUTBOUND_PORTS"))?;
         let outbound_ports_exclude = ports(
             "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE",
-            get("ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE"),
+            env.get("ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE"),
         )?;
-
-        let (k, v) = first(env, &["REDIRECT_DNS", "ISTIO_META_DNS_CAPTURE"]);
-        let dns_requested = parse_bool(k, v)?;
-        let capture_all_dns = parse_bool("CAPTURE_ALL_DNS", get("CAPTURE_ALL_DNS"))?;
-        let (k, v) = first(env, &["DROP_INVALID", "INVALID_DROP"]);
-        let drop_invalid = parse_bool(k, v)?;
-        let (k, v) = first(env, &["DUAL_STACK", "ISTIO_DUAL_STACK"]);
-        let dual_stack = parse_bool(k, v)?;
-
-        let mut notes = Vec::new();
-        let (dns_v4, dns_v6) = if dns_requested && !capture_all_dns {
-            parse_resolv_conf(inp.resolv_conf)
-        } else {
-            (Vec::new(), Vec::new())
-        };
-        // capture/run.go: requested, not capture-all and no servers -> off.
-        let redirect_dns =
-            dns_requested && (capture_all_dns || !dns_v4.is_empty() || !dns_v6.is_empty());
-        if dns_requested && !redirect_dns {
-            notes.push(
-                "DNS capture is on in cluster.env but resolv.conf lists no nameserver: \
-                 DNS capture disabled (as istio-iptables does)"
-                    .to_string(),
-            );
-        }
-
-        let groups_inc = get("ISTIO_OUTBOUND_OWNER_GROUPS");
-        let owner_groups = if groups_inc.is_empty() || groups_inc == "*" {
-            OwnerGroups::All {
-                exclude: names(
-                    "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE",
-                    get("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"),
-                    32,
-                )?,
-            }
-        } else {
-            OwnerGroups::Only(names("ISTIO_OUTBOUND_OWNER_GROUPS", groups_inc, 32)?)
-        };
-        let ipv4_loopback_cidr = match get("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR") {
-            "" => "127.0.0.1/32".to_string(),
-            v => {
-                let (text, v6) = cidr("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", v)?;
-                if v6 {
-                    return Err(invalid(
-                        "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",
-                        v,
-                        "must be an IPv4 CIDR",
-                    ));
-                }
-                text
-            }
-        };
+        let dns = env.dns(inp.resolv_conf)?;
+        let drop_invalid = env.flag(&["DROP_INVALID", "INVALID_DROP"])?;
+        let dual_stack = env.flag(&["DUAL_STACK", "ISTIO_DUAL_STACK"])?;
+        let owner_groups = env.owner_groups()?;
+        let ipv4_loopback_cidr = env.ipv4_loopback_cidr()?;
 
         Ok(IstioConfig {
             envoy_port,
@@ -410,16 +456,16 @@ impl IstioConfig {
             cidr_exclude,
             outbound_ports,
             outbound_ports_exclude,
-            redirect_dns,
-            capture_all_dns,
-            dns_v4,
-            dns_v6,
+            redirect_dns: dns.redirect,
+            capture_all_dns: dns.capture_all,
+            dns_v4: dns.v4,
+            dns_v6: dns.v6,
             ipv6: inp.host_ipv6 || dual_stack,
             drop_invalid,
             owner_groups,
             ipv4_loopback_cidr,
             reply_source_ports: Vec::new(),
-            notes,
+            notes: dns.note.into_iter().collect(),
         })
     }
 
