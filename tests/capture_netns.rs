@@ -1384,6 +1384,59 @@ fn in_process_comparison_matches_the_kernels_spelling_for_every_golden() {
     assert!(checked >= 40, "only {checked} golden blocks checked");
 }
 
+/// The nft comparison agrees with the kernel: every Istio nft golden,
+/// loaded with `nft -f` into a scratch namespace and read back with
+/// `nft -j list ruleset inet`, is equal in the normal form to its script;
+/// and a changed port is a difference. This is what lets apply, status and
+/// verify compare in-process instead of loading the rules a second time.
+#[test]
+fn nft_json_comparison_matches_the_kernel_for_every_golden() {
+    use istio_vm::capture::compare::compare_nft;
+    use istio_vm::capture::nftjson::{Listing, from_json, from_script};
+    require_root();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/istio-golden/nftables");
+    let names = ["istio-proxy-nat", "istio-proxy-mangle", "istio-proxy-raw"];
+    let mut checked = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        let script = std::fs::read_to_string(&path).unwrap();
+        if !script.contains("add rule") {
+            continue;
+        }
+        let mut c = Command::new("unshare")
+            .args(["--net", "sh", "-c", "nft -f - && nft -j list ruleset inet"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut c.stdin.take().unwrap(), script.as_bytes()).unwrap();
+        let o = c.wait_with_output().unwrap();
+        // Goldens with group names (owner-groups) need those groups on the
+        // host; the numeric ones cover the same rule shapes.
+        if String::from_utf8_lossy(&o.stderr).contains("does not exist") {
+            continue;
+        }
+        assert!(
+            o.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let listing: Listing = serde_json::from_slice(&o.stdout).unwrap();
+        let kernel = from_json(&listing, &names);
+        let want = from_script(&script).unwrap();
+        let d = compare_nft(&want, &kernel, "golden");
+        assert!(d.is_empty(), "{}: {}", path.display(), d.summary());
+        if script.contains("15001") {
+            let other = from_script(&script.replacen("15001", "15002", 1)).unwrap();
+            assert!(!compare_nft(&other, &kernel, "golden").is_empty());
+        }
+        checked += 1;
+    }
+    assert!(checked >= 20, "only {checked} nft goldens checked");
+}
+
 /// firewalld in the app namespace, one backend at a time (one firewalld
 /// owns the system bus name; the test runs both backends in turn).
 mod firewalld {

@@ -1,6 +1,7 @@
 //! The kernel's netfilter as the tools show it: which iptables flavour
 //! (nft or legacy) and backend, running the tools, and one [`Snapshot`] of
-//! every backend read with the tools running side by side.
+//! every backend read with the tools running side by side. Native nft
+//! tables are read as `nft -j` JSON ([`super::nftjson`]), never as text.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -10,6 +11,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use super::iptables::Tables;
 use super::model::Family;
 use super::nft;
+use super::nftjson::{self, NftTables};
 
 /// Which iptables binaries: the nf_tables or the legacy x_tables flavour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,39 +174,63 @@ pub(super) fn restore(v: Variant, f: Family, input: &str, noflush: bool) -> Resu
     run(&bin, &args, Some(input)).map(|_| ())
 }
 
-/// `nft -j list tables`: (family, name) of every table.
-#[derive(serde::Deserialize)]
-struct NftList {
-    nftables: Vec<serde_json::Value>,
+/// Every nf_tables table (family, name): asked of the kernel over netlink,
+/// or of `nft -j list tables` where that fails.
+fn nft_table_names(nft: bool) -> Vec<(String, String)> {
+    match super::netlink::tables() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::debug!("{e:#}; asking nft instead");
+            let Some(json) = nft.then(|| finish(start("nft", &["-j", "list", "tables"]))).flatten()
+            else {
+                return Vec::new();
+            };
+            serde_json::from_str::<nftjson::Listing>(&json)
+                .map(|l| {
+                    l.nftables
+                        .iter()
+                        .filter_map(|o| {
+                            let t = o.get("table")?;
+                            Some((
+                                t.get("family")?.as_str()?.to_string(),
+                                t.get("name")?.as_str()?.to_string(),
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        }
+    }
 }
 
-fn nft_table_names(json: &str) -> Vec<(String, String)> {
-    let Ok(list) = serde_json::from_str::<NftList>(json) else {
-        return Vec::new();
-    };
-    list.nftables
-        .iter()
-        .filter_map(|o| {
-            let t = o.get("table")?;
-            Some((
-                t.get("family")?.as_str()?.to_string(),
-                t.get("name")?.as_str()?.to_string(),
-            ))
-        })
-        .collect()
+/// Istio's nft tables as the kernel holds them (`nft -j list ruleset inet`,
+/// one `nft` run for all three), in the normal form, with the listing
+/// objects that put them back.
+#[derive(Debug, Default, Clone)]
+pub struct NftState {
+    pub tables: NftTables,
+    pub objects: Vec<serde_json::Value>,
 }
 
-/// Istio's nft tables among `names`, each with its stateless listing.
-pub(super) fn nft_listings(names: &[(String, String)]) -> Vec<(String, String)> {
-    nft::TABLES
-        .iter()
-        .filter(|t| names.iter().any(|(f, n)| f == "inet" && n == *t))
-        .filter_map(|t| {
-            run("nft", &["-s", "list", "table", "inet", t], None)
-                .ok()
-                .map(|s| (t.to_string(), s))
-        })
-        .collect()
+impl NftState {
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.tables.keys()
+    }
+}
+
+fn read_nft(json: Option<String>) -> Result<NftState> {
+    let json = json.context("`nft -j list ruleset inet` failed")?;
+    let listing: nftjson::Listing =
+        serde_json::from_str(&json).context("reading `nft -j list ruleset inet`")?;
+    Ok(NftState {
+        tables: nftjson::from_json(&listing, &nft::TABLES),
+        objects: nftjson::objects_of(&listing, &nft::TABLES),
+    })
+}
+
+/// Read Istio's nft tables now (after an apply).
+pub(super) fn nft_state() -> Result<NftState> {
+    read_nft(finish(start("nft", &["-j", "list", "ruleset", "inet"])))
 }
 
 /// One iptables variant whose binaries exist, with its `*-save` output per
@@ -229,28 +255,41 @@ impl Probe {
     }
 }
 
-/// One `*-save` on its way. Legacy x_tables list their tables in
-/// `/proc/net/ip{,6}_tables_names` (per network namespace); when that is
-/// missing or empty the legacy flavour holds nothing, and its save is not
-/// run at all (one process less on every apply and remove).
+/// One `*-save` on its way, or not run because the family holds nothing:
+/// legacy x_tables list their tables in `/proc/net/ip{,6}_tables_names`
+/// (per network namespace), iptables-nft's tables are nf_tables tables of
+/// family `ip`/`ip6` (in the netlink table list). One process less per
+/// empty family on every apply, remove and check.
 enum Pending {
     Running(Option<std::process::Child>),
     Empty,
 }
 
 impl Pending {
-    fn start(v: Variant, f: Family) -> Pending {
-        if v == Variant::Legacy {
-            let names = match f {
-                Family::V4 => "/proc/net/ip_tables_names",
-                Family::V6 => "/proc/net/ip6_tables_names",
-            };
-            let empty = std::fs::read_to_string(names).map_or(true, |t| t.trim().is_empty());
-            if empty && on_path(&v.bin(f, "save")) {
-                return Pending::Empty;
+    fn start(v: Variant, f: Family, nft_tables: &[(String, String)]) -> Pending {
+        let save = v.bin(f, "save");
+        let empty = match v {
+            Variant::Legacy => {
+                let names = match f {
+                    Family::V4 => "/proc/net/ip_tables_names",
+                    Family::V6 => "/proc/net/ip6_tables_names",
+                };
+                std::fs::read_to_string(names).map_or(true, |t| t.trim().is_empty())
             }
+            Variant::Nft => {
+                let fam = match f {
+                    Family::V4 => "ip",
+                    Family::V6 => "ip6",
+                };
+                // Where IPv6 is off, the save is what says so (None).
+                !nft_tables.iter().any(|(tf, _)| tf == fam)
+                    && (f == Family::V4 || std::path::Path::new("/proc/net/if_inet6").exists())
+            }
+        };
+        if empty && on_path(&save) {
+            return Pending::Empty;
         }
-        Pending::Running(start(&v.bin(f, "save"), &[]))
+        Pending::Running(start(&save, &[]))
     }
 
     fn finish(self) -> Option<String> {
@@ -267,23 +306,29 @@ pub struct Snapshot {
     pub probes: Vec<Probe>,
     /// `nft` is installed.
     pub nft: bool,
-    /// Istio's nft tables present: (name, `nft -s list table inet NAME`).
-    pub nft_tables: Vec<(String, String)>,
+    /// Istio's nft tables present.
+    pub nft_tables: NftState,
+    /// Reading them failed (the `nft` run or its JSON).
+    pub nft_error: Option<String>,
 }
 
 impl Snapshot {
     /// Read everything, the tools running side by side.
     pub fn take() -> Snapshot {
+        let nft = on_path("nft");
+        let names = nft_table_names(nft);
         let variants: Vec<Variant> = [Variant::Nft, Variant::Legacy]
             .into_iter()
             .filter(|v| on_path(&v.bin(Family::V4, "restore")))
             .collect();
         let children: Vec<_> = variants
             .iter()
-            .map(|v| [Family::V4, Family::V6].map(|f| Pending::start(*v, f)))
+            .map(|v| [Family::V4, Family::V6].map(|f| Pending::start(*v, f, &names)))
             .collect();
-        let nft = on_path("nft");
-        let tables = nft.then(|| start("nft", &["-j", "list", "tables"]));
+        let istio_nft = names
+            .iter()
+            .any(|(f, n)| f == "inet" && nft::TABLES.contains(&n.as_str()));
+        let listing = (nft && istio_nft).then(|| start("nft", &["-j", "list", "ruleset", "inet"]));
         let probes = variants
             .into_iter()
             .zip(children)
@@ -292,14 +337,30 @@ impl Snapshot {
                 saves: [a.finish(), b.finish()],
             })
             .collect();
-        let names = tables
-            .and_then(finish)
-            .map(|j| nft_table_names(&j))
-            .unwrap_or_default();
+        let (nft_tables, nft_error) = match listing {
+            Some(c) => match read_nft(finish(c)) {
+                Ok(s) => (s, None),
+                // The names are known (removal still finds the tables);
+                // their content is not.
+                Err(e) => (
+                    NftState {
+                        tables: names
+                            .iter()
+                            .filter(|(f, n)| f == "inet" && nft::TABLES.contains(&n.as_str()))
+                            .map(|(_, n)| (n.clone(), Default::default()))
+                            .collect(),
+                        objects: Vec::new(),
+                    },
+                    Some(format!("{e:#}")),
+                ),
+            },
+            None => (NftState::default(), None),
+        };
         Snapshot {
             probes,
             nft,
-            nft_tables: nft_listings(&names),
+            nft_tables,
+            nft_error,
         }
     }
 
@@ -372,35 +433,6 @@ pub fn detect(
         })
         .unwrap_or(Variant::Legacy);
     Ok(Resolved::Iptables(v))
-}
-
-const SCRATCH_HINT: &str = "loading the rendered nft rules into a throw-away network namespace to \
-     read back the kernel's spelling of them (needs `unshare` from util-linux and CAP_SYS_ADMIN; \
-     inside a container, run istio-vm with those)";
-
-/// The kernel's listing of an nft script (loaded into a throw-away network
-/// namespace): `nft list` renames priorities, drops implied protocols and
-/// rewrites sets, too much to predict safely.
-pub(super) fn canonical_nft(script: &str) -> Result<Vec<(String, String)>> {
-    let mut lines = vec!["nft -f - >/dev/null".to_string()];
-    for t in nft::TABLES {
-        lines.push(format!(
-            "if nft list tables | grep -qx 'table inet {t}'; then echo '### {t}'; nft -s list table inet {t}; fi"
-        ));
-    }
-    let out = run(
-        "unshare",
-        &["--net", "--", "sh", "-c", &lines.join("\n")],
-        Some(script),
-    )
-    .context(SCRATCH_HINT)?;
-    let mut blocks = Vec::new();
-    for part in out.split("### ").skip(1) {
-        if let Some((name, body)) = part.split_once('\n') {
-            blocks.push((name.trim().to_string(), body.to_string()));
-        }
-    }
-    Ok(blocks)
 }
 
 /// Strip volatile parts of an `iptables-save` dump (comments, counters) so
