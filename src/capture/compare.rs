@@ -518,6 +518,9 @@ mod tests {
         ))
         .unwrap();
         let d = compare_nft(&a, &swapped, "x");
-        assert_eq!(d.reordered, vec!["x table inet istio-proxy-nat chain istio-output"]);
+        assert_eq!(
+            d.reordered,
+            vec!["x table inet istio-proxy-nat chain istio-output"]
+        );
     }
 }

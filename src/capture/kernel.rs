@@ -101,6 +101,47 @@ pub(super) fn on_path(bin: &str) -> bool {
     which(bin).is_some()
 }
 
+/// The files of the legacy iptables binaries (`xtables-legacy-multi` on
+/// Debian, `xtables-multi` before iptables 1.8), symlinks resolved:
+/// what `capture watch` watches for legacy x_tables changes.
+fn legacy_binaries() -> Vec<std::path::PathBuf> {
+    let mut out: Vec<std::path::PathBuf> = [Family::V4, Family::V6]
+        .into_iter()
+        .flat_map(|f| ["", "save", "restore"].map(|t| Variant::Legacy.bin(f, t)))
+        .filter_map(|b| which(&b))
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+static LEGACY_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static LEGACY_FILES: std::sync::OnceLock<Vec<std::path::PathBuf>> = std::sync::OnceLock::new();
+
+/// Count this process's own runs of a legacy binary: `capture watch` sees
+/// every run end (inotify) and must tell its own from another tool's.
+fn count_legacy(exe: &std::path::Path) {
+    // Only the watcher, which set the list up, counts.
+    let Some(files) = LEGACY_FILES.get() else {
+        return;
+    };
+    if std::fs::canonicalize(exe).is_ok_and(|p| files.contains(&p)) {
+        LEGACY_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The legacy binaries to watch (found once), and from now on count runs
+/// of them.
+pub(super) fn watched_legacy_binaries() -> &'static [std::path::PathBuf] {
+    LEGACY_FILES.get_or_init(legacy_binaries)
+}
+
+/// How many legacy binaries this process has run so far.
+pub(super) fn legacy_runs() -> usize {
+    LEGACY_RUNS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Run a program, feeding `stdin`; its stdout, or an error with its stderr.
 pub(super) fn run(prog: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
     let exe = if prog.contains('/') {
@@ -108,6 +149,7 @@ pub(super) fn run(prog: &str, args: &[&str], stdin: Option<&str>) -> Result<Stri
     } else {
         which(prog).unwrap_or_else(|| prog.into())
     };
+    count_legacy(&exe);
     let mut child = Command::new(exe)
         .args(args)
         .stdin(if stdin.is_some() {
@@ -143,6 +185,7 @@ pub(super) fn run(prog: &str, args: &[&str], stdin: Option<&str>) -> Result<Stri
 /// five of them before it changes anything).
 pub(super) fn start(prog: &str, args: &[&str]) -> Option<std::process::Child> {
     let exe = which(prog)?;
+    count_legacy(&exe);
     Command::new(exe)
         .args(args)
         .stdin(Stdio::null())
@@ -181,7 +224,9 @@ fn nft_table_names(nft: bool) -> Vec<(String, String)> {
         Ok(t) => t,
         Err(e) => {
             tracing::debug!("{e:#}; asking nft instead");
-            let Some(json) = nft.then(|| finish(start("nft", &["-j", "list", "tables"]))).flatten()
+            let Some(json) = nft
+                .then(|| finish(start("nft", &["-j", "list", "tables"])))
+                .flatten()
             else {
                 return Vec::new();
             };

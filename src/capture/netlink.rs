@@ -116,8 +116,13 @@ pub fn tables() -> Result<Vec<(String, String)>> {
     req.extend_from_slice(&0u32.to_ne_bytes());
     // nfgenmsg: every family, version 0, resource id 0.
     req.extend_from_slice(&[0, 0, 0, 0]);
-    sendto(fd.as_raw_fd(), &req, &NetlinkAddr::new(0, 0), MsgFlags::empty())
-        .context("asking the kernel for its nf_tables tables")?;
+    sendto(
+        fd.as_raw_fd(),
+        &req,
+        &NetlinkAddr::new(0, 0),
+        MsgFlags::empty(),
+    )
+    .context("asking the kernel for its nf_tables tables")?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -163,7 +168,10 @@ mod tests {
         buf.extend(msg(NLMSG_DONE, 7, &[0; 4]));
         let mut out = Vec::new();
         assert!(parse(&buf, 7, &mut out).unwrap());
-        assert_eq!(out, vec![("inet".to_string(), "istio-proxy-nat".to_string())]);
+        assert_eq!(
+            out,
+            vec![("inet".to_string(), "istio-proxy-nat".to_string())]
+        );
 
         let err = msg(NLMSG_ERROR, 7, &(-1i32).to_ne_bytes());
         assert!(parse(&err, 7, &mut Vec::new()).is_err());

@@ -390,7 +390,11 @@ pub fn from_script(script: &str) -> Result<NftTables, String> {
             }
             ["flush", "table", "inet", t] => {
                 table(&mut out, t)?;
-                for c in out.get_mut(*t).into_iter().flat_map(|t| t.chains.values_mut()) {
+                for c in out
+                    .get_mut(*t)
+                    .into_iter()
+                    .flat_map(|t| t.chains.values_mut())
+                {
                     c.rules.clear();
                 }
             }
@@ -683,7 +687,10 @@ mod tests {
                 "oifname lo ip saddr 127.0.0.6/32 counter return",
                 "ip saddr 127.0.0.6 oifname \"lo\" counter return",
             ),
-            ("ip daddr 127.0.0.1/8 counter return", "ip daddr 127.0.0.0/8 return"),
+            (
+                "ip daddr 127.0.0.1/8 counter return",
+                "ip daddr 127.0.0.0/8 return",
+            ),
             (
                 "meta l4proto tcp mark 1337 counter ct mark set mark",
                 "meta l4proto tcp meta mark 0x00000539 counter ct mark set meta mark",

@@ -12,7 +12,9 @@ use super::super::iptables::{self as ipt, Tables};
 use super::super::kernel::{finish, normalize_save, restore, run, save, start};
 use super::super::model::Family;
 use super::super::{Rendered, failpoint};
-use super::{ApplyOptions, Outcome, Owned, Snapshot, Variant, desired_for, desired_tables, fam, step};
+use super::{
+    ApplyOptions, Outcome, Owned, Snapshot, Variant, desired_for, desired_tables, fam, step,
+};
 use crate::error::Failure;
 use crate::report::StepStatus;
 
@@ -56,7 +58,12 @@ pub(super) fn owned_part(live: &Tables, owned: &Owned, f: Family) -> Tables {
 
 /// `ISTIO_*` chains in `live` that istio-vm did not make: not in the
 /// record, and not exactly the chain `desired` (this apply) has.
-pub(super) fn foreign_chains(live: &Tables, desired: &Tables, owned: &Owned, label: &str) -> Vec<String> {
+pub(super) fn foreign_chains(
+    live: &Tables,
+    desired: &Tables,
+    owned: &Owned,
+    label: &str,
+) -> Vec<String> {
     let mut out = Vec::new();
     for (tn, ts) in &live.tables {
         for (cn, rules) in &ts.chains {
@@ -285,4 +292,3 @@ fn rollback_iptables(v: Variant, applied: &[FamilyPlan]) {
         }
     }
 }
-

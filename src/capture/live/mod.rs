@@ -23,12 +23,12 @@ use super::model::Family;
 use super::{Rendered, nftjson};
 use crate::report::{Step, StepStatus};
 
-use super::kernel::{restore, run};
 pub use super::kernel::{Probe, Resolved, Snapshot, Variant, detect, normalize_save};
-use ipt::{foreign_chains, owned_part};
+use super::kernel::{restore, run};
 pub use super::routing::{
     TproxyRouting, apply_tproxy_routing, remove_tproxy_routing, tproxy_routing_present,
 };
+use ipt::{foreign_chains, owned_part};
 
 pub(super) fn step(id: &str, status: StepStatus, detail: impl Into<String>) -> Step {
     Step {

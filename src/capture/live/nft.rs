@@ -19,8 +19,8 @@ pub(super) fn apply_nft(script: &str, snap: &Snapshot) -> Result<Outcome> {
         bail!("reading Istio's nft tables: {e}; nothing was changed");
     }
     let before = &snap.nft_tables;
-    let desired = nftjson::from_script(script)
-        .map_err(|e| anyhow!("reading the rendered nft rules: {e}"))?;
+    let desired =
+        nftjson::from_script(script).map_err(|e| anyhow!("reading the rendered nft rules: {e}"))?;
     if compare::compare_nft(&desired, &before.tables, "nftables").is_empty() {
         out.steps.push(step(
             "capture:nftables",
@@ -42,7 +42,11 @@ pub(super) fn apply_nft(script: &str, snap: &Snapshot) -> Result<Outcome> {
         StepStatus::Changed,
         format!(
             "tables {} replaced in one nft transaction",
-            desired.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+            desired
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     ));
     let diff = nft_state().map(|now| compare::compare_nft(&desired, &now.tables, "nftables"));
