@@ -1177,6 +1177,48 @@ fn readback_sees_a_real_difference_and_rolls_back() {
     assert_eq!(lab.snapshot(), before, "the prior rules were not restored");
 }
 
+/// The same for native nft, compared through `nft -j`: a wrapper around
+/// `nft`, first on PATH, adds a rule to Istio's output chain right after
+/// the real `nft -f -` transaction; no failpoint. Apply rolls back (exit 3),
+/// names the rule, and the tables are as before.
+#[test]
+fn nft_readback_sees_a_real_difference_and_rolls_back() {
+    require_root();
+    let lab = Lab::new();
+    add_unrelated(&lab, Kind::Nftables);
+    // Istio's tables already in place: the rollback must put them back as
+    // they were (from their `nft -j` listing), not merely delete the new.
+    let (code, _, log) = lab.tool("apply --backend nftables", None);
+    assert_eq!(code, 0, "{log}");
+    lab.write_env(&VM_ENV.replace("15090,15021", "15090,15021,7777"));
+    let before = lab.snapshot();
+    assert!(before.contains("istio-proxy-nat"), "{before}");
+    let wrap = lab.dir.path().join("wrap");
+    std::fs::create_dir_all(&wrap).unwrap();
+    let real = must("command -v nft || echo /usr/sbin/nft");
+    std::fs::write(
+        wrap.join("nft"),
+        format!(
+            "#!/bin/sh\n{r} \"$@\"\nrc=$?\nif [ \"$*\" = \"-f -\" ]; then {r} add rule inet istio-proxy-nat istio-output tcp dport 9 counter return 2>/dev/null; fi\nexit $rc\n",
+            r = real.trim()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        wrap.join("nft"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", wrap.display());
+    let (code, _, log) = lab.run("capture apply --backend nftables", &[("PATH", &path)]);
+    assert_eq!(code, 3, "{log}");
+    assert!(
+        log.contains("tcp dport 9 return"),
+        "the read-back did not name the extra rule: {log}"
+    );
+    assert_eq!(lab.snapshot(), before, "the prior tables were not restored");
+}
+
 /// `capture watch` in the app namespace, in a PID namespace of its own
 /// with a stand-in sidecar (a process named pilot-agent, its child): no
 /// other process on this machine can pass for the sidecar. Returns the
