@@ -1223,12 +1223,30 @@ fn nft_readback_sees_a_real_difference_and_rolls_back() {
 /// with a stand-in sidecar (a process named pilot-agent, its child): no
 /// other process on this machine can pass for the sidecar. Returns the
 /// spawned child and the host pids of the watcher and the stand-in.
-fn start_watch(lab: &Lab) -> (std::process::Child, u32, u32) {
+fn start_watch(lab: &Lab) -> (Watcher, u32, u32) {
     start_watch_with(lab, "")
 }
 
+/// The watcher's process tree, killed when the test ends, failed or not
+/// (the watcher is PID 1 of its PID namespace: only SIGKILL ends it, and
+/// with it the stand-in agent).
+struct Watcher {
+    child: std::process::Child,
+    pid: u32,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.child.wait();
+    }
+}
+
 /// [`start_watch`] with `pre` run first in the watcher's mount namespace.
-fn start_watch_with(lab: &Lab, pre: &str) -> (std::process::Child, u32, u32) {
+fn start_watch_with(lab: &Lab, pre: &str) -> (Watcher, u32, u32) {
     let agent_bin = lab.dir.path().join("pilot-agent");
     std::fs::copy(must("command -v sleep").trim(), &agent_bin).unwrap();
     let script = lab.script("capture watch --backend iptables").replacen(
@@ -1273,7 +1291,14 @@ fn start_watch_with(lab: &Lab, pre: &str) -> (std::process::Child, u32, u32) {
     assert!(found.is_some(), "watcher did not start");
     let watcher = watcher.unwrap();
     let agent = child_of(watcher).unwrap();
-    (watch, watcher, agent)
+    (
+        Watcher {
+            child: watch,
+            pid: watcher,
+        },
+        watcher,
+        agent,
+    )
 }
 
 /// Self-healing: while the sidecar runs, `capture watch` puts the rules
@@ -1289,7 +1314,7 @@ fn watch_heals_flushes_while_the_sidecar_runs() {
     // here; where systemd runs, istio.service's state decides), in a PID
     // namespace of its own with the watcher, so no other process on this
     // machine can pass for it.
-    let (mut watch, watcher, agent) = start_watch(&lab);
+    let (watch, watcher, agent) = start_watch(&lab);
     let ok = |lab: &Lab| lab.tool("status --backend iptables", None).0 == 0;
     let present = |lab: &Lab| {
         String::from_utf8_lossy(&lab.app.try_exec("iptables-nft-save -t nat").stdout)
@@ -1355,11 +1380,7 @@ fn watch_heals_flushes_while_the_sidecar_runs() {
         back.is_none(),
         "rules were re-applied while the sidecar was stopped"
     );
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(watcher as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-    let _ = watch.wait();
+    drop(watch);
     eprintln!("SELF-HEALING SUMMARY: {}", report.join("; "));
 }
 
@@ -1388,7 +1409,7 @@ fn watch_heals_legacy_flushes_while_the_sidecar_runs() {
     let legacy = must("readlink -f \"$(command -v iptables-legacy)\"");
     let legacy = legacy.trim();
     let copy = lab.dir.path().join("xtables-legacy-multi");
-    let (mut watch, watcher, agent) = start_watch_with(
+    let (watch, watcher, agent) = start_watch_with(
         &lab,
         &format!(
             "cp {legacy} {c} && mount --bind {c} {legacy} && ",
@@ -1483,11 +1504,7 @@ fn watch_heals_legacy_flushes_while_the_sidecar_runs() {
         back.is_none(),
         "rules were re-applied while the sidecar was stopped"
     );
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(watcher as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    );
-    let _ = watch.wait();
+    drop(watch);
     eprintln!("LEGACY SELF-HEALING SUMMARY: {}", report.join("; "));
 }
 
@@ -1738,7 +1755,7 @@ mod firewalld {
         // A firewalld reload and a restart (both wipe Istio's rules, in
         // either backend): with `capture watch` running beside the sidecar,
         // the rules are back within 2 s, and the SSH session survives.
-        let (mut watch, watcher, _agent) = start_watch(&lab);
+        let (watch, _watcher, _agent) = start_watch(&lab);
         let back = |lab: &Lab| {
             within_deadline(Duration::from_secs(2), || {
                 lab.tool("status --backend iptables", None).0 == 0
@@ -1762,11 +1779,7 @@ mod firewalld {
             restart_heal.is_some(),
             "{backend}: rules not back within 2 s of a firewalld restart"
         );
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(watcher as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        let _ = watch.wait();
+        drop(watch);
         server.write_all(b"reload").unwrap();
         client
             .read_exact(&mut buf)
