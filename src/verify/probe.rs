@@ -8,9 +8,22 @@ use super::net;
 use super::{fail, pass, warn};
 use crate::report::Check;
 
-/// Envoy as Istio configures it names itself `istio-envoy` and adds the
-/// upstream time header on routed requests.
-pub fn via_sidecar(server: Option<&str>, upstream_time: bool) -> bool {
+/// Whether this VM's own Envoy routed the request as HTTP. Its outbound
+/// HTTP connection manager overwrites the response's `server` header with
+/// Envoy's default name `envoy`: Istio sets `istio-envoy` only on inbound
+/// listeners and gateways and leaves the outbound one unset
+/// (pilot/pkg/networking/core/v1alpha3/listener.go@1.10.0 sets ServerName on
+/// the inbound HCM only; pilot/pkg/networking/core/httproute.go@1.24.0
+/// GetProxyHeadersFromProxyConfig: "outbound uses \"envoy\""; the transformation
+/// is OVERWRITE). So `istio-envoy` or a bare `x-envoy-upstream-service-time`
+/// is the far side's sidecar or a gateway, not this VM's.
+pub fn via_sidecar(server: Option<&str>) -> bool {
+    server.is_some_and(|s| s.eq_ignore_ascii_case("envoy"))
+}
+
+/// A sidecar or gateway on the far side answered (it names itself
+/// `istio-envoy`, or its router added the upstream time header).
+pub fn far_envoy(server: Option<&str>, upstream_time: bool) -> bool {
     upstream_time || server.is_some_and(|s| s.eq_ignore_ascii_case("istio-envoy"))
 }
 
@@ -109,7 +122,7 @@ pub async fn check(id: String, url: &str, timeout: Duration) -> Check {
         "{resolved}; HTTP {status} in {ms} ms; server: {}",
         server.as_deref().unwrap_or("-")
     );
-    if !via_sidecar(server.as_deref(), upstream) {
+    if !via_sidecar(server.as_deref()) {
         // Envoy adds its headers only where it routes HTTP. TLS (https://)
         // and services it treats as TCP (protocol not declared, or the
         // PassthroughCluster) pass through it byte for byte: the response
@@ -120,6 +133,17 @@ pub async fn check(id: String, url: &str, timeout: Duration) -> Check {
                 format!(
                     "{detail}; https: Envoy passes TLS through without adding headers, so whether the sidecar carried this cannot be told from the response"
                 ),
+            );
+        }
+        if far_envoy(server.as_deref(), upstream) {
+            return warn(
+                &id,
+                format!("{detail}; Envoy headers from the far side's inbound sidecar or a gateway"),
+                "the answer carries `server: istio-envoy` (or only `x-envoy-upstream-service-time`), which the destination's inbound sidecar \
+                 or a gateway writes; this VM's Envoy, had it routed the request as HTTP, would have overwritten it with `server: envoy`. \
+                 So the response cannot tell: either outbound traffic is not captured (`istio-vm capture status`, ISTIO_SERVICE_CIDR) \
+                 or this VM's Envoy carries the port as TCP (protocol not declared on the service port), or the mesh's \
+                 proxyHeaders.server setting keeps the upstream's header",
             );
         }
         return warn(
@@ -148,10 +172,16 @@ mod tests {
 
     #[test]
     fn sidecar_evidence() {
-        assert!(via_sidecar(Some("istio-envoy"), false));
-        assert!(via_sidecar(None, true));
-        assert!(!via_sidecar(Some("nginx"), false));
-        assert!(!via_sidecar(None, false));
+        assert!(via_sidecar(Some("envoy")));
+        assert!(via_sidecar(Some("Envoy")));
+        // The far side's inbound sidecar, not this VM's outbound one.
+        assert!(!via_sidecar(Some("istio-envoy")));
+        assert!(!via_sidecar(Some("nginx")));
+        assert!(!via_sidecar(None));
+        assert!(far_envoy(Some("istio-envoy"), false));
+        assert!(far_envoy(None, true));
+        assert!(!far_envoy(Some("nginx"), false));
+        assert!(!far_envoy(Some("envoy"), false));
     }
 
     #[test]
