@@ -302,24 +302,35 @@ impl Probe {
 
 /// One `*-save` on its way, or not run because the family holds nothing:
 /// legacy x_tables list their tables in `/proc/net/ip{,6}_tables_names`
-/// (per network namespace), iptables-nft's tables are nf_tables tables of
-/// family `ip`/`ip6` (in the netlink table list). One process less per
-/// empty family on every apply, remove and check.
+/// (per network namespace); iptables-nft's tables are nf_tables tables of
+/// family `ip`/`ip6`, and the netlink dumps say whether they hold a rule or
+/// a user chain ([`super::netlink::families_with_content`]). Where they do
+/// not, the save would print the empty tables, and that text is made here:
+/// one process less per empty family on every apply, remove and check (on
+/// a fresh VM, and after `remove`, every family is empty).
 enum Pending {
     Running(Option<std::process::Child>),
-    Empty,
+    Known(String),
+}
+
+/// What the netlink dumps say (None: they failed, run every save).
+struct NftView<'a> {
+    tables: &'a [(String, String)],
+    content: Option<Vec<String>>,
 }
 
 impl Pending {
-    fn start(v: Variant, f: Family, nft_tables: &[(String, String)]) -> Pending {
+    fn start(v: Variant, f: Family, view: &NftView<'_>) -> Pending {
         let save = v.bin(f, "save");
-        let empty = match v {
+        let known = match v {
             Variant::Legacy => {
                 let names = match f {
                     Family::V4 => "/proc/net/ip_tables_names",
                     Family::V6 => "/proc/net/ip6_tables_names",
                 };
-                std::fs::read_to_string(names).map_or(true, |t| t.trim().is_empty())
+                std::fs::read_to_string(names)
+                    .map_or(true, |t| t.trim().is_empty())
+                    .then(String::new)
             }
             Variant::Nft => {
                 let fam = match f {
@@ -327,20 +338,30 @@ impl Pending {
                     Family::V6 => "ip6",
                 };
                 // Where IPv6 is off, the save is what says so (None).
-                !nft_tables.iter().any(|(tf, _)| tf == fam)
-                    && (f == Family::V4 || std::path::Path::new("/proc/net/if_inet6").exists())
+                let usable = f == Family::V4 || std::path::Path::new("/proc/net/if_inet6").exists();
+                let empty = view
+                    .content
+                    .as_ref()
+                    .is_some_and(|c| !c.iter().any(|x| x == fam));
+                (usable && empty).then(|| {
+                    view.tables
+                        .iter()
+                        .filter(|(tf, _)| tf == fam)
+                        .map(|(_, t)| format!("*{t}\nCOMMIT\n"))
+                        .collect()
+                })
             }
         };
-        if empty && on_path(&save) {
-            return Pending::Empty;
+        match known {
+            Some(text) if on_path(&save) => Pending::Known(text),
+            _ => Pending::Running(start(&save, &[])),
         }
-        Pending::Running(start(&save, &[]))
     }
 
     fn finish(self) -> Option<String> {
         match self {
             Pending::Running(c) => finish(c),
-            Pending::Empty => Some(String::new()),
+            Pending::Known(text) => Some(text),
         }
     }
 }
@@ -362,13 +383,19 @@ impl Snapshot {
     pub fn take() -> Snapshot {
         let nft = on_path("nft");
         let names = nft_table_names(nft);
+        let view = NftView {
+            tables: &names,
+            content: super::netlink::families_with_content()
+                .map_err(|e| tracing::debug!("{e:#}"))
+                .ok(),
+        };
         let variants: Vec<Variant> = [Variant::Nft, Variant::Legacy]
             .into_iter()
             .filter(|v| on_path(&v.bin(Family::V4, "restore")))
             .collect();
         let children: Vec<_> = variants
             .iter()
-            .map(|v| [Family::V4, Family::V6].map(|f| Pending::start(*v, f, &names)))
+            .map(|v| [Family::V4, Family::V6].map(|f| Pending::start(*v, f, &view)))
             .collect();
         let istio_nft = names
             .iter()

@@ -6,9 +6,13 @@
 //! iptables-nft families hold anything at all, so an `*-save` of an empty
 //! family is not run.
 //!
-//! The request is one `NFT_MSG_GETTABLE` dump (linux/netfilter/nf_tables.h,
-//! nfnetlink.h); the answer is read attribute by attribute, only the table
-//! name (`NFTA_TABLE_NAME`) and the family of each message.
+//! The same dumps of chains and rules tell whether an iptables-nft family
+//! holds anything at all (a rule, or a chain without a hook): where it does
+//! not, its `*-save` would print empty tables, and is not run either.
+//!
+//! Requests are `NFT_MSG_GET{TABLE,CHAIN,RULE}` dumps
+//! (linux/netfilter/nf_tables.h, nfnetlink.h); answers are read attribute
+//! by attribute, only the names, the family and whether a chain has a hook.
 
 use std::os::fd::AsRawFd;
 
@@ -21,6 +25,9 @@ use nix::sys::time::TimeVal;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_GETTABLE: u16 = 1;
+const NFT_MSG_GETCHAIN: u16 = 4;
+const NFT_MSG_GETRULE: u16 = 7;
+const NFTA_CHAIN_HOOK: u16 = 4;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
@@ -49,8 +56,25 @@ fn u32_at(b: &[u8], i: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(i..i + 4)?.try_into().ok()?))
 }
 
-/// Read the messages in one datagram: Some(true) at NLMSG_DONE.
-fn parse(buf: &[u8], seq: u32, out: &mut Vec<(String, String)>) -> Result<bool> {
+/// One object of a dump: its family and its top-level attributes.
+struct Object {
+    family: u8,
+    attrs: Vec<(u16, Vec<u8>)>,
+}
+
+impl Object {
+    fn string(&self, kind: u16) -> Option<String> {
+        let v = &self.attrs.iter().find(|a| a.0 == kind)?.1;
+        let s = v.split(|b| *b == 0).next().unwrap_or_default();
+        Some(String::from_utf8_lossy(s).into_owned())
+    }
+    fn has(&self, kind: u16) -> bool {
+        self.attrs.iter().any(|a| a.0 == kind)
+    }
+}
+
+/// Read the messages in one datagram: true at NLMSG_DONE.
+fn parse(buf: &[u8], seq: u32, out: &mut Vec<Object>) -> Result<bool> {
     let mut off = 0;
     while off + 16 <= buf.len() {
         let len = u32_at(buf, off).unwrap_or(0) as usize;
@@ -71,12 +95,15 @@ fn parse(buf: &[u8], seq: u32, out: &mut Vec<(String, String)>) -> Result<bool> 
                     continue;
                 }
                 return Err(std::io::Error::from_raw_os_error(errno))
-                    .context("listing nf_tables tables");
+                    .context("reading nf_tables objects");
             }
             _ => {}
         }
         // nfgenmsg: family, version, res_id; then the attributes.
-        let family = family_name(msg.get(16).copied().unwrap_or(0));
+        let mut obj = Object {
+            family: msg.get(16).copied().unwrap_or(0),
+            attrs: Vec::new(),
+        };
         let mut a = 20;
         while a + 4 <= msg.len() {
             let alen = u16_at(msg, a).unwrap_or(0) as usize;
@@ -84,19 +111,16 @@ fn parse(buf: &[u8], seq: u32, out: &mut Vec<(String, String)>) -> Result<bool> 
             if alen < 4 || a + alen > msg.len() {
                 break;
             }
-            if atype == NFTA_TABLE_NAME {
-                let v = &msg[a + 4..a + alen];
-                let name = v.split(|b| *b == 0).next().unwrap_or_default();
-                out.push((family.clone(), String::from_utf8_lossy(name).into_owned()));
-            }
+            obj.attrs.push((atype, msg[a + 4..a + alen].to_vec()));
             a += (alen + 3) & !3;
         }
+        out.push(obj);
     }
     Ok(false)
 }
 
-/// Every nf_tables table in this network namespace: (family, name).
-pub fn tables() -> Result<Vec<(String, String)>> {
+/// One `NFT_MSG_GET*` dump of every family.
+fn dump(msg: u16) -> Result<Vec<Object>> {
     let fd = socket(
         AddressFamily::Netlink,
         SockType::Raw,
@@ -110,7 +134,7 @@ pub fn tables() -> Result<Vec<(String, String)>> {
     let seq = std::process::id();
     let mut req = Vec::with_capacity(20);
     req.extend_from_slice(&20u32.to_ne_bytes());
-    req.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE).to_ne_bytes());
+    req.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | msg).to_ne_bytes());
     req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
     req.extend_from_slice(&seq.to_ne_bytes());
     req.extend_from_slice(&0u32.to_ne_bytes());
@@ -122,16 +146,43 @@ pub fn tables() -> Result<Vec<(String, String)>> {
         &NetlinkAddr::new(0, 0),
         MsgFlags::empty(),
     )
-    .context("asking the kernel for its nf_tables tables")?;
+    .context("asking the kernel for its nf_tables objects")?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())
-            .context("reading the kernel's nf_tables tables")?;
+            .context("reading the kernel's nf_tables objects")?;
         if n == 0 || parse(&buf[..n], seq, &mut out)? {
             return Ok(out);
         }
     }
+}
+
+/// Every nf_tables table in this network namespace: (family, name).
+pub fn tables() -> Result<Vec<(String, String)>> {
+    Ok(dump(NFT_MSG_GETTABLE)?
+        .into_iter()
+        .filter_map(|o| Some((family_name(o.family), o.string(NFTA_TABLE_NAME)?)))
+        .collect())
+}
+
+/// The families (`ip`, `ip6`) that hold a rule or a chain without a hook
+/// (a user chain) in any table. An iptables-nft family outside this set
+/// holds nothing `iptables-nft-save` would print but empty tables.
+pub fn families_with_content() -> Result<Vec<String>> {
+    let mut out: Vec<String> = dump(NFT_MSG_GETCHAIN)?
+        .into_iter()
+        .filter(|c| !c.has(NFTA_CHAIN_HOOK))
+        .map(|c| family_name(c.family))
+        .collect();
+    out.extend(
+        dump(NFT_MSG_GETRULE)?
+            .into_iter()
+            .map(|r| family_name(r.family)),
+    );
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -168,10 +219,13 @@ mod tests {
         buf.extend(msg(NLMSG_DONE, 7, &[0; 4]));
         let mut out = Vec::new();
         assert!(parse(&buf, 7, &mut out).unwrap());
+        assert_eq!(out.len(), 1);
+        assert_eq!(family_name(out[0].family), "inet");
         assert_eq!(
-            out,
-            vec![("inet".to_string(), "istio-proxy-nat".to_string())]
+            out[0].string(NFTA_TABLE_NAME).as_deref(),
+            Some("istio-proxy-nat")
         );
+        assert!(out[0].has(2) && !out[0].has(NFTA_CHAIN_HOOK));
 
         let err = msg(NLMSG_ERROR, 7, &(-1i32).to_ne_bytes());
         assert!(parse(&err, 7, &mut Vec::new()).is_err());
