@@ -4,13 +4,16 @@
 
 #[path = "common/fake_istiod.rs"]
 mod fake_istiod;
+#[path = "common/tls.rs"]
+#[allow(dead_code)]
+mod tls;
 #[path = "common/verify_harness.rs"]
 mod verify_harness;
 
 use fake_istiod::{Behaviour, FakeIstiod, Seen};
 use verify_harness::{
     ISTIOD_IP, Run, VmRoot, VmSpec, Wire, apply_capture, files_only, in_netns,
-    owner_return_packets, start_agent, verify, with_istiod,
+    owner_return_packets, start_agent, verify, verify_env, with_istiod,
 };
 
 /// What one scenario left behind.
@@ -667,6 +670,140 @@ fn probes() {
     );
     // Every probe connection (SYN at least) was redirected to 15001.
     assert!(redirected >= 3, "{redirected} packets redirected");
+}
+
+/// An https server on `bind` presenting `config`, answering every request
+/// with `headers`; counts the TLS handshakes it completed.
+fn https_server(
+    rt: &tokio::runtime::Runtime,
+    bind: &'static str,
+    config: std::sync::Arc<rustls::ServerConfig>,
+    headers: &'static str,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let handshakes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let l = rt
+        .block_on(async { tokio::spawn(tokio::net::TcpListener::bind(bind)).await })
+        .unwrap()
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let count = handshakes.clone();
+    rt.spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            let count = count.clone();
+            tokio::spawn(async move {
+                // A client that distrusts the certificate aborts here.
+                let Ok(mut s) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = [0u8; 2048];
+                let _ = s.read(&mut buf).await;
+                let body = "hello\n";
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    handshakes
+}
+
+#[test]
+fn https_probe_passes_tls_through() {
+    // An https service the mesh knows (auto-allocated 240.240.0.8, a TLS
+    // port): capture sends the probe's connection to Envoy's 15001, which
+    // carries the TLS bytes untouched to the endpoint (tcp_proxy). Nothing
+    // on the way adds a header, so the response cannot say whether this
+    // VM's sidecar carried it. The endpoint is reachable only through that
+    // route: 240.240.0.8 is no machine's address.
+    let wire = Wire::new();
+    let rt = wire.istiod_runtime();
+    let ca = std::sync::Arc::new(fake_istiod::TestCa::new("cluster.local"));
+    let _fake = Wire::start_istiod(&rt, 15012, Behaviour::default(), ca.clone());
+    // A private CA, as a company's internal services use. The far side names
+    // itself `envoy` (its own proxy, inside the TLS): still not this VM's.
+    let (config, ca_pem) = tls::server_config(&["secure.jd.com"]);
+    let handshakes = https_server(&rt, "203.0.113.20:8443", config, "server: envoy\r\n");
+    Wire::run_in(&wire.vm, || {
+        let st = std::process::Command::new("ip")
+            .args(["route", "add", "default", "via", ISTIOD_IP])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    });
+    let root = VmRoot::new(&VmSpec::default().on_wire(), &ca.cert_pem);
+    let names = root.path().join(".name-table");
+    std::fs::write(&names, "240.240.0.8 secure.jd.com\n").unwrap();
+    let ca_file = root.path().join(".private-ca.pem");
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    let missing = root.path().join(".no-such-ca.pem");
+    let hs = handshakes.clone();
+    let (trusted, redirected, served, untrusted, unreadable) = wire.on_vm(root, move |root| {
+        let _agent = start_agent(
+            root,
+            &[
+                "--hosts",
+                names.to_str().unwrap(),
+                "--outbound",
+                "0.0.0.0:15001",
+                "--tcp-route",
+                "240.240.0.8:443=203.0.113.20:8443",
+            ],
+        );
+        verify_harness::wait_port("127.0.0.1:15001");
+        let args = [
+            "--timeout",
+            "2s",
+            "--skip-agent",
+            "--probe",
+            "https://secure.jd.com/",
+        ];
+        let before = redirected_packets();
+        let trusted = verify_env(root, &[("SSL_CERT_FILE", ca_file.to_str().unwrap())], &args);
+        let redirected = redirected_packets() - before;
+        let served = hs.load(std::sync::atomic::Ordering::SeqCst);
+        // Without the private CA the probe cannot trust the service.
+        let untrusted = verify(root, &args);
+        let unreadable = verify_env(root, &[("SSL_CERT_FILE", missing.to_str().unwrap())], &args);
+        (trusted, redirected, served, untrusted, unreadable)
+    });
+    let id = "probe.secure.jd.com";
+    trusted.expect(id, "pass", "cannot be told from the response");
+    assert!(
+        trusted.detail(id).contains("auto-allocated"),
+        "{}",
+        trusted.check(id)
+    );
+    assert!(
+        trusted.detail(id).contains("HTTP 200"),
+        "{}",
+        trusted.check(id)
+    );
+    // `server: envoy` inside TLS is the far side's, never this VM's.
+    assert!(
+        !trusted.detail(id).contains("through the sidecar"),
+        "{}",
+        trusted.check(id)
+    );
+    for run in [&trusted, &untrusted, &unreadable] {
+        assert!(!run.json.to_string().contains("did not pass through"));
+    }
+    // The connection went to 15001 and on to the endpoint, in TLS.
+    assert!(redirected >= 1, "{redirected} packets redirected");
+    assert_eq!(served, 1, "TLS handshakes the endpoint completed");
+    untrusted.expect(id, "fail", "SSL_CERT_FILE");
+    assert!(
+        untrusted.detail(id).contains("not trusted"),
+        "{}",
+        untrusted.check(id)
+    );
+    unreadable.expect(id, "fail", "cannot read SSL_CERT_FILE=");
+    assert!(unreadable.detail(id).contains("no such file or directory"));
 }
 
 #[test]

@@ -26,8 +26,12 @@
 //!   outbound server name unset: pilot/pkg/networking/core/httproute.go@1.24.0
 //!   GetProxyHeadersFromProxyConfig; pilot/pkg/networking/core/v1alpha3/
 //!   listener.go@1.10.0 names only inbound `istio-envoy`) and the router's
-//!   `x-envoy-upstream-service-time` added. Any other destination is passed
-//!   through byte for byte (PassthroughCluster, TCP). Its upstream sockets
+//!   `x-envoy-upstream-service-time` added. For a destination named by
+//!   `--tcp-route ORIG=UPSTREAM` it carries the bytes untouched to UPSTREAM,
+//!   as Envoy's tcp_proxy does for a TLS or TCP service port (a
+//!   mesh-allocated address to the service's endpoint). Any other
+//!   destination is passed through byte for byte to itself
+//!   (PassthroughCluster, TCP). Its upstream sockets
 //!   belong to istio-proxy (from the root's /etc/passwd), as Envoy's do, so
 //!   the capture rules let them out.
 //!
@@ -49,7 +53,7 @@
 //! stand-in-agent [--root DIR] [--health-addr A] [--admin-addr A] [--dns-addr A]
 //!                [--hosts FILE] [--log FILE] [--not-ready] [--disconnected]
 //!                [--dns-silent] [--no-dns] [--outbound ADDR]
-//!                [--http-route IP:PORT=IP:PORT]...
+//!                [--http-route IP:PORT=IP:PORT]... [--tcp-route IP:PORT=IP:PORT]...
 //! ```
 
 use std::collections::HashMap;
@@ -80,11 +84,12 @@ struct Opts {
     no_dns: bool,
     outbound: Option<SocketAddr>,
     http_routes: HashMap<SocketAddr, SocketAddr>,
+    tcp_routes: HashMap<SocketAddr, SocketAddr>,
 }
 
 const USAGE: &str = "usage: stand-in-agent [--root DIR] [--health-addr ADDR] [--admin-addr ADDR] \
 [--dns-addr ADDR] [--hosts FILE] [--log FILE] [--not-ready] [--disconnected] [--dns-silent] [--no-dns] \
-[--outbound ADDR] [--http-route IP:PORT=IP:PORT]...\n\
+[--outbound ADDR] [--http-route IP:PORT=IP:PORT]... [--tcp-route IP:PORT=IP:PORT]...\n\
 environment: STAND_IN_ROOT, STAND_IN_HEALTH_ADDR, STAND_IN_ADMIN_ADDR, STAND_IN_DNS_ADDR, \
 STAND_IN_HOSTS, STAND_IN_LOG, STAND_IN_NOT_READY=1, STAND_IN_DISCONNECTED=1, STAND_IN_DNS_SILENT=1, \
 STAND_IN_NO_DNS=1, STAND_IN_OUTBOUND (flags win)";
@@ -127,6 +132,7 @@ fn parse_opts() -> Result<Opts, String> {
             .map(|v| parse_addr("STAND_IN_OUTBOUND", &v))
             .transpose()?,
         http_routes: HashMap::new(),
+        tcp_routes: HashMap::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -143,15 +149,17 @@ fn parse_opts() -> Result<Opts, String> {
             "--dns-silent" => o.dns_silent = true,
             "--no-dns" => o.no_dns = true,
             "--outbound" => o.outbound = Some(parse_addr("--outbound", &value(&a)?)?),
-            "--http-route" => {
+            "--http-route" | "--tcp-route" => {
                 let v = value(&a)?;
                 let (from, to) = v
                     .split_once('=')
-                    .ok_or_else(|| format!("--http-route: `{v}` is not ORIG=UPSTREAM"))?;
-                o.http_routes.insert(
-                    parse_addr("--http-route", from)?,
-                    parse_addr("--http-route", to)?,
-                );
+                    .ok_or_else(|| format!("{a}: `{v}` is not ORIG=UPSTREAM"))?;
+                let routes = if a == "--http-route" {
+                    &mut o.http_routes
+                } else {
+                    &mut o.tcp_routes
+                };
+                routes.insert(parse_addr(&a, from)?, parse_addr(&a, to)?);
             }
             "-h" | "--help" => return Err(USAGE.to_string()),
             // pilot-agent takes many flags with values (ISTIO_AGENT_FLAGS);
@@ -677,6 +685,7 @@ async fn http_route(mut down: TcpStream, up: SocketAddr, owner: istio_vm::verify
 async fn serve_outbound(
     l: TcpListener,
     routes: Arc<HashMap<SocketAddr, SocketAddr>>,
+    tcp_routes: Arc<HashMap<SocketAddr, SocketAddr>>,
     owner: istio_vm::verify::net::Owner,
     me: SocketAddr,
 ) {
@@ -685,6 +694,7 @@ async fn serve_outbound(
             continue;
         };
         let routes = routes.clone();
+        let tcp_routes = tcp_routes.clone();
         tokio::spawn(async move {
             // Not redirected by capture, or to this listener itself: drop.
             let Some(orig) = original_dst(&down).filter(|o| o.port() != me.port()) else {
@@ -693,7 +703,8 @@ async fn serve_outbound(
             if let Some(up) = routes.get(&orig) {
                 return http_route(down, *up, owner).await;
             }
-            if let Ok(mut up) = connect_as(owner, orig).await {
+            let to = tcp_routes.get(&orig).copied().unwrap_or(orig);
+            if let Ok(mut up) = connect_as(owner, to).await {
                 let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
             }
         });
@@ -727,6 +738,7 @@ async fn main() {
         tasks.push(tokio::spawn(serve_outbound(
             l,
             Arc::new(o.http_routes.clone()),
+            Arc::new(o.tcp_routes.clone()),
             proxy_owner(&o.root),
             a,
         )));

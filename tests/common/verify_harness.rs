@@ -322,9 +322,30 @@ pub fn verify(root: &VmRoot, args: &[&str]) -> Run {
     verify_with(root, env!("CARGO_BIN_EXE_istio-vm").as_ref(), &[], args)
 }
 
+/// As `verify`, with `envs` set for it (e.g. SSL_CERT_FILE).
+pub fn verify_env(root: &VmRoot, envs: &[(&str, &str)], args: &[&str]) -> Run {
+    run_verify(
+        root,
+        env!("CARGO_BIN_EXE_istio-vm").as_ref(),
+        &[],
+        envs,
+        args,
+    )
+}
+
 /// As `verify`, with another binary and a command put in front of it
 /// (e.g. `/usr/bin/time -v`).
 pub fn verify_with(root: &VmRoot, bin: &Path, wrapper: &[&str], args: &[&str]) -> Run {
+    run_verify(root, bin, wrapper, &[], args)
+}
+
+fn run_verify(
+    root: &VmRoot,
+    bin: &Path,
+    wrapper: &[&str],
+    envs: &[(&str, &str)],
+    args: &[&str],
+) -> Run {
     // Only files and DNS answer host lookups: no nscd, systemd-resolved or
     // machined socket (reachable from any network namespace) gets asked.
     let nss = root.dir.path().join(".verify-nsswitch.conf");
@@ -356,6 +377,9 @@ exec "$@""#;
         .env_remove("ISTIO_VM_CONFIG")
         .env_remove("ISTIO_VM_OUTPUT")
         .env_remove("ISTIO_VM_ROOT")
+        // The https probe's extra roots come from the test, not the caller.
+        .env_remove("SSL_CERT_FILE")
+        .envs(envs.iter().copied())
         .output()
         .expect("running unshare (util-linux)");
     let elapsed = start.elapsed();
