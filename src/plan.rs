@@ -1105,6 +1105,15 @@ mod tests {
     }
 
     #[test]
+    fn split_lines_keeps_terminators_and_adds_no_empty_line() {
+        let v: &[&[u8]] = &[b"a\r\n", b"b\n"];
+        assert_eq!(split_lines(b"a\r\nb\n"), v);
+        let v: &[&[u8]] = &[b"a\n", b"b"];
+        assert_eq!(split_lines(b"a\nb"), v);
+        assert!(split_lines(b"").is_empty());
+    }
+
+    #[test]
     fn diff_of_text_shows_lines_binary_does_not() {
         let d = diff_text("/f", b"a\nb\n", b"a\nc\n", false);
         assert!(
