@@ -220,6 +220,25 @@ mod tests {
     }
 
     #[test]
+    fn soon_means_30_days_for_certs_and_10_minutes_for_tokens() {
+        let day = 86_400;
+        assert_eq!(
+            cert_codes(&[cert(NOW - day, NOW + 29 * day)]),
+            [code("cert.expires_soon", Severity::Warning)]
+        );
+        assert!(cert_codes(&[cert(NOW - day, NOW + 31 * day)]).is_empty());
+        let exp = |secs: i64| Claims {
+            exp: Some(NOW + secs),
+            ..claims()
+        };
+        assert_eq!(
+            token_codes(&exp(9 * 60), None),
+            [code("token.expires_soon", Severity::Warning)]
+        );
+        assert!(token_codes(&exp(11 * 60), None).is_empty());
+    }
+
+    #[test]
     fn cert_must_be_a_ca_that_may_sign() {
         let year = 365 * 86_400;
         let mut c = cert(NOW - year, NOW + year);
