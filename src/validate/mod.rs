@@ -239,3 +239,38 @@ pub fn validate_with(bundle: &Bundle, now: OffsetDateTime, opts: &Options) -> Va
         parsed,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_change_unit_at_exact_limits() {
+        assert_eq!(span_text(59), "59s");
+        assert_eq!(span_text(60), "1m 0s");
+        assert_eq!(span_text(3599), "59m 59s");
+        assert_eq!(span_text(3600), "1h 0m");
+        assert_eq!(span_text(86_399), "23h 59m");
+        assert_eq!(span_text(86_400), "1d 0h");
+        assert_eq!(span_text(-(2 * 86_400 + 3 * 3600 + 59)), "2d 3h");
+    }
+
+    #[test]
+    fn times_are_rfc3339_or_raw() {
+        assert_eq!(time_text(0), "1970-01-01T00:00:00Z");
+        assert_eq!(time_text(i64::MAX), format!("unix time {}", i64::MAX));
+    }
+
+    #[test]
+    fn only_errors_count_as_errors() {
+        let warn = Finding::warning("token.expires_soon", None, "m", "h");
+        let err = Finding::error("token.expired", None, "m", "h");
+        let v = |findings| Validation {
+            findings,
+            parsed: None,
+        };
+        assert!(!v(vec![]).has_errors());
+        assert!(!v(vec![warn.clone()]).has_errors());
+        assert!(v(vec![warn, err]).has_errors());
+    }
+}
