@@ -33,18 +33,10 @@ SETS=(
     "nft=src/capture/nft.rs"
     "source=src/bundle/source.rs"
     "validate-shell=src/validate/shell.rs"
-    "validate=src/validate/mod.rs src/validate/cert_token.rs src/validate/env.rs src/validate/keys.rs src/validate/mesh_hosts.rs"
+    "validate=src/validate/mod.rs src/validate/cert_token.rs src/validate/keys.rs"
+    "validate-env=src/validate/env.rs src/validate/mesh_hosts.rs"
 )
 
-# Test targets besides the unit tests, per set: most of validate's findings
-# are pinned by two pure integration tests (generated bundles in, findings
-# out; no root, no network), which run in seconds. validate/shell.rs has
-# unit tests of its own and runs without them.
-extra_tests() {
-    case $1 in
-        validate) echo --cargo-arg=--test=validate_findings --cargo-arg=--test=validate_shell ;;
-    esac
-}
 
 if [ "${1:-}" = "--list" ]; then
     printf '%s\n' "${SETS[@]}"
@@ -95,9 +87,8 @@ for set in "${SETS[@]}"; do
     # booted tests are too slow to run per mutant.
     # A generous minimum test timeout: on a loaded 2-core machine the unit
     # tests' wall time varies tenfold, and a slow run is not a hang.
-    # shellcheck disable=SC2046 # extra_tests prints separate words
     if cargo mutants --no-shuffle --jobs "$JOBS" --all-features --cargo-arg=--lib \
-        $(extra_tests "$name") --minimum-test-timeout 60 \
+        --minimum-test-timeout 60 \
         --output "mutants.out/$name" "${files[@]}" "${exclude[@]}"; then
         :
     else
