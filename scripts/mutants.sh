@@ -37,7 +37,6 @@ SETS=(
     "validate-env=src/validate/env.rs src/validate/mesh_hosts.rs"
 )
 
-
 if [ "${1:-}" = "--list" ]; then
     printf '%s\n' "${SETS[@]}"
     exit 0
