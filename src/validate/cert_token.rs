@@ -67,9 +67,12 @@ pub(super) fn check_certs(certs: &[CertInfo], now: i64, f: &mut Vec<Finding>) {
                 "cert.no_cert_sign",
                 Some(ROOT_CERT),
                 format!(
-                    "{which} has a keyUsage extension without keyCertSign: it may not sign                      certificates, so no workload certificate would verify against it"
+                    "{which} has a keyUsage extension without keyCertSign: it may not sign \
+                     certificates, so no workload certificate would verify against it"
                 ),
-                "root-cert.pem must hold the mesh root CA as istiod uses it: take it from                  configmap istio-ca-root-cert (a CA made by hand needs keyUsage                  keyCertSign, cRLSign)",
+                "root-cert.pem must hold the mesh root CA as istiod uses it: take it from \
+                 configmap istio-ca-root-cert (a CA made by hand needs keyUsage \
+                 keyCertSign, cRLSign)",
             ));
         }
     }
@@ -252,6 +255,29 @@ mod tests {
         c.key_cert_sign = Some(true);
         c.is_ca = false;
         assert_eq!(cert_codes(&[c]), [code("cert.not_ca", Severity::Error)]);
+    }
+
+    #[test]
+    fn messages_and_hints_are_single_spaced() {
+        let mut c = cert(NOW + 86_400, NOW);
+        c.is_ca = false;
+        c.key_cert_sign = Some(false);
+        let mut f = Vec::new();
+        check_certs(&[c], NOW, &mut f);
+        let bad = Claims {
+            alg: "none".into(),
+            exp: Some(NOW + 1),
+            nbf: Some(NOW + 86_400),
+            aud: vec![],
+            sub: None,
+            ..Default::default()
+        };
+        let env = ClusterEnv::parse(b"POD_NAMESPACE=ns\nSERVICE_ACCOUNT=sa\n").unwrap();
+        check_token(&bad, Some(&env), NOW, &mut f);
+        assert_eq!(f.len(), 9, "{f:?}");
+        for f in &f {
+            assert!(!f.message.contains("  ") && !f.hint.contains("  "), "{f:?}");
+        }
     }
 
     #[test]
