@@ -217,6 +217,10 @@ mod tests {
         assert_eq!(distance("abc", ""), 3);
         assert_eq!(distance("abc", "abc"), 0);
         assert_eq!(distance("abc", "axc"), 1);
+        // One deletion from the first word, one insertion into it.
+        assert_eq!(distance("ab", "a"), 1);
+        assert_eq!(distance("a", "ab"), 1);
+        assert_eq!(suggest("ISTIO_INBOUNDD_PORTS"), Some("ISTIO_INBOUND_PORTS"));
     }
 
     #[test]
