@@ -11,6 +11,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod extra_ca;
 pub mod layout;
 pub mod logging;
 pub mod plan;

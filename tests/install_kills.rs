@@ -5,6 +5,12 @@
 //! owner-identical to the original, with no `backup/` left. This covers the
 //! cleanup after a commit (pruning backups, finishing an uninstall) and the
 //! window between creating /var/lib/istio-vm and the first journal.
+//!
+//! Each operation runs on trees of three shapes: a Debian one, a bare one
+//! without `/var/lib` and `/run/lock` (every directory on the way to our
+//! bookkeeping, and the lock's, would be made by the run), and one where
+//! the VM already has its own empty `/var/lib/istio-vm` (which must be
+//! left as it was: not ours).
 
 mod common;
 #[path = "common/apply.rs"]
@@ -15,6 +21,36 @@ use std::path::Path;
 use std::process::Command;
 
 use fx::{debian_root, install, ok, placed, tree, tree_diff};
+
+/// The tree shapes every kill is tried on.
+#[derive(Clone, Copy, Debug)]
+enum Shape {
+    Debian,
+    /// No `/var/lib`, no `/run/lock`.
+    Bare,
+    /// The VM's own empty `/var/lib/istio-vm` (mode 0750, group adm).
+    OwnStateDir,
+}
+
+fn make(shape: Shape) -> tempfile::TempDir {
+    let t = debian_root();
+    let r = t.path();
+    match shape {
+        Shape::Debian => {}
+        Shape::Bare => {
+            std::fs::remove_dir(r.join("var/lib")).unwrap();
+            std::fs::remove_dir(r.join("run/lock")).unwrap();
+        }
+        Shape::OwnStateDir => {
+            let d = r.join("var/lib/istio-vm");
+            std::fs::create_dir(&d).unwrap();
+            std::os::unix::fs::chown(&d, Some(0), Some(4)).unwrap();
+            std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o750))
+                .unwrap();
+        }
+    }
+    t
+}
 
 /// Syscalls that change a tree: creating, removing and renaming entries,
 /// owners and modes, file contents.
@@ -113,29 +149,32 @@ fn new_token_bundle() -> tempfile::TempDir {
     b
 }
 
-/// For every changing syscall of `cmd` run on a tree `setup` makes: kill it
-/// there, then `converge` must bring the tree to `want` (compared without
-/// backups' names), and a final uninstall to the original tree.
+/// For every changing syscall of `cmd` run on a tree of `shape` that
+/// `setup` prepares: kill it there, then `converge` must bring the tree to
+/// `want` (compared without backups' names), and a final uninstall to the
+/// original tree (bytes, modes, owners; the lock file included), with no
+/// `backup/` left. Returns the number of kill points.
 fn every_kill_converges(
+    shape: Shape,
     setup: impl Fn(&Path),
     cmd: &[&str],
     converge: impl Fn(&Path),
     want: Option<BTreeMap<String, String>>,
-) {
-    let original = tree(debian_root().path(), false);
-    let probe = debian_root();
+) -> usize {
+    let original = tree(make(shape).path(), false);
+    let probe = make(shape);
     setup(probe.path());
     let counts = count(probe.path(), cmd);
     let total: usize = counts.values().sum();
-    assert!(total > 20, "{counts:?}");
+    assert!(total >= 5, "{shape:?}: {counts:?}");
     let mut died = 0;
     for (syscall, n) in &counts {
         for nth in 1..=*n {
-            let root = debian_root();
+            let root = make(shape);
             let r = root.path();
             setup(r);
             died += usize::from(killed_at(r, cmd, syscall, nth));
-            let at = format!("killed at {syscall} #{nth}");
+            let at = format!("{shape:?}: killed at {syscall} #{nth}");
             converge(r);
             assert!(!r.join("var/lib/istio-vm/journal.json").exists(), "{at}");
             if let Some(want) = &want {
@@ -153,22 +192,24 @@ fn every_kill_converges(
                 "{at}: not the original tree after uninstall:\n{}",
                 tree_diff(&original, &end)
             );
-            assert!(!r.join("var/lib/istio-vm").exists(), "{at}");
+            assert!(!r.join("var/lib/istio-vm/backup").exists(), "{at}");
         }
     }
     // The injection works: nearly every run died where it was told to.
     assert!(
         died * 10 >= total * 9,
-        "only {died} of {total} runs were killed"
+        "{shape:?}: only {died} of {total} runs were killed"
     );
+    eprintln!("{cmd:?} on {shape:?}: {total} kill points ({counts:?})");
+    total
 }
 
-#[test]
-fn a_kill_anywhere_in_a_first_install_converges() {
-    let reference = debian_root();
-    ok(&install(reference.path(), example(), &[], &[]));
+fn first_install(shape: Shape) {
     let b = example().to_str().unwrap();
+    let reference = make(shape);
+    ok(&install(reference.path(), example(), &[], &[]));
     every_kill_converges(
+        shape,
         |_| {},
         &["install", "--bundle", b],
         |r| {
@@ -178,15 +219,15 @@ fn a_kill_anywhere_in_a_first_install_converges() {
     );
 }
 
-#[test]
-fn a_kill_anywhere_in_a_token_rotation_converges() {
+fn token_rotation(shape: Shape) {
     let nb = new_token_bundle();
-    let reference = debian_root();
+    let b = nb.path().to_str().unwrap();
+    let reference = make(shape);
     ok(&install(reference.path(), example(), &[], &[]));
     ok(&install(reference.path(), nb.path(), &[], &[]));
     let want = placed(reference.path());
-    let b = nb.path().to_str().unwrap();
     every_kill_converges(
+        shape,
         |r| {
             ok(&install(r, example(), &[], &[]));
         },
@@ -204,11 +245,119 @@ fn a_kill_anywhere_in_a_token_rotation_converges() {
     );
 }
 
-#[test]
-fn a_kill_anywhere_in_an_uninstall_converges() {
+fn uninstall(shape: Shape) {
     every_kill_converges(
+        shape,
         |r| {
             ok(&install(r, example(), &[], &[]));
+        },
+        &["uninstall"],
+        |r| {
+            ok(&fx::run(r, &["--output", "json", "uninstall"], &[]));
+        },
+        None,
+    );
+}
+
+#[test]
+fn a_kill_anywhere_in_a_first_install_converges() {
+    first_install(Shape::Debian);
+}
+
+#[test]
+fn a_kill_anywhere_in_a_first_install_on_a_bare_tree_converges() {
+    first_install(Shape::Bare);
+}
+
+#[test]
+fn a_kill_anywhere_in_a_first_install_keeps_an_own_state_dir() {
+    first_install(Shape::OwnStateDir);
+}
+
+#[test]
+fn a_kill_anywhere_in_a_token_rotation_converges() {
+    token_rotation(Shape::Debian);
+}
+
+/// Every run of a bare tree takes the lock without making `/run/lock`.
+#[test]
+fn a_kill_anywhere_in_a_token_rotation_on_a_bare_tree_converges() {
+    token_rotation(Shape::Bare);
+}
+
+#[test]
+fn a_kill_anywhere_in_an_uninstall_converges() {
+    uninstall(Shape::Debian);
+}
+
+#[test]
+fn a_kill_anywhere_in_an_uninstall_on_a_bare_tree_converges() {
+    uninstall(Shape::Bare);
+}
+
+#[test]
+fn a_kill_anywhere_in_an_uninstall_keeps_an_own_state_dir() {
+    uninstall(Shape::OwnStateDir);
+}
+
+/// Uninstall with nothing installed leaves the VM's own empty
+/// `/var/lib/istio-vm` alone (it is not ours: no record names it).
+#[test]
+fn uninstall_with_nothing_installed_keeps_an_empty_own_state_dir() {
+    let root = make(Shape::OwnStateDir);
+    let r = root.path();
+    let before = tree(r, false);
+    ok(&fx::run(r, &["--output", "json", "uninstall"], &[]));
+    let after = tree(r, false);
+    assert!(before == after, "{}", tree_diff(&before, &after));
+}
+
+/// A second kill, in the run that cleans up after the first: an install
+/// killed with its journal on disk (files half placed) is rolled back by the
+/// next run (an uninstall: the rollback is all it does), which is itself
+/// killed at every changing syscall; the run after it and a final uninstall
+/// must still give back the original tree.
+#[test]
+fn a_kill_in_the_run_that_rolls_back_an_install_converges() {
+    let b = example().to_str().unwrap();
+    every_kill_converges(
+        Shape::Bare,
+        |r| {
+            assert!(killed_at(r, &["install", "--bundle", b], "renameat", 12));
+            assert!(
+                r.join("var/lib/istio-vm/journal.json").is_file(),
+                "the first kill left no journal: the test proves nothing"
+            );
+        },
+        &["uninstall"],
+        |r| {
+            ok(&fx::run(r, &["--output", "json", "uninstall"], &[]));
+        },
+        None,
+    );
+}
+
+/// The same for an uninstall killed after its commit (its tombstone state
+/// names what is left to remove): the run finishing it is killed at every
+/// changing syscall.
+#[test]
+fn a_kill_in_the_run_that_finishes_an_uninstall_converges() {
+    every_kill_converges(
+        Shape::Bare,
+        |r| {
+            ok(&install(r, example(), &[], &[]));
+            assert!(killed_at(r, &["uninstall"], "unlinkat", 70));
+            let state = std::fs::read_to_string(r.join("var/lib/istio-vm/state.json"))
+                .expect("the first kill left no tombstone state: the test proves nothing");
+            let v: serde_json::Value = serde_json::from_str(&state).unwrap();
+            assert!(
+                v["entries"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|e| e["meta"] == true),
+                "not a tombstone: {state}"
+            );
         },
         &["uninstall"],
         |r| {

@@ -1,7 +1,7 @@
-//! `verify --textfile` and `verify --wait` against the fake istiod, each test
-//! in its own network namespace: the metrics file is what node_exporter's
-//! textfile collector and `promtool check metrics` accept, with the values
-//! of the run; `--wait` against an ADS that keeps closing asks the CA once
+//! `verify --textfile` and `verify --wait` against the fake istiod, in its
+//! own network namespace behind a veth pair, per test: the metrics file is
+//! what node_exporter's textfile collector and `promtool check metrics`
+//! accept, with the values of the run; `--wait` against an ADS that keeps closing asks the CA once
 //! and says on stderr what fails at each attempt.
 
 #[path = "common/fake_istiod.rs"]
@@ -13,10 +13,9 @@ use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
-use fake_istiod::{Behaviour, FakeIstiod, Seen};
-use verify_harness::{Run, VmRoot, VmSpec, in_netns, runtime, start_agent, verify};
+use fake_istiod::{Behaviour, Seen};
+use verify_harness::{Run, VmSpec, start_agent, verify, with_istiod};
 
-const ISTIOD: &str = "127.0.0.1:15012";
 const TEXTFILE: &str = "/var/lib/prometheus/node-exporter/istio_vm.prom";
 
 /// `promtool check metrics` on `text`: its exit code and everything it said
@@ -64,14 +63,12 @@ fn scenario(
     agent: bool,
     args: &'static [&'static str],
 ) -> (Run, Seen, Option<(String, u32)>, String) {
-    in_netns(move || {
-        let rt = runtime();
-        let fake = rt.block_on(FakeIstiod::start(ISTIOD.parse().unwrap(), b));
-        let root = VmRoot::new(&VmSpec::default(), fake.root_pem());
+    // istiod in its own namespace behind a veth pair; the VM's namespace
+    // has Istio's capture rules.
+    let ((run, text, token), seen) = with_istiod(VmSpec::default(), b, move |root| {
         std::fs::create_dir_all(root.file("/var/lib/prometheus/node-exporter")).unwrap();
-        let _agent = agent.then(|| start_agent(&root, &[]));
-        let run = verify(&root, args);
-        let seen = fake.seen();
+        let _agent = agent.then(|| start_agent(root, &[]));
+        let run = verify(root, args);
         let f = root.file(TEXTFILE);
         let text = std::fs::read_to_string(&f).ok().map(|t| {
             let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o7777;
@@ -84,9 +81,9 @@ fn scenario(
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(names.len() <= 1, "temporary files left: {names:?}");
-        drop(fake);
-        (run, seen, text, token)
-    })
+        (run, text, token)
+    });
+    (run, seen, text, token)
 }
 
 #[test]

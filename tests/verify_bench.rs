@@ -2,8 +2,9 @@
 //! print figures and assert nothing about time, as the project's rules ask).
 //!
 //! `VERIFY_BENCH_BIN` selects the binary (the release build in the bench
-//! script); every run happens in a private network namespace against the
-//! fake istiod and the stand-in agent, through `/usr/bin/time -v`.
+//! script); every run happens in the VM's network namespace behind Istio's
+//! capture rules, against the fake istiod in its own namespace (a veth pair
+//! away) and the stand-in agent, through `/usr/bin/time -v`.
 
 #[path = "common/fake_istiod.rs"]
 mod fake_istiod;
@@ -12,8 +13,8 @@ mod verify_harness;
 
 use std::path::PathBuf;
 
-use fake_istiod::{Behaviour, FakeIstiod};
-use verify_harness::{Run, VmRoot, VmSpec, in_netns, runtime, start_agent, verify_with};
+use fake_istiod::Behaviour;
+use verify_harness::{Run, VmRoot, VmSpec, Wire, start_agent, verify_with, with_istiod};
 
 fn bin() -> PathBuf {
     std::env::var_os("VERIFY_BENCH_BIN")
@@ -73,19 +74,13 @@ fn time_v_reads_gnu_times_report_and_refuses_a_missing_one() {
 #[test]
 #[ignore = "benchmark: run by scripts/bench/verify.sh"]
 fn bench_healthy() {
-    in_netns(|| {
-        let rt = runtime();
-        let fake = rt.block_on(FakeIstiod::start(
-            "127.0.0.1:15012".parse().unwrap(),
-            Behaviour::default(),
-        ));
-        let root = VmRoot::new(&VmSpec::default(), fake.root_pem());
-        let _agent = start_agent(&root, &[]);
+    with_istiod(VmSpec::default(), Behaviour::default(), |root| {
+        let _agent = start_agent(root, &[]);
         let mut walls = Vec::new();
         let mut rss = 0;
         let mut last = None;
         for _ in 0..10 {
-            let run = verify_with(&root, &bin(), &["/usr/bin/time", "-v"], &[]);
+            let run = verify_with(root, &bin(), &["/usr/bin/time", "-v"], &[]);
             assert_eq!(run.code, 0, "healthy verify must pass: {}", run.json);
             let (w, r) = measured(&run);
             walls.push(w);
@@ -115,22 +110,23 @@ fn bench_healthy() {
 #[test]
 #[ignore = "benchmark: run by scripts/bench/verify.sh"]
 fn bench_unreachable() {
-    in_netns(|| {
-        // SYNs to istiod vanish; the DNS proxy is silent too: both waits
-        // must overlap.
+    // SYNs to istiod vanish at its machine's firewall; the DNS proxy is
+    // silent too: both waits must overlap.
+    let wire = Wire::new();
+    Wire::run_in(&wire.istiod, || {
         let st = std::process::Command::new("iptables")
             .args(["-A", "INPUT", "-p", "tcp", "--dport", "15012", "-j", "DROP"])
             .status()
             .unwrap();
         assert!(st.success());
-        let root = VmRoot::new(&VmSpec::default(), &fake_istiod::TestCa::new("x").cert_pem);
-        let _agent = start_agent(&root, &["--dns-silent"]);
-        let run = verify_with(
-            &root,
-            &bin(),
-            &["/usr/bin/time", "-v"],
-            &["--timeout", "1s"],
-        );
+    });
+    let root = VmRoot::new(
+        &VmSpec::default().on_wire(),
+        &fake_istiod::TestCa::new("x").cert_pem,
+    );
+    wire.on_vm(root, |root| {
+        let _agent = start_agent(root, &["--dns-silent"]);
+        let run = verify_with(root, &bin(), &["/usr/bin/time", "-v"], &["--timeout", "1s"]);
         assert_eq!(run.code, 1);
         let (w, rss) = measured(&run);
         println!();

@@ -4,18 +4,17 @@
 
 #[path = "common/fake_istiod.rs"]
 mod fake_istiod;
+#[path = "common/tls.rs"]
+#[allow(dead_code)]
+mod tls;
 #[path = "common/verify_harness.rs"]
 mod verify_harness;
 
-use std::net::SocketAddr;
-
 use fake_istiod::{Behaviour, FakeIstiod, Seen};
 use verify_harness::{
-    ISTIOD_IP, Run, VmRoot, VmSpec, Wire, apply_capture, in_netns, owner_return_packets, runtime,
-    start_agent, verify,
+    ISTIOD_IP, Run, VmRoot, VmSpec, Wire, apply_capture, files_only, in_netns,
+    owner_return_packets, start_agent, verify, verify_env, with_istiod,
 };
-
-const ISTIOD: &str = "127.0.0.1:15012";
 
 /// What one scenario left behind.
 struct Outcome {
@@ -32,29 +31,16 @@ struct Outcome {
 /// then `verify ARGS`. `127.0.0.1` in the spec's hosts lines and discovery
 /// address stands for istiod's address.
 fn scenario_full(
-    mut spec: VmSpec,
+    spec: VmSpec,
     b: Behaviour,
     agent: Option<&'static [&'static str]>,
     args: &'static [&'static str],
 ) -> Outcome {
-    let to_istiod = |l: &String| l.replace("127.0.0.1", ISTIOD_IP);
-    spec.hosts_block = spec.hosts_block.iter().map(to_istiod).collect();
-    spec.discovery_address = to_istiod(&spec.discovery_address);
-    let wire = Wire::new();
-    let rt = wire.istiod_runtime();
-    let bind = SocketAddr::new(ISTIOD_IP.parse().unwrap(), 15012);
-    // Bound on a worker, which lives in istiod's namespace.
-    let fake = rt.block_on(async { tokio::spawn(FakeIstiod::start(bind, b)).await.unwrap() });
-    let root = VmRoot::new(&spec, fake.root_pem());
-    let (run, owner_packets) = Wire::run_in(&wire.vm, move || {
-        apply_capture(&root);
-        let _agent = agent.map(|a| start_agent(&root, a));
-        let run = verify(&root, args);
+    let ((run, owner_packets), seen) = with_istiod(spec, b, move |root| {
+        let _agent = agent.map(|a| start_agent(root, a));
+        let run = verify(root, args);
         (run, owner_return_packets())
     });
-    let seen = fake.seen();
-    drop(fake);
-    drop(rt);
     Outcome {
         run,
         seen,
@@ -72,28 +58,9 @@ fn scenario(
     (o.run, o.seen)
 }
 
-/// A fake istiod bound on `port` of istiod's address, on a worker of `rt`
-/// (which lives in istiod's namespace).
-fn start_on(
-    rt: &tokio::runtime::Runtime,
-    port: u16,
-    b: Behaviour,
-    ca: std::sync::Arc<fake_istiod::TestCa>,
-) -> FakeIstiod {
-    let bind = SocketAddr::new(ISTIOD_IP.parse().unwrap(), port);
-    rt.block_on(async move {
-        tokio::spawn(FakeIstiod::start_with_ca(bind, b, ca))
-            .await
-            .unwrap()
-    })
-}
-
 /// `verify ARGS` in the VM's namespace, behind Istio's capture rules.
 fn verify_behind_rules(wire: &Wire, root: VmRoot, args: &'static [&'static str]) -> Run {
-    Wire::run_in(&wire.vm, move || {
-        apply_capture(&root);
-        verify(&root, args)
-    })
+    wire.on_vm(root, move |root| verify(root, args))
 }
 
 const T: &[&str] = &["--timeout", "2s"];
@@ -158,6 +125,8 @@ fn healthy_mesh_passes_everything() {
     );
     // No sidecar in the root's dpkg database: current semantics, said so.
     run.expect("files.sidecar", "skip", "current Istio");
+    // No capture record (as after `install --no-capture`): skipped, saying why.
+    run.expect("capture.rules", "skip", "--no-capture");
     // The CA saw the token's subject; XDS saw the issued identity and a node
     // in Istio's format, without auto-registration.
     assert_eq!(
@@ -196,6 +165,62 @@ fn healthy_mesh_passes_everything() {
 }
 
 #[test]
+fn dns_lookups_are_the_agents() {
+    // No hosts entry: istiod's name comes from the VM's DNS server, on the
+    // far side of the wire. With DNS capture on, Istio's rules send port 53
+    // to the agent's DNS proxy (15053, nothing there yet) for everyone but
+    // istio-proxy's uid: verify's lookup must go out as the agent's does.
+    use hickory_proto::op::{Message, MessageType};
+    use hickory_proto::rr::{Name, RData, Record};
+    let wire = Wire::new();
+    let rt = wire.istiod_runtime();
+    let ca = std::sync::Arc::new(fake_istiod::TestCa::new("cluster.local"));
+    let fake = Wire::start_istiod(&rt, 15012, Behaviour::default(), ca.clone());
+    let sock = rt
+        .block_on(async { tokio::spawn(tokio::net::UdpSocket::bind((ISTIOD_IP, 53))).await })
+        .unwrap()
+        .unwrap();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n = asked.clone();
+    rt.spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((len, peer)) = sock.recv_from(&mut buf).await {
+            let Ok(mut m) = Message::from_vec(&buf[..len]) else {
+                continue;
+            };
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            m.set_message_type(MessageType::Response);
+            let a = m
+                .queries()
+                .first()
+                .is_some_and(|q| q.query_type() == hickory_proto::rr::RecordType::A);
+            if a {
+                m.add_answer(Record::from_rdata(
+                    Name::from_ascii("istiod.istio-system.svc.").unwrap(),
+                    30,
+                    RData::A(ISTIOD_IP.parse::<std::net::Ipv4Addr>().unwrap().into()),
+                ));
+            }
+            let _ = sock.send_to(&m.to_vec().unwrap(), peer).await;
+        }
+    });
+    let spec = VmSpec {
+        hosts_block: vec![],
+        ..Default::default()
+    };
+    let root = VmRoot::new(&spec, fake.root_pem());
+    std::fs::write(
+        root.file("/etc/resolv.conf"),
+        format!("nameserver {ISTIOD_IP}\n"),
+    )
+    .unwrap();
+    let run = verify_behind_rules(&wire, root, &["--timeout", "2s", "--skip-agent"]);
+    run.expect("dns.discovery", "pass", "203.0.113.20");
+    run.expect("xds.stream", "pass", "");
+    assert!(asked.load(std::sync::atomic::Ordering::SeqCst) > 0);
+}
+
+#[test]
 fn no_hosts_entry() {
     let spec = VmSpec {
         hosts_block: vec![],
@@ -227,9 +252,9 @@ fn stale_hosts_line_is_reported() {
 
 #[test]
 fn port_closed() {
-    in_netns(|| {
-        let root = VmRoot::new(&VmSpec::default(), &fake_istiod::TestCa::new("x").cert_pem);
-        let run = verify(&root, &["--timeout", "2s", "--skip-agent"]);
+    // istiod's machine is up and answers, but nothing listens on 15012.
+    files_only(VmSpec::default(), |root| {
+        let run = verify(root, &["--timeout", "2s", "--skip-agent"]);
         run.expect("tcp.discovery", "fail", "expose-istiod.yaml");
         assert!(run.detail("tcp.discovery").contains("refused"));
         run.expect("tls.handshake", "skip", "tcp.discovery");
@@ -314,7 +339,7 @@ fn expired_token_with_a_valid_workload_cert_can_still_renew() {
     let wire = Wire::new();
     let rt = wire.istiod_runtime();
     let ca = std::sync::Arc::new(fake_istiod::TestCa::new("cluster.local"));
-    let fake = start_on(&rt, 15012, Behaviour::default(), ca.clone());
+    let fake = Wire::start_istiod(&rt, 15012, Behaviour::default(), ca.clone());
     let spec = VmSpec {
         token_exp_in: -120,
         hosts_block: vec![format!("{ISTIOD_IP} istiod.istio-system.svc")],
@@ -476,13 +501,8 @@ fn dns_proxy_not_checked_without_capture() {
 
 #[test]
 fn known_log_lines_are_explained() {
-    in_netns(|| {
-        let rt = runtime();
-        let fake = rt.block_on(FakeIstiod::start(
-            ISTIOD.parse().unwrap(),
-            Behaviour::default(),
-        ));
-        let root = VmRoot::new(&VmSpec::default(), fake.root_pem());
+    // log.errors reads files only; the network checks end at once.
+    files_only(VmSpec::default(), |root| {
         root.append_log("/var/log/istio/istio.log", &[
             "2026-11-27T05:00:00.000000Z\tinfo\txdsproxy\tconnected to upstream XDS server: istiod.istio-system.svc:15012",
             "2026-11-27T05:01:00.000000Z\twarn\txdsproxy\tupstream terminated with unexpected error rpc error: code = PermissionDenied desc = authorization failed: no identities ([spiffe://cluster.local/ns/a/sa/x]) matched vm-apps/ratings-sa",
@@ -492,7 +512,7 @@ fn known_log_lines_are_explained() {
             "/var/log/istio/istio.err.log",
             &["2026-11-27T05:02:00.000000Z\twarning\tenvoy config\tStreamAggregatedResources gRPC config stream closed: 14, connection error: desc = \"transport: Error while dialing dial tcp 203.0.113.20:15012: i/o timeout\""],
         );
-        let run = verify(&root, &["--timeout", "2s", "--skip-agent"]);
+        let run = verify(root, &["--timeout", "2s", "--skip-agent"]);
         run.expect("log.errors", "fail", "35249");
         assert!(
             run.hint("log.errors").contains("drops port 15012"),
@@ -508,20 +528,25 @@ fn known_log_lines_are_explained() {
         );
         assert!(run.detail("log.errors").contains("xds.permission_denied"));
         // Only history: an error followed by a successful connection.
-        let root = VmRoot::new(&VmSpec::default(), fake.root_pem());
+        std::fs::remove_file(root.file("/var/log/istio/istio.err.log")).unwrap();
+        std::fs::write(root.file("/var/log/istio/istio.log"), "").unwrap();
         root.append_log("/var/log/istio/istio.log", &[
             "2026-11-27T05:00:00.000000Z\twarn\txdsproxy\tfailed to connect to upstream istiod.istio-system.svc:15012: i/o timeout",
             "2026-11-27T05:00:05.000000Z\tinfo\tEnvoy proxy is ready",
         ]);
-        let run = verify(&root, &["--timeout", "2s", "--skip-agent"]);
+        let run = verify(root, &["--timeout", "2s", "--skip-agent"]);
         run.expect("log.errors", "pass", "1 older");
     });
 }
 
-/// A one-request-at-a-time HTTP server answering with `headers`.
-fn http_server(rt: &tokio::runtime::Runtime, bind: &str, headers: &'static str) {
+/// A one-request-at-a-time HTTP server on `bind` answering with `headers`,
+/// bound on a worker of `rt` (so in that runtime's namespace).
+fn http_server(rt: &tokio::runtime::Runtime, bind: &'static str, headers: &'static str) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = rt.block_on(tokio::net::TcpListener::bind(bind)).unwrap();
+    let l = rt
+        .block_on(async { tokio::spawn(tokio::net::TcpListener::bind(bind)).await })
+        .unwrap()
+        .unwrap();
     rt.spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             let mut buf = [0u8; 2048];
@@ -536,36 +561,76 @@ fn http_server(rt: &tokio::runtime::Runtime, bind: &str, headers: &'static str) 
     });
 }
 
+/// Packets the nat table sent to Envoy's outbound port (ISTIO_REDIRECT).
+fn redirected_packets() -> u64 {
+    let out = std::process::Command::new("iptables")
+        .args(["-t", "nat", "-L", "ISTIO_REDIRECT", "-v", "-x", "-n"])
+        .output()
+        .expect("iptables");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("REDIRECT"))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 #[test]
 fn probes() {
-    in_netns(|| {
-        let rt = runtime();
-        let fake = rt.block_on(FakeIstiod::start(
-            ISTIOD.parse().unwrap(),
-            Behaviour::default(),
-        ));
-        // A mesh-allocated address on loopback inside this namespace only.
+    // `--probe` is an application's traffic: captured. The services live on
+    // the far side of the wire; in the VM's namespace the capture rules send
+    // the probe's DNS to the stand-in's DNS proxy (15053) and its
+    // connections to the stand-in's outbound listener (15001), which routes
+    // them as Envoy would.
+    let wire = Wire::new();
+    let rt = wire.istiod_runtime();
+    let ca = std::sync::Arc::new(fake_istiod::TestCa::new("cluster.local"));
+    let _fake = Wire::start_istiod(&rt, 15012, Behaviour::default(), ca.clone());
+    // nginx.jd.com's pods (plain nginx); a service Envoy carries as TCP;
+    // and a workload whose own inbound sidecar answers.
+    http_server(&rt, "203.0.113.20:80", "server: nginx\r\n");
+    http_server(&rt, "203.0.113.20:8080", "server: nginx\r\n");
+    http_server(
+        &rt,
+        "203.0.113.20:9080",
+        "server: istio-envoy\r\nx-envoy-upstream-service-time: 2\r\n",
+    );
+    // A VM has a default route; mesh-allocated addresses (240.240/16) need
+    // one to be dialled at all before capture redirects them.
+    Wire::run_in(&wire.vm, || {
         let st = std::process::Command::new("ip")
-            .args(["addr", "add", "240.240.0.7/32", "dev", "lo"])
+            .args(["route", "add", "default", "via", ISTIOD_IP])
             .status()
             .unwrap();
         assert!(st.success());
-        http_server(
-            &rt,
-            "240.240.0.7:80",
-            "server: istio-envoy\r\nx-envoy-upstream-service-time: 3\r\n",
-        );
-        http_server(&rt, "127.0.0.1:8080", "server: nginx\r\n");
-        let spec = VmSpec {
-            hosts_extra: vec![
-                "240.240.0.7 nginx.jd.com".into(),
-                "127.0.0.1 direct.example.com".into(),
+    });
+    let spec = VmSpec {
+        hosts_extra: vec![
+            format!("{ISTIOD_IP} direct.example.com"),
+            format!("{ISTIOD_IP} ratings.example.com"),
+        ],
+        ..Default::default()
+    }
+    .on_wire();
+    let root = VmRoot::new(&spec, &ca.cert_pem);
+    // istiod's name table: nginx.jd.com at an address the mesh allocated.
+    let names = root.path().join(".name-table");
+    std::fs::write(&names, "240.240.0.7 nginx.jd.com\n").unwrap();
+    let (run, redirected) = wire.on_vm(root, move |root| {
+        let before = redirected_packets();
+        let _agent = start_agent(
+            root,
+            &[
+                "--hosts",
+                names.to_str().unwrap(),
+                "--outbound",
+                "0.0.0.0:15001",
+                "--http-route",
+                "240.240.0.7:80=203.0.113.20:80",
             ],
-            ..Default::default()
-        };
-        let root = VmRoot::new(&spec, fake.root_pem());
+        );
+        verify_harness::wait_port("127.0.0.1:15001");
         let run = verify(
-            &root,
+            root,
             &[
                 "--timeout",
                 "2s",
@@ -575,41 +640,189 @@ fn probes() {
                 "--probe",
                 "http://direct.example.com:8080/",
                 "--probe",
+                "http://ratings.example.com:9080/",
+                "--probe",
                 "http://nosuch.vm-apps.svc.cluster.local/",
             ],
         );
-        run.expect("probe.nginx.jd.com", "pass", "through the sidecar");
-        assert!(run.detail("probe.nginx.jd.com").contains("auto-allocated"));
-        assert!(run.detail("probe.nginx.jd.com").contains("HTTP 200"));
-        // No Envoy headers: not captured, or carried as TCP; the response
-        // cannot tell, so it is a warning, never "did not pass through".
-        run.expect("probe.direct.example.com", "warn", "cannot tell");
-        assert!(!run.json.to_string().contains("did not pass through"));
-        run.expect(
-            "probe.nosuch.vm-apps.svc.cluster.local",
-            "fail",
-            "DNS proxy",
-        );
-        assert!(
-            run.detail("probe.nosuch.vm-apps.svc.cluster.local")
-                .contains("does not resolve")
-        );
+        (run, redirected_packets() - before)
     });
+    // Envoy's outbound HTTP route: `server: envoy` and the upstream time.
+    run.expect("probe.nginx.jd.com", "pass", "through the sidecar");
+    assert!(run.detail("probe.nginx.jd.com").contains("auto-allocated"));
+    assert!(run.detail("probe.nginx.jd.com").contains("HTTP 200"));
+    assert!(run.detail("probe.nginx.jd.com").contains("server: envoy"));
+    // Carried as TCP: no Envoy headers; the response cannot tell, so it is
+    // a warning, never "did not pass through".
+    run.expect("probe.direct.example.com", "warn", "cannot tell");
+    assert!(!run.json.to_string().contains("did not pass through"));
+    // `istio-envoy` is the far side's inbound sidecar: the VM's outbound
+    // Envoy, had it routed HTTP, would have overwritten it with `envoy`.
+    run.expect("probe.ratings.example.com", "warn", "inbound sidecar");
+    run.expect(
+        "probe.nosuch.vm-apps.svc.cluster.local",
+        "fail",
+        "DNS proxy",
+    );
+    assert!(
+        run.detail("probe.nosuch.vm-apps.svc.cluster.local")
+            .contains("does not resolve")
+    );
+    // Every probe connection (SYN at least) was redirected to 15001.
+    assert!(redirected >= 3, "{redirected} packets redirected");
+}
+
+/// An https server on `bind` presenting `config`, answering every request
+/// with `headers`; counts the TLS handshakes it completed.
+fn https_server(
+    rt: &tokio::runtime::Runtime,
+    bind: &'static str,
+    config: std::sync::Arc<rustls::ServerConfig>,
+    headers: &'static str,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let handshakes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let l = rt
+        .block_on(async { tokio::spawn(tokio::net::TcpListener::bind(bind)).await })
+        .unwrap()
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let count = handshakes.clone();
+    rt.spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            let count = count.clone();
+            tokio::spawn(async move {
+                // A client that distrusts the certificate aborts here.
+                let Ok(mut s) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = [0u8; 2048];
+                let _ = s.read(&mut buf).await;
+                let body = "hello\n";
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    handshakes
+}
+
+#[test]
+fn https_probe_passes_tls_through() {
+    // An https service the mesh knows (auto-allocated 240.240.0.8, a TLS
+    // port): capture sends the probe's connection to Envoy's 15001, which
+    // carries the TLS bytes untouched to the endpoint (tcp_proxy). Nothing
+    // on the way adds a header, so the response cannot say whether this
+    // VM's sidecar carried it. The endpoint is reachable only through that
+    // route: 240.240.0.8 is no machine's address.
+    let wire = Wire::new();
+    let rt = wire.istiod_runtime();
+    let ca = std::sync::Arc::new(fake_istiod::TestCa::new("cluster.local"));
+    let _fake = Wire::start_istiod(&rt, 15012, Behaviour::default(), ca.clone());
+    // A private CA, as a company's internal services use. The far side names
+    // itself `envoy` (its own proxy, inside the TLS): still not this VM's.
+    let (config, ca_pem) = tls::server_config(&["secure.jd.com"]);
+    let handshakes = https_server(&rt, "203.0.113.20:8443", config, "server: envoy\r\n");
+    Wire::run_in(&wire.vm, || {
+        let st = std::process::Command::new("ip")
+            .args(["route", "add", "default", "via", ISTIOD_IP])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    });
+    let root = VmRoot::new(&VmSpec::default().on_wire(), &ca.cert_pem);
+    let names = root.path().join(".name-table");
+    std::fs::write(&names, "240.240.0.8 secure.jd.com\n").unwrap();
+    let ca_file = root.path().join(".private-ca.pem");
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    let missing = root.path().join(".no-such-ca.pem");
+    let hs = handshakes.clone();
+    let (trusted, redirected, served, untrusted, unreadable) = wire.on_vm(root, move |root| {
+        let _agent = start_agent(
+            root,
+            &[
+                "--hosts",
+                names.to_str().unwrap(),
+                "--outbound",
+                "0.0.0.0:15001",
+                "--tcp-route",
+                "240.240.0.8:443=203.0.113.20:8443",
+            ],
+        );
+        verify_harness::wait_port("127.0.0.1:15001");
+        let args = [
+            "--timeout",
+            "2s",
+            "--skip-agent",
+            "--probe",
+            "https://secure.jd.com/",
+        ];
+        let before = redirected_packets();
+        let trusted = verify_env(root, &[("SSL_CERT_FILE", ca_file.to_str().unwrap())], &args);
+        let redirected = redirected_packets() - before;
+        let served = hs.load(std::sync::atomic::Ordering::SeqCst);
+        // Without the private CA the probe cannot trust the service.
+        let untrusted = verify(root, &args);
+        let unreadable = verify_env(root, &[("SSL_CERT_FILE", missing.to_str().unwrap())], &args);
+        (trusted, redirected, served, untrusted, unreadable)
+    });
+    let id = "probe.secure.jd.com";
+    trusted.expect(id, "pass", "cannot be told from the response");
+    assert!(
+        trusted.detail(id).contains("auto-allocated"),
+        "{}",
+        trusted.check(id)
+    );
+    assert!(
+        trusted.detail(id).contains("HTTP 200"),
+        "{}",
+        trusted.check(id)
+    );
+    // `server: envoy` inside TLS is the far side's, never this VM's.
+    assert!(
+        !trusted.detail(id).contains("through the sidecar"),
+        "{}",
+        trusted.check(id)
+    );
+    for run in [&trusted, &untrusted, &unreadable] {
+        assert!(!run.json.to_string().contains("did not pass through"));
+    }
+    // The connection went to 15001 and on to the endpoint, in TLS.
+    assert!(redirected >= 1, "{redirected} packets redirected");
+    assert_eq!(served, 1, "TLS handshakes the endpoint completed");
+    untrusted.expect(id, "fail", "SSL_CERT_FILE");
+    assert!(
+        untrusted.detail(id).contains("not trusted"),
+        "{}",
+        untrusted.check(id)
+    );
+    unreadable.expect(id, "fail", "cannot read SSL_CERT_FILE=");
+    assert!(unreadable.detail(id).contains("no such file or directory"));
 }
 
 #[test]
 fn unreachable_istiod_costs_one_timeout() {
-    in_netns(|| {
-        // Packets to 15012 vanish (as behind a firewall that drops), and the
-        // DNS proxy is silent: two waits that must overlap, not add up.
+    // Packets to istiod's 15012 vanish (its machine's firewall drops them),
+    // and the DNS proxy is silent: two waits that must overlap, not add up.
+    let wire = Wire::new();
+    Wire::run_in(&wire.istiod, || {
         let st = std::process::Command::new("iptables")
             .args(["-A", "INPUT", "-p", "tcp", "--dport", "15012", "-j", "DROP"])
             .status()
             .unwrap();
         assert!(st.success());
-        let root = VmRoot::new(&VmSpec::default(), &fake_istiod::TestCa::new("x").cert_pem);
-        let _agent = start_agent(&root, &["--dns-silent"]);
-        let run = verify(&root, &["--timeout", "2s"]);
+    });
+    let spec = VmSpec::default().on_wire();
+    let root = VmRoot::new(&spec, &fake_istiod::TestCa::new("x").cert_pem);
+    wire.on_vm(root, |root| {
+        let _agent = start_agent(root, &["--dns-silent"]);
+        let run = verify(root, &["--timeout", "2s"]);
         run.expect("tcp.discovery", "fail", "firewall");
         run.expect("agent.dns", "fail", "silent");
         // How long this takes is measured by scripts/bench/verify.sh
@@ -619,17 +832,23 @@ fn unreachable_istiod_costs_one_timeout() {
 
 #[test]
 fn wait_retries_until_istiod_answers() {
-    in_netns(|| {
-        let rt = runtime();
-        // Something that accepts and hangs up, until verify has tried once.
-        let l = std::net::TcpListener::bind(ISTIOD).unwrap();
-        let ca = std::sync::Arc::new(fake_istiod::TestCa::new("cluster.local"));
-        let root = VmRoot::new(&VmSpec::default(), &ca.cert_pem);
-        let root_path = root.path().to_path_buf();
-        let h = std::thread::spawn(move || {
-            let _keep = root_path;
+    let wire = Wire::new();
+    let rt = wire.istiod_runtime();
+    // Something on istiod's machine that accepts and hangs up, until verify
+    // has tried once.
+    let l = Wire::run_in(&wire.istiod, || {
+        std::net::TcpListener::bind((ISTIOD_IP, 15012)).unwrap()
+    });
+    let ca = std::sync::Arc::new(fake_istiod::TestCa::new("cluster.local"));
+    let root = VmRoot::new(&VmSpec::default().on_wire(), &ca.cert_pem);
+    let vm = wire.vm.clone();
+    let h = std::thread::spawn(move || {
+        Wire::run_in(&vm, move || {
+            apply_capture(&root);
             verify(&root, &["--timeout", "2s", "--skip-agent", "--wait", "20s"])
-        });
+        })
+    });
+    {
         // The first attempt's tcp.discovery and tls.handshake connections:
         // the handshake fails, so that attempt fails.
         l.set_nonblocking(true).unwrap();
@@ -651,12 +870,12 @@ fn wait_retries_until_istiod_answers() {
                 Err(e) => panic!("accept: {e}"),
             }
         }
-        drop(l);
-        let fake = rt.block_on(FakeIstiod::start_with_ca(
-            ISTIOD.parse().unwrap(),
-            Behaviour::default(),
-            ca,
-        ));
+        // The same socket goes on as istiod: the port is never closed.
+        let fake = rt.block_on(async {
+            tokio::spawn(async move { FakeIstiod::start_on(l, Behaviour::default(), ca) })
+                .await
+                .unwrap()
+        });
         let run = h.join().unwrap();
         assert_eq!(run.failing(), Vec::<String>::new(), "{}", run.json);
         assert_eq!(run.code, 0);
@@ -665,7 +884,7 @@ fn wait_retries_until_istiod_answers() {
             1,
             "a later attempt reached the CA"
         );
-    });
+    }
 }
 
 #[test]
@@ -674,7 +893,7 @@ fn ca_addr_is_used_for_the_certificate() {
     let rt = wire.istiod_runtime();
     // istiod without a CA on 15012; the CA (same root) on 15013.
     let ca = std::sync::Arc::new(fake_istiod::TestCa::new("cluster.local"));
-    let xds = start_on(
+    let xds = Wire::start_istiod(
         &rt,
         15012,
         Behaviour {
@@ -683,7 +902,7 @@ fn ca_addr_is_used_for_the_certificate() {
         },
         ca.clone(),
     );
-    let ca_server = start_on(
+    let ca_server = Wire::start_istiod(
         &rt,
         15013,
         Behaviour {
@@ -716,8 +935,7 @@ fn ca_addr_is_used_for_the_certificate() {
 
 #[test]
 fn token_copies_that_differ_are_reported() {
-    in_netns(|| {
-        let root = VmRoot::new(&VmSpec::default(), &fake_istiod::TestCa::new("x").cert_pem);
+    files_only(VmSpec::default(), |root| {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let other = fake_istiod::token(
             "system:serviceaccount:vm-apps:ratings-sa",
@@ -725,7 +943,7 @@ fn token_copies_that_differ_are_reported() {
             now + 7200,
         );
         std::fs::write(root.file("/var/lib/istio-vm/istio-token"), other).unwrap();
-        let run = verify(&root, &["--timeout", "1s", "--skip-agent"]);
+        let run = verify(root, &["--timeout", "1s", "--skip-agent"]);
         run.expect("files.token_persistent", "warn", "after a reboot");
         // The token itself never shows up in the report.
         assert!(!run.json.to_string().contains("eyJ"));
@@ -736,17 +954,13 @@ fn token_copies_that_differ_are_reported() {
 fn token_lost_after_reboot() {
     // /var/run is a tmpfs: after a reboot the token is gone until something
     // restores it; the stand-in, like the agent, cannot get ready without it.
-    in_netns(|| {
-        let rt = runtime();
-        let fake = rt.block_on(FakeIstiod::start(
-            ISTIOD.parse().unwrap(),
-            Behaviour::default(),
-        ));
-        let root = VmRoot::new(&VmSpec::default(), fake.root_pem());
+    with_istiod(VmSpec::default(), Behaviour::default(), |root| {
         std::fs::remove_file(root.file("/run/secrets/tokens/istio-token")).unwrap();
         let log = root.file("/var/log/istio/istio.log");
-        let _agent = start_agent(&root, &["--log", log.to_str().unwrap()]);
-        let run = verify(&root, &["--timeout", "2s"]);
+        let _agent = start_agent(root, &["--log", log.to_str().unwrap()]);
+        let run = verify(root, &["--timeout", "2s"]);
+        // istiod is reached through the capture rules; only the CA needs the token.
+        run.expect("tls.handshake", "pass", "");
         run.expect("files.token", "fail", "reboot");
         run.expect("files.token_persistent", "pass", "restored from it at boot");
         run.expect("ca.token", "fail", "files.token");
@@ -759,6 +973,8 @@ fn token_lost_after_reboot() {
 #[test]
 fn stand_in_dns_proxy_answers_over_tcp_too() {
     use std::io::{Read, Write};
+    // Only the stand-in's DNS proxy is asked (no verify, no istiod): the
+    // VM's namespace alone, loopback only.
     in_netns(|| {
         let spec = VmSpec {
             hosts_extra: vec!["240.240.0.9 nginx.jd.com".into()],
@@ -800,8 +1016,7 @@ fn stand_in_dns_proxy_answers_over_tcp_too() {
 #[test]
 fn owners_and_modes() {
     use std::os::unix::fs::PermissionsExt;
-    in_netns(|| {
-        let root = VmRoot::new(&VmSpec::default(), &fake_istiod::TestCa::new("x").cert_pem);
+    files_only(VmSpec::default(), |root| {
         // A world-readable token is a leaked credential: a failure.
         let tok = root.file("/run/secrets/tokens/istio-token");
         std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -810,7 +1025,7 @@ fn owners_and_modes() {
         std::os::unix::fs::chown(&cert, Some(0), Some(0)).unwrap();
         // The agent cannot write its certificates here.
         std::os::unix::fs::chown(root.file("/etc/certs"), Some(0), Some(0)).unwrap();
-        let run = verify(&root, &["--timeout", "1s", "--skip-agent"]);
+        let run = verify(root, &["--timeout", "1s", "--skip-agent"]);
         run.expect("files.token", "fail", "chmod 0600");
         run.expect(
             "files.root_cert",
@@ -827,13 +1042,7 @@ fn live_vm_without_root_flag() {
     // the VM tree at the real paths (a copy of this machine's /etc with the
     // placed files added; /var/lib, /var/log and /run from the tree), so
     // nothing of the host changes.
-    in_netns(|| {
-        let rt = runtime();
-        let fake = rt.block_on(FakeIstiod::start(
-            ISTIOD.parse().unwrap(),
-            Behaviour::default(),
-        ));
-        let vm = VmRoot::new(&VmSpec::default(), fake.root_pem());
+    with_istiod(VmSpec::default(), Behaviour::default(), |vm| {
         let etc = tempfile::tempdir().unwrap();
         let st = std::process::Command::new("cp")
             .arg("-a")
@@ -864,7 +1073,7 @@ fn live_vm_without_root_flag() {
             "passwd: files\ngroup: files\nhosts: files dns\n",
         )
         .unwrap();
-        let _agent = start_agent(&vm, &[]);
+        let _agent = start_agent(vm, &[]);
         let script = r#"set -e
 mount --bind "$1" /etc
 mount --bind "$2/var/lib" /var/lib
@@ -971,6 +1180,97 @@ fn the_installed_sidecar_version_decides_the_addresses() {
 }
 
 #[test]
+fn the_sidecar_version_from_rpm_or_the_start_script() {
+    // istio-sidecar 1.10.6 in the root's rpm database (no dpkg entry) and a
+    // mesh file naming a revisioned istiod that does not resolve: 1.10's
+    // istio-start.sh dials istiod.istio-system.svc anyway.
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    std::fs::write(
+        w.join("s.spec"),
+        "Name: istio-sidecar\nVersion: 1.10.6\nRelease: 1\nSummary: t\nLicense: Apache-2.0\n\
+         BuildArch: noarch\n%description\nt\n%files\n",
+    )
+    .unwrap();
+    let top = format!("_topdir {}", w.join("top").display());
+    let st = std::process::Command::new("rpmbuild")
+        .args(["--define", &top, "-bb", "--quiet"])
+        .arg(w.join("s.spec"))
+        .status()
+        .expect("rpmbuild (package rpm)");
+    assert!(st.success());
+    let pkg = w.join("top/RPMS/noarch/istio-sidecar-1.10.6-1.noarch.rpm");
+    let spec = VmSpec {
+        discovery_address: "istiod-1-10-6.istio-system.svc:15012".into(),
+        ..Default::default()
+    };
+    let (run, seen) = with_istiod(spec, Behaviour::default(), move |root| {
+        let rpm = |args: &[&str]| {
+            let st = std::process::Command::new("rpm")
+                .arg("--root")
+                .arg(root.path())
+                .args(["--dbpath", "/var/lib/rpm"])
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(st.success(), "rpm {args:?}");
+        };
+        rpm(&["--initdb"]);
+        rpm(&["-i", "--justdb", "--nodeps", pkg.to_str().unwrap()]);
+        verify(root, &["--timeout", "2s", "--skip-agent"])
+    });
+    run.expect("files.sidecar", "pass", "rpm's database");
+    for id in ["dns.discovery", "tls.handshake", "ca.token", "xds.stream"] {
+        assert_eq!(run.status(id), "pass", "{id}: {}", run.check(id));
+    }
+    assert_eq!(seen.nodes[0].1["ISTIO_VERSION"], "1.10.6");
+    // No package database entry: the version istio-start.sh announces.
+    files_only(VmSpec::default(), |root| {
+        let p = root.file("/usr/local/bin/istio-start.sh");
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(
+            &p,
+            "#!/bin/bash\nexport ISTIO_META_ISTIO_VERSION=\"1.11.4\"\n",
+        )
+        .unwrap();
+        let run = verify(root, &["--timeout", "1s", "--skip-agent"]);
+        run.expect(
+            "files.sidecar",
+            "pass",
+            "ISTIO_META_ISTIO_VERSION=1.11.4 in /usr/local/bin/istio-start.sh",
+        );
+    });
+}
+
+#[test]
+fn the_agents_namespace_is_istio_namespace() {
+    // istio-start.sh runs pilot-agent with POD_NAMESPACE=${ISTIO_NAMESPACE:-default}
+    // (tools/packaging/common/istio-start.sh@1.10.0 and at master): a
+    // POD_NAMESPACE in cluster.env never reaches the agent.
+    let ((run, without), seen) = with_istiod(VmSpec::default(), Behaviour::default(), |root| {
+        let env = root.file("/var/lib/istio/envoy/cluster.env");
+        let text = std::fs::read_to_string(&env).unwrap();
+        let other = text.replace("POD_NAMESPACE='vm-apps'", "POD_NAMESPACE='other'");
+        assert_ne!(text, other);
+        std::fs::write(&env, &other).unwrap();
+        let run = verify(root, &["--timeout", "2s", "--skip-agent"]);
+        // Without ISTIO_NAMESPACE the agent's namespace is `default`, and
+        // istiod refuses the token's vm-apps identity for it.
+        let none: String = other
+            .lines()
+            .filter(|l| !l.starts_with("ISTIO_NAMESPACE="))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&env, none).unwrap();
+        (run, verify(root, &["--timeout", "2s", "--skip-agent"]))
+    });
+    run.expect("xds.stream", "pass", "");
+    assert_eq!(seen.nodes[0].1["NAMESPACE"], "vm-apps");
+    assert_eq!(seen.nodes[1].1["NAMESPACE"], "default");
+    without.expect("xds.stream", "fail", "PermissionDenied");
+}
+
+#[test]
 fn from_1_12_the_ca_is_not_the_mesh_files_address() {
     // The mesh file names a revisioned istiod that resolves; the CA is still
     // istiod.istio-system.svc:15012 (tools/packaging/common/istio-start.sh@1.12.0).
@@ -1004,7 +1304,7 @@ fn an_expired_workload_certificate_strands_1_10_only() {
     let wire = Wire::new();
     let rt = wire.istiod_runtime();
     let ca = std::sync::Arc::new(fake_istiod::TestCa::new("cluster.local"));
-    let _fake = start_on(&rt, 15012, Behaviour::default(), ca.clone());
+    let _fake = Wire::start_istiod(&rt, 15012, Behaviour::default(), ca.clone());
     let expired = |v: &str| {
         let spec = VmSpec {
             sidecar_version: Some(v.into()),
@@ -1030,13 +1330,25 @@ fn an_expired_workload_certificate_strands_1_10_only() {
     let run = expired("1.11.0");
     run.expect("ca.token", "pass", "");
     run.expect("files.workload_cert", "warn", "falls back to the token");
+    // xds_proxy.go@1.15.0 still presents the expired files to istiod.
+    assert!(
+        run.hint("files.workload_cert")
+            .contains("only from Istio 1.16"),
+        "{}",
+        run.hint("files.workload_cert")
+    );
+    // xds_proxy.go@1.16.0: `cert expired, using token instead` for XDS too.
+    let run = expired("1.16.0");
+    run.expect("ca.token", "pass", "");
+    run.expect("files.workload_cert", "warn", "for the CA and XDS");
 }
 
 #[test]
 fn every_real_log_line_is_explained_through_verify() {
     const LINES: &str = include_str!("data/agent-log-lines.txt");
-    in_netns(|| {
-        let ca = fake_istiod::TestCa::new("x");
+    // log.errors reads files only: no istiod (a quick refusal at its
+    // address), one fresh log per line.
+    files_only(VmSpec::default(), |root| {
         let mut n = 0;
         for l in LINES
             .lines()
@@ -1044,10 +1356,11 @@ fn every_real_log_line_is_explained_through_verify() {
         {
             let mut p = l.splitn(3, '|');
             let (code, file, line) = (p.next().unwrap(), p.next().unwrap(), p.next().unwrap());
-            let root = VmRoot::new(&VmSpec::default(), &ca.cert_pem);
+            for f in ["istio.log", "istio.err.log"] {
+                let _ = std::fs::remove_file(root.file(&format!("/var/log/istio/{f}")));
+            }
             root.append_log(&format!("/var/log/istio/{file}"), &[line]);
-            // Nothing listens on 15012 here: a quick refusal, then log.errors.
-            let run = verify(&root, &["--timeout", "1s", "--skip-agent"]);
+            let run = verify(root, &["--timeout", "1s", "--skip-agent"]);
             let status = run.status("log.errors");
             assert!(
                 status == "fail" || status == "warn",
@@ -1129,26 +1442,131 @@ fn a_token_not_valid_yet_is_refused() {
 
 #[test]
 fn stand_in_is_not_ready_with_unusable_files() {
-    in_netns(|| {
-        // A token for the wrong audience: the real agent could never get a
-        // certificate with it, so the stand-in is not ready either.
-        let spec = VmSpec {
-            token_aud: vec!["https://kubernetes.default.svc".into()],
-            ..Default::default()
-        };
-        let root = VmRoot::new(&spec, &fake_istiod::TestCa::new("x").cert_pem);
-        let _agent = start_agent(&root, &[]);
-        let run = verify(&root, &["--timeout", "1s"]);
+    // A token for the wrong audience: the real agent could never get a
+    // certificate with it, so the stand-in is not ready either.
+    let spec = VmSpec {
+        token_aud: vec!["https://kubernetes.default.svc".into()],
+        ..Default::default()
+    };
+    files_only(spec, |root| {
+        let _agent = start_agent(root, &[]);
+        let run = verify(root, &["--timeout", "1s"]);
         run.expect("agent.ready", "fail", "");
         run.expect("agent.xds", "fail", "");
-        // A root-cert.pem without a CA certificate: the same.
-        let root = VmRoot::new(
-            &VmSpec::default(),
-            &fake_istiod::TestCa::new("x").server_cert(&["x"]).0,
-        );
-        drop(_agent);
-        let _agent = start_agent(&root, &[]);
-        let run = verify(&root, &["--timeout", "1s"]);
+    });
+    // A root-cert.pem without a CA certificate: the same.
+    files_only(VmSpec::default(), |root| {
+        let leaf = fake_istiod::TestCa::new("x").server_cert(&["x"]).0;
+        std::fs::write(root.file("/etc/certs/root-cert.pem"), leaf).unwrap();
+        let _agent = start_agent(root, &[]);
+        let run = verify(root, &["--timeout", "1s"]);
         run.expect("agent.ready", "fail", "");
     });
+}
+
+/// The capture record for `root` with `backend`, written as install does.
+fn record(root: &VmRoot, backend: istio_vm::capture::Backend) -> istio_vm::capture::Rendered {
+    use std::os::unix::fs::PermissionsExt;
+    let env = root.env();
+    let inp = istio_vm::capture::Inputs {
+        env: &env,
+        resolv_conf: "nameserver 127.0.0.1\n",
+        uid: Some(verify_harness::PROXY_UID),
+        gid: Some(verify_harness::PROXY_UID),
+        host_ipv6: false,
+        exclude_inbound_ports: &[],
+        allow_ssh_capture: false,
+        exclude_outbound_cidrs: &[],
+    };
+    let (_, r) = istio_vm::capture::render(&inp, backend).unwrap();
+    let dir = root.file("/var/lib/istio-vm/capture");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for (name, body) in r.record_files() {
+        std::fs::write(dir.join(name), body).unwrap();
+    }
+    r
+}
+
+/// Runs `cmd` with `input` on stdin; it must succeed.
+fn sh(cmd: &[&str], input: &str) {
+    use std::io::Write;
+    let mut c = std::process::Command::new(cmd[0])
+        .args(&cmd[1..])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", cmd[0]));
+    c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    assert!(c.wait().unwrap().success(), "{cmd:?} failed:\n{input}");
+}
+
+#[test]
+fn capture_rules_are_compared_in_each_backend() {
+    // The record applied by each backend istio-vm can use, in the VM's
+    // namespace (istiod a veth pair away): capture.rules passes, names the
+    // backend, and fails naming what is missing once that backend is
+    // flushed, as nftables.service, firewalld or an admin would.
+    use istio_vm::capture::{Backend, Rendered};
+    type Case = (
+        Backend,
+        &'static str,
+        &'static [&'static str],
+        &'static [&'static str],
+    );
+    let cases: [Case; 3] = [
+        (
+            Backend::Iptables,
+            "iptables-nft",
+            &["iptables-nft-restore", "--noflush"],
+            &["iptables-nft", "-t", "nat", "-F"],
+        ),
+        (
+            Backend::Iptables,
+            "iptables-legacy",
+            &["iptables-legacy-restore", "--noflush"],
+            &["iptables-legacy", "-t", "nat", "-F"],
+        ),
+        (
+            Backend::Nftables,
+            "nftables",
+            &["nft", "-f", "-"],
+            &["nft", "flush", "ruleset"],
+        ),
+    ];
+    for (backend, name, apply, flush) in cases {
+        let wire = Wire::new();
+        let root = VmRoot::new(
+            &VmSpec::default().on_wire(),
+            &fake_istiod::TestCa::new("cluster.local").cert_pem,
+        );
+        let (ok, flushed) = Wire::run_in(&wire.vm, move || {
+            let text = match record(&root, backend) {
+                Rendered::Iptables { v4, .. } => v4,
+                Rendered::Nftables { script } => script,
+            };
+            sh(apply, &text);
+            let args = &["--timeout", "1s", "--skip-agent"];
+            let ok = verify(&root, args);
+            let st = std::process::Command::new(flush[0])
+                .args(&flush[1..])
+                .status()
+                .unwrap();
+            assert!(st.success(), "{flush:?}");
+            (ok, verify(&root, args))
+        });
+        ok.expect("capture.rules", "pass", "equal the record");
+        assert!(
+            ok.detail("capture.rules").contains(&format!("({name})")),
+            "{name}: {}",
+            ok.detail("capture.rules")
+        );
+        flushed.expect("capture.rules", "fail", "missing");
+        assert!(
+            flushed
+                .hint("capture.rules")
+                .contains("istio-vm capture apply"),
+            "{}",
+            flushed.hint("capture.rules")
+        );
+    }
 }

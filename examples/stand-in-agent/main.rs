@@ -17,6 +17,24 @@
 //!   name table, it answers SERVFAIL to everything while not "connected"
 //!   (pkg/dns/client/dns.go ServeDNS; pilot/pkg/dns/dns.go@1.10.0).
 //!
+//! - with `--outbound ADDR`, Envoy's virtual outbound listener (15001),
+//!   where capture sends applications' connections: it reads the original
+//!   destination (SO_ORIGINAL_DST) and, for a destination named by
+//!   `--http-route ORIG=UPSTREAM`, carries one HTTP exchange to UPSTREAM as
+//!   Envoy's outbound HTTP connection manager does: the response's `server`
+//!   header overwritten with Envoy's default name `envoy` (Istio leaves the
+//!   outbound server name unset: pilot/pkg/networking/core/httproute.go@1.24.0
+//!   GetProxyHeadersFromProxyConfig; pilot/pkg/networking/core/v1alpha3/
+//!   listener.go@1.10.0 names only inbound `istio-envoy`) and the router's
+//!   `x-envoy-upstream-service-time` added. For a destination named by
+//!   `--tcp-route ORIG=UPSTREAM` it carries the bytes untouched to UPSTREAM,
+//!   as Envoy's tcp_proxy does for a TLS or TCP service port (a
+//!   mesh-allocated address to the service's endpoint). Any other
+//!   destination is passed through byte for byte to itself
+//!   (PassthroughCluster, TCP). Its upstream sockets
+//!   belong to istio-proxy (from the root's /etc/passwd), as Envoy's do, so
+//!   the capture rules let them out.
+//!
 //! It does not talk to istiod. At startup it reads the files install places
 //! and is "ready" only when it could use them as the real agent must: the
 //! token decodes as a JWT with audience `istio-ca`, root-cert.pem parses and
@@ -34,7 +52,8 @@
 //! ```text
 //! stand-in-agent [--root DIR] [--health-addr A] [--admin-addr A] [--dns-addr A]
 //!                [--hosts FILE] [--log FILE] [--not-ready] [--disconnected]
-//!                [--dns-silent] [--no-dns]
+//!                [--dns-silent] [--no-dns] [--outbound ADDR]
+//!                [--http-route IP:PORT=IP:PORT]... [--tcp-route IP:PORT=IP:PORT]...
 //! ```
 
 use std::collections::HashMap;
@@ -63,13 +82,17 @@ struct Opts {
     disconnected: bool,
     dns_silent: bool,
     no_dns: bool,
+    outbound: Option<SocketAddr>,
+    http_routes: HashMap<SocketAddr, SocketAddr>,
+    tcp_routes: HashMap<SocketAddr, SocketAddr>,
 }
 
 const USAGE: &str = "usage: stand-in-agent [--root DIR] [--health-addr ADDR] [--admin-addr ADDR] \
-[--dns-addr ADDR] [--hosts FILE] [--log FILE] [--not-ready] [--disconnected] [--dns-silent] [--no-dns]\n\
+[--dns-addr ADDR] [--hosts FILE] [--log FILE] [--not-ready] [--disconnected] [--dns-silent] [--no-dns] \
+[--outbound ADDR] [--http-route IP:PORT=IP:PORT]... [--tcp-route IP:PORT=IP:PORT]...\n\
 environment: STAND_IN_ROOT, STAND_IN_HEALTH_ADDR, STAND_IN_ADMIN_ADDR, STAND_IN_DNS_ADDR, \
 STAND_IN_HOSTS, STAND_IN_LOG, STAND_IN_NOT_READY=1, STAND_IN_DISCONNECTED=1, STAND_IN_DNS_SILENT=1, \
-STAND_IN_NO_DNS=1 (flags win)";
+STAND_IN_NO_DNS=1, STAND_IN_OUTBOUND (flags win)";
 
 fn env_flag(name: &str) -> bool {
     matches!(
@@ -105,6 +128,11 @@ fn parse_opts() -> Result<Opts, String> {
         disconnected: env_flag("STAND_IN_DISCONNECTED"),
         dns_silent: env_flag("STAND_IN_DNS_SILENT"),
         no_dns: env_flag("STAND_IN_NO_DNS"),
+        outbound: env("STAND_IN_OUTBOUND")
+            .map(|v| parse_addr("STAND_IN_OUTBOUND", &v))
+            .transpose()?,
+        http_routes: HashMap::new(),
+        tcp_routes: HashMap::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -120,6 +148,19 @@ fn parse_opts() -> Result<Opts, String> {
             "--disconnected" => o.disconnected = true,
             "--dns-silent" => o.dns_silent = true,
             "--no-dns" => o.no_dns = true,
+            "--outbound" => o.outbound = Some(parse_addr("--outbound", &value(&a)?)?),
+            "--http-route" | "--tcp-route" => {
+                let v = value(&a)?;
+                let (from, to) = v
+                    .split_once('=')
+                    .ok_or_else(|| format!("{a}: `{v}` is not ORIG=UPSTREAM"))?;
+                let routes = if a == "--http-route" {
+                    &mut o.http_routes
+                } else {
+                    &mut o.tcp_routes
+                };
+                routes.insert(parse_addr(&a, from)?, parse_addr(&a, to)?);
+            }
             "-h" | "--help" => return Err(USAGE.to_string()),
             // pilot-agent takes many flags with values (ISTIO_AGENT_FLAGS);
             // a stand-in started in its place must not die on them.
@@ -549,6 +590,127 @@ async fn serve_dns_tcp(l: TcpListener, st: Arc<State>) {
     }
 }
 
+// ---- outbound (Envoy's 15001)
+
+/// istio-proxy's uid and gid from the root's /etc/passwd: Envoy runs as
+/// istio-proxy, and the capture rules let that owner's sockets out.
+fn proxy_owner(root: &Path) -> istio_vm::verify::net::Owner {
+    let text = std::fs::read_to_string(under_root(root, "etc/passwd")).unwrap_or_default();
+    let ids = text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&"istio-proxy") && f.len() > 3)
+            .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+            .flatten()
+    });
+    istio_vm::verify::net::Owner(ids)
+}
+
+async fn connect_as(
+    owner: istio_vm::verify::net::Owner,
+    to: SocketAddr,
+) -> std::io::Result<TcpStream> {
+    // The socket takes this (only) thread's fsuid/fsgid when it is made.
+    let sock = owner.run(|| {
+        if to.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+    })?;
+    sock.connect(to).await
+}
+
+/// Where the connection was going before capture redirected it.
+fn original_dst(s: &TcpStream) -> Option<SocketAddr> {
+    let a = nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::OriginalDst).ok()?;
+    let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+    Some(SocketAddr::new(IpAddr::V4(ip), u16::from_be(a.sin_port)))
+}
+
+/// Reads until the end of an HTTP head (a GET has no body).
+async fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 || buf.len() > 65536 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some(buf)
+}
+
+/// One routed HTTP exchange: the request to `up`, the whole response back
+/// with Envoy's outbound headers.
+async fn http_route(mut down: TcpStream, up: SocketAddr, owner: istio_vm::verify::net::Owner) {
+    let start = std::time::Instant::now();
+    let Some(req) = read_head(&mut down).await else {
+        return;
+    };
+    let mut resp = Vec::new();
+    let got = async {
+        let mut u = connect_as(owner, up).await?;
+        u.write_all(&req).await?;
+        u.read_to_end(&mut resp).await
+    }
+    .await;
+    let out = match got {
+        Ok(_) => {
+            let end = resp
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .unwrap_or(resp.len());
+            let head = String::from_utf8_lossy(&resp[..end]).into_owned();
+            let mut lines = head.split("\r\n");
+            let mut out = format!("{}\r\n", lines.next().unwrap_or("HTTP/1.1 502 Bad Gateway"));
+            for l in lines.filter(|l| !l.to_ascii_lowercase().starts_with("server:")) {
+                out.push_str(l);
+                out.push_str("\r\n");
+            }
+            out.push_str(&format!(
+                "server: envoy\r\nx-envoy-upstream-service-time: {}\r\n",
+                start.elapsed().as_millis()
+            ));
+            let mut b = out.into_bytes();
+            b.extend_from_slice(resp.get(end..).unwrap_or_default());
+            b
+        }
+        // Envoy's answer when the upstream cannot be reached.
+        Err(_) => b"HTTP/1.1 503 Service Unavailable\r\nserver: envoy\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec(),
+    };
+    let _ = down.write_all(&out).await;
+}
+
+async fn serve_outbound(
+    l: TcpListener,
+    routes: Arc<HashMap<SocketAddr, SocketAddr>>,
+    tcp_routes: Arc<HashMap<SocketAddr, SocketAddr>>,
+    owner: istio_vm::verify::net::Owner,
+    me: SocketAddr,
+) {
+    loop {
+        let Ok((mut down, _)) = l.accept().await else {
+            continue;
+        };
+        let routes = routes.clone();
+        let tcp_routes = tcp_routes.clone();
+        tokio::spawn(async move {
+            // Not redirected by capture, or to this listener itself: drop.
+            let Some(orig) = original_dst(&down).filter(|o| o.port() != me.port()) else {
+                return;
+            };
+            if let Some(up) = routes.get(&orig) {
+                return http_route(down, *up, owner).await;
+            }
+            let to = tcp_routes.get(&orig).copied().unwrap_or(orig);
+            if let Ok(mut up) = connect_as(owner, to).await {
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            }
+        });
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let o = match parse_opts() {
@@ -571,12 +733,43 @@ async fn main() {
         tokio::spawn(serve_http(health, st.clone(), false)),
         tokio::spawn(serve_http(admin, st.clone(), true)),
     ];
+    if let Some(a) = o.outbound {
+        let l = bind(a).await;
+        tasks.push(tokio::spawn(serve_outbound(
+            l,
+            Arc::new(o.http_routes.clone()),
+            Arc::new(o.tcp_routes.clone()),
+            proxy_owner(&o.root),
+            a,
+        )));
+    }
     if !o.no_dns {
-        let udp = UdpSocket::bind(o.dns_addr).await.unwrap_or_else(|e| {
-            log(&format!("cannot listen on udp {}: {e}", o.dns_addr));
-            std::process::exit(1);
-        });
-        let tcp = bind(o.dns_addr).await;
+        // The DNS proxy's sockets are istio-proxy's, as the agent's are: the
+        // capture rules put its UDP replies (source port 15053, that owner)
+        // into the conntrack zone of the redirected query, or they are never
+        // un-NATed (tools/istio-iptables/pkg/capture/run.go SetupDNSRedir).
+        let owner = proxy_owner(&o.root);
+        let dns_addr = o.dns_addr;
+        let udp = owner
+            .run(|| std::net::UdpSocket::bind(dns_addr))
+            .and_then(|s| {
+                s.set_nonblocking(true)?;
+                UdpSocket::from_std(s)
+            })
+            .unwrap_or_else(|e| {
+                log(&format!("cannot listen on udp {}: {e}", o.dns_addr));
+                std::process::exit(1);
+            });
+        let tcp = owner
+            .run(|| std::net::TcpListener::bind(dns_addr))
+            .and_then(|s| {
+                s.set_nonblocking(true)?;
+                TcpListener::from_std(s)
+            })
+            .unwrap_or_else(|e| {
+                log(&format!("cannot listen on tcp {}: {e}", o.dns_addr));
+                std::process::exit(1);
+            });
         agent_log(
             &o.log,
             &format!("dns\tStarting local udp DNS server on {}", o.dns_addr),

@@ -370,6 +370,21 @@ pub fn remove_file(host: &Path, sync: &Syncer) -> Result<()> {
     }
 }
 
+/// Rename a directory to a sibling name that must not exist yet: a whole
+/// tree appears (or goes) in one step, then the parent is synced.
+pub fn rename_dir(from: &Path, to: &Path) -> Result<()> {
+    let dir = open_parent_nofollow(from)?;
+    nix::fcntl::renameat2(
+        &dir,
+        file_name(from)?,
+        &dir,
+        file_name(to)?,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    )
+    .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+    nix::unistd::fsync(&dir).with_context(|| format!("syncing the directory of {}", from.display()))
+}
+
 /// Remove a directory if it is empty. Returns false if it was left in place.
 pub fn rmdir_if_empty(host: &Path, sync: &Syncer) -> Result<bool> {
     let dir = match walk_parent(host) {

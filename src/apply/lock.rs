@@ -1,6 +1,13 @@
 //! One run at a time: an exclusive flock on `/run/lock/istio-vm.lock`
 //! (under the root). A second run waits up to `lock_timeout`, then sees the
 //! first run's result and has nothing left to do.
+//!
+//! Under `--root` (an image, a chroot) the run creates nothing for its lock:
+//! it locks the root directory itself, and `/run/lock/istio-vm.lock` too
+//! only where the tree already has `/run/lock` (a run inside a chroot of the
+//! same tree takes that one), removing that file when it ends. Creating
+//! `/run/lock` (or `/run`) there would leave them behind after a `kill -9`
+//! with nothing saying they were ours (issue #16.4).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -15,29 +22,19 @@ use crate::layout;
 
 pub struct Lock {
     _flock: Option<Flock<File>>,
-    /// Under `--root`, the lock file (and the directories made for it) go
-    /// when the run ends: an image must not carry them, and uninstall must
-    /// leave the tree as it was.
-    cleanup: Option<Cleanup>,
-}
-
-struct Cleanup {
-    file: PathBuf,
-    /// Directories this run created for the lock, deepest first.
-    dirs: Vec<PathBuf>,
+    /// Under `--root`: the lock on the root directory.
+    _tree: Option<Flock<File>>,
+    /// Under `--root`, the lock file goes when the run ends: an image must
+    /// not carry it, and uninstall must leave the tree as it was.
+    cleanup: Option<PathBuf>,
 }
 
 impl Drop for Lock {
     fn drop(&mut self) {
         // Still holding the lock: a waiter that opened the old file sees
         // it unlinked after it gets the lock, and retries (see `take`).
-        if let Some(c) = self.cleanup.take() {
-            let _ = std::fs::remove_file(&c.file);
-            for d in &c.dirs {
-                if std::fs::remove_dir(d).is_err() {
-                    break;
-                }
-            }
+        if let Some(file) = self.cleanup.take() {
+            let _ = std::fs::remove_file(&file);
         }
     }
 }
@@ -49,27 +46,35 @@ fn read_only(e: &std::io::Error) -> bool {
     e.raw_os_error() == Some(nix::libc::EROFS)
 }
 
-/// Take the lock, creating the lock file (and `/run/lock`) if needed.
+/// Take the lock, creating the lock file (and, live, `/run/lock`) if
+/// needed.
 pub fn acquire(root: &Root, timeout: Duration) -> Result<Lock> {
     let deadline = Instant::now() + timeout;
+    let tree = if root.is_live() {
+        None
+    } else {
+        Some(lock_tree(
+            root,
+            FlockArg::LockExclusiveNonblock,
+            (deadline, timeout),
+        )?)
+    };
     loop {
         let r = root.resolve(layout::LOCK_FILE)?;
-        let mut dirs = Vec::new();
         if let Some(parent) = r.host.parent() {
-            let mut p = Some(parent);
-            while let Some(d) = p {
-                if d.exists() || d == root.dir() {
-                    break;
+            if tree.is_some() {
+                if !parent.is_dir() {
+                    return Ok(unlocked(tree));
                 }
-                dirs.push(d.to_path_buf());
-                p = d.parent();
-            }
-            match std::fs::create_dir_all(parent) {
-                Ok(()) => {}
-                Err(e) if read_only(&e) => return Ok(unlocked()),
-                Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("creating lock directory {}", parent.display()));
+            } else {
+                match std::fs::create_dir_all(parent) {
+                    Ok(()) => {}
+                    Err(e) if read_only(&e) => return Ok(unlocked(tree)),
+                    Err(e) => {
+                        return Err(e).with_context(|| {
+                            format!("creating lock directory {}", parent.display())
+                        });
+                    }
                 }
             }
         }
@@ -87,15 +92,17 @@ pub fn acquire(root: &Root, timeout: Duration) -> Result<Lock> {
                 // flock works on a read-only descriptor: a writable mount
                 // of the same tree elsewhere is still excluded.
                 Some(f) => {
-                    return take(
+                    let mut l = take(
                         f,
                         FlockArg::LockSharedNonblock,
                         (deadline, timeout),
                         &r,
                         None,
-                    );
+                    )?;
+                    l._tree = tree;
+                    return Ok(l);
                 }
-                None => return Ok(unlocked()),
+                None => return Ok(unlocked(tree)),
             },
             // Removed by the run that held it, between our mkdir and open.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -103,10 +110,7 @@ pub fn acquire(root: &Root, timeout: Duration) -> Result<Lock> {
                 return Err(e).with_context(|| format!("opening lock file {}", r.host.display()));
             }
         };
-        let cleanup = (!root.is_live()).then(|| Cleanup {
-            file: r.host.clone(),
-            dirs,
-        });
+        let cleanup = tree.is_some().then(|| r.host.clone());
         match take(
             file,
             FlockArg::LockExclusiveNonblock,
@@ -115,14 +119,53 @@ pub fn acquire(root: &Root, timeout: Duration) -> Result<Lock> {
             cleanup,
         ) {
             Err(e) if e.is::<Stale>() => continue,
-            other => return other,
+            Ok(mut l) => {
+                l._tree = tree;
+                return Ok(l);
+            }
+            Err(e) => return Err(e),
         }
     }
 }
 
-fn unlocked() -> Lock {
+/// Lock the root directory of a `--root` tree (a read-only descriptor is
+/// enough for flock, so a read-only tree is locked too).
+fn lock_tree(
+    root: &Root,
+    arg: FlockArg,
+    (deadline, timeout): (Instant, Duration),
+) -> Result<Flock<File>> {
+    let dir = root.dir();
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_DIRECTORY | OFlag::O_CLOEXEC).bits())
+        .open(dir)
+        .with_context(|| format!("opening {} to lock it", dir.display()))?;
+    loop {
+        match Flock::lock(file, arg) {
+            Ok(f) => return Ok(f),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
+                if Instant::now() >= deadline {
+                    bail!(
+                        "another istio-vm run holds {} for over {:?}; wait for it \
+                         or raise lock_timeout",
+                        dir.display(),
+                        timeout
+                    );
+                }
+                file = f;
+                // flock has no timed wait; poll briefly.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err((_, e)) => return Err(e).with_context(|| format!("locking {}", dir.display())),
+        }
+    }
+}
+
+fn unlocked(tree: Option<Flock<File>>) -> Lock {
     Lock {
         _flock: None,
+        _tree: tree,
         cleanup: None,
     }
 }
@@ -143,10 +186,19 @@ fn open_read_only(host: &Path) -> Result<Option<File>> {
 /// check run never creates anything).
 pub fn acquire_shared(root: &Root, timeout: Duration) -> Result<Option<Lock>> {
     let deadline = Instant::now() + timeout;
+    let tree = if root.is_live() {
+        None
+    } else {
+        Some(lock_tree(
+            root,
+            FlockArg::LockSharedNonblock,
+            (deadline, timeout),
+        )?)
+    };
     loop {
         let r = root.resolve(layout::LOCK_FILE)?;
         let Some(file) = open_read_only(&r.host)? else {
-            return Ok(None);
+            return Ok(tree.map(|t| unlocked(Some(t))));
         };
         match take(
             file,
@@ -156,7 +208,11 @@ pub fn acquire_shared(root: &Root, timeout: Duration) -> Result<Option<Lock>> {
             None,
         ) {
             Err(e) if e.is::<Stale>() => continue,
-            other => return other.map(Some),
+            Ok(mut l) => {
+                l._tree = tree;
+                return Ok(Some(l));
+            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -178,7 +234,7 @@ fn take(
     arg: FlockArg,
     (deadline, timeout): (Instant, Duration),
     r: &crate::sysroot::Resolved,
-    cleanup: Option<Cleanup>,
+    cleanup: Option<PathBuf>,
 ) -> Result<Lock> {
     let shown = &r.real;
     loop {
@@ -194,6 +250,7 @@ fn take(
                 }
                 return Ok(Lock {
                     _flock: Some(f),
+                    _tree: None,
                     cleanup,
                 });
             }

@@ -5,7 +5,9 @@
 //! 2. record the prior state of every path to be touched (bytes, mode, owner
 //!    or absent, plus parent directories that will be created), back it up
 //!    under `/var/lib/istio-vm/backup/<txid>/` (0700/0600) and write the
-//!    journal `/var/lib/istio-vm/journal.json`;
+//!    journal `/var/lib/istio-vm/journal.json` (no directory exists before a
+//!    journal names it: a missing chain appears in one rename with its
+//!    first journal inside);
 //! 3. apply the ops, then write `state.json`;
 //! 4. commit by removing the journal. Any error before that restores every
 //!    recorded path and returns `Failure::RolledBack` (exit 3).
@@ -317,27 +319,70 @@ impl<'a> Tx<'a> {
         }
         failpoint("backup")?;
         let owner = self.can_chown.then_some((0, 0));
-        // Create the backup directory chain: from here on the journal
-        // entries above say how to remove it again.
+        // The backup directory chain this run makes (parents first).
         let chain: Vec<Entry> = self
             .entries
             .iter()
             .filter(|e| e.meta && e.kind == "dir" && e.prior == Prior::Absent)
             .cloned()
             .collect();
-        self.started = true;
-        for e in chain {
-            let mode = if e.path.starts_with(&books.backup_dir) {
+        let mode = |e: &Entry| {
+            if e.path.starts_with(&books.backup_dir) {
                 0o700
             } else {
                 0o755
-            };
-            fsops::mkdir(&self.root.host(&e.path), mode, owner, &fsops::Syncer::now())?;
-        }
-        // A first journal naming only the directories just made, so a
-        // crash while backing up still leaves a way back.
+            }
+        };
+        // A first journal names only those directories, so a crash while
+        // backing up still leaves a way back. It must exist before any of
+        // them does: a directory made without a journal naming it would be
+        // taken for the VM's own by the next run (issue #16.4).
         let meta: Vec<Entry> = self.entries.iter().filter(|e| e.meta).cloned().collect();
-        self.write_journal(&meta, "prepare")?;
+        self.started = true;
+        match chain
+            .first()
+            .filter(|top| std::path::Path::new(&books.journal).starts_with(&top.path))
+        {
+            // The journal's own directory is missing: the chain is built
+            // under a staging name with the journal inside and appears in
+            // one rename (a kill before leaves only the staging directory,
+            // which `recover` removes).
+            Some(top) => {
+                let top_host = self.root.host(&top.path);
+                let stage = staging_of(&top_host);
+                clear_dir(&stage)?;
+                let inside = |real: &str| {
+                    stage.join(
+                        real.strip_prefix(top.path.as_str())
+                            .unwrap_or(real)
+                            .trim_start_matches('/'),
+                    )
+                };
+                let built = (|| {
+                    for e in &chain {
+                        fsops::mkdir(&inside(&e.path), mode(e), owner, &fsops::Syncer::now())?;
+                    }
+                    self.write_journal_at(&inside(&books.journal), &meta, "prepare")?;
+                    fsops::rename_dir(&stage, &top_host)
+                })();
+                if let Err(e) = built {
+                    // Nothing but the staging directory exists: it goes.
+                    clear_dir(&stage)?;
+                    return Err(e);
+                }
+            }
+            None => {
+                self.write_journal(&meta, "prepare")?;
+                for e in &chain {
+                    fsops::mkdir(
+                        &self.root.host(&e.path),
+                        mode(e),
+                        owner,
+                        &fsops::Syncer::now(),
+                    )?;
+                }
+            }
+        }
         for (name, bytes) in std::mem::take(&mut self.pending) {
             let host = self.root.host(&books.backup(&name));
             fsops::write_atomic(&host, &bytes, 0o600, owner, "backup", &fsops::Syncer::now())
@@ -350,6 +395,15 @@ impl<'a> Tx<'a> {
     }
 
     fn write_journal(&self, entries: &[Entry], failpoint: &str) -> Result<()> {
+        self.write_journal_at(&self.root.resolve(JOURNAL)?.host, entries, failpoint)
+    }
+
+    fn write_journal_at(
+        &self,
+        host: &std::path::Path,
+        entries: &[Entry],
+        failpoint: &str,
+    ) -> Result<()> {
         let j = Journal {
             txid: self.txid.clone(),
             command: self.command.clone(),
@@ -357,15 +411,8 @@ impl<'a> Tx<'a> {
         };
         let bytes = serde_json::to_vec_pretty(&j)?;
         let owner = self.can_chown.then_some((0, 0));
-        fsops::write_atomic(
-            &self.root.resolve(JOURNAL)?.host,
-            &bytes,
-            0o600,
-            owner,
-            failpoint,
-            &fsops::Syncer::now(),
-        )
-        .context("writing the journal")
+        fsops::write_atomic(host, &bytes, 0o600, owner, failpoint, &fsops::Syncer::now())
+            .context("writing the journal")
     }
 
     /// Create missing parents of `real` (recorded by `begin`).
@@ -450,7 +497,13 @@ impl<'a> Tx<'a> {
             // Nothing but our own directories and backups exists yet.
             self.entries.iter().filter(|e| e.meta).cloned().collect()
         };
-        rollback_entries(self.root, &self.txid, &entries, self.can_chown)
+        rollback_entries(
+            self.root,
+            &self.txid,
+            &self.command,
+            &entries,
+            self.can_chown,
+        )
     }
 }
 
@@ -459,34 +512,166 @@ impl<'a> Tx<'a> {
 /// anywhere in it (or before it) is finished by the next one.
 ///
 /// - Backups no state entry refers to are deleted: those of a committed
-///   uninstall, of a token rotation, of an install killed before its first
-///   journal was written.
-/// - With nothing installed (no state), an empty backup directory and an
-///   empty `/var/lib/istio-vm` are leftovers of such a run and go too, so
-///   the next install records them as absent again (and its uninstall
-///   removes them). `/var/lib/istio-vm` is istio-vm's own directory: no
-///   package ships it, and a non-empty one (a `capture apply` record) stays.
+///   uninstall, of a token rotation.
+/// - An uninstall that committed but did not finish (its state.json names
+///   only our bookkeeping directories, see `tombstone`) is finished.
+///
+/// Nothing else is removed: a directory no record names is not ours, even
+/// an empty `/var/lib/istio-vm`.
 ///
 /// Returns a step detail when something was cleaned up.
 pub fn tidy(root: &Root) -> Result<Option<String>> {
     let state = load_state(root)?;
-    let mut n = prune_backups(root, state.as_ref())?;
-    if state.is_none() {
-        let books = Books::of(root)?;
-        let state_dir = root.resolve(layout::STATE_DIR)?;
-        for d in [root.host(&books.backup_dir), state_dir.host] {
-            if matches!(fsops::read_current(&d)?, Current::Dir { .. })
-                && fsops::rmdir_if_empty(&d, &fsops::Syncer::now())?
-            {
-                n += 1;
-            }
+    let n = prune_backups(root, state.as_ref())?;
+    if let Some(s) = state.as_ref().filter(|s| is_tombstone(s)) {
+        finish_uninstall(root, s)?;
+        return Ok(Some(format!(
+            "finished an interrupted uninstall ({n} leftover backups removed)"
+        )));
+    }
+    Ok((n > 0)
+        .then(|| format!("finished the cleanup of an earlier run ({n} leftover backups removed)")))
+}
+
+/// The state an uninstall commits: only the bookkeeping directories the
+/// first install made, so that the cleanup after the commit (removing
+/// them) is redone by the next run if this one is killed.
+pub fn tombstone(state: &State) -> State {
+    State {
+        entries: state.entries.iter().filter(|e| e.meta).cloned().collect(),
+        ..state.clone()
+    }
+}
+
+/// An uninstall committed this state and has not finished.
+pub fn is_tombstone(state: &State) -> bool {
+    state.entries.iter().all(|e| e.meta)
+}
+
+/// Where a directory chain is built before it appears in one rename, or
+/// goes in one rename before it is deleted: a kill leaves it only under
+/// this name, which the next run removes (`recover`). Runs hold the lock,
+/// so none is in use then.
+fn staging_of(host: &std::path::Path) -> std::path::PathBuf {
+    let name = host
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    host.with_file_name(format!(".{name}.istio-vm.staging"))
+}
+
+/// Remove a staging directory (ours by its name), if there is one.
+fn clear_dir(stage: &std::path::Path) -> Result<()> {
+    if matches!(fsops::read_current(stage)?, Current::Dir { .. }) {
+        std::fs::remove_dir_all(stage).with_context(|| format!("removing {}", stage.display()))?;
+        fsops::sync_parent(stage)?;
+    }
+    Ok(())
+}
+
+/// Remove the staging directories a killed run left along our bookkeeping
+/// paths.
+fn clear_staging(root: &Root, books: &Books) -> Result<()> {
+    let mut dirs = BTreeSet::new();
+    for p in [&books.journal, &books.state, &books.tx_dir("-")] {
+        let mut d = std::path::Path::new(p).parent();
+        while let Some(x) = d.filter(|x| *x != std::path::Path::new("/")) {
+            dirs.insert(x.to_path_buf());
+            d = x.parent();
         }
     }
-    Ok((n > 0).then(|| {
-        format!(
-            "finished the cleanup of an earlier run ({n} leftover backups or directories removed)"
-        )
-    }))
+    for d in dirs {
+        clear_dir(&staging_of(&root.host(&d.to_string_lossy())))?;
+    }
+    Ok(())
+}
+
+/// Whether the tree at `host` holds nothing but our bookkeeping: the
+/// journal, state.json, backups, and the directories leading to them.
+fn only_books(root: &Root, books: &Books, host: &std::path::Path) -> Result<bool> {
+    let ours: Vec<std::path::PathBuf> = [&books.journal, &books.state]
+        .into_iter()
+        .flat_map(|p| {
+            let h = root.host(p);
+            [fsops::temp_of(&h), h]
+        })
+        .collect();
+    let backup = root.host(&books.backup_dir);
+    let leads_to = |p: &std::path::Path| {
+        ours.iter().any(|o| o.starts_with(p)) || backup.starts_with(p) || p.starts_with(&backup)
+    };
+    let m =
+        std::fs::symlink_metadata(host).with_context(|| format!("reading {}", host.display()))?;
+    if !m.is_dir() {
+        return Ok(ours.iter().any(|o| o == host) || host.starts_with(&backup));
+    }
+    if !leads_to(host) {
+        return Ok(false);
+    }
+    if host.starts_with(&backup) {
+        return Ok(true);
+    }
+    for e in std::fs::read_dir(host).with_context(|| format!("reading {}", host.display()))? {
+        if !only_books(root, books, &e?.path())? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Undo our bookkeeping directories (the `meta` entries) once everything
+/// else is undone. `pin` (the journal, or an uninstall's tombstone
+/// state.json) names them until the last step, so a kill anywhere in here
+/// is redone by the next run:
+///
+/// 1. created directories that do not hold the pin go, deepest first;
+/// 2. pre-existing ones get their mode and owner back;
+/// 3. the pin and the created directories holding it go in one rename of
+///    the highest one that holds nothing but our bookkeeping; where none
+///    does (something else lives there), the pin goes, then whichever of
+///    them is empty.
+fn unwind(root: &Root, books: &Books, meta: &[Entry], pin: &str, can_chown: bool) -> Result<()> {
+    let depth = |e: &&Entry| e.path.matches('/').count();
+    let created: Vec<&Entry> = meta
+        .iter()
+        .filter(|e| e.kind == "dir" && e.prior == Prior::Absent)
+        .collect();
+    let holds_pin = |e: &&Entry| std::path::Path::new(pin).starts_with(&e.path);
+    let mut others: Vec<&Entry> = created.iter().copied().filter(|e| !holds_pin(e)).collect();
+    others.sort_by_key(|e| std::cmp::Reverse(depth(e)));
+    for e in others {
+        let host = root.host(&e.path);
+        if books.is_transient(&e.path) {
+            remove_tree(&host)?;
+        } else {
+            fsops::rmdir_if_empty(&host, &fsops::Syncer::now())?;
+        }
+    }
+    for e in meta.iter().filter(|e| matches!(e.prior, Prior::Dir { .. })) {
+        restore(root, e, can_chown)?;
+    }
+    let mut holders: Vec<&Entry> = created.iter().copied().filter(holds_pin).collect();
+    holders.sort_by_key(depth);
+    for top in &holders {
+        let host = root.host(&top.path);
+        match fsops::read_current(&host)? {
+            Current::Absent => return Ok(()),
+            Current::Dir { .. } if only_books(root, books, &host)? => {
+                let stage = staging_of(&host);
+                clear_dir(&stage)?;
+                fsops::rename_dir(&host, &stage)?;
+                return clear_dir(&stage);
+            }
+            _ => {}
+        }
+    }
+    let pin_host = root.host(pin);
+    fsops::remove_file(&fsops::temp_of(&pin_host), &fsops::Syncer::now())?;
+    fsops::remove_file(&pin_host, &fsops::Syncer::now())?;
+    for e in holders.iter().rev() {
+        fsops::rmdir_if_empty(&root.host(&e.path), &fsops::Syncer::now())?;
+    }
+    Ok(())
 }
 
 /// Delete backup directories no state entry refers to; returns how many.
@@ -598,7 +783,13 @@ fn restore(root: &Root, e: &Entry, can_chown: bool) -> Result<()> {
     Ok(())
 }
 
-fn rollback_entries(root: &Root, txid: &str, entries: &[Entry], can_chown: bool) -> Result<()> {
+fn rollback_entries(
+    root: &Root,
+    txid: &str,
+    command: &str,
+    entries: &[Entry],
+    can_chown: bool,
+) -> Result<()> {
     let mut errors = Vec::new();
     for e in entries.iter().rev().filter(|e| !e.meta) {
         if let Err(err) = restore(root, e, can_chown) {
@@ -609,19 +800,34 @@ fn rollback_entries(root: &Root, txid: &str, entries: &[Entry], can_chown: bool)
         // Keep the journal and backups: the next run retries.
         bail!("rollback incomplete: {}", errors.join("; "));
     }
-    // The journal goes first: from then on nothing refers to the backups.
     let books = Books::of(root)?;
-    fsops::remove_file(&root.host(&books.journal), &fsops::Syncer::now())?;
-    remove_tree(&root.host(&books.tx_dir(txid)))?;
-    for e in entries.iter().rev().filter(|e| e.meta) {
-        restore(root, e, can_chown)?;
+    let meta: Vec<Entry> = entries.iter().filter(|e| e.meta).cloned().collect();
+    // Only our bookkeeping is left to undo: the journal says so first, so
+    // a kill from here on redoes just that (the backups may be gone then).
+    if meta.len() < entries.len() {
+        let j = Journal {
+            txid: txid.into(),
+            command: command.into(),
+            entries: meta.clone(),
+        };
+        fsops::write_atomic(
+            &root.host(&books.journal),
+            &serde_json::to_vec_pretty(&j)?,
+            0o600,
+            can_chown.then_some((0, 0)),
+            "rollback",
+            &fsops::Syncer::now(),
+        )
+        .context("writing the journal")?;
     }
-    Ok(())
+    remove_tree(&root.host(&books.tx_dir(txid)))?;
+    unwind(root, &books, &meta, &books.journal, can_chown)
 }
 
 /// Roll back a run that was interrupted (its journal is still there).
 /// Returns a step detail when something was recovered.
 pub fn recover(root: &Root) -> Result<Option<String>> {
+    clear_staging(root, &Books::of(root)?)?;
     let r = root.resolve(JOURNAL)?;
     let tmp = fsops::temp_of(&r.host);
     let bytes = match fsops::read_current(&r.host)? {
@@ -646,7 +852,7 @@ pub fn recover(root: &Root) -> Result<Option<String>> {
             r.real
         )
     })?;
-    rollback_entries(root, &j.txid, &j.entries, euid_root())
+    rollback_entries(root, &j.txid, &j.command, &j.entries, euid_root())
         .with_context(|| format!("rolling back the interrupted {} ({})", j.command, j.txid))?;
     Ok(Some(format!(
         "rolled back an interrupted {} ({} paths)",
@@ -731,15 +937,14 @@ fn commit_error(e: anyhow::Error) -> anyhow::Error {
     anyhow!("committing failed: {e:#}; the next run rolls this change back and redoes it")
 }
 
-/// After an uninstall committed: drop every backup, then our bookkeeping
-/// directories if install created them (and they are empty).
+/// After an uninstall committed its tombstone state: drop every backup,
+/// then our bookkeeping directories if install created them (and they hold
+/// nothing else), state.json last (see `unwind`).
 pub fn finish_uninstall(root: &Root, state: &State) -> Result<()> {
     prune_backups(root, None)?;
-    let can_chown = euid_root();
-    for e in state.entries.iter().rev().filter(|e| e.meta) {
-        restore(root, e, can_chown)?;
-    }
-    Ok(())
+    let books = Books::of(root)?;
+    let meta: Vec<Entry> = state.entries.iter().filter(|e| e.meta).cloned().collect();
+    unwind(root, &books, &meta, &books.state, euid_root())
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use flate2::read::GzDecoder;
 use sha2::{Digest, Sha256};
 
 use super::{Bundle, FILES};
+use crate::extra_ca::io_reason;
 use crate::report::Finding;
 
 /// Largest bundle file; real ones are a few KiB.
@@ -31,7 +32,7 @@ pub const MAX_FILE: u64 = 1024 * 1024;
 /// Largest unpacked archive, and largest archive or download.
 pub const MAX_TOTAL: u64 = 16 * 1024 * 1024;
 /// Variable naming an extra PEM CA bundle for https:// sources.
-pub const CA_FILE_ENV: &str = "SSL_CERT_FILE";
+pub use crate::extra_ca::CA_FILE_ENV;
 
 /// How a bundle is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,14 +167,6 @@ pub fn load_with(
     })?;
     check_sha(&bytes, sha256.as_deref(), src)?;
     unpack(&bytes)
-}
-
-fn io_reason(e: &std::io::Error) -> String {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => "no such file or directory".into(),
-        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
-        _ => e.to_string(),
-    }
 }
 
 fn check_sha(bytes: &[u8], want: Option<&str>, src: &str) -> Result<(), Vec<Finding>> {
@@ -491,33 +484,8 @@ fn fetch(url: &str, deadline: Duration) -> Result<Vec<u8>, Vec<Finding>> {
         .timeout(deadline + Duration::from_secs(1))
         .redirect(reqwest::redirect::Policy::limited(5))
         .user_agent(concat!("istio-vm/", env!("CARGO_PKG_VERSION")));
-    if let Some(path) = std::env::var_os(CA_FILE_ENV) {
-        const HINT_CA: &str = "point SSL_CERT_FILE at a PEM file of CA certificates, or unset it";
-        let pem = std::fs::read(&path).map_err(|e| {
-            fail(
-                format!(
-                    "cannot read {CA_FILE_ENV}={}: {}",
-                    Path::new(&path).display(),
-                    io_reason(&e)
-                ),
-                HINT_CA,
-            )
-        })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            fail(
-                format!("{CA_FILE_ENV} holds no usable PEM certificate: {e}"),
-                HINT_CA,
-            )
-        })?;
-        if certs.is_empty() {
-            return Err(fail(
-                format!("{CA_FILE_ENV} holds no PEM certificate"),
-                HINT_CA,
-            ));
-        }
-        for c in certs {
-            builder = builder.add_root_certificate(c);
-        }
+    for c in crate::extra_ca::roots().map_err(|msg| fail(msg, crate::extra_ca::HINT))? {
+        builder = builder.add_root_certificate(c);
     }
     let client = builder.build().map_err(|e| {
         fail(

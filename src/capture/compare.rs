@@ -8,16 +8,17 @@
 //! canonical spelling (the one `iptables-save` prints: `-m tcp` implied by
 //! `-p tcp --dport`, `/32` on host addresses, masked networks, hex marks,
 //! the default masks of MARK/CONNMARK/TPROXY), so no scratch network
-//! namespace is needed on the hot path. Native nft tables are compared in
-//! the kernel's own spelling: the rendered script is loaded into a
-//! throw-away namespace once and listed (`nft list` rewrites too much —
-//! named priorities, implied protocols, sets — to predict safely).
+//! namespace is needed on the hot path. Native nft tables are compared the
+//! same way: the script and the kernel's `nft -j list` are both read into
+//! the normal form of [`super::nftjson`] (the kernel's spelling: implied
+//! protocols dropped, numeric priorities, ids for names, sorted sets).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use super::iptables::{Tables, is_istio_chain, jump_target};
 use super::model::Family;
+use super::nftjson::{NftChain, NftTable, NftTables};
 
 /// What differs, in words a person can act on. Empty: an exact match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -297,33 +298,42 @@ pub fn unexpected_tables(live: &Tables, label: &str) -> Difference {
     compare_tables(&Tables::default(), live, label)
 }
 
-/// The nft tables, each as (name, `nft -s list table` text), compared by
-/// line after trimming (both sides come from the kernel's own listing).
-pub fn compare_nft(
-    expected: &[(String, String)],
-    live: &[(String, String)],
-    label: &str,
-) -> Difference {
-    let lines = |b: &[(String, String)]| -> BTreeMap<String, Vec<String>> {
-        b.iter()
-            .map(|(n, s)| {
-                (
-                    n.clone(),
-                    s.lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty())
-                        .map(String::from)
-                        .collect(),
-                )
-            })
-            .collect()
-    };
-    let (want, have) = (lines(expected), lines(live));
+/// Rules in order: missing, extra, or the same rules reordered.
+fn diff_rules(at: &str, want: &[String], have: &[String], d: &mut Difference) {
+    if want == have {
+        return;
+    }
+    let mut left: Vec<&String> = have.iter().collect();
+    let mut missing = false;
+    for r in want {
+        match left.iter().position(|x| *x == r) {
+            Some(i) => {
+                left.remove(i);
+            }
+            None => {
+                missing = true;
+                d.missing.push(format!("{at}: {r}"));
+            }
+        }
+    }
+    for r in &left {
+        d.extra.push(format!("{at}: {r}"));
+    }
+    if !missing && left.is_empty() {
+        d.reordered.push(at.to_string());
+    }
+}
+
+/// Compare Istio's nft tables, both sides in the normal form of
+/// [`super::nftjson`]: the expected set from the rendered or recorded
+/// script, the live one from `nft -j list`.
+pub fn compare_nft(expected: &NftTables, live: &NftTables, label: &str) -> Difference {
     let mut d = Difference::default();
-    let names: BTreeSet<&String> = want.keys().chain(have.keys()).collect();
+    let names: BTreeSet<&String> = expected.keys().chain(live.keys()).collect();
+    let empty = NftTable::default();
     for n in names {
         let at = format!("{label} table inet {n}");
-        let (w, h) = match (want.get(n), have.get(n)) {
+        let (w, h) = match (expected.get(n), live.get(n)) {
             (Some(_), None) => {
                 d.missing.push(format!("{at}: table"));
                 continue;
@@ -332,30 +342,28 @@ pub fn compare_nft(
                 d.extra.push(format!("{at}: table"));
                 continue;
             }
-            (Some(w), Some(h)) => (w, h),
-            (None, None) => continue,
+            (w, h) => (w.unwrap_or(&empty), h.unwrap_or(&empty)),
         };
-        if w == h {
-            continue;
-        }
-        let mut left: Vec<&String> = h.iter().collect();
-        let mut missing = false;
-        for l in w {
-            match left.iter().position(|x| *x == l) {
-                Some(i) => {
-                    left.remove(i);
+        let chains: BTreeSet<&String> = w.chains.keys().chain(h.chains.keys()).collect();
+        let none = NftChain::default();
+        for c in chains {
+            let at = format!("{at} chain {c}");
+            let (wc, hc) = (w.chains.get(c), h.chains.get(c));
+            match (wc, hc) {
+                (Some(_), None) => d.missing.push(format!("{at}: chain")),
+                (None, Some(_)) => d.extra.push(format!("{at}: chain")),
+                _ => {}
+            }
+            let (wc, hc) = (wc.unwrap_or(&none), hc.unwrap_or(&none));
+            if wc.base != hc.base {
+                if let Some(b) = &wc.base {
+                    d.missing.push(format!("{at}: {b}"));
                 }
-                None => {
-                    missing = true;
-                    d.missing.push(format!("{at}: {l}"));
+                if let Some(b) = &hc.base {
+                    d.extra.push(format!("{at}: {b}"));
                 }
             }
-        }
-        for l in &left {
-            d.extra.push(format!("{at}: {l}"));
-        }
-        if !missing && left.is_empty() {
-            d.reordered.push(at);
+            diff_rules(&at, &wc.rules, &hc.rules, &mut d);
         }
     }
     d
@@ -481,17 +489,38 @@ mod tests {
     }
 
     #[test]
-    fn nft_listings_compare_by_line() {
-        let a = vec![(
-            "istio-proxy-nat".to_string(),
-            "table inet istio-proxy-nat {\n\tchain output {\n\t\tcounter jump istio-output\n\t}\n}\n"
-                .to_string(),
-        )];
+    fn nft_tables_compare_by_chain_and_rule() {
+        let script = "add table inet istio-proxy-nat\n\
+             add chain inet istio-proxy-nat output { type nat hook output priority -100 ; }\n\
+             add chain inet istio-proxy-nat istio-output\n\
+             add rule inet istio-proxy-nat output counter jump istio-output\n\
+             add rule inet istio-proxy-nat istio-output skuid 1337 counter return\n\
+             add rule inet istio-proxy-nat istio-output counter redirect to :15001\n";
+        let a = crate::capture::nftjson::from_script(script).unwrap();
         assert!(compare_nft(&a, &a, "nftables").is_empty());
-        let d = compare_nft(&a, &[], "nftables");
+        let d = compare_nft(&a, &NftTables::new(), "nftables");
         assert_eq!(
             d.missing,
             vec!["nftables table inet istio-proxy-nat: table"]
+        );
+        let moved = crate::capture::nftjson::from_script(
+            &script.replace("output counter jump", "istio-output counter jump"),
+        )
+        .unwrap();
+        let d = compare_nft(&a, &moved, "nftables");
+        assert_eq!(d.missing.len(), 1, "{d:?}");
+        assert_eq!(d.extra.len(), 1, "{d:?}");
+        let prio = crate::capture::nftjson::from_script(&script.replace("-100", "-150")).unwrap();
+        assert!(!compare_nft(&a, &prio, "nftables").is_empty());
+        let swapped = crate::capture::nftjson::from_script(&script.replace(
+            "istio-output skuid 1337 counter return\nadd rule inet istio-proxy-nat istio-output counter redirect to :15001",
+            "istio-output counter redirect to :15001\nadd rule inet istio-proxy-nat istio-output skuid 1337 counter return",
+        ))
+        .unwrap();
+        let d = compare_nft(&a, &swapped, "x");
+        assert_eq!(
+            d.reordered,
+            vec!["x table inet istio-proxy-nat chain istio-output"]
         );
     }
 }

@@ -1,6 +1,7 @@
 //! The kernel's netfilter as the tools show it: which iptables flavour
 //! (nft or legacy) and backend, running the tools, and one [`Snapshot`] of
-//! every backend read with the tools running side by side.
+//! every backend read with the tools running side by side. Native nft
+//! tables are read as `nft -j` JSON ([`super::nftjson`]), never as text.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -10,6 +11,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use super::iptables::Tables;
 use super::model::Family;
 use super::nft;
+use super::nftjson::{self, NftTables};
 
 /// Which iptables binaries: the nf_tables or the legacy x_tables flavour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +101,47 @@ pub(super) fn on_path(bin: &str) -> bool {
     which(bin).is_some()
 }
 
+/// The files of the legacy iptables binaries (`xtables-legacy-multi` on
+/// Debian, `xtables-multi` before iptables 1.8), symlinks resolved:
+/// what `capture watch` watches for legacy x_tables changes.
+fn legacy_binaries() -> Vec<std::path::PathBuf> {
+    let mut out: Vec<std::path::PathBuf> = [Family::V4, Family::V6]
+        .into_iter()
+        .flat_map(|f| ["", "save", "restore"].map(|t| Variant::Legacy.bin(f, t)))
+        .filter_map(|b| which(&b))
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+static LEGACY_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static LEGACY_FILES: std::sync::OnceLock<Vec<std::path::PathBuf>> = std::sync::OnceLock::new();
+
+/// Count this process's own runs of a legacy binary: `capture watch` sees
+/// every run end (inotify) and must tell its own from another tool's.
+fn count_legacy(exe: &std::path::Path) {
+    // Only the watcher, which set the list up, counts.
+    let Some(files) = LEGACY_FILES.get() else {
+        return;
+    };
+    if std::fs::canonicalize(exe).is_ok_and(|p| files.contains(&p)) {
+        LEGACY_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The legacy binaries to watch (found once), and from now on count runs
+/// of them.
+pub(super) fn watched_legacy_binaries() -> &'static [std::path::PathBuf] {
+    LEGACY_FILES.get_or_init(legacy_binaries)
+}
+
+/// How many legacy binaries this process has run so far.
+pub(super) fn legacy_runs() -> usize {
+    LEGACY_RUNS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Run a program, feeding `stdin`; its stdout, or an error with its stderr.
 pub(super) fn run(prog: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
     let exe = if prog.contains('/') {
@@ -106,6 +149,7 @@ pub(super) fn run(prog: &str, args: &[&str], stdin: Option<&str>) -> Result<Stri
     } else {
         which(prog).unwrap_or_else(|| prog.into())
     };
+    count_legacy(&exe);
     let mut child = Command::new(exe)
         .args(args)
         .stdin(if stdin.is_some() {
@@ -141,6 +185,7 @@ pub(super) fn run(prog: &str, args: &[&str], stdin: Option<&str>) -> Result<Stri
 /// five of them before it changes anything).
 pub(super) fn start(prog: &str, args: &[&str]) -> Option<std::process::Child> {
     let exe = which(prog)?;
+    count_legacy(&exe);
     Command::new(exe)
         .args(args)
         .stdin(Stdio::null())
@@ -172,39 +217,65 @@ pub(super) fn restore(v: Variant, f: Family, input: &str, noflush: bool) -> Resu
     run(&bin, &args, Some(input)).map(|_| ())
 }
 
-/// `nft -j list tables`: (family, name) of every table.
-#[derive(serde::Deserialize)]
-struct NftList {
-    nftables: Vec<serde_json::Value>,
+/// Every nf_tables table (family, name): asked of the kernel over netlink,
+/// or of `nft -j list tables` where that fails.
+fn nft_table_names(nft: bool) -> Vec<(String, String)> {
+    match super::netlink::tables() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::debug!("{e:#}; asking nft instead");
+            let Some(json) = nft
+                .then(|| finish(start("nft", &["-j", "list", "tables"])))
+                .flatten()
+            else {
+                return Vec::new();
+            };
+            serde_json::from_str::<nftjson::Listing>(&json)
+                .map(|l| {
+                    l.nftables
+                        .iter()
+                        .filter_map(|o| {
+                            let t = o.get("table")?;
+                            Some((
+                                t.get("family")?.as_str()?.to_string(),
+                                t.get("name")?.as_str()?.to_string(),
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        }
+    }
 }
 
-fn nft_table_names(json: &str) -> Vec<(String, String)> {
-    let Ok(list) = serde_json::from_str::<NftList>(json) else {
-        return Vec::new();
-    };
-    list.nftables
-        .iter()
-        .filter_map(|o| {
-            let t = o.get("table")?;
-            Some((
-                t.get("family")?.as_str()?.to_string(),
-                t.get("name")?.as_str()?.to_string(),
-            ))
-        })
-        .collect()
+/// Istio's nft tables as the kernel holds them (`nft -j list ruleset inet`,
+/// one `nft` run for all three), in the normal form, with the listing
+/// objects that put them back.
+#[derive(Debug, Default, Clone)]
+pub struct NftState {
+    pub tables: NftTables,
+    pub objects: Vec<serde_json::Value>,
 }
 
-/// Istio's nft tables among `names`, each with its stateless listing.
-pub(super) fn nft_listings(names: &[(String, String)]) -> Vec<(String, String)> {
-    nft::TABLES
-        .iter()
-        .filter(|t| names.iter().any(|(f, n)| f == "inet" && n == *t))
-        .filter_map(|t| {
-            run("nft", &["-s", "list", "table", "inet", t], None)
-                .ok()
-                .map(|s| (t.to_string(), s))
-        })
-        .collect()
+impl NftState {
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.tables.keys()
+    }
+}
+
+fn read_nft(json: Option<String>) -> Result<NftState> {
+    let json = json.context("`nft -j list ruleset inet` failed")?;
+    let listing: nftjson::Listing =
+        serde_json::from_str(&json).context("reading `nft -j list ruleset inet`")?;
+    Ok(NftState {
+        tables: nftjson::from_json(&listing, &nft::TABLES),
+        objects: nftjson::objects_of(&listing, &nft::TABLES),
+    })
+}
+
+/// Read Istio's nft tables now (after an apply).
+pub(super) fn nft_state() -> Result<NftState> {
+    read_nft(finish(start("nft", &["-j", "list", "ruleset", "inet"])))
 }
 
 /// One iptables variant whose binaries exist, with its `*-save` output per
@@ -229,34 +300,68 @@ impl Probe {
     }
 }
 
-/// One `*-save` on its way. Legacy x_tables list their tables in
-/// `/proc/net/ip{,6}_tables_names` (per network namespace); when that is
-/// missing or empty the legacy flavour holds nothing, and its save is not
-/// run at all (one process less on every apply and remove).
+/// One `*-save` on its way, or not run because the family holds nothing:
+/// legacy x_tables list their tables in `/proc/net/ip{,6}_tables_names`
+/// (per network namespace); iptables-nft's tables are nf_tables tables of
+/// family `ip`/`ip6`, and the netlink dumps say whether they hold a rule or
+/// a user chain ([`super::netlink::families_with_content`]). Where they do
+/// not, the save would print the empty tables, and that text is made here:
+/// one process less per empty family on every apply, remove and check (on
+/// a fresh VM, and after `remove`, every family is empty).
 enum Pending {
     Running(Option<std::process::Child>),
-    Empty,
+    Known(String),
+}
+
+/// What the netlink dumps say (None: they failed, run every save).
+struct NftView<'a> {
+    tables: &'a [(String, String)],
+    content: Option<Vec<String>>,
 }
 
 impl Pending {
-    fn start(v: Variant, f: Family) -> Pending {
-        if v == Variant::Legacy {
-            let names = match f {
-                Family::V4 => "/proc/net/ip_tables_names",
-                Family::V6 => "/proc/net/ip6_tables_names",
-            };
-            let empty = std::fs::read_to_string(names).map_or(true, |t| t.trim().is_empty());
-            if empty && on_path(&v.bin(f, "save")) {
-                return Pending::Empty;
+    fn start(v: Variant, f: Family, view: &NftView<'_>) -> Pending {
+        let save = v.bin(f, "save");
+        let known = match v {
+            Variant::Legacy => {
+                let names = match f {
+                    Family::V4 => "/proc/net/ip_tables_names",
+                    Family::V6 => "/proc/net/ip6_tables_names",
+                };
+                std::fs::read_to_string(names)
+                    .map_or(true, |t| t.trim().is_empty())
+                    .then(String::new)
             }
+            Variant::Nft => {
+                let fam = match f {
+                    Family::V4 => "ip",
+                    Family::V6 => "ip6",
+                };
+                // Where IPv6 is off, the save is what says so (None).
+                let usable = f == Family::V4 || std::path::Path::new("/proc/net/if_inet6").exists();
+                let empty = view
+                    .content
+                    .as_ref()
+                    .is_some_and(|c| !c.iter().any(|x| x == fam));
+                (usable && empty).then(|| {
+                    view.tables
+                        .iter()
+                        .filter(|(tf, _)| tf == fam)
+                        .map(|(_, t)| format!("*{t}\nCOMMIT\n"))
+                        .collect()
+                })
+            }
+        };
+        match known {
+            Some(text) if on_path(&save) => Pending::Known(text),
+            _ => Pending::Running(start(&save, &[])),
         }
-        Pending::Running(start(&v.bin(f, "save"), &[]))
     }
 
     fn finish(self) -> Option<String> {
         match self {
             Pending::Running(c) => finish(c),
-            Pending::Empty => Some(String::new()),
+            Pending::Known(text) => Some(text),
         }
     }
 }
@@ -267,23 +372,35 @@ pub struct Snapshot {
     pub probes: Vec<Probe>,
     /// `nft` is installed.
     pub nft: bool,
-    /// Istio's nft tables present: (name, `nft -s list table inet NAME`).
-    pub nft_tables: Vec<(String, String)>,
+    /// Istio's nft tables present.
+    pub nft_tables: NftState,
+    /// Reading them failed (the `nft` run or its JSON).
+    pub nft_error: Option<String>,
 }
 
 impl Snapshot {
     /// Read everything, the tools running side by side.
     pub fn take() -> Snapshot {
+        let nft = on_path("nft");
+        let names = nft_table_names(nft);
+        let view = NftView {
+            tables: &names,
+            content: super::netlink::families_with_content()
+                .map_err(|e| tracing::debug!("{e:#}"))
+                .ok(),
+        };
         let variants: Vec<Variant> = [Variant::Nft, Variant::Legacy]
             .into_iter()
             .filter(|v| on_path(&v.bin(Family::V4, "restore")))
             .collect();
         let children: Vec<_> = variants
             .iter()
-            .map(|v| [Family::V4, Family::V6].map(|f| Pending::start(*v, f)))
+            .map(|v| [Family::V4, Family::V6].map(|f| Pending::start(*v, f, &view)))
             .collect();
-        let nft = on_path("nft");
-        let tables = nft.then(|| start("nft", &["-j", "list", "tables"]));
+        let istio_nft = names
+            .iter()
+            .any(|(f, n)| f == "inet" && nft::TABLES.contains(&n.as_str()));
+        let listing = (nft && istio_nft).then(|| start("nft", &["-j", "list", "ruleset", "inet"]));
         let probes = variants
             .into_iter()
             .zip(children)
@@ -292,14 +409,30 @@ impl Snapshot {
                 saves: [a.finish(), b.finish()],
             })
             .collect();
-        let names = tables
-            .and_then(finish)
-            .map(|j| nft_table_names(&j))
-            .unwrap_or_default();
+        let (nft_tables, nft_error) = match listing {
+            Some(c) => match read_nft(finish(c)) {
+                Ok(s) => (s, None),
+                // The names are known (removal still finds the tables);
+                // their content is not.
+                Err(e) => (
+                    NftState {
+                        tables: names
+                            .iter()
+                            .filter(|(f, n)| f == "inet" && nft::TABLES.contains(&n.as_str()))
+                            .map(|(_, n)| (n.clone(), Default::default()))
+                            .collect(),
+                        objects: Vec::new(),
+                    },
+                    Some(format!("{e:#}")),
+                ),
+            },
+            None => (NftState::default(), None),
+        };
         Snapshot {
             probes,
             nft,
-            nft_tables: nft_listings(&names),
+            nft_tables,
+            nft_error,
         }
     }
 
@@ -372,35 +505,6 @@ pub fn detect(
         })
         .unwrap_or(Variant::Legacy);
     Ok(Resolved::Iptables(v))
-}
-
-const SCRATCH_HINT: &str = "loading the rendered nft rules into a throw-away network namespace to \
-     read back the kernel's spelling of them (needs `unshare` from util-linux and CAP_SYS_ADMIN; \
-     inside a container, run istio-vm with those)";
-
-/// The kernel's listing of an nft script (loaded into a throw-away network
-/// namespace): `nft list` renames priorities, drops implied protocols and
-/// rewrites sets, too much to predict safely.
-pub(super) fn canonical_nft(script: &str) -> Result<Vec<(String, String)>> {
-    let mut lines = vec!["nft -f - >/dev/null".to_string()];
-    for t in nft::TABLES {
-        lines.push(format!(
-            "if nft list tables | grep -qx 'table inet {t}'; then echo '### {t}'; nft -s list table inet {t}; fi"
-        ));
-    }
-    let out = run(
-        "unshare",
-        &["--net", "--", "sh", "-c", &lines.join("\n")],
-        Some(script),
-    )
-    .context(SCRATCH_HINT)?;
-    let mut blocks = Vec::new();
-    for part in out.split("### ").skip(1) {
-        if let Some((name, body)) = part.split_once('\n') {
-            blocks.push((name.trim().to_string(), body.to_string()));
-        }
-    }
-    Ok(blocks)
 }
 
 /// Strip volatile parts of an `iptables-save` dump (comments, counters) so

@@ -657,10 +657,20 @@ pub fn uninstall(ctx: &Ctx) -> Result<Report> {
             s.detail = d;
         }
     };
-    if let Err(e) = apply::transact(&root, "uninstall", hook_env(ctx), &ops, |_| None, &mut done) {
+    // The commit leaves a tombstone state naming only the bookkeeping
+    // directories to remove, so a kill after it is finished by the next run.
+    let tomb = apply::tombstone(&state);
+    if let Err(e) = apply::transact(
+        &root,
+        "uninstall",
+        hook_env(ctx),
+        &ops,
+        |_| Some(tomb.clone()),
+        &mut done,
+    ) {
         return Err(with_failed_steps(e, report));
     }
-    apply::finish_uninstall(&root, &state)?;
+    apply::finish_uninstall(&root, &tomb)?;
     report.changed = true;
     Ok(report)
 }

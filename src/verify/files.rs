@@ -375,6 +375,17 @@ fn workload_cert(root: &Path, inputs: &Inputs, now: i64) -> Workload {
         };
     }
     if now > leaf.not_after {
+        // The CA falls back to the token from 1.11 (citadel/client.go@1.11.0);
+        // XDS only from 1.16 (pkg/istio-agent/xds_proxy.go@1.16.0
+        // getTLSDialOption): @1.15.0 loads PROV_CERT's files whatever their
+        // dates, so XDS fails until the renewed certificate is written there.
+        let xds = if super::version::expired_cert(version).xds_uses_token {
+            "the agent falls back to the token for the CA and XDS (`cert expired, using token instead`)"
+        } else {
+            "the agent falls back to the token for the CA (`cert expired, using token instead`), but until it has written the \
+             renewed certificate to /etc/certs its XDS connection presents the expired one and istiod refuses it (XDS falls back \
+             to the token only from Istio 1.16)"
+        };
         return Workload {
             valid_until: None,
             check: warn(
@@ -383,7 +394,7 @@ fn workload_cert(root: &Path, inputs: &Inputs, now: i64) -> Workload {
                     "workload certificate expired at {}",
                     fmt_time(leaf.not_after)
                 ),
-                "the agent falls back to the token (`cert expired, using token instead`); if the token has expired too, a new token is needed",
+                format!("{xds}; if the token has expired too, a new token is needed"),
             ),
         };
     }

@@ -160,6 +160,35 @@ pub struct Inputs {
     pub hosts_block: Vec<(IpAddr, Vec<String>)>,
 }
 
+/// The uid and gid Istio's capture rules let through, as capture renders
+/// them for this root (one source: `capture::IstioConfig::from_inputs`):
+/// `PROXY_UID`/`PROXY_GID` in cluster.env, else istio-proxy's ids, else
+/// Istio's default 1337 (tools/istio-iptables/pkg/constants/constants.go@1.10.0
+/// `DefaultProxyUID`). So in an image tree without istio-proxy yet, verify's
+/// sockets still match the recorded `--uid-owner 1337` rules. If cluster.env
+/// does not render, istio-proxy's ids as the agent would have them.
+fn exempt_owner(root: &Path, env: &BTreeMap<String, String>) -> super::net::Owner {
+    let (uid, gid) =
+        crate::capture::sysfiles::proxy_ids(root, layout::PROXY_USER).unwrap_or((None, None));
+    let inp = crate::capture::Inputs {
+        env,
+        resolv_conf: "",
+        uid,
+        gid,
+        host_ipv6: false,
+        exclude_inbound_ports: &[],
+        exclude_outbound_cidrs: &[],
+        allow_ssh_capture: false,
+    };
+    let rendered = crate::capture::IstioConfig::from_inputs(&inp)
+        .ok()
+        .and_then(|c| {
+            let first = |v: &[String]| v.first()?.parse::<u32>().ok();
+            Some((first(&c.proxy_uids)?, first(&c.proxy_gids)?))
+        });
+    super::net::Owner(rendered.or_else(|| super::files::proxy_ids(root)))
+}
+
 impl Inputs {
     pub fn load(root: &Path) -> Inputs {
         let mut i = Inputs::default();
@@ -207,7 +236,7 @@ impl Inputs {
             }
             Err(e) => i.target_error = Some(format!("{}: {e}", plan.ca.source)),
         }
-        i.owner = super::net::Owner(super::files::proxy_ids(root));
+        i.owner = exempt_owner(root, &i.env);
         i.root_cert_pem = read(root, layout::ROOT_CERT).ok();
         i.token = read(root, layout::TOKEN).ok();
         if let (Ok(c), Ok(k)) = (read(root, WORKLOAD_CERT), read(root, WORKLOAD_KEY)) {
@@ -285,7 +314,10 @@ pub fn installed_sidecar(root: &Path) -> Option<version::Installed> {
     }
     let b = read(root, START_SCRIPT).ok()?;
     let v = version::start_script_version(&String::from_utf8_lossy(&b))?;
-    found(&v, format!("ISTIO_META_ISTIO_VERSION in {START_SCRIPT}"))
+    found(
+        &v,
+        format!("ISTIO_META_ISTIO_VERSION={v} in {START_SCRIPT}"),
+    )
 }
 
 /// `defaultConfig.discoveryAddress` of a mesh config.
@@ -402,5 +434,32 @@ mod tests {
             Some("a:1")
         );
         assert_eq!(discovery_address(b"defaultConfig: {}\n"), None);
+    }
+
+    #[test]
+    fn verify_is_the_owner_the_rules_exempt() {
+        use crate::verify::net::Owner;
+        let d = tempfile::tempdir().unwrap();
+        let env = |text: &str| {
+            std::fs::create_dir_all(d.path().join("var/lib/istio/envoy")).unwrap();
+            std::fs::write(d.path().join("var/lib/istio/envoy/cluster.env"), text).unwrap();
+            Inputs::load(d.path()).owner
+        };
+        // No istio-proxy yet (an image tree): Istio's default, as recorded.
+        assert_eq!(env("ISTIO_NAMESPACE='vm'\n"), Owner(Some((1337, 1337))));
+        std::fs::create_dir_all(d.path().join("etc")).unwrap();
+        std::fs::write(
+            d.path().join("etc/passwd"),
+            "istio-proxy:x:998:997::/var/lib/istio:/usr/sbin/nologin\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("etc/group"), "istio-proxy:x:996:\n").unwrap();
+        // istio-proxy's uid and its group's gid, as capture renders them.
+        assert_eq!(env("ISTIO_NAMESPACE='vm'\n"), Owner(Some((998, 996))));
+        // cluster.env's PROXY_UID/PROXY_GID win, the first of each.
+        assert_eq!(
+            env("PROXY_UID='1500,1501'\nPROXY_GID='1600'\n"),
+            Owner(Some((1500, 1600)))
+        );
     }
 }

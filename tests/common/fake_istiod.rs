@@ -328,6 +328,24 @@ impl FakeIstiod {
     }
 
     pub async fn start_with_ca(bind: SocketAddr, b: Behaviour, ca: Arc<TestCa>) -> FakeIstiod {
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .expect("bind fake istiod");
+        Self::serve(listener, b, ca)
+    }
+
+    /// Serves on a socket that is already listening (a test that let
+    /// something else answer first hands it over: no window where the port
+    /// is closed or taken). Call from within a runtime.
+    pub fn start_on(listener: std::net::TcpListener, b: Behaviour, ca: Arc<TestCa>) -> FakeIstiod {
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+        Self::serve(listener, b, ca)
+    }
+
+    fn serve(listener: tokio::net::TcpListener, b: Behaviour, ca: Arc<TestCa>) -> FakeIstiod {
         let names: Vec<&str> = b.sans.iter().map(String::as_str).collect();
         let (cert, key) = if b.other_ca {
             TestCa::new("some other CA").server_cert(&names)
@@ -339,9 +357,6 @@ impl FakeIstiod {
             .identity(Identity::from_pem(cert, key))
             .client_ca_root(Certificate::from_pem(ca.cert_pem.clone()))
             .client_auth_optional(true);
-        let listener = tokio::net::TcpListener::bind(bind)
-            .await
-            .expect("bind fake istiod");
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(State {
             ca: ca.clone(),

@@ -3,10 +3,14 @@
 //! root's /etc/hosts bind-mounted over the host's (private mount namespace),
 //! so getaddrinfo sees exactly what the VM would.
 //!
-//! Every test gets its own network namespace (a thread that unshared
-//! CLONE_NEWNET; processes it spawns inherit it), so the default ports
-//! (15012, 15021, 15000, 15053) are free and tests run in parallel. Nothing
-//! leaves the namespace: it has only a loopback interface.
+//! Every test gets its own network namespaces, so the default ports (15012,
+//! 15021, 15000, 15053, 15001) are free and tests run in parallel. A test
+//! that lets verify dial istiod uses a `Wire`: the VM's namespace, where
+//! Istio's capture rules are applied and verify and the stand-in agent run,
+//! joined by a veth pair to istiod's own namespace (203.0.113.0/24). istiod
+//! never sits on the VM's loopback, where Istio's rules treat traffic as
+//! hairpin (tools/istio-iptables/pkg/capture/run.go). `in_netns` (loopback
+//! only) is for tests that never dial istiod.
 #![allow(dead_code)]
 
 use std::os::unix::fs::PermissionsExt;
@@ -318,9 +322,30 @@ pub fn verify(root: &VmRoot, args: &[&str]) -> Run {
     verify_with(root, env!("CARGO_BIN_EXE_istio-vm").as_ref(), &[], args)
 }
 
+/// As `verify`, with `envs` set for it (e.g. SSL_CERT_FILE).
+pub fn verify_env(root: &VmRoot, envs: &[(&str, &str)], args: &[&str]) -> Run {
+    run_verify(
+        root,
+        env!("CARGO_BIN_EXE_istio-vm").as_ref(),
+        &[],
+        envs,
+        args,
+    )
+}
+
 /// As `verify`, with another binary and a command put in front of it
 /// (e.g. `/usr/bin/time -v`).
 pub fn verify_with(root: &VmRoot, bin: &Path, wrapper: &[&str], args: &[&str]) -> Run {
+    run_verify(root, bin, wrapper, &[], args)
+}
+
+fn run_verify(
+    root: &VmRoot,
+    bin: &Path,
+    wrapper: &[&str],
+    envs: &[(&str, &str)],
+    args: &[&str],
+) -> Run {
     // Only files and DNS answer host lookups: no nscd, systemd-resolved or
     // machined socket (reachable from any network namespace) gets asked.
     let nss = root.dir.path().join(".verify-nsswitch.conf");
@@ -352,6 +377,9 @@ exec "$@""#;
         .env_remove("ISTIO_VM_CONFIG")
         .env_remove("ISTIO_VM_OUTPUT")
         .env_remove("ISTIO_VM_ROOT")
+        // The https probe's extra roots come from the test, not the caller.
+        .env_remove("SSL_CERT_FILE")
+        .envs(envs.iter().copied())
         .output()
         .expect("running unshare (util-linux)");
     let elapsed = start.elapsed();
@@ -496,6 +524,109 @@ impl Wire {
     pub fn istiod_runtime(&self) -> tokio::runtime::Runtime {
         Self::run_in(&self.istiod, runtime)
     }
+
+    /// A fake istiod on istiod's address and `port`, bound on a worker of
+    /// `rt` (from `istiod_runtime`, so in istiod's namespace).
+    pub fn start_istiod(
+        rt: &tokio::runtime::Runtime,
+        port: u16,
+        b: fake_istiod::Behaviour,
+        ca: std::sync::Arc<fake_istiod::TestCa>,
+    ) -> fake_istiod::FakeIstiod {
+        let bind = std::net::SocketAddr::new(ISTIOD_IP.parse().unwrap(), port);
+        rt.block_on(async move {
+            tokio::spawn(fake_istiod::FakeIstiod::start_with_ca(bind, b, ca))
+                .await
+                .unwrap()
+        })
+    }
+
+    /// Runs `f` on a thread in the VM's namespace, behind Istio's capture
+    /// rules for `root` (applied first, once per namespace).
+    pub fn on_vm<R: Send + 'static>(
+        &self,
+        root: VmRoot,
+        f: impl FnOnce(&VmRoot) -> R + Send + 'static,
+    ) -> R {
+        Self::run_in(&self.vm, move || {
+            apply_capture(&root);
+            f(&root)
+        })
+    }
+}
+
+/// A fake istiod with `b` in its own namespace, the VM root for `spec` (on
+/// the wire) with the fake's root certificate, and `f` run in the VM's
+/// namespace behind Istio's capture rules; then what the fake saw.
+pub fn with_istiod<R: Send + 'static>(
+    spec: VmSpec,
+    b: fake_istiod::Behaviour,
+    f: impl FnOnce(&VmRoot) -> R + Send + 'static,
+) -> (R, fake_istiod::Seen) {
+    let wire = Wire::new();
+    let rt = wire.istiod_runtime();
+    let ca = std::sync::Arc::new(fake_istiod::TestCa::new("cluster.local"));
+    let fake = Wire::start_istiod(&rt, 15012, b, ca);
+    let root = VmRoot::new(&spec.on_wire(), fake.root_pem());
+    let r = wire.on_vm(root, f);
+    let seen = fake.seen();
+    drop(fake);
+    drop(rt);
+    (r, seen)
+}
+
+/// For checks that read only files: the VM on a wire with nothing in
+/// istiod's namespace, so verify's network checks end at once (connection
+/// refused at istiod's address) and no fake istiod is started. `f` runs in
+/// the VM's namespace behind Istio's capture rules.
+pub fn files_only<R: Send + 'static>(
+    spec: VmSpec,
+    f: impl FnOnce(&VmRoot) -> R + Send + 'static,
+) -> R {
+    let wire = Wire::new();
+    let root = VmRoot::new(
+        &spec.on_wire(),
+        &fake_istiod::TestCa::new("cluster.local").cert_pem,
+    );
+    wire.on_vm(root, f)
+}
+
+/// Applies the capture rules `istio-vm install` recorded under `root`
+/// (`/var/lib/istio-vm/capture/`) in the calling thread's namespace, as
+/// `istio-vm capture apply` would on the VM (it refuses `--root`).
+pub fn apply_record(root: &VmRoot) {
+    use std::io::Write;
+    let dir = root.file("/var/lib/istio-vm/capture");
+    let mut applied = 0;
+    for (file, cmd, args) in [
+        ("rules-v4", "iptables-restore", &["--noflush"][..]),
+        ("rules-v6", "ip6tables-restore", &["--noflush"][..]),
+        ("rules.nft", "nft", &["-f", "-"][..]),
+    ] {
+        let Ok(text) = std::fs::read(dir.join(file)) else {
+            continue;
+        };
+        let mut child = Command::new(cmd)
+            .args(args)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+        child.stdin.take().unwrap().write_all(&text).unwrap();
+        assert!(child.wait().unwrap().success(), "{cmd} < {file} failed");
+        applied += 1;
+    }
+    assert!(applied > 0, "no capture record under {}", dir.display());
+}
+
+impl VmSpec {
+    /// The spec with `127.0.0.1` in its hosts lines and discovery address
+    /// standing for istiod's address on the wire.
+    pub fn on_wire(mut self) -> VmSpec {
+        let to_istiod = |l: &String| l.replace("127.0.0.1", ISTIOD_IP);
+        self.hosts_block = self.hosts_block.iter().map(to_istiod).collect();
+        self.discovery_address = to_istiod(&self.discovery_address);
+        self
+    }
 }
 
 impl Drop for Wire {
@@ -523,9 +654,11 @@ pub fn apply_capture(root: &VmRoot) {
         return;
     }
     let env = root.env();
+    // The root's resolv.conf: its nameservers get the DNS redirect rules.
+    let resolv = std::fs::read_to_string(root.file("/etc/resolv.conf")).unwrap_or_default();
     let inp = istio_vm::capture::Inputs {
         env: &env,
-        resolv_conf: "nameserver 127.0.0.1\n",
+        resolv_conf: &resolv,
         uid: Some(PROXY_UID),
         gid: Some(PROXY_UID),
         host_ipv6: false,

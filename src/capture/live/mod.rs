@@ -1,37 +1,36 @@
 //! Live netfilter operations on the current network namespace: apply (one
 //! transaction per family, read back, roll back on mismatch), removal by
-//! state, status, the record. Reading the kernel is [`super::kernel`];
-//! TPROXY policy routing is [`super::routing`].
+//! state, status, the record. What istio-vm owns (the record, [`Owned`])
+//! is here; the iptables transaction, read-back and rollback are
+//! [`ipt`], the native nft ones [`nft`]. Reading the kernel is
+//! [`super::kernel`]; TPROXY policy routing is [`super::routing`].
 //!
-//! Kept together (about 800 lines) because apply, its rollback, removal
-//! and status share one notion of what istio-vm owns (the record,
-//! [`Owned`]) and one per-family plan; split, each half would need the
-//! other's internals.
-//!
-//! Comparisons go through [`super::compare`]: iptables rules in-process in
-//! the kernel's spelling, nft tables against the kernel's own listing of
-//! the rendered script (loaded once into a throw-away namespace).
+//! Comparisons go through [`super::compare`], in-process for every
+//! backend: iptables rules in the kernel's `iptables-save` spelling, nft
+//! tables in the normal form of `nft -j` ([`super::nftjson`]).
 
 use std::collections::BTreeSet;
 use std::io::Write;
 
 use anyhow::{Context, Result, anyhow, bail};
 
+mod ipt;
+mod nft;
+
 use super::compare;
-use super::iptables::{self as ipt, Tables};
+use super::iptables::{self as iptables, Tables};
 use super::model::Family;
-use super::nft;
-use super::{Rendered, failpoint};
-use crate::error::Failure;
+use super::{Rendered, nftjson};
 use crate::report::{Step, StepStatus};
 
 pub use super::kernel::{Probe, Resolved, Snapshot, Variant, detect, normalize_save};
-use super::kernel::{canonical_nft, nft_listings, restore, run, save};
+use super::kernel::{restore, run};
 pub use super::routing::{
     TproxyRouting, apply_tproxy_routing, remove_tproxy_routing, tproxy_routing_present,
 };
+use ipt::{foreign_chains, owned_part};
 
-fn step(id: &str, status: StepStatus, detail: impl Into<String>) -> Step {
+pub(super) fn step(id: &str, status: StepStatus, detail: impl Into<String>) -> Step {
     Step {
         id: id.to_string(),
         status,
@@ -47,7 +46,7 @@ pub struct Outcome {
     pub steps: Vec<Step>,
 }
 
-fn desired_for(rendered: &Rendered, f: Family) -> Option<String> {
+pub(super) fn desired_for(rendered: &Rendered, f: Family) -> Option<String> {
     match rendered {
         Rendered::Iptables { v4, v6 } => match f {
             Family::V4 => Some(v4.clone()).filter(|s| !s.is_empty()),
@@ -58,7 +57,7 @@ fn desired_for(rendered: &Rendered, f: Family) -> Option<String> {
 }
 
 /// The parsed rules of `rendered` for one family (empty when none).
-fn desired_tables(rendered: &Rendered, f: Family) -> Result<Tables> {
+pub(super) fn desired_tables(rendered: &Rendered, f: Family) -> Result<Tables> {
     match desired_for(rendered, f) {
         Some(t) => Tables::parse(&t).map_err(|e| anyhow!("reading the rendered rules: {e}")),
         None => Ok(Tables::default()),
@@ -88,7 +87,7 @@ impl Owned {
                         };
                         for (tn, ts) in &t.tables {
                             for cn in ts.chains.keys() {
-                                if ipt::is_istio_chain(cn) {
+                                if iptables::is_istio_chain(cn) {
                                     o.chains.insert((tn.clone(), cn.clone()));
                                 }
                             }
@@ -96,7 +95,7 @@ impl Owned {
                         let b = &mut o.builtin[f as usize];
                         for (tn, ts) in t.tables {
                             for (cn, rules) in ts.chains {
-                                if !ipt::is_istio_chain(&cn) {
+                                if !iptables::is_istio_chain(&cn) {
                                     b.tables
                                         .entry(tn.clone())
                                         .or_default()
@@ -110,7 +109,7 @@ impl Owned {
                     }
                 }
                 Rendered::Nftables { script } => {
-                    for t in nft::TABLES {
+                    for t in super::nft::TABLES {
                         if script.contains(&format!("table inet {t}\n")) {
                             o.nft_tables.insert(t.to_string());
                         }
@@ -120,69 +119,6 @@ impl Owned {
         }
         o
     }
-}
-
-/// The part of `live` istio-vm may remove: the recorded `ISTIO_*` chains,
-/// the built-in rules jumping to them, and the recorded built-in rules.
-fn owned_part(live: &Tables, owned: &Owned, f: Family) -> Tables {
-    let canon: BTreeSet<(String, String, String)> = owned.builtin[f as usize]
-        .builtin_rules()
-        .into_iter()
-        .map(|(t, c, r)| (t, c, compare::canonical_rule(&r)))
-        .collect();
-    let mut out = Tables::default();
-    for (tn, ts) in &live.tables {
-        let mut part = ipt::TableState::default();
-        for (cn, rules) in &ts.chains {
-            if ipt::is_istio_chain(cn) {
-                if owned.chains.contains(&(tn.clone(), cn.clone())) {
-                    part.chains.insert(cn.clone(), rules.clone());
-                }
-                continue;
-            }
-            let mine: Vec<String> = rules
-                .iter()
-                .filter(|r| {
-                    ipt::jump_target(r)
-                        .is_some_and(|j| owned.chains.contains(&(tn.clone(), j.to_string())))
-                        || canon.contains(&(tn.clone(), cn.clone(), compare::canonical_rule(r)))
-                })
-                .cloned()
-                .collect();
-            if !mine.is_empty() {
-                part.chains.insert(cn.clone(), mine);
-            }
-        }
-        if !part.chains.is_empty() {
-            out.tables.insert(tn.clone(), part);
-        }
-    }
-    out
-}
-
-/// `ISTIO_*` chains in `live` that istio-vm did not make: not in the
-/// record, and not exactly the chain `desired` (this apply) has.
-fn foreign_chains(live: &Tables, desired: &Tables, owned: &Owned, label: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for (tn, ts) in &live.tables {
-        for (cn, rules) in &ts.chains {
-            if !ipt::is_istio_chain(cn) || owned.chains.contains(&(tn.clone(), cn.clone())) {
-                continue;
-            }
-            let canon = |v: &[String]| -> Vec<String> {
-                v.iter().map(|r| compare::canonical_rule(r)).collect()
-            };
-            let same = desired
-                .tables
-                .get(tn)
-                .and_then(|d| d.chains.get(cn))
-                .is_some_and(|d| canon(d) == canon(rules));
-            if !same {
-                out.push(format!("{cn} ({label}, table {tn}, {} rules)", rules.len()));
-            }
-        }
-    }
-    out
 }
 
 /// What an apply may take over besides its own record.
@@ -222,9 +158,9 @@ pub fn apply_live(
     }
     let mut out = match (backend, rendered) {
         (Resolved::Iptables(v), Rendered::Iptables { .. }) => {
-            apply_iptables(v, rendered, snap, &owned, opts)?
+            ipt::apply_iptables(v, rendered, snap, &owned, opts)?
         }
-        (Resolved::Nftables, Rendered::Nftables { script }) => apply_nft(script, snap)?,
+        (Resolved::Nftables, Rendered::Nftables { script }) => nft::apply_nft(script, snap)?,
         _ => bail!("internal: rules rendered for another backend"),
     };
     // Istio state left in the other backend(s) from an earlier run.
@@ -257,7 +193,7 @@ fn foreign_everywhere(
         }
     }
     if backend != Resolved::Nftables {
-        for (t, _) in &snap.nft_tables {
+        for t in snap.nft_tables.names() {
             if !owned.nft_tables.contains(t) {
                 out.push(format!("table inet {t} (nftables)"));
             }
@@ -266,271 +202,8 @@ fn foreign_everywhere(
     Ok(out)
 }
 
-struct FamilyPlan {
-    f: Family,
-    before: String,
-    desired_text: Option<String>,
-    desired: Tables,
-}
-
-fn apply_iptables(
-    v: Variant,
-    rendered: &Rendered,
-    snap: &Snapshot,
-    owned: &Owned,
-    opts: ApplyOptions,
-) -> Result<Outcome> {
-    let mut out = Outcome::default();
-    let id = |f: Family| format!("capture:{}:{}", v.name(), fam(f));
-    let mut applied: Vec<FamilyPlan> = Vec::new();
-    for f in [Family::V4, Family::V6] {
-        let desired_text = desired_for(rendered, f);
-        let Some(before) = snap.probe(v).and_then(|p| p.save(f)).map(str::to_string) else {
-            if desired_text.is_some() {
-                match f {
-                    Family::V6 => bail!(
-                        "{} is not usable here but IPv6 capture is on (DUAL_STACK or a global \
-                         IPv6 address): install ip6tables or turn DUAL_STACK off",
-                        v.bin(f, "save")
-                    ),
-                    Family::V4 => bail!(
-                        "{} does not work here: is the iptables package installed and the \
-                         kernel's netfilter available?",
-                        v.bin(f, "save")
-                    ),
-                }
-            }
-            continue;
-        };
-        let desired = desired_tables(rendered, f)?;
-        let live =
-            Tables::parse(&before).map_err(|e| anyhow!("reading {}: {e}", v.bin(f, "save")))?;
-        let label = format!("{} {}", v.name(), fam(f));
-        if compare::compare_tables(&desired, &live, &label).is_empty() {
-            out.steps
-                .push(step(&id(f), StepStatus::Ok, "rules already as rendered"));
-            continue;
-        }
-        // What goes: our recorded chains and rules, the chains this apply
-        // is about to create (they match the rendering, see
-        // `foreign_chains`), and with --replace-foreign every Istio-named
-        // chain.
-        let mut take = Owned::from_records(std::slice::from_ref(rendered));
-        take.chains.extend(owned.chains.iter().cloned());
-        for (i, b) in owned.builtin.iter().enumerate() {
-            for (tn, ts) in &b.tables {
-                for (cn, rules) in &ts.chains {
-                    take.builtin[i]
-                        .tables
-                        .entry(tn.clone())
-                        .or_default()
-                        .chains
-                        .entry(cn.clone())
-                        .or_default()
-                        .extend(rules.iter().cloned());
-                }
-            }
-        }
-        let current = if opts.replace_foreign {
-            live.istio_part(&live.builtin_rules_matching(&take.builtin[f as usize]))
-        } else {
-            owned_part(&live, &take, f)
-        };
-        let mut txn = ipt::transaction(&current, desired_text.as_deref());
-        if failpoint(&format!("capture.reject_{}", fam(f))) {
-            // A rule the kernel refuses (owner matches are only valid on
-            // locally generated packets), in the last table so the tables
-            // before it have already committed.
-            if let Some(i) = txn.rfind("COMMIT\n") {
-                txn.insert_str(i, "-A PREROUTING -m owner --uid-owner 0 -j RETURN\n");
-            }
-        }
-        let plan = FamilyPlan {
-            f,
-            before,
-            desired_text,
-            desired,
-        };
-        if let Err(e) = restore(v, f, &txn, true) {
-            let msg = format!(
-                "applying {} rules with {}: {e:#}",
-                fam(f),
-                v.bin(f, "restore")
-            );
-            // iptables-restore commits table by table: earlier tables of
-            // this family may already be in.
-            let partial =
-                save(v, f).is_none_or(|now| normalize_save(&now) != normalize_save(&plan.before));
-            if applied.is_empty() && !partial {
-                return Err(anyhow!("{msg}; nothing was changed"));
-            }
-            applied.push(plan);
-            rollback_iptables(v, &applied);
-            return Err(Failure::RolledBack {
-                message: msg,
-                step: None,
-            }
-            .into());
-        }
-        out.changed = true;
-        out.steps.push(step(
-            &id(f),
-            StepStatus::Changed,
-            format!(
-                "{} Istio rules applied in one transaction ({} removed first)",
-                plan.desired.rule_count(),
-                current.rule_count()
-            ),
-        ));
-        applied.push(plan);
-    }
-    // Read back, compared in-process with the rendered set.
-    for p in &applied {
-        let label = format!("{} {}", v.name(), fam(p.f));
-        let diff = save(v, p.f)
-            .ok_or_else(|| anyhow!("{} stopped working", v.bin(p.f, "save")))
-            .and_then(|s| Tables::parse(&s).map_err(|e| anyhow!("{e}")))
-            .map(|now| compare::compare_tables(&p.desired, &now, &label));
-        let problem = match &diff {
-            Ok(d) if d.is_empty() && !failpoint("capture.readback_mismatch") => None,
-            Ok(d) if d.is_empty() => Some("failpoint capture.readback_mismatch".to_string()),
-            Ok(d) => Some(d.summary()),
-            Err(e) => Some(format!("{e:#}")),
-        };
-        if let Some(problem) = problem {
-            rollback_iptables(v, &applied);
-            return Err(Failure::RolledBack {
-                message: format!(
-                    "read-back of {} ({}) differs from the rules just applied ({problem}); the \
-                     prior rules were restored",
-                    v.bin(p.f, "save"),
-                    fam(p.f)
-                ),
-                step: None,
-            }
-            .into());
-        }
-    }
-    if !applied.is_empty() {
-        out.steps.push(step(
-            "capture:readback",
-            StepStatus::Ok,
-            "live rules equal the rendered set",
-        ));
-    }
-    Ok(out)
-}
-
-fn fam(f: Family) -> &'static str {
+pub(super) fn fam(f: Family) -> &'static str {
     compare::family_label(f)
-}
-
-/// Put back the saved nat/mangle/raw tables of the families already changed.
-fn rollback_iptables(v: Variant, applied: &[FamilyPlan]) {
-    for p in applied {
-        let mut text = String::new();
-        let before = Tables::parse(&p.before).unwrap_or_default();
-        let mut touched: BTreeSet<String> = ["nat", "mangle", "raw"].map(String::from).into();
-        let txn_tables = p
-            .desired_text
-            .as_deref()
-            .and_then(|t| Tables::parse(t).ok())
-            .unwrap_or_default();
-        touched.retain(|t| {
-            txn_tables.tables.contains_key(t)
-                || p.desired.tables.contains_key(t)
-                || before.tables.contains_key(t)
-        });
-        let mut cur: Option<String> = None;
-        for line in p.before.lines() {
-            if let Some(t) = line.strip_prefix('*') {
-                cur = Some(t.trim().to_string());
-            }
-            if cur.as_ref().is_some_and(|t| touched.contains(t)) {
-                text.push_str(line);
-                text.push('\n');
-            }
-            if line == "COMMIT" {
-                cur = None;
-            }
-        }
-        for t in &touched {
-            if !before.tables.contains_key(t) {
-                text.push_str(&format!("*{t}\nCOMMIT\n"));
-            }
-        }
-        if let Err(e) = restore(v, p.f, &text, false) {
-            tracing::error!("rollback of {} failed: {e:#}", fam(p.f));
-        }
-        if v == Variant::Nft {
-            // A table iptables-nft created for us did not exist before.
-            for t in touched.iter().filter(|t| !before.tables.contains_key(*t)) {
-                let family = if p.f == Family::V4 { "ip" } else { "ip6" };
-                let _ = run("nft", &["delete", "table", family, t], None);
-            }
-        }
-    }
-}
-
-fn apply_nft(script: &str, snap: &Snapshot) -> Result<Outcome> {
-    let mut out = Outcome::default();
-    let before = &snap.nft_tables;
-    let desired = canonical_nft(script)?;
-    if compare::compare_nft(&desired, before, "nftables").is_empty() {
-        out.steps.push(step(
-            "capture:nftables",
-            StepStatus::Ok,
-            "rules already as rendered",
-        ));
-        return Ok(out);
-    }
-    let mut txn = nft::delete_tables_script();
-    txn.push_str(script);
-    if failpoint("capture.reject_nft") {
-        txn.push_str("add rule inet istio-proxy-nat output tcp dport 1 tproxy to :1\n");
-    }
-    run("nft", &["-f", "-"], Some(&txn))
-        .map_err(|e| anyhow!("applying nftables rules: {e:#}; nothing was changed"))?;
-    out.changed = true;
-    out.steps.push(step(
-        "capture:nftables",
-        StepStatus::Changed,
-        format!(
-            "tables {} replaced in one nft transaction",
-            desired
-                .iter()
-                .map(|b| b.0.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    ));
-    let now = nft_listings(&nft::TABLES.map(|t| ("inet".to_string(), t.to_string())));
-    let diff = compare::compare_nft(&desired, &now, "nftables");
-    if !diff.is_empty() || failpoint("capture.readback_mismatch") {
-        let mut back = nft::delete_tables_script();
-        for (_, body) in before {
-            back.push_str(body);
-            back.push('\n');
-        }
-        if let Err(e) = run("nft", &["-f", "-"], Some(&back)) {
-            tracing::error!("rollback of nftables failed: {e:#}");
-        }
-        return Err(Failure::RolledBack {
-            message: format!(
-                "read-back of `nft list` differs from the rules just applied ({}); the prior \
-                 tables were restored",
-                diff.summary()
-            ),
-            step: None,
-        }
-        .into());
-    }
-    out.steps.push(step(
-        "capture:readback",
-        StepStatus::Ok,
-        "live tables equal the rendered set",
-    ));
-    Ok(out)
 }
 
 /// Remove the Istio rules istio-vm made, by state, from every backend:
@@ -594,7 +267,7 @@ fn remove_from(
             if part.is_empty() {
                 continue;
             }
-            let txn = ipt::transaction(&part, None);
+            let txn = iptables::transaction(&part, None);
             restore(v, f, &txn, true)
                 .with_context(|| format!("removing Istio {} rules from {}", fam(f), v.name()))?;
             out.changed = true;
@@ -608,8 +281,7 @@ fn remove_from(
     if keep != Some(Resolved::Nftables) {
         let (ours, theirs): (Vec<&String>, Vec<&String>) = snap
             .nft_tables
-            .iter()
-            .map(|t| &t.0)
+            .names()
             .partition(|t| replace_foreign || owned.nft_tables.contains(*t));
         left.extend(theirs.iter().map(|t| format!("table inet {t} (nftables)")));
         if !ours.is_empty() {
@@ -681,12 +353,16 @@ pub fn compare_with_kernel(
         ));
     }
     let want_nft = match (backend, expected) {
-        (Resolved::Nftables, Rendered::Nftables { script }) => canonical_nft(script)?,
-        _ => Vec::new(),
+        (Resolved::Nftables, Rendered::Nftables { script }) => nftjson::from_script(script)
+            .map_err(|e| anyhow!("reading the recorded nft rules: {e}"))?,
+        _ => Default::default(),
     };
+    if let Some(e) = &snap.nft_error {
+        bail!("reading Istio's nft tables: {e}");
+    }
     d.extend(compare::compare_nft(
         &want_nft,
-        &snap.nft_tables,
+        &snap.nft_tables.tables,
         "nftables",
     ));
     Ok(d)
