@@ -9,6 +9,8 @@ use istio_vm::commands;
 use istio_vm::config::Config;
 use istio_vm::error::{Exit, exit_for, report_of};
 use istio_vm::report::{Report, redact_urls_in};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -153,28 +155,49 @@ fn command_of_args(args: &[OsString]) -> &'static str {
 }
 
 fn init_logging(verbose: u8) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
     let level = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
+        0 => LevelFilter::WARN,
+        1 => LevelFilter::INFO,
+        2 => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ISTIO_VM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let filter = std::env::var("ISTIO_VM_LOG")
+        .ok()
+        .and_then(|v| log_filter(&v))
+        .unwrap_or_else(|| Targets::new().with_default(level));
     let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(tracing::Level::TRACE)
         .with_target(false)
         .without_time();
     if istio_vm::logging::stderr_is_journal() {
         // Each line with its `<N>` priority prefix; journald adds the time.
         fmt.with_writer(istio_vm::logging::JournalMakeWriter)
             .with_ansi(false)
+            .finish()
+            .with(filter)
             .init();
     } else {
         fmt.with_writer(|| RedactedStderr)
             .with_ansi(std::io::stderr().is_terminal())
+            .finish()
+            .with(filter)
             .init();
     }
+}
+
+/// ISTIO_VM_LOG: a level (`debug`) or `target=level` directives separated by
+/// commas (`warn,h2=debug`), read as tracing's EnvFilter reads them (an
+/// empty value means errors only). `Targets`, not `EnvFilter`: the latter
+/// pulls a regex engine (about 315 KiB of the binary) for span and field
+/// directives nobody needs here. None: not a valid filter.
+fn log_filter(v: &str) -> Option<tracing_subscriber::filter::Targets> {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    let items: Vec<&str> = v.split(',').filter(|s| !s.is_empty()).collect();
+    if items.is_empty() {
+        return Some(Targets::new().with_default(LevelFilter::ERROR));
+    }
+    items.join(",").parse().ok()
 }
 
 /// stderr for log lines, with URL credentials redacted like stdout (one
@@ -190,5 +213,35 @@ impl Write for RedactedStderr {
 
     fn flush(&mut self) -> std::io::Result<()> {
         std::io::stderr().flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+    use tracing_subscriber::filter::LevelFilter;
+
+    #[test]
+    fn log_filter_reads_levels_and_target_directives() {
+        let f = log_filter("debug").unwrap();
+        assert!(f.would_enable("istio_vm::capture", &tracing::Level::DEBUG));
+        assert!(!f.would_enable("istio_vm::capture", &tracing::Level::TRACE));
+
+        let f = log_filter("warn,,h2=trace").unwrap();
+        assert!(f.would_enable("h2::proto", &tracing::Level::TRACE));
+        assert!(f.would_enable("istio_vm", &tracing::Level::WARN));
+        assert!(!f.would_enable("istio_vm", &tracing::Level::INFO));
+
+        // Only the named target, as EnvFilter: everything else is off.
+        let f = log_filter("istio_vm=info").unwrap();
+        assert!(f.would_enable("istio_vm::verify", &tracing::Level::INFO));
+        assert!(!f.would_enable("h2", &tracing::Level::ERROR));
+
+        // Empty: errors only (EnvFilter's default directive).
+        let f = log_filter("").unwrap();
+        assert_eq!(f.default_level(), Some(LevelFilter::ERROR));
+
+        assert!(log_filter("a=b=c").is_none());
+        assert!(log_filter("istio_vm=loud").is_none());
     }
 }

@@ -422,6 +422,9 @@ const TOKEN_TASK: &str = "Copy the bundle token";
 const INSTALL_TASK: &str = "Onboard the VM with istio-vm install";
 const INSTALL_PKGS_TASK: &str = "Install the packages from the repository (Debian family)";
 
+/// Kept together because it is one scenario on one fleet: each step runs on
+/// the state the previous one left (check mode, onboard, rerun, new tokens,
+/// a bad bundle, air-gapped).
 #[test]
 fn one_playbook_onboards_three_vms_idempotently() {
     let f = Fleet::new();

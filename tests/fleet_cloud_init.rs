@@ -174,6 +174,8 @@ fn subst(example: &str, from: &str, to: &str) -> String {
     example.replace(from, to)
 }
 
+/// Kept together because it is one scenario on one booted machine: the
+/// steps share its state, from the first boot to the fetched bundle.
 #[test]
 fn the_repo_example_installs_from_the_signed_repo_and_fetches_the_bundle_over_https() {
     let tree = fleet::variant_tree(CLOUD_IMAGE_PACKAGES);

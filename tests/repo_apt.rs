@@ -53,6 +53,8 @@ fn lines_with<'a>(text: &'a str, words: &[&str]) -> Vec<&'a str> {
         .collect()
 }
 
+/// Kept together because it is one scenario on one repository and one
+/// machine: each step runs on the state the previous one left.
 #[test]
 fn apt_installs_upgrades_and_refuses_tampered_content_from_the_signed_repo() {
     let work = tempfile::Builder::new()

@@ -71,6 +71,8 @@ fn checksig(db: &Path, rpm: &Path, strict: bool) -> Output {
     cmd.arg("--checksig").arg(rpm).output().unwrap()
 }
 
+/// Kept together because it is one scenario on one repository and one
+/// machine: each step runs on the state the previous one left.
 #[test]
 fn rpm_repository_is_signed_and_dnf_installs_from_it_with_both_checks_on() {
     for tool in ["rpmbuild", "rpmkeys", "createrepo_c", "dnf"] {

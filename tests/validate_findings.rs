@@ -108,6 +108,8 @@ fn findings(src: Src) -> Vec<Finding> {
     }
 }
 
+/// Kept together because it is a table: one row per finding, read and
+/// extended as a list.
 fn cases() -> Vec<(&'static str, Src, Vec<&'static str>)> {
     let v = BundleSpec::valid;
     vec![

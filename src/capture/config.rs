@@ -11,6 +11,9 @@ use std::net::IpAddr;
 
 use thiserror::Error;
 
+mod env;
+use env::Env;
+
 /// Ports never captured inbound on a VM: SSH, and the agent's own ports
 /// (15090 Prometheus, 15021 health, 15020 merged metrics) that istioctl's
 /// cluster.env lists but 1.10 bundles forget (15020).
@@ -239,160 +242,35 @@ impl IstioConfig {
     /// - IPv6 is on when the host has a global IPv6 address or DUAL_STACK is
     ///   set (Istio looks only at the first non-loopback address).
     pub fn from_inputs(inp: &Inputs<'_>) -> Result<IstioConfig, CaptureError> {
-        let env = inp.env;
-        let get = |k: &str| env.get(k).map(String::as_str).unwrap_or("").trim();
-        fn first<'k, 'e>(
-            env: &'e BTreeMap<String, String>,
-            keys: &[&'k str],
-        ) -> (&'k str, &'e str) {
-            keys.iter()
-                .find_map(|k| env.get(*k).map(|v| (*k, v.trim())))
-                .unwrap_or((keys[0], ""))
-        }
-
-        let single_port = |key: &str, default: &str| -> Result<String, CaptureError> {
-            match get(key) {
-                "" => Ok(default.to_string()),
-                v => port(key, v),
-            }
-        };
+        // Read in Istio's order so that the first bad value is the one
+        // reported, as before the split.
+        let env = Env(inp.env);
         // ENVOY_PORT has not been read since Istio 1.21 (the flag lost its
         // env binding); Envoy's outbound listener is 15001 regardless.
         let envoy_port = "15001".to_string();
-        let inbound_capture_port = single_port("INBOUND_CAPTURE_PORT", "15006")?;
-        let inbound_tunnel_port = single_port("INBOUND_TUNNEL_PORT", "15008")?;
-
-        let proxy_uids = match get("PROXY_UID") {
-            "" => vec![inp.uid.unwrap_or(1337).to_string()],
-            v => split(v)
-                .iter()
-                .map(|u| owner_id("PROXY_UID", u))
-                .collect::<Result<_, _>>()?,
-        };
-        let proxy_gids = match get("PROXY_GID") {
-            "" => match inp.gid {
-                Some(g) => vec![g.to_string()],
-                None => proxy_uids.clone(),
-            },
-            v => split(v)
-                .iter()
-                .map(|g| owner_id("PROXY_GID", g))
-                .collect::<Result<_, _>>()?,
-        };
-
-        let mode = match get("ISTIO_INBOUND_INTERCEPTION_MODE") {
-            "TPROXY" => InterceptionMode::Tproxy,
-            "" | "REDIRECT" => InterceptionMode::Redirect,
-            v => {
-                return Err(invalid(
-                    "ISTIO_INBOUND_INTERCEPTION_MODE",
-                    v,
-                    "expected REDIRECT or TPROXY",
-                ));
-            }
-        };
-        let tproxy_mark = match get("ISTIO_INBOUND_TPROXY_MARK") {
-            "" => "1337".to_string(),
-            v => owner_id("ISTIO_INBOUND_TPROXY_MARK", v)?,
-        };
-
-        let tproxy_route_table = match get("ISTIO_INBOUND_TPROXY_ROUTE_TABLE") {
-            "" => "133".to_string(),
-            v => owner_id("ISTIO_INBOUND_TPROXY_ROUTE_TABLE", v)?,
-        };
-
-        let inbound_raw = get("ISTIO_INBOUND_PORTS");
-        let inbound = if split(inbound_raw).is_empty() {
-            InboundPorts::None
-        } else if inbound_raw == "*" {
-            InboundPorts::All {
-                exclude: ports(
-                    "ISTIO_LOCAL_EXCLUDE_PORTS",
-                    get("ISTIO_LOCAL_EXCLUDE_PORTS"),
-                )?,
-            }
-        } else {
-            // Istio ignores the exclude list unless the include is `*`.
-            InboundPorts::List(ports("ISTIO_INBOUND_PORTS", inbound_raw)?)
-        };
-
+        let inbound_capture_port = env.port_or("INBOUND_CAPTURE_PORT", "15006")?;
+        let inbound_tunnel_port = env.port_or("INBOUND_TUNNEL_PORT", "15008")?;
+        let (proxy_uids, proxy_gids) = env.proxy_owners(inp.uid, inp.gid)?;
+        let (mode, tproxy_mark, tproxy_route_table) = env.interception()?;
+        let inbound = env.inbound_ports()?;
         let exclude_interfaces = names(
             "ISTIO_EXCLUDE_INTERFACES",
-            get("ISTIO_EXCLUDE_INTERFACES"),
+            env.get("ISTIO_EXCLUDE_INTERFACES"),
             15,
         )?;
-        let kube_virt_interfaces = names("KUBE_VIRT_INTERFACES", get("KUBE_VIRT_INTERFACES"), 15)?;
-
-        let cidr_include = match get("ISTIO_SERVICE_CIDR") {
-            "*" => CidrInclude::All,
-            v => CidrInclude::List(
-                split(v)
-                    .iter()
-                    .map(|c| cidr("ISTIO_SERVICE_CIDR", c).map(|t| t.0))
-                    .collect::<Result<_, _>>()?,
-            ),
-        };
-        let cidr_exclude = split(get("ISTIO_SERVICE_EXCLUDE_CIDR"))
-            .iter()
-            .map(|c| cidr("ISTIO_SERVICE_EXCLUDE_CIDR", c).map(|t| t.0))
-            .collect::<Result<_, _>>()?;
-        let outbound_ports = ports("ISTIO_OUTBOUND_PORTS", get("ISTIO_OUTBOUND_PORTS"))?;
+        let kube_virt_interfaces =
+            names("KUBE_VIRT_INTERFACES", env.get("KUBE_VIRT_INTERFACES"), 15)?;
+        let (cidr_include, cidr_exclude) = env.service_cidrs()?;
+        let outbound_ports = ports("ISTIO_OUTBOUND_PORTS", env.get("ISTIO_OUTBOUND_PORTS"))?;
         let outbound_ports_exclude = ports(
             "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE",
-            get("ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE"),
+            env.get("ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE"),
         )?;
-
-        let (k, v) = first(env, &["REDIRECT_DNS", "ISTIO_META_DNS_CAPTURE"]);
-        let dns_requested = parse_bool(k, v)?;
-        let capture_all_dns = parse_bool("CAPTURE_ALL_DNS", get("CAPTURE_ALL_DNS"))?;
-        let (k, v) = first(env, &["DROP_INVALID", "INVALID_DROP"]);
-        let drop_invalid = parse_bool(k, v)?;
-        let (k, v) = first(env, &["DUAL_STACK", "ISTIO_DUAL_STACK"]);
-        let dual_stack = parse_bool(k, v)?;
-
-        let mut notes = Vec::new();
-        let (dns_v4, dns_v6) = if dns_requested && !capture_all_dns {
-            parse_resolv_conf(inp.resolv_conf)
-        } else {
-            (Vec::new(), Vec::new())
-        };
-        // capture/run.go: requested, not capture-all and no servers -> off.
-        let redirect_dns =
-            dns_requested && (capture_all_dns || !dns_v4.is_empty() || !dns_v6.is_empty());
-        if dns_requested && !redirect_dns {
-            notes.push(
-                "DNS capture is on in cluster.env but resolv.conf lists no nameserver: \
-                 DNS capture disabled (as istio-iptables does)"
-                    .to_string(),
-            );
-        }
-
-        let groups_inc = get("ISTIO_OUTBOUND_OWNER_GROUPS");
-        let owner_groups = if groups_inc.is_empty() || groups_inc == "*" {
-            OwnerGroups::All {
-                exclude: names(
-                    "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE",
-                    get("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"),
-                    32,
-                )?,
-            }
-        } else {
-            OwnerGroups::Only(names("ISTIO_OUTBOUND_OWNER_GROUPS", groups_inc, 32)?)
-        };
-        let ipv4_loopback_cidr = match get("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR") {
-            "" => "127.0.0.1/32".to_string(),
-            v => {
-                let (text, v6) = cidr("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", v)?;
-                if v6 {
-                    return Err(invalid(
-                        "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",
-                        v,
-                        "must be an IPv4 CIDR",
-                    ));
-                }
-                text
-            }
-        };
+        let dns = env.dns(inp.resolv_conf)?;
+        let drop_invalid = env.flag(&["DROP_INVALID", "INVALID_DROP"])?;
+        let dual_stack = env.flag(&["DUAL_STACK", "ISTIO_DUAL_STACK"])?;
+        let owner_groups = env.owner_groups()?;
+        let ipv4_loopback_cidr = env.ipv4_loopback_cidr()?;
 
         Ok(IstioConfig {
             envoy_port,
@@ -410,16 +288,16 @@ impl IstioConfig {
             cidr_exclude,
             outbound_ports,
             outbound_ports_exclude,
-            redirect_dns,
-            capture_all_dns,
-            dns_v4,
-            dns_v6,
+            redirect_dns: dns.redirect,
+            capture_all_dns: dns.capture_all,
+            dns_v4: dns.v4,
+            dns_v6: dns.v6,
             ipv6: inp.host_ipv6 || dual_stack,
             drop_invalid,
             owner_groups,
             ipv4_loopback_cidr,
             reply_source_ports: Vec::new(),
-            notes,
+            notes: dns.note.into_iter().collect(),
         })
     }
 

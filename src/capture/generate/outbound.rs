@@ -413,10 +413,21 @@ pub(super) fn tproxy_output(g: &mut Gen) {
 
 /// `SetupDNSRedir`: nat redirect of DNS to the agent's 15053 and conntrack
 /// zones in raw so replies of the redirected and the upstream flows do not
-/// collide.
+/// collide. The three parts append in Istio's order.
 fn setup_dns(g: &mut Gen) {
+    let jump_fams = dns_jump_families(g);
+    let servers = dns_servers(g.cfg);
+    dns_nat_redirects(g, &jump_fams, &servers);
+    dns_raw_owner_zones(g);
+    dns_raw_server_zones(g, &jump_fams, &servers);
+}
+
+/// iptables jumps per family that has a server; nft once (CASES.md §4.3).
+fn dns_jump_families(g: &Gen) -> Vec<Option<Family>> {
     let cfg = g.cfg;
-    let nft = g.backend == Backend::Nftables;
+    if g.backend == Backend::Nftables {
+        return vec![None];
+    }
     let have = |f: Family| {
         cfg.capture_all_dns
             || match f {
@@ -424,17 +435,26 @@ fn setup_dns(g: &mut Gen) {
                 Family::V6 => !cfg.dns_v6.is_empty(),
             }
     };
-    // iptables jumps per family that has a server; nft once (CASES.md §4.3).
-    let jump_fams: Vec<Option<Family>> = if nft {
-        vec![None]
-    } else {
-        [Family::V4, Family::V6]
-            .into_iter()
-            .filter(|f| have(*f))
-            .map(Some)
-            .collect()
-    };
-    for f in &jump_fams {
+    [Family::V4, Family::V6]
+        .into_iter()
+        .filter(|f| have(*f))
+        .map(Some)
+        .collect()
+}
+
+/// resolv.conf's nameservers as host CIDRs.
+fn dns_servers(cfg: &IstioConfig) -> Vec<(Family, String)> {
+    cfg.dns_v4
+        .iter()
+        .map(|s| (Family::V4, format!("{s}/32")))
+        .chain(cfg.dns_v6.iter().map(|s| (Family::V6, format!("{s}/128"))))
+        .collect()
+}
+
+/// nat: ISTIO_OUTPUT jumps to ISTIO_OUTPUT_DNS, which redirects DNS (all,
+/// or to the nameservers) to the agent.
+fn dns_nat_redirects(g: &mut Gen, jump_fams: &[Option<Family>], servers: &[(Family, String)]) {
+    for f in jump_fams {
         g.push(
             Table::Nat,
             Chain::IstioOutput,
@@ -444,18 +464,12 @@ fn setup_dns(g: &mut Gen) {
             Target::Jump(Chain::OutputDns),
         );
     }
-    let servers: Vec<(Family, String)> = cfg
-        .dns_v4
-        .iter()
-        .map(|s| (Family::V4, format!("{s}/32")))
-        .chain(cfg.dns_v6.iter().map(|s| (Family::V6, format!("{s}/128"))))
-        .collect();
     for proto in [Proto::Tcp, Proto::Udp] {
         let target = Target::Redirect {
             port: DNS_AGENT_PORT.into(),
             dns_udp: proto == Proto::Udp,
         };
-        if cfg.capture_all_dns {
+        if g.cfg.capture_all_dns {
             g.add(
                 Table::Nat,
                 Chain::OutputDns,
@@ -463,7 +477,7 @@ fn setup_dns(g: &mut Gen) {
                 target,
             );
         } else {
-            for (f, s) in &servers {
+            for (f, s) in servers {
                 g.add_fam(
                     *f,
                     Table::Nat,
@@ -481,7 +495,12 @@ fn setup_dns(g: &mut Gen) {
             }
         }
     }
+}
 
+/// raw: the proxy's own DNS to and from the agent port in their conntrack
+/// zones.
+fn dns_raw_owner_zones(g: &mut Gen) {
+    let cfg = g.cfg;
     g.add(
         Table::Raw,
         Chain::Output,
@@ -521,7 +540,12 @@ fn setup_dns(g: &mut Gen) {
             Target::CtZone(2),
         );
     }
-    for f in &jump_fams {
+}
+
+/// raw: queries to and replies from the nameservers (or any port 53) in
+/// their conntrack zones.
+fn dns_raw_server_zones(g: &mut Gen, jump_fams: &[Option<Family>], servers: &[(Family, String)]) {
+    for f in jump_fams {
         g.push(
             Table::Raw,
             Chain::Prerouting,
@@ -535,7 +559,7 @@ fn setup_dns(g: &mut Gen) {
         proto: Proto::Udp,
         port: DNS_PORT.into(),
     };
-    if cfg.capture_all_dns {
+    if g.cfg.capture_all_dns {
         g.add(
             Table::Raw,
             Chain::OutputDns,
@@ -549,7 +573,7 @@ fn setup_dns(g: &mut Gen) {
             Target::CtZone(1),
         );
     } else {
-        for (f, s) in &servers {
+        for (f, s) in servers {
             g.add_fam(
                 *f,
                 Table::Raw,
