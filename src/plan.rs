@@ -795,6 +795,337 @@ mod tests {
         let e = evaluate(&actions, &facts, false).unwrap_err();
         assert!(e.to_string().contains("symbolic link"), "{e}");
     }
+
+    fn file(path: &str, content: &str, mode: u32) -> FileAction {
+        FileAction {
+            path: path.into(),
+            content: content.as_bytes().to_vec(),
+            owner: Owner::IstioProxy,
+            mode,
+            secret: false,
+        }
+    }
+
+    fn existing(bytes: &str, mode: u32, uid: u32) -> Current {
+        Current::File {
+            bytes: bytes.as_bytes().to_vec(),
+            mode,
+            uid,
+            gid: uid,
+        }
+    }
+
+    fn facts_with(path: &str, cur: Current, can_chown: bool) -> Facts {
+        Facts {
+            current: [(path.to_string(), cur)].into(),
+            proxy_ids: Some((998, 998)),
+            can_chown,
+        }
+    }
+
+    fn one(a: Action, facts: &Facts, with_diff: bool) -> Planned {
+        evaluate(&[a], facts, with_diff).unwrap().remove(0)
+    }
+
+    #[test]
+    fn step_ids() {
+        let d = DirAction {
+            path: "/d".into(),
+            owner: Owner::Root,
+            mode: 0o755,
+        };
+        let b = BlockAction {
+            path: "/etc/hosts".into(),
+            lines: vec![],
+            note: "",
+        };
+        assert_eq!(Action::User.id(), "user:istio-proxy");
+        assert_eq!(Action::Dir(d).id(), "dir:/d");
+        assert_eq!(Action::File(file("/f", "", 0o644)).id(), "file:/f");
+        assert_eq!(Action::Block(b).id(), "hosts:/etc/hosts");
+    }
+
+    #[test]
+    fn desired_orders_user_dirs_files_blocks_then_extras() {
+        let mut bundle = Bundle::default();
+        bundle
+            .files
+            .insert("root-cert.pem".into(), b"CERT\n".to_vec());
+        bundle
+            .files
+            .insert("hosts".into(), b"203.0.113.10 istiod\n\n".to_vec());
+        let hook = Hook {
+            id: "hook:x".into(),
+            detail: String::new(),
+            run: |_| Ok(()),
+            undo: None,
+            after_change_of: vec![],
+        };
+        let input = Input {
+            bundle: Some(&bundle),
+            live: true,
+            cloud_init_templates: vec!["/etc/cloud/templates/hosts.debian.tmpl".into()],
+            extra_dirs: vec![DirAction {
+                path: "/x".into(),
+                owner: Owner::Root,
+                mode: 0o700,
+            }],
+            extra_files: vec![file("/x/f", "y", 0o600)],
+            hooks: vec![hook],
+        };
+        let ids: Vec<String> = desired(&input).iter().map(Action::id).collect();
+        let mut want = vec![
+            "user:istio-proxy".to_string(),
+            "dir:/var/lib/istio-vm".into(),
+        ];
+        want.extend(layout::PROXY_DIRS.iter().map(|d| format!("dir:{d}")));
+        want.extend([
+            "file:/etc/certs/root-cert.pem".into(),
+            "hosts:/etc/hosts".into(),
+            "hosts:/etc/cloud/templates/hosts.debian.tmpl".into(),
+            "dir:/x".into(),
+            "file:/x/f".into(),
+            "hook:x".into(),
+        ]);
+        assert_eq!(ids, want);
+        let actions = desired(&input);
+        let Action::File(cert) = &actions[2 + layout::PROXY_DIRS.len()] else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(cert.content, b"CERT\n");
+        let Action::Block(tmpl) = actions.iter().rev().nth(3).unwrap() else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(tmpl.lines, ["203.0.113.10 istiod"]);
+        assert!(tmpl.note.contains("cloud-init"));
+        // Not live: no user; no bundle: nothing of the bundle.
+        let ids: Vec<String> = desired(&Input::default()).iter().map(Action::id).collect();
+        assert_eq!(ids[0], "dir:/var/lib/istio-vm");
+        assert_eq!(ids.len(), 1 + layout::PROXY_DIRS.len());
+    }
+
+    #[test]
+    fn hosts_lines_drop_blank_lines_and_trailing_space() {
+        assert_eq!(
+            hosts_lines(b"203.0.113.1 a  \r\n\n   \n203.0.113.2 b\n"),
+            ["203.0.113.1 a", "203.0.113.2 b"]
+        );
+        assert!(hosts_lines(b"").is_empty());
+    }
+
+    #[test]
+    fn ownership_enforced_only_as_root() {
+        let mut f = Facts {
+            proxy_ids: Some((998, 997)),
+            ..Default::default()
+        };
+        assert_eq!(f.ids(Owner::Root), None);
+        assert_eq!(f.ids(Owner::IstioProxy), None);
+        f.can_chown = true;
+        assert_eq!(f.ids(Owner::Root), Some((0, 0)));
+        assert_eq!(f.ids(Owner::IstioProxy), Some((998, 997)));
+    }
+
+    #[test]
+    fn user_created_only_when_missing() {
+        let p = one(Action::User, &Facts::default(), false);
+        assert_eq!(p.status, StepStatus::Changed);
+        assert!(matches!(p.op, Some(Op::CreateUser)));
+        let f = Facts {
+            proxy_ids: Some((1, 1)),
+            ..Default::default()
+        };
+        let p = one(Action::User, &f, false);
+        assert_eq!(p.status, StepStatus::Ok);
+        assert!(p.op.is_none());
+    }
+
+    #[test]
+    fn dir_compares_permission_bits_and_owner() {
+        let d = |mode| {
+            Action::Dir(DirAction {
+                path: "/d".into(),
+                owner: Owner::IstioProxy,
+                mode,
+            })
+        };
+        let cur = |mode, uid| Current::Dir {
+            mode,
+            uid,
+            gid: uid,
+        };
+        // The type bits of st_mode do not count.
+        let p = one(d(0o755), &facts_with("/d", cur(0o40755, 998), true), false);
+        assert_eq!(p.status, StepStatus::Ok, "{}", p.detail);
+        let p = one(d(0o750), &facts_with("/d", cur(0o40755, 998), true), false);
+        assert_eq!(p.status, StepStatus::Changed);
+        assert!(matches!(
+            p.op,
+            Some(Op::SetMeta {
+                mode: 0o750,
+                owner: Some((998, 998)),
+                ..
+            })
+        ));
+        let p = one(d(0o755), &facts_with("/d", cur(0o40755, 0), true), false);
+        assert_eq!(p.status, StepStatus::Changed);
+        assert!(p.detail.contains("owner 0:0 -> 998:998"), "{}", p.detail);
+        // Not root: a foreign owner is left alone.
+        let p = one(d(0o755), &facts_with("/d", cur(0o40755, 0), false), false);
+        assert_eq!(p.status, StepStatus::Ok);
+        let p = one(d(0o700), &Facts::default(), false);
+        assert!(matches!(p.op, Some(Op::Mkdir { mode: 0o700, .. })));
+        let e = evaluate(
+            &[d(0o755)],
+            &facts_with("/d", existing("", 0o100644, 0), true),
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("/d is not a directory"), "{e}");
+    }
+
+    #[test]
+    fn file_compares_content_permission_bits_and_owner() {
+        let f = Action::File(file("/f", "new\n", 0o644));
+        let ok = one(
+            f.clone(),
+            &facts_with("/f", existing("new\n", 0o100644, 998), true),
+            true,
+        );
+        assert_eq!(ok.status, StepStatus::Ok, "{}", ok.detail);
+        assert!(ok.op.is_none() && ok.diff.is_none());
+        // Content: a diff only when asked for.
+        let cur = existing("old\n", 0o100644, 998);
+        let p = one(f.clone(), &facts_with("/f", cur.clone(), true), true);
+        assert_eq!(p.detail, "updated content");
+        let diff = p.diff.unwrap();
+        assert!(diff.contains("-old\n") && diff.contains("+new\n"), "{diff}");
+        assert!(
+            one(f.clone(), &facts_with("/f", cur, true), false)
+                .diff
+                .is_none()
+        );
+        // Mode or owner only: changed, but no content diff.
+        let p = one(
+            f.clone(),
+            &facts_with("/f", existing("new\n", 0o100600, 998), true),
+            true,
+        );
+        assert_eq!(p.detail, "updated mode 0600 -> 0644");
+        assert!(p.diff.is_none());
+        assert!(matches!(
+            p.op,
+            Some(Op::Write {
+                mode: 0o644,
+                owner: Some((998, 998)),
+                ..
+            })
+        ));
+        let p = one(
+            f.clone(),
+            &facts_with("/f", existing("new\n", 0o100644, 5), true),
+            true,
+        );
+        assert_eq!(p.detail, "updated owner 5:5 -> 998:998");
+        let p = one(
+            f.clone(),
+            &facts_with("/f", existing("new\n", 0o100644, 5), false),
+            true,
+        );
+        assert_eq!(p.status, StepStatus::Ok);
+        let e = evaluate(
+            std::slice::from_ref(&f),
+            &facts_with("/f", Current::Other, true),
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("device, socket or fifo"), "{e}");
+        let dir = Current::Dir {
+            mode: 0o40755,
+            uid: 0,
+            gid: 0,
+        };
+        let e = evaluate(&[f], &facts_with("/f", dir, true), false).unwrap_err();
+        assert!(e.to_string().contains("/f is a directory"), "{e}");
+    }
+
+    #[test]
+    fn block_keeps_mode_and_owner_of_the_file() {
+        let b = |note| {
+            Action::Block(BlockAction {
+                path: "/etc/hosts".into(),
+                lines: entries(),
+                note,
+            })
+        };
+        let p = one(
+            b(""),
+            &Facts {
+                can_chown: true,
+                ..Default::default()
+            },
+            true,
+        );
+        assert_eq!(p.detail, "created with the istio-vm block");
+        assert!(p.diff.unwrap().contains("+203.0.113.10 istiod"));
+        assert!(matches!(
+            p.op,
+            Some(Op::Write {
+                mode: 0o644,
+                owner: Some((0, 0)),
+                ..
+            })
+        ));
+        let cur = existing("127.0.0.1 localhost\n", 0o100640, 7);
+        let p = one(b("why"), &facts_with("/etc/hosts", cur, true), false);
+        assert_eq!(p.detail, "added the istio-vm block (why)");
+        assert!(p.diff.is_none());
+        let Some(Op::Write {
+            content,
+            mode,
+            owner,
+            ..
+        }) = p.op
+        else {
+            panic!("{:?}", p.op)
+        };
+        assert_eq!((mode, owner), (0o640, Some((7, 7))));
+        let cur = existing(std::str::from_utf8(&content).unwrap(), 0o100640, 7);
+        let p = one(b(""), &facts_with("/etc/hosts", cur, true), false);
+        assert_eq!(p.status, StepStatus::Ok);
+        assert!(p.op.is_none());
+        let stale = "# BEGIN istio-vm\n10.0.0.1 old\n# END istio-vm\n";
+        let p = one(
+            b(""),
+            &facts_with("/etc/hosts", existing(stale, 0o100644, 0), false),
+            false,
+        );
+        assert_eq!(p.detail, "replaced the istio-vm block");
+        assert!(matches!(p.op, Some(Op::Write { owner: None, .. })));
+    }
+
+    #[test]
+    fn split_lines_keeps_terminators_and_adds_no_empty_line() {
+        let v: &[&[u8]] = &[b"a\r\n", b"b\n"];
+        assert_eq!(split_lines(b"a\r\nb\n"), v);
+        let v: &[&[u8]] = &[b"a\n", b"b"];
+        assert_eq!(split_lines(b"a\nb"), v);
+        assert!(split_lines(b"").is_empty());
+    }
+
+    #[test]
+    fn diff_of_text_shows_lines_binary_does_not() {
+        let d = diff_text("/f", b"a\nb\n", b"a\nc\n", false);
+        assert!(
+            d.contains("-b\n") && d.contains("+c\n") && d.contains("--- /f"),
+            "{d}"
+        );
+        let d = diff_text("/f", b"\xffold", b"new", false);
+        assert!(
+            d.contains("binary content differs") && !d.contains("new"),
+            "{d}"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -838,5 +1169,38 @@ mod hook_tests {
         let again = evaluate(&actions, &facts, false).unwrap();
         assert_eq!(again[1].status, StepStatus::Ok);
         assert!(again[1].op.is_none());
+    }
+
+    #[test]
+    fn hooks_follow_dirs_and_blocks_and_run_always_without_deps() {
+        let hook = |deps: &[&str]| {
+            Action::Hook(Hook {
+                id: "hook:x".into(),
+                detail: "x".into(),
+                run: noop,
+                undo: None,
+                after_change_of: deps.iter().map(|d| d.to_string()).collect(),
+            })
+        };
+        let dir = Action::Dir(DirAction {
+            path: "/d".into(),
+            owner: Owner::Root,
+            mode: 0o755,
+        });
+        let block = Action::Block(BlockAction {
+            path: "/etc/hosts".into(),
+            lines: vec![],
+            note: "",
+        });
+        let f = Facts::default();
+        for (first, dep) in [(dir, "/d"), (block, "/etc/hosts")] {
+            let p = evaluate(&[first.clone(), hook(&[dep])], &f, false).unwrap();
+            assert_eq!(p[1].status, StepStatus::Changed, "{dep}");
+            let p = evaluate(&[first, hook(&["/other"])], &f, false).unwrap();
+            assert_eq!(p[1].status, StepStatus::Ok, "{dep}");
+        }
+        let p = evaluate(&[hook(&[])], &f, false).unwrap();
+        assert_eq!(p[0].status, StepStatus::Changed);
+        assert_eq!(p[0].id, "hook:x");
     }
 }

@@ -409,6 +409,58 @@ mod tests {
     }
 
     #[test]
+    fn error_names_the_line_and_the_reason() {
+        let err = |text: &str| ClusterEnv::parse(text.as_bytes()).unwrap_err();
+        assert_eq!(
+            err("A=1\nB=2 ls\n").to_string(),
+            format!("line 2: {}", err("B=2 ls").message)
+        );
+        assert!(
+            err("A=1 ls -l\n")
+                .message
+                .starts_with("`ls` is not an assignment")
+        );
+        assert!(err("A+=1\n").message.contains("appends"));
+        // A CR alone on a line, or last in the file, is a Windows line end.
+        for text in ["A=1\n\r\n", "A=1\n\r"] {
+            let e = err(text);
+            assert_eq!(e.line, 2, "{text:?}");
+            assert!(e.message.contains("carriage return"), "{text:?}: {e}");
+        }
+        let e = err("A=1\nB=2\0\n");
+        assert_eq!(
+            (e.line, e.message.as_str()),
+            (2, "NUL byte: not a text file")
+        );
+        let e = err("\n\nA=\"x\ny\n");
+        assert_eq!(e.line, 3, "{e}");
+    }
+
+    #[test]
+    fn export_is_a_keyword_only_first_and_alone() {
+        assert_eq!(kv("export=1\n"), vec![pair("export", "1")]);
+        assert_eq!(kv("export export=1\n"), vec![pair("export", "1")]);
+        assert_eq!(kv("exportA=1\n"), vec![pair("exportA", "1")]);
+        assert!(ClusterEnv::parse(b"A=1 export B=2\n").is_err());
+        assert!(ClusterEnv::parse(b"export A B\n").is_ok());
+        assert!(ClusterEnv::parse(b"_a=1\n").is_ok());
+        assert!(ClusterEnv::parse(b"-a=1\n").is_err());
+    }
+
+    #[test]
+    fn tilde_and_continuations_inside_values() {
+        assert_eq!(kv("A=a~b\n"), vec![pair("A", "a~b")]);
+        assert_eq!(kv("A=\"a\\\nb\"\n"), vec![pair("A", "ab")]);
+        assert_eq!(kv("A=\"a\\zb\"\n"), vec![pair("A", "a\\zb")]);
+        // Lines after a multi-line value are counted.
+        let env = ClusterEnv::parse(b"A='1\n2'\nB=3\n").unwrap();
+        assert_eq!(env.line("B"), Some(3));
+        assert_eq!(env.line("A"), Some(1));
+        assert_eq!(env.line("C"), None);
+        assert_eq!(env.get("C"), None);
+    }
+
+    #[test]
     fn quoting_matches_istio() {
         assert_eq!(quote(""), "''");
         assert_eq!(quote("22,15090,15021"), "'22,15090,15021'");

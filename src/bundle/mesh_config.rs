@@ -380,6 +380,34 @@ mod tests {
     }
 
     #[test]
+    fn size_limit_is_exact() {
+        // A comment pads the document to exactly MAX_BYTES: still accepted.
+        let head = "defaultConfig:\n  meshId: m\n#";
+        let text = |len: usize| format!("{head}{}\n", "x".repeat(len - head.len() - 1));
+        let m = MeshConfig::parse(text(MAX_BYTES).as_bytes()).unwrap();
+        assert_eq!(m.mesh_id.as_deref(), Some("m"));
+        let e = MeshConfig::parse(text(MAX_BYTES + 1).as_bytes()).unwrap_err();
+        assert!(e.message.contains(&MAX_BYTES.to_string()), "{e}");
+    }
+
+    #[test]
+    fn flow_depth_limit_is_twice_max_depth() {
+        // `[` inside a block plain scalar is text, not nesting, so only the
+        // conservative pre-check sees it: 2 * MAX_DEPTH of them still parse.
+        let scalar = |n: usize| format!("defaultConfig:\n  meshId: x{}\n", "[".repeat(n));
+        let m = MeshConfig::parse(scalar(2 * MAX_DEPTH).as_bytes()).unwrap();
+        assert_eq!(m.mesh_id, Some(format!("x{}", "[".repeat(2 * MAX_DEPTH))));
+        assert!(MeshConfig::parse(scalar(2 * MAX_DEPTH + 1).as_bytes()).is_err());
+    }
+
+    #[test]
+    fn null_metadata_value_is_empty_text() {
+        let m = MeshConfig::parse(b"defaultConfig:\n  proxyMetadata:\n    A:\n    B: ~\n").unwrap();
+        assert_eq!(m.proxy_metadata["A"], "");
+        assert_eq!(m.proxy_metadata["B"], "");
+    }
+
+    #[test]
     fn node_limit_is_exact_and_counts_nulls() {
         // The top map, the key `x` and the list are three nodes.
         let list = |n: usize, item: &str| format!("x: [{}]\n", vec![item; n].join(","));

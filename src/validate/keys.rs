@@ -205,6 +205,34 @@ mod tests {
     }
 
     #[test]
+    fn typo_limit_grows_with_the_key() {
+        // 8 characters: two edits away still counts as a typo.
+        assert_eq!(distance("PRXY_GIX", "PROXY_GID"), 2);
+        assert_eq!(suggest("PRXY_GIX"), Some("PROXY_GID"));
+        // 5 characters: one edit only.
+        assert_eq!(distance("CA_AD", "CA_ADDR"), 2);
+        assert_eq!(suggest("CA_AD"), None);
+        assert_eq!(suggest("CA_ADD"), Some("CA_ADDR"));
+        assert_eq!(distance("", "abc"), 3);
+        assert_eq!(distance("abc", ""), 3);
+        assert_eq!(distance("abc", "abc"), 0);
+        assert_eq!(distance("abc", "axc"), 1);
+        // One deletion from the first word, one insertion into it.
+        assert_eq!(distance("ab", "a"), 1);
+        assert_eq!(distance("a", "ab"), 1);
+        assert_eq!(suggest("ISTIO_INBOUNDD_PORTS"), Some("ISTIO_INBOUND_PORTS"));
+    }
+
+    #[test]
+    fn known_by_name_or_prefix() {
+        assert!(is_known("ISTIO_INBOUND_PORTS"));
+        assert!(is_known("ISTIO_META_CLUSTER_ID"));
+        assert!(is_known("XDS_HEADER_X"));
+        assert!(!is_known("ISTIO_MET"));
+        assert!(!is_known("MY_APP"));
+    }
+
+    #[test]
     fn every_known_key_is_unique_and_known() {
         let set: BTreeSet<_> = KNOWN_KEYS.iter().collect();
         assert_eq!(set.len(), KNOWN_KEYS.len());

@@ -239,3 +239,96 @@ pub fn validate_with(bundle: &Bundle, now: OffsetDateTime, opts: &Options) -> Va
         parsed,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_change_unit_at_exact_limits() {
+        assert_eq!(span_text(59), "59s");
+        assert_eq!(span_text(60), "1m 0s");
+        assert_eq!(span_text(3599), "59m 59s");
+        assert_eq!(span_text(3600), "1h 0m");
+        assert_eq!(span_text(86_399), "23h 59m");
+        assert_eq!(span_text(86_400), "1d 0h");
+        assert_eq!(span_text(-(2 * 86_400 + 3 * 3600 + 59)), "2d 3h");
+    }
+
+    #[test]
+    fn times_are_rfc3339_or_raw() {
+        assert_eq!(time_text(0), "1970-01-01T00:00:00Z");
+        assert_eq!(time_text(i64::MAX), format!("unix time {}", i64::MAX));
+    }
+
+    fn good_bundle() -> Bundle {
+        use base64::Engine;
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let mut p = CertificateParams::default();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.not_before = time::macros::datetime!(2020-01-01 0:00 UTC);
+        p.not_after = time::macros::datetime!(2040-01-01 0:00 UTC);
+        let cert = p.self_signed(&KeyPair::generate().unwrap()).unwrap().pem();
+        let enc = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let token = format!(
+            "{}.{}.{}",
+            enc(r#"{"alg":"RS256"}"#),
+            enc(r#"{"aud":["istio-ca"],"sub":"system:serviceaccount:ns:sa","exp":2200000000}"#),
+            enc("sig")
+        );
+        let env = "ISTIO_NAMESPACE='ns'\nISTIO_SERVICE='svc.ns'\nPOD_NAMESPACE='ns'\n\
+                   SERVICE_ACCOUNT='sa'\nISTIO_INBOUND_PORTS='8080'\n\
+                   ISTIO_LOCAL_EXCLUDE_PORTS='15090,15021,15020'\nISTIO_SERVICE_CIDR='*'\n";
+        let mut b = Bundle::default();
+        for (name, content) in [
+            (CLUSTER_ENV, env.to_string()),
+            (
+                MESH,
+                "defaultConfig:\n  discoveryAddress: istiod.istio-system.svc:15012\n".into(),
+            ),
+            (ROOT_CERT, cert),
+            (TOKEN, token),
+            (HOSTS, "203.0.113.10 istiod.istio-system.svc\n".into()),
+        ] {
+            b.files.insert(name.into(), content.into_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn a_whole_bundle_is_parsed_and_a_missing_file_named() {
+        let now = time::macros::datetime!(2026-01-01 0:00 UTC);
+        let good = good_bundle();
+        let v = validate(&good, now);
+        assert!(!v.has_errors(), "{:?}", v.findings);
+        let parsed = v.parsed.unwrap();
+        assert_eq!(parsed.cluster_env.get("SERVICE_ACCOUNT"), Some("sa"));
+        assert_eq!(parsed.hosts.len(), 1);
+        for name in FILES {
+            let mut b = good.clone();
+            b.files.remove(name);
+            let v = validate(&b, now);
+            assert!(v.parsed.is_none(), "{name}");
+            let missing: Vec<_> = v
+                .findings
+                .iter()
+                .filter(|f| f.code == "bundle.missing_file")
+                .map(|f| f.file.as_deref())
+                .collect();
+            assert_eq!(missing, [Some(name)]);
+        }
+    }
+
+    #[test]
+    fn only_errors_count_as_errors() {
+        let warn = Finding::warning("token.expires_soon", None, "m", "h");
+        let err = Finding::error("token.expired", None, "m", "h");
+        let v = |findings| Validation {
+            findings,
+            parsed: None,
+        };
+        assert!(!v(vec![]).has_errors());
+        assert!(!v(vec![warn.clone()]).has_errors());
+        assert!(v(vec![warn, err]).has_errors());
+    }
+}

@@ -409,6 +409,155 @@ mod tests {
     }
 
     #[test]
+    fn type_limits_are_exact() {
+        let label = |n: usize| "a".repeat(n);
+        assert_eq!(type_error(Kind::DnsLabel, &label(63)), None);
+        for bad in [label(64), String::new(), "-a".into(), "a-".into()] {
+            assert!(type_error(Kind::DnsLabel, &bad).is_some(), "{bad:?}");
+        }
+        assert_eq!(type_error(Kind::DnsLabel, "a1-b"), None);
+        // 4 labels of 63 and a dot between: 255; trim to 253 and 254.
+        let long = [label(63), label(63), label(63), label(63)].join(".");
+        assert_eq!(type_error(Kind::HostName, &long[..253]), None);
+        assert!(type_error(Kind::HostName, &long[..254]).is_some());
+        assert_eq!(
+            type_error(Kind::HostName, &format!("{}.B-1", label(63))),
+            None
+        );
+        for bad in [
+            label(64),
+            "a..b".into(),
+            "-a.b".into(),
+            "a.-b".into(),
+            "a_b".into(),
+        ] {
+            assert!(type_error(Kind::HostName, &bad).is_some(), "{bad:?}");
+        }
+        assert_eq!(type_error(Kind::UserName, &label(32)), None);
+        assert_eq!(type_error(Kind::UserName, "a_b.c-D1"), None);
+        for bad in [label(33), String::new(), "a/b".into()] {
+            assert!(type_error(Kind::UserName, &bad).is_some(), "{bad:?}");
+        }
+        let flags = |n: usize| vec!["-v"; n].join("  ");
+        assert_eq!(type_error(Kind::FlagList, &flags(64)), None);
+        assert!(type_error(Kind::FlagList, &flags(65)).is_some());
+        assert_eq!(type_error(Kind::Path, "/usr/local/bin"), None);
+        for bad in ["a=b", "a,b", "a:b", "a@b", "a%b", "a+b"] {
+            assert!(type_error(Kind::Path, bad).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_flag_lists_may_hold_spaces() {
+        assert_eq!(unsafe_char(Kind::FlagList, "--a 1 --b=x,y"), None);
+        assert_eq!(unsafe_char(Kind::Path, "/a b"), Some(' '));
+        assert_eq!(unsafe_char(Kind::FlagList, "--a\t1"), Some('\t'));
+        assert_eq!(unsafe_char(Kind::HostName, "a-_.,:=/@+%Z9"), None);
+        for c in [
+            '$', '`', ';', '&', '|', '<', '>', '(', ')', '*', '?', '[', '\'', '"', '\\', '#', '~',
+            '!', '{',
+        ] {
+            assert_eq!(
+                unsafe_char(Kind::FlagList, &format!("a{c}")),
+                Some(c),
+                "{c}"
+            );
+        }
+    }
+
+    #[test]
+    fn unsafe_characters_are_named() {
+        assert_eq!(describe('\n'), "a newline");
+        assert_eq!(describe('\t'), "a tab");
+        assert_eq!(describe('\r'), "a carriage return");
+        assert_eq!(describe(' '), "a space");
+        assert_eq!(describe('\u{1b}'), "control character U+001B");
+        assert_eq!(describe('$'), "`$`");
+    }
+
+    #[test]
+    fn yaml_limits() {
+        assert_eq!(yaml_type_error(YamlKind::Port, "1"), None);
+        assert_eq!(yaml_type_error(YamlKind::Port, "65535"), None);
+        assert!(yaml_type_error(YamlKind::Port, "65536").is_some());
+        assert_eq!(yaml_type_error(YamlKind::AuthPolicy, "NONE"), None);
+        assert!(yaml_type_error(YamlKind::AuthPolicy, "none").is_some());
+        assert_eq!(yaml_type_error(YamlKind::DnsLabel, "istio-system"), None);
+        assert!(yaml_type_error(YamlKind::HostName, "a_b").is_some());
+        assert!(yaml_type_error(YamlKind::HostName, "a b").is_some());
+    }
+
+    fn run(text: &str, allow: &[&str]) -> Vec<Finding> {
+        let env = ClusterEnv::parse(text.as_bytes()).unwrap();
+        let opts = Options {
+            allow_env: allow.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        };
+        let mut f = Vec::new();
+        check(&env, &opts, &mut f);
+        f
+    }
+
+    fn codes(f: &[Finding]) -> Vec<(&str, Severity)> {
+        f.iter().map(|f| (f.code.as_str(), f.severity)).collect()
+    }
+
+    #[test]
+    fn findings_per_value() {
+        assert!(
+            run(
+                "ISTIO_SVC_IP=''\nEXEC_USER=''\nEXEC_USER=istio-proxy\n",
+                &[]
+            )
+            .is_empty()
+        );
+        let f = run("A=1\nPOD_NAME='a;b'\n", &[]);
+        assert_eq!(codes(&f), [("env.shell_unsafe", Severity::Error)]);
+        assert!(
+            f[0].message.starts_with("line 2: POD_NAME contains `;`"),
+            "{}",
+            f[0].message
+        );
+        let f = run("ISTIO_SVC_IP=10.0.0\n", &[]);
+        assert_eq!(codes(&f), [("env.invalid_value", Severity::Error)]);
+        assert!(
+            f[0].message.starts_with("line 1: ISTIO_SVC_IP: `10.0.0`"),
+            "{}",
+            f[0].message
+        );
+        let f = run("\nISTIO_PILOT_PORT=0\nISTIO_CP_AUTH=''\n", &[]);
+        assert_eq!(codes(&f), [("env.invalid_value", Severity::Error)]);
+        assert!(
+            f[0].message.starts_with("line 2: ISTIO_PILOT_PORT"),
+            "{}",
+            f[0].message
+        );
+        let f = run("EXEC_USER=root\n", &[]);
+        assert_eq!(codes(&f), [("env.exec_user", Severity::Error)]);
+        let f = run("EXEC_USER=root\n", &["EXEC_USER"]);
+        assert_eq!(codes(&f), [("env.exec_user", Severity::Warning)]);
+        // One finding per unsafe key, at the line that wins.
+        let f = run("LD_PRELOAD=a\nX=1\nLD_PRELOAD=b\nPATH=/x\n", &["PATH"]);
+        assert_eq!(
+            codes(&f),
+            [
+                ("env.unsafe_key", Severity::Error),
+                ("env.unsafe_key", Severity::Warning)
+            ]
+        );
+        assert!(
+            f[0].message.starts_with("line 3: LD_PRELOAD"),
+            "{}",
+            f[0].message
+        );
+        assert!(
+            f[1].message.contains("allowed by --allow-env PATH"),
+            "{}",
+            f[1].message
+        );
+    }
+
+    #[test]
     fn unsafe_keys() {
         for k in [
             "LD_PRELOAD",

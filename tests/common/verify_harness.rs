@@ -414,10 +414,20 @@ pub fn stand_in_agent() -> PathBuf {
     // target/<profile>/deps/<test> -> target/<profile>/examples/stand-in-agent
     let profile_dir = exe.parent().unwrap().parent().unwrap();
     let bin = profile_dir.join("examples/stand-in-agent");
-    if !bin.exists() {
+    // A run filtered with `--test NAME` does not rebuild examples, and a stale
+    // stand-in lacks the flags newer tests pass: rebuild when its source is
+    // newer. `--all-features` matches how the suite builds, so the library's
+    // artefacts are not rebuilt with other features.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/stand-in-agent/main.rs");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let stale = match (modified(&bin), modified(&src)) {
+        (Some(b), Some(s)) => b < s,
+        _ => true,
+    };
+    if stale {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--example", "stand-in-agent"]);
+        cmd.args(["build", "--all-features", "--example", "stand-in-agent"]);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
