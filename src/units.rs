@@ -255,12 +255,16 @@ pub fn render(opts: &Options) -> Vec<GeneratedFile> {
 }
 
 /// `/etc/tmpfiles.d/istio-vm-token.conf`: the token under /run at every
-/// boot. Per VM, not in the package: systemd 247 (Debian 11) fails
+/// boot, and the owners of what install places in Istio's directories. Per
+/// VM, not in the package: systemd 247 (Debian 11) fails
 /// systemd-tmpfiles-setup on a `C` line whose source does not exist, which
-/// it does not on a VM that was never onboarded.
+/// it does not on a VM that was never onboarded; and the owner lines touch
+/// directories of the istio-sidecar package, so they exist only while this
+/// VM is onboarded (uninstall removes the file and restores the owners
+/// install's journal recorded).
 pub fn token_tmpfiles() -> String {
     let u = layout::PROXY_USER;
-    format!(
+    let mut s = format!(
         "{HEADER}\
 # /run is a tmpfs: the token is gone after a reboot (Istio issues #27691,
 # #35343). Put it back from the persistent copy; `C` copies only when the
@@ -268,10 +272,55 @@ pub fn token_tmpfiles() -> String {
 # created root's, and the drop-in's ExecStartPre hands them to {u}
 # before the agent starts.
 C {token} 0600 {u} {u} - {persistent}
+
+# Owners for an image baked with `istio-vm install --root` before {u}
+# existed in it (sysusers.d creates the user at first boot, just before
+# this runs); on an onboarded VM they are already so. `z` only adjusts what
+# exists and never recurses: the sidecar's logs and Istio's own files (its
+# sidecar.env) are never walked. tmpfiles refuses a path through a directory
+# it has just given to {u} to a file still root's (\"unsafe path
+# transition\"), and it applies a directory's line before the lines below it:
+# so the files are plain lines, applied first while their directories are
+# still root's, and the directories are one-name globs, which tmpfiles
+# applies after every plain line and in the order written, deepest first.
 ",
         token = run_path(layout::TOKEN),
         persistent = layout::TOKEN_PERSISTENT,
-    )
+    );
+    for p in owned_placements() {
+        let _ = writeln!(s, "z {} {:04o} {u} {u} -", p.path, p.mode);
+    }
+    for d in owned_dirs() {
+        let _ = writeln!(s, "z {} 0755 {u} {u} -", one_name_glob(d));
+    }
+    s
+}
+
+/// Placed files of istio-proxy outside istio-vm's own state directory (the
+/// package's tmpfiles.d covers the token's copy there) and outside /run.
+fn owned_placements() -> impl Iterator<Item = &'static layout::Placement> {
+    layout::PLACEMENTS.iter().filter(|p| {
+        p.owner == layout::Owner::IstioProxy
+            && !p.path.starts_with("/var/run/")
+            && !p.path.starts_with(&format!("{}/", layout::STATE_DIR))
+    })
+}
+
+/// The persistent proxy directories, deepest first.
+fn owned_dirs() -> Vec<&'static str> {
+    let mut dirs: Vec<&str> = layout::PROXY_DIRS
+        .iter()
+        .copied()
+        .filter(|d| !d.starts_with("/var/run/"))
+        .collect();
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
+    dirs
+}
+
+/// `/var/lib/istio` -> `/var/lib/isti[o]`: the same single path, as a glob.
+fn one_name_glob(path: &str) -> String {
+    let last = path.chars().last().expect("a path");
+    format!("{}[{last}]", &path[..path.len() - last.len_utf8()])
 }
 
 /// The package's text of `path` ([`SHIPPED`]).
@@ -664,9 +713,16 @@ mod tests {
     }
 
     #[test]
-    fn package_tmpfiles_only_adjusts_what_exists() {
-        for l in tmpfiles_lines(shipped(layout::TMPFILES)) {
-            assert!(["z", "Z"].contains(&l[0]), "{l:?}");
+    fn package_tmpfiles_only_adjusts_istio_vms_own_paths() {
+        let lines = tmpfiles_lines(shipped(layout::TMPFILES));
+        assert!(!lines.is_empty());
+        for l in lines {
+            assert_eq!(l[0], "z", "{l:?}");
+            assert!(
+                l[1].starts_with(&format!("{}/", layout::STATE_DIR)),
+                "package content adjusts {}, which is not istio-vm's",
+                l[1]
+            );
         }
     }
 
@@ -674,7 +730,6 @@ mod tests {
     fn token_tmpfiles_restores_the_token_with_owner_and_mode() {
         let text = token_tmpfiles();
         let lines = tmpfiles_lines(&text);
-        assert_eq!(lines.len(), 1);
         let copy: Vec<_> = lines.iter().filter(|l| l[0] == "C").collect();
         assert_eq!(copy.len(), 1);
         assert_eq!(copy[0][1], run_path(layout::TOKEN));
@@ -682,48 +737,66 @@ mod tests {
         assert_eq!(copy[0][6], layout::TOKEN_PERSISTENT);
     }
 
+    /// `/var/lib/isti[o]` -> `/var/lib/istio`.
+    fn unglob(p: &str) -> String {
+        p.replace(['[', ']'], "")
+    }
+
     #[test]
-    fn tmpfiles_gives_the_baked_files_their_owners_without_walking_growing_dirs() {
-        let lines = tmpfiles_lines(shipped(layout::TMPFILES));
-        let has = |ty: &str, path: &str| lines.iter().any(|l| l[0] == ty && l[1] == path);
-        // Each persistent placed file: through a `Z` on its directory, or a
-        // `z` of its own, with its mode.
+    fn one_name_glob_names_the_one_path() {
+        assert_eq!(one_name_glob("/var/lib/istio"), "/var/lib/isti[o]");
+        assert_eq!(unglob(&one_name_glob("/etc/certs")), "/etc/certs");
+    }
+
+    #[test]
+    fn tmpfiles_gives_the_baked_files_their_owners_without_walking_anything() {
+        let per_vm = token_tmpfiles();
+        let mut lines = tmpfiles_lines(shipped(layout::TMPFILES));
+        lines.extend(tmpfiles_lines(&per_vm));
+        let owners: Vec<&Vec<&str>> = lines.iter().filter(|l| l[0] != "C").collect();
+        // Never recursive: not over what grows (logs, Envoy's files), not
+        // over Istio's own files (sidecar.env) or the administrator's.
+        for l in &owners {
+            assert_eq!(l[0], "z", "{l:?}");
+            assert_eq!(l[3..5], ["istio-proxy", "istio-proxy"], "{l:?}");
+        }
+        // Each persistent placed file of istio-proxy: a plain line of its
+        // own, with its mode.
         for p in layout::PLACEMENTS {
-            if p.path.starts_with("/var/run/") {
+            if p.path.starts_with("/var/run/") || p.owner != layout::Owner::IstioProxy {
                 continue;
             }
-            let parent = Path::new(p.path).parent().unwrap().to_str().unwrap();
-            let by_dir = has("Z", parent);
-            let by_file = has("z", p.path);
-            assert!(by_dir != by_file, "{}: Z on its dir xor z", p.path);
-            if by_file {
-                let l = lines
-                    .iter()
-                    .find(|l| l[0] == "z" && l[1] == p.path)
-                    .unwrap();
-                assert_eq!(l[2], format!("{:04o}", p.mode));
+            let l = owners
+                .iter()
+                .find(|l| l[1] == p.path)
+                .unwrap_or_else(|| panic!("no owner line for {}", p.path));
+            assert_eq!(l[2], format!("{:04o}", p.mode));
+        }
+        // Each persistent proxy directory: a one-name glob (applied after
+        // every plain line), deepest first.
+        let dirs: Vec<String> = owners
+            .iter()
+            .filter(|l| l[1].contains('['))
+            .map(|l| unglob(l[1]))
+            .collect();
+        let want: BTreeSet<String> = layout::PROXY_DIRS
+            .iter()
+            .filter(|d| !d.starts_with("/var/run/"))
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(dirs.iter().cloned().collect::<BTreeSet<_>>(), want);
+        for (i, d) in dirs.iter().enumerate() {
+            for later in &dirs[i + 1..] {
+                assert!(!later.starts_with(&format!("{d}/")), "{d} before {later}");
             }
         }
-        // Each persistent proxy directory gets its owner.
-        for d in layout::PROXY_DIRS {
-            if d.starts_with("/var/run/") {
-                continue;
-            }
-            assert!(has("z", d) || has("Z", d), "no owner line for {d}");
-        }
-        // Never recursively over what grows (logs, Envoy's files) or holds
-        // Istio's own data: `Z` only where a placed file lives.
-        for l in lines.iter().filter(|l| l[0] == "Z") {
+        // Nothing else: every owner line is a placed file or a proxy dir.
+        for l in &owners {
+            let p = unglob(l[1]);
             assert!(
-                layout::PLACEMENTS
-                    .iter()
-                    .any(|p| Path::new(p.path).parent() == Some(Path::new(l[1]))),
-                "recursive Z on {}, which holds no placed file",
-                l[1]
+                want.contains(&p) || layout::PLACEMENTS.iter().any(|x| x.path == p),
+                "owner line for {p}, which install does not place"
             );
-        }
-        for d in ["/var/log/istio", "/etc/istio/proxy", "/var/lib/istio"] {
-            assert!(!has("Z", d), "recursive Z on {d}");
         }
     }
 

@@ -90,11 +90,11 @@ fn without_the_user_ownership_is_left_to_tmpfiles() {
     let r = root.path();
     ok(&install(r, example(), &[], &[]));
     assert_eq!(owner(&r.join("etc/certs/root-cert.pem")), (0, 0));
-    let tmpfiles = std::fs::read_to_string(r.join("etc/tmpfiles.d/istio-vm.conf")).unwrap();
-    // Recursive: a `z` per file would be refused below a directory just given
-    // to istio-proxy (see units::tmpfiles; proven at first boot in e2e_systemd).
-    assert!(tmpfiles.contains("Z /etc/certs - istio-proxy istio-proxy -"));
     let token = std::fs::read_to_string(r.join("etc/tmpfiles.d/istio-vm-token.conf")).unwrap();
+    // Per VM and never recursive (see units::token_tmpfiles; proven at first
+    // boot in e2e_systemd).
+    assert!(token.contains("z /etc/certs/root-cert.pem 0644 istio-proxy istio-proxy -"));
+    assert!(!token.contains("\nZ "), "{token}");
     assert!(token.contains("C /run/secrets/tokens/istio-token 0600 istio-proxy istio-proxy -"));
     // The user appears later (e.g. the istio-sidecar package): the next run
     // hands the files over.
@@ -251,6 +251,12 @@ fn first_boot_creates_the_user_and_fixes_ownership() {
     let r = root.path();
     std::fs::write(r.join("etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n").unwrap();
     std::fs::write(r.join("etc/group"), "root:x:0:\n").unwrap();
+    // Istio's own file next to ours, and a log the sidecar wrote: first
+    // boot gives ours to istio-proxy and leaves these alone.
+    std::fs::create_dir_all(r.join("var/lib/istio/envoy")).unwrap();
+    std::fs::write(r.join("var/lib/istio/envoy/sidecar.env"), "# Istio's\n").unwrap();
+    std::fs::create_dir_all(r.join("var/log/istio")).unwrap();
+    std::fs::write(r.join("var/log/istio/istio.log"), "").unwrap();
     ok(&install(r, example(), &[], &[]));
     // "Reboot": /run is a fresh tmpfs.
     std::fs::remove_dir_all(r.join("run/secrets")).unwrap();
@@ -304,12 +310,18 @@ fn first_boot_creates_the_user_and_fixes_ownership() {
             "var/lib/istio-vm/istio-token",
             "etc/certs/root-cert.pem",
             "etc/certs",
+            "var/lib/istio",
             "var/lib/istio/envoy",
             "var/lib/istio/envoy/cluster.env",
+            "etc/istio/config",
             "etc/istio/config/mesh",
+            "etc/istio/proxy",
             "var/log/istio",
         ] {
             assert_eq!(owner(&r.join(p)), (uid, gid), "{boot}: {p}");
+        }
+        for p in ["var/lib/istio/envoy/sidecar.env", "var/log/istio/istio.log"] {
+            assert_eq!(owner(&r.join(p)), (0, 0), "{boot}: {p}");
         }
         let mode = |p: &str| std::fs::metadata(r.join(p)).unwrap().mode() & 0o7777;
         assert_eq!(mode("etc/certs/root-cert.pem"), 0o644, "{boot}");
