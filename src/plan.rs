@@ -66,6 +66,12 @@ pub struct Hook {
     pub undo: Option<fn(&HookEnv) -> Result<()>>,
     /// Run only if one of these paths changed in this run; empty: always run.
     pub after_change_of: Vec<String>,
+    /// Symlinks the hook may create (e.g. `systemctl enable`'s `.wants`
+    /// links). The transaction records them and their missing parent
+    /// directories in the journal before anything changes, like the paths
+    /// of its own ops: a run killed after the hook leaves nothing on disk
+    /// that no journal names (a link that exists already is not recorded).
+    pub creates: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -860,6 +866,7 @@ mod tests {
             run: |_| Ok(()),
             undo: None,
             after_change_of: vec![],
+            creates: vec![],
         };
         let input = Input {
             bundle: Some(&bundle),
@@ -1151,6 +1158,7 @@ mod hook_tests {
             run: noop,
             undo: None,
             after_change_of: vec![layout::CAPTURE_UNIT.into()],
+            creates: vec![],
         };
         let actions = vec![Action::File(unit.clone()), Action::Hook(reload)];
         let fresh = evaluate(&actions, &Facts::default(), false).unwrap();
@@ -1180,6 +1188,7 @@ mod hook_tests {
                 run: noop,
                 undo: None,
                 after_change_of: deps.iter().map(|d| d.to_string()).collect(),
+                creates: vec![],
             })
         };
         let dir = Action::Dir(DirAction {

@@ -37,6 +37,12 @@ pub use crate::sysroot::{Resolved, Sysroot as Root};
 
 pub use crate::layout::JOURNAL;
 
+/// The journal kind of a symlink a hook may create ([`crate::plan::Hook`]'s
+/// `creates`): rolled back like any path the run created, but not kept in
+/// state.json, since the hook's own undo (`systemctl disable`) removes it
+/// and an administrator may remove it the usual way.
+pub const LINK: &str = "link";
+
 /// Test-only fault injection (cargo feature `failpoints`):
 /// `ISTIO_VM_FAILPOINT=<name>` fails there, `<name>:abort` dies there as a
 /// `kill -9` would (no cleanup, no unwinding).
@@ -320,6 +326,16 @@ impl<'a> Tx<'a> {
         for path in extra {
             let r = self.root.resolve(path)?;
             self.record_with_parents(&r.real, "file", false)?;
+        }
+        for (_, op) in ops {
+            if let Op::Hook(h) = op {
+                for path in &h.creates {
+                    let r = self.root.resolve(path)?;
+                    if fsops::read_current(&r.host)? != Current::Symlink {
+                        self.record_with_parents(&r.real, LINK, false)?;
+                    }
+                }
+            }
         }
         failpoint("backup")?;
         let owner = self.can_chown.then_some((0, 0));
@@ -630,6 +646,7 @@ mod tests {
             run,
             undo: Some(unmark),
             after_change_of: Vec::new(),
+            creates: Vec::new(),
         }
     }
 

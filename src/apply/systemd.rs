@@ -261,6 +261,36 @@ fn restart_triggers(files: &[units::GeneratedFile]) -> Vec<String> {
     v
 }
 
+/// Where `systemctl enable` links `unit`: one `TARGET.wants/UNIT` below
+/// /etc/systemd/system per `WantedBy=` of its `[Install]` section.
+fn wants_links(unit: &str, install_text: &str) -> Vec<String> {
+    install_text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("WantedBy="))
+        .flat_map(str::split_whitespace)
+        .map(|target| format!("/etc/systemd/system/{target}.wants/{unit}"))
+        .collect()
+}
+
+/// The links [`enable_units`] may create, recorded in the journal before it
+/// runs (no directory exists before a journal names it): Istio's unit is
+/// `WantedBy=multi-user.target` (tools/packaging/common/istio.service,
+/// 1.29.6), ours as shipped.
+fn enabled_links(capture: bool) -> Vec<String> {
+    let mut v = wants_links(units::ISTIO_UNIT_NAME, "WantedBy=multi-user.target");
+    v.extend(wants_links(
+        units::VERIFY_TIMER_NAME,
+        units::shipped(units::VERIFY_TIMER),
+    ));
+    if capture {
+        v.extend(wants_links(
+            units::HEAL_UNIT_NAME,
+            units::shipped(units::HEAL_UNIT),
+        ));
+    }
+    v
+}
+
 /// Enables the units when this VM is onboarded or its drop-in changes
 /// (capture on or off); a `systemctl disable istio` between two runs with the
 /// same bundle sticks.
@@ -283,6 +313,7 @@ fn enable_hook(capture: bool) -> Hook {
         },
         undo: Some(disable_units),
         after_change_of: vec![layout::ISTIO_DROPIN.into()],
+        creates: enabled_links(capture),
     }
 }
 
@@ -295,6 +326,7 @@ pub fn install_hooks(files: &[units::GeneratedFile], start: bool, capture: bool)
             run: reload,
             undo: None,
             after_change_of: files.iter().map(|f| f.path.to_string()).collect(),
+            creates: Vec::new(),
         },
         enable_hook(capture),
     ];
@@ -309,6 +341,7 @@ pub fn install_hooks(files: &[units::GeneratedFile], start: bool, capture: bool)
             run: restart_sidecar,
             undo: None,
             after_change_of: restart_triggers(files),
+            creates: Vec::new(),
         });
         hooks.push(Hook {
             id: "hook:verify-timer".into(),
@@ -323,6 +356,7 @@ pub fn install_hooks(files: &[units::GeneratedFile], start: bool, capture: bool)
             ]
             .map(String::from)
             .to_vec(),
+            creates: Vec::new(),
         });
     }
     hooks
@@ -347,6 +381,7 @@ pub fn uninstall_disable_hook() -> Hook {
         run: disable_units,
         undo: Some(reenable_units),
         after_change_of: Vec::new(),
+        creates: Vec::new(),
     }
 }
 
@@ -363,6 +398,7 @@ pub fn uninstall_stop_hook() -> Hook {
         run: stop_sidecar,
         undo: None,
         after_change_of: Vec::new(),
+        creates: Vec::new(),
     }
 }
 
@@ -374,6 +410,7 @@ pub fn uninstall_reload_hook() -> Hook {
         run: reload,
         undo: None,
         after_change_of: Vec::new(),
+        creates: Vec::new(),
     }
 }
 
@@ -412,6 +449,15 @@ mod tests {
             assert!(h.undo.is_some());
             assert_eq!(h.detail.contains(units::HEAL_UNIT_NAME), capture);
             assert_eq!(baked_install_hooks(capture).len(), 1);
+            // Every link it may make is named for the journal.
+            let mut want = vec![
+                "/etc/systemd/system/multi-user.target.wants/istio.service",
+                "/etc/systemd/system/timers.target.wants/istio-vm-verify.timer",
+            ];
+            if capture {
+                want.push("/etc/systemd/system/istio.service.wants/istio-vm-capture-heal.service");
+            }
+            assert_eq!(h.creates, want);
         }
     }
 
@@ -447,6 +493,17 @@ mod tests {
         write_unit(dir.path(), units::VERIFY_TIMER_NAME, "timers.target");
         write_unit(dir.path(), units::HEAL_UNIT_NAME, "istio.service");
         enable_with_capture(&env).unwrap();
+        // What systemctl made is what the hook names for the journal.
+        let named: Vec<_> = enabled_links(true)
+            .iter()
+            .map(|l| dir.path().join(l.trim_start_matches('/')))
+            .collect();
+        for d in std::fs::read_dir(&etc).unwrap() {
+            for l in std::fs::read_dir(d.unwrap().path()).unwrap() {
+                let l = l.unwrap().path();
+                assert!(named.contains(&l), "{l:?} is not named");
+            }
+        }
         for (link, name) in [
             (&sidecar, "istio.service"),
             (&timer, units::VERIFY_TIMER_NAME),

@@ -385,6 +385,7 @@ pub fn apply_hook() -> crate::plan::Hook {
         run: |env| apply_on_root(&env.root, &env.config, env.config.backend).map(|_| ()),
         undo: Some(|env| remove_on_root(&env.root, &env.config).map(|_| ())),
         after_change_of: Vec::new(),
+        creates: Vec::new(),
     }
 }
 
@@ -397,6 +398,7 @@ pub fn remove_hook() -> crate::plan::Hook {
         run: |env| remove_on_root(&env.root, &env.config).map(|_| ()),
         undo: Some(|env| apply_on_root(&env.root, &env.config, env.config.backend).map(|_| ())),
         after_change_of: Vec::new(),
+        creates: Vec::new(),
     }
 }
 

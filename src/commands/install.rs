@@ -78,7 +78,11 @@ fn next_state(
         }
     };
     for e in recorded {
-        if transient(e) || dropped.contains(&e.path) || entries.iter().any(|x| x.path == e.path) {
+        if transient(e)
+            || e.kind == apply::LINK
+            || dropped.contains(&e.path)
+            || entries.iter().any(|x| x.path == e.path)
+        {
             continue;
         }
         entries.push(e.clone());
