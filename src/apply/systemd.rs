@@ -221,19 +221,61 @@ fn enable_without_capture(env: &HookEnv) -> Result<()> {
     enable_units(env, false)
 }
 
-/// Undo of an uninstall's [`disable_units`]: the heal unit again where the
-/// VM has capture (its record directory is still there).
-fn reenable_units(env: &HookEnv) -> Result<()> {
-    let capture = env
-        .root
-        .join(layout::CAPTURE_DIR.trim_start_matches('/'))
-        .is_dir();
-    enable_units(env, capture)
+/// The links [`disable_units`] found (link, target), for its undo in the
+/// same run.
+static DISABLED: std::sync::Mutex<Vec<(std::path::PathBuf, std::path::PathBuf)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// The `.wants`/`.requires` links of our units and the sidecar below the
+/// root's /etc/systemd/system.
+fn enablement_links(root: &Path) -> Vec<(std::path::PathBuf, std::path::PathBuf)> {
+    let Ok(dirs) = std::fs::read_dir(root.join("etc/systemd/system")) else {
+        return Vec::new();
+    };
+    let mut v = Vec::new();
+    for d in dirs.flatten() {
+        let name = d.file_name().to_string_lossy().into_owned();
+        if !(name.ends_with(".wants") || name.ends_with(".requires")) {
+            continue;
+        }
+        for unit in [
+            units::HEAL_UNIT_NAME,
+            units::VERIFY_TIMER_NAME,
+            units::ISTIO_UNIT_NAME,
+        ] {
+            let link = d.path().join(unit);
+            if let Ok(target) = std::fs::read_link(&link) {
+                v.push((link, target));
+            }
+        }
+    }
+    v
+}
+
+/// Undo of an uninstall's [`disable_units`] (a later step failed): the
+/// links it removed, exactly as they were. Not through `systemctl enable`:
+/// the uninstall undoes its hooks before it puts its files back, so a unit
+/// a copied binary placed under /etc is gone for the moment and systemctl
+/// cannot read it; the rollback that follows puts it back under its link.
+fn reenable_units(_: &HookEnv) -> Result<()> {
+    let links = std::mem::take(&mut *DISABLED.lock().unwrap_or_else(|e| e.into_inner()));
+    for (link, target) in links {
+        if std::fs::symlink_metadata(&link).is_ok() {
+            continue;
+        }
+        if let Some(d) = link.parent() {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        std::os::unix::fs::symlink(&target, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    Ok(())
 }
 
 /// Undo of the enablement, and uninstall: without its mesh files the
 /// sidecar has nothing to start with.
 fn disable_units(env: &HookEnv) -> Result<()> {
+    *DISABLED.lock().unwrap_or_else(|e| e.into_inner()) = enablement_links(&env.root);
     set_enabled(&env.root, units::HEAL_UNIT_NAME, false)?;
     set_enabled(&env.root, units::VERIFY_TIMER_NAME, false)?;
     set_enabled(&env.root, units::ISTIO_UNIT_NAME, false)
