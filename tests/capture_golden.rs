@@ -15,6 +15,9 @@
 //! mixed `ipv6-ipnets`/`ipv6-uid-gid` cases are covered too). The owner-group
 //! cases name the groups `java`/`ftp` and are compared as text only (they are
 //! never loaded into a kernel here).
+//!
+//! Kept together (about 700 lines) because the case table and the semantic
+//! comparison it feeds are read side by side with Istio's golden README.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -37,6 +40,7 @@ const UIDS: (&str, &str) = ("PROXY_UID", "3,4");
 const GIDS: (&str, &str) = ("PROXY_GID", "1,2");
 const NS_V4: &str = "nameserver 127.0.0.53\n";
 
+/// Kept together (a table of Istio's golden cases, one entry each).
 fn cases() -> Vec<Case> {
     let c = |name, env, resolv, ipv6| Case {
         name,

@@ -19,6 +19,9 @@
 //! fails. Only on a kernel whose config says legacy x_tables are missing
 //! does it print "SUMMARY: iptables-legacy NOT TESTED …" and check instead
 //! that detection picks iptables-nft.
+//!
+//! Kept together (over 700 lines) because every test shares one namespace
+//! harness and one packet probe; splitting by backend would copy them.
 
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};

@@ -11,6 +11,9 @@
 //! Needs root (chroot, mknod) and the Debian packages lintian, rpmlint, rpm,
 //! shellcheck, qemu-user-static, gcc-aarch64-linux-gnu and libc6-dev-arm64-cross
 //! (scripts/install-test-deps.sh).
+//!
+//! Kept together (over 700 lines) because the tests share one build of
+//! both packages per process (a release build is minutes on 2 cores).
 
 #[path = "common/pkg.rs"]
 mod pkg;

@@ -1,6 +1,10 @@
 //! `istio-vm verify` against a fake istiod and the stand-in agent, each test
 //! in its own network namespace: every failure mode is detected by the right
 //! check with the right hint, and a healthy setup passes.
+//!
+//! Kept together (over 700 lines) because every scenario runs on the same
+//! wire (fake istiod behind a veth, capture rules on the VM side) and
+//! is read as one catalogue of verify's failure modes.
 
 #[path = "common/fake_istiod.rs"]
 mod fake_istiod;

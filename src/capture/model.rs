@@ -202,3 +202,95 @@ impl RuleSet {
             .filter(move |r| r.family.is_none() || r.family == Some(f))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHAINS: [Chain; 10] = [
+        Chain::Prerouting,
+        Chain::Output,
+        Chain::Inbound,
+        Chain::Redirect,
+        Chain::InRedirect,
+        Chain::IstioOutput,
+        Chain::OutputDns,
+        Chain::Divert,
+        Chain::Tproxy,
+        Chain::Drop,
+    ];
+
+    #[test]
+    fn names_are_the_kernels_and_istios() {
+        // Kernel table and protocol names.
+        assert_eq!(Table::ALL.map(Table::name), ["mangle", "nat", "raw"]);
+        assert_eq!([Proto::Tcp.name(), Proto::Udp.name()], ["tcp", "udp"]);
+        // Chain names as Istio creates them, so that rules Istio left are
+        // recognised: tools/istio-iptables/pkg/constants/constants.go and
+        // tools/istio-nftables/pkg/constants/constants.go (1.29.6).
+        assert_eq!(
+            CHAINS.map(Chain::iptables),
+            [
+                "PREROUTING",
+                "OUTPUT",
+                "ISTIO_INBOUND",
+                "ISTIO_REDIRECT",
+                "ISTIO_IN_REDIRECT",
+                "ISTIO_OUTPUT",
+                "ISTIO_OUTPUT_DNS",
+                "ISTIO_DIVERT",
+                "ISTIO_TPROXY",
+                "ISTIO_DROP",
+            ]
+        );
+        assert_eq!(
+            CHAINS.map(Chain::nft),
+            [
+                "prerouting",
+                "output",
+                "istio-inbound",
+                "istio-redirect",
+                "istio-in-redirect",
+                "istio-output",
+                "istio-output-dns",
+                "istio-divert",
+                "istio-tproxy",
+                "istio-drop",
+            ]
+        );
+    }
+
+    #[test]
+    fn only_prerouting_and_output_are_builtin() {
+        let builtin: Vec<Chain> = CHAINS.into_iter().filter(|c| c.builtin()).collect();
+        assert_eq!(builtin, [Chain::Prerouting, Chain::Output]);
+    }
+
+    #[test]
+    fn a_family_gets_its_own_and_the_familyless_rules_in_order() {
+        let r = |family, port: &str| Rule {
+            table: Table::Nat,
+            chain: Chain::IstioOutput,
+            pos: Pos::Append,
+            family,
+            matches: vec![Match::Sport {
+                proto: Proto::Tcp,
+                port: port.into(),
+            }],
+            target: Target::Return,
+        };
+        let set = RuleSet {
+            rules: vec![
+                r(Some(Family::V6), "1"),
+                r(None, "2"),
+                r(Some(Family::V4), "3"),
+                r(None, "4"),
+            ],
+            ipv6: true,
+        };
+        let v4: Vec<&Rule> = set.family(Family::V4).collect();
+        assert_eq!(v4, [&set.rules[1], &set.rules[2], &set.rules[3]]);
+        let v6: Vec<&Rule> = set.family(Family::V6).collect();
+        assert_eq!(v6, [&set.rules[0], &set.rules[1], &set.rules[3]]);
+    }
+}

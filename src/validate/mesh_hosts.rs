@@ -186,4 +186,116 @@ mod tests {
             assert!(!looks_like_marker(l), "{l:?}");
         }
     }
+
+    fn mesh(yaml: &str) -> MeshConfig {
+        MeshConfig::parse(yaml.as_bytes()).unwrap()
+    }
+    fn env(text: &str) -> ClusterEnv {
+        ClusterEnv::parse(text.as_bytes()).unwrap()
+    }
+    fn codes(f: &[Finding]) -> Vec<&str> {
+        f.iter().map(|x| x.code.as_str()).collect()
+    }
+
+    #[test]
+    fn discovery_address_defaults_like_istio_start() {
+        let m = mesh("defaultConfig:\n  discoveryAddress: istiod.x.svc:15012\n");
+        assert_eq!(discovery_address(Some(&m), None), "istiod.x.svc:15012");
+        let e = env("ISTIO_SYSTEM_NAMESPACE='mesh-ns'\n");
+        assert_eq!(
+            discovery_address(None, Some(&e)),
+            "istiod.mesh-ns.svc:15012"
+        );
+        let e = env("ISTIO_SYSTEM_NAMESPACE=''\n");
+        assert_eq!(
+            discovery_address(None, Some(&e)),
+            "istiod.istio-system.svc:15012"
+        );
+    }
+
+    #[test]
+    fn mesh_address_must_be_host_port() {
+        for (addr, bad) in [
+            ("istiod.istio-system.svc:15012", false),
+            ("[fd00::1]:15012", false),
+            ("istiod-1-10.istio-system.svc", true),
+            ("bad_host!:15012", true),
+        ] {
+            let mut f = Vec::new();
+            check_mesh(
+                &mesh(&format!("defaultConfig:\n  discoveryAddress: \"{addr}\"\n")),
+                None,
+                &mut f,
+            );
+            let want: &[&str] = if bad {
+                &["mesh.discovery_address"]
+            } else {
+                &[]
+            };
+            assert_eq!(codes(&f), want, "{addr}");
+        }
+    }
+
+    #[test]
+    fn mesh_and_cluster_env_disagreeing_is_a_warning() {
+        let m = mesh(
+            "defaultConfig:\n  discoveryAddress: istiod.istio-system.svc:15012\n  \
+             proxyMetadata:\n    ISTIO_META_DNS_CAPTURE: \"true\"\n",
+        );
+        let check = |e: Option<&ClusterEnv>| {
+            let mut f = Vec::new();
+            check_mesh(&m, e, &mut f);
+            f
+        };
+        assert!(check(None).is_empty());
+        let same = env("ISTIO_META_DNS_CAPTURE='true'\nCA_ADDR='ISTIOD.istio-system.svc:15012'\n");
+        assert!(check(Some(&same)).is_empty());
+        let f = check(Some(&env("ISTIO_META_DNS_CAPTURE='false'\n")));
+        assert_eq!(codes(&f), ["mesh.mismatch"]);
+        assert!(f[0].message.contains("(line 1)"), "{}", f[0].message);
+        let f = check(Some(&env("CA_ADDR='other.example:15012'\n")));
+        assert_eq!(codes(&f), ["mesh.mismatch"]);
+        assert!(f[0].message.contains("other.example"), "{}", f[0].message);
+    }
+
+    #[test]
+    fn each_istiod_host_missing_from_hosts_is_named_once() {
+        let entries = hosts::parse("198.51.100.1 istiod.istio-system.svc\n").unwrap();
+        let run = |m: Option<&MeshConfig>, e: Option<&ClusterEnv>| {
+            let mut f = Vec::new();
+            check_hosts(&entries, m, e, &mut f);
+            f
+        };
+        let mut f = Vec::new();
+        check_hosts(&[], None, None, &mut f);
+        assert_eq!(codes(&f), ["hosts.empty"]);
+        // Default address, CA on the same host in another case: resolved.
+        let e = env("CA_ADDR='ISTIOD.istio-system.svc:15012'\n");
+        assert!(run(None, Some(&e)).is_empty());
+        // An IP address needs no entry; an empty CA_ADDR is not an address.
+        let e = env("CA_ADDR='203.0.113.9:15012'\n");
+        assert!(run(None, Some(&e)).is_empty());
+        let e = env("CA_ADDR=''\n");
+        assert!(run(None, Some(&e)).is_empty());
+        // Discovery and CA on one missing host: one warning, naming it.
+        let m = mesh("defaultConfig:\n  discoveryAddress: istiod.other.svc:15012\n");
+        let e = env("CA_ADDR='istiod.other.svc:15012'\n");
+        let f = run(Some(&m), Some(&e));
+        assert_eq!(codes(&f), ["hosts.discovery_unresolved"]);
+        assert!(f[0].message.contains("istiod.other.svc"));
+        // A CA on another missing host: its own warning.
+        let e = env("CA_ADDR='ca.example:15012'\n");
+        let f = run(None, Some(&e));
+        assert_eq!(codes(&f), ["hosts.discovery_unresolved"]);
+        assert!(f[0].message.contains("ca.example"));
+    }
+
+    #[test]
+    fn marker_lines_are_found_by_line_number() {
+        assert_eq!(marker_key(" # END\tIstio-VM \r"), "#endistio-vm");
+        let mut f = Vec::new();
+        check_markers(b"198.51.100.1 a.example\n  # end ISTIO-VM\n", &mut f);
+        assert_eq!(codes(&f), ["hosts.marker"]);
+        assert!(f[0].message.starts_with("line 2:"), "{}", f[0].message);
+    }
 }

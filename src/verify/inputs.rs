@@ -186,7 +186,7 @@ fn exempt_owner(root: &Path, env: &BTreeMap<String, String>) -> super::net::Owne
             let first = |v: &[String]| v.first()?.parse::<u32>().ok();
             Some((first(&c.proxy_uids)?, first(&c.proxy_gids)?))
         });
-    super::net::Owner(rendered.or_else(|| super::files::proxy_ids(root)))
+    super::net::Owner(rendered.or_else(|| uid.zip(gid)))
 }
 
 impl Inputs {
