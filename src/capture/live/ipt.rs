@@ -13,7 +13,8 @@ use super::super::kernel::{finish, normalize_save, restore, run, save, start};
 use super::super::model::Family;
 use super::super::{Rendered, failpoint};
 use super::{
-    ApplyOptions, Outcome, Owned, Snapshot, Variant, desired_for, desired_tables, fam, step,
+    ApplyOptions, Outcome, Owned, Snapshot, Variant, desired_for, desired_tables, fam,
+    readback_problem, step,
 };
 use crate::error::Failure;
 use crate::report::StepStatus;
@@ -216,12 +217,7 @@ pub(super) fn apply_iptables(
             .ok_or_else(|| anyhow!("{} stopped working", v.bin(p.f, "save")))
             .and_then(|s| Tables::parse(&s).map_err(|e| anyhow!("{e}")))
             .map(|now| compare::compare_tables(&p.desired, &now, &label));
-        let problem = match &diff {
-            Ok(d) if d.is_empty() && !failpoint("capture.readback_mismatch") => None,
-            Ok(d) if d.is_empty() => Some("failpoint capture.readback_mismatch".to_string()),
-            Ok(d) => Some(d.summary()),
-            Err(e) => Some(format!("{e:#}")),
-        };
+        let problem = readback_problem(&diff);
         if let Some(problem) = problem {
             rollback_iptables(v, &applied);
             return Err(Failure::RolledBack {

@@ -30,6 +30,17 @@ pub use super::routing::{
 };
 use ipt::{foreign_chains, owned_part};
 
+/// What is wrong with a read-back, if anything: the one verdict both
+/// backends roll back on (the failpoint lets tests force a mismatch).
+fn readback_problem(diff: &Result<compare::Difference>) -> Option<String> {
+    match diff {
+        Ok(d) if d.is_empty() && !super::failpoint("capture.readback_mismatch") => None,
+        Ok(d) if d.is_empty() => Some("failpoint capture.readback_mismatch".to_string()),
+        Ok(d) => Some(d.summary()),
+        Err(e) => Some(format!("{e:#}")),
+    }
+}
+
 pub(super) fn step(id: &str, status: StepStatus, detail: impl Into<String>) -> Step {
     Step {
         id: id.to_string(),

@@ -8,7 +8,7 @@ use anyhow::{Result, anyhow, bail};
 
 use super::super::kernel::{nft_state, run};
 use super::super::{compare, failpoint, nft, nftjson};
-use super::{Outcome, Snapshot, step};
+use super::{Outcome, Snapshot, readback_problem, step};
 use crate::error::Failure;
 use crate::report::StepStatus;
 
@@ -50,12 +50,7 @@ pub(super) fn apply_nft(script: &str, snap: &Snapshot) -> Result<Outcome> {
         ),
     ));
     let diff = nft_state().map(|now| compare::compare_nft(&desired, &now.tables, "nftables"));
-    let problem = match &diff {
-        Ok(d) if d.is_empty() && !failpoint("capture.readback_mismatch") => None,
-        Ok(d) if d.is_empty() => Some("failpoint capture.readback_mismatch".to_string()),
-        Ok(d) => Some(d.summary()),
-        Err(e) => Some(format!("{e:#}")),
-    };
+    let problem = readback_problem(&diff);
     if let Some(problem) = problem {
         rollback(&before.objects);
         return Err(Failure::RolledBack {
