@@ -13,7 +13,7 @@
 # NSS and runs on the VMs people have; the packages then declare
 # libc6 (>= 2.17)-ish dependencies, computed from the symbols actually used.
 #
-# Tools, pinned and installed on first use: cargo-zigbuild (crates.io, cargo
+# Tools, pinned and installed on first use: cargo-zigbuild (the Rust registry, cargo
 # install --locked) and zig (PyPI's ziglang; cargo-zigbuild finds it as
 # `python3 -m ziglang`).
 #
