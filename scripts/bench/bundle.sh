@@ -13,7 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin="${BENCH_BIN:-${CARGO_TARGET_DIR:-target}/release/istio-vm}"
-[ -x "$bin" ] || cargo build --release --quiet
+# Always (a no-op when fresh): a stale binary would measure old code.
+cargo build --release --quiet
 if ! /usr/bin/time -f '%e' true 2>/dev/null; then
     echo "bundle.sh: needs GNU time at /usr/bin/time (apt-get install time)" >&2
     exit 2

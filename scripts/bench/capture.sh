@@ -13,7 +13,8 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 2
 fi
 bin="${CARGO_TARGET_DIR:-target}/release/istio-vm"
-[ -x "$bin" ] || cargo build --release --quiet
+# Always (a no-op when fresh): a stale binary would measure old code.
+cargo build --release --quiet
 bin="$(realpath "$bin")"
 
 ns="ivmbench-$$"

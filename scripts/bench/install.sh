@@ -11,7 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin="${BENCH_BIN:-${CARGO_TARGET_DIR:-target}/release/istio-vm}"
-[ -x "$bin" ] || cargo build --release --quiet
+# Always (a no-op when fresh): a stale binary would measure old code.
+cargo build --release --quiet
 bin="$(realpath "$bin")"
 runs="${BENCH_RUNS:-30}"
 if ! command -v hyperfine >/dev/null; then

@@ -12,7 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin="${BENCH_BIN:-${CARGO_TARGET_DIR:-target}/release/istio-vm}"
-[ -x "$bin" ] || cargo build --release --quiet
+# Always (a no-op when fresh): a stale binary would measure old code.
+cargo build --release --quiet
 limit=5033164
 bytes=$(stat -c %s "$bin")
 awk -v b="$bytes" -v l="$limit" 'BEGIN {
