@@ -20,10 +20,7 @@ fn example() -> &'static Path {
 }
 
 fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test needs root (mknod, mount); CI runs it as root"
-    );
+    common::require_root("mknod, mount");
 }
 
 /// What a bounded run gave: exit code, output, peak RSS of the process.

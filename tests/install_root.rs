@@ -16,10 +16,7 @@ fn example() -> &'static Path {
 }
 
 fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test needs root (chown, setpriv, mount namespaces); CI runs it as root"
-    );
+    common::require_root("chown, setpriv, mount namespaces");
 }
 
 fn owner(p: &Path) -> (u32, u32) {

@@ -24,3 +24,12 @@ pub fn istio_vm() -> assert_cmd::Command {
 pub fn example_bundle() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bundle"))
 }
+
+/// Fails (never skips) when not root: CI runs the suite as root, so a test
+/// that needs it must run there. `needs` says what root is for.
+pub fn require_root(needs: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root ({needs}); CI runs it as root"
+    );
+}
