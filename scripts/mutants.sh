@@ -10,12 +10,18 @@
 # Each missed mutant needs a unit test that kills it, or a line in
 # tests/mutants-equivalent.txt saying why it cannot change behaviour (those
 # are excluded here). Target: at least 90% of viable mutants caught per file.
+# A mutant whose tests hang until the timeout counts as caught: the suite did
+# not pass (a lexer whose `+=` became `-=` never advances), as cargo-mutants'
+# own guide treats it; the count is still printed apart.
 # Results go to mutants.out/<set>/ (outcomes.json, caught.txt, missed.txt…).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CARGO_MUTANTS_VERSION=27.1.0
 JOBS=${MUTANTS_JOBS:-1}
+# The unit tests take about 5 s on a quiet machine; 60 s leaves room for a
+# loaded one. Lower it on a quiet machine, as each hanging mutant costs it.
+TEST_TIMEOUT=${MUTANTS_TEST_TIMEOUT:-60}
 
 # name=files (space separated), fewest mutants first. Several files in one
 # set share one baseline build; the counts are still given per file.
@@ -87,13 +93,14 @@ for set in "${SETS[@]}"; do
     # A generous minimum test timeout: on a loaded 2-core machine the unit
     # tests' wall time varies tenfold, and a slow run is not a hang.
     if cargo mutants --no-shuffle --jobs "$JOBS" --all-features --cargo-arg=--lib \
-        --minimum-test-timeout 60 \
+        --minimum-test-timeout "$TEST_TIMEOUT" \
         --output "mutants.out/$name" "${files[@]}" "${exclude[@]}"; then
         :
     else
         rc=$?
-        # 2: mutants missed; 3: timeouts; anything else: the run itself broke.
-        case $rc in 2 | 3) status=2 ;; *) exit "$rc" ;; esac
+        # 2: mutants missed; 3: only timeouts (caught, see above); anything
+        # else: the run itself broke.
+        case $rc in 2) status=2 ;; 3) ;; *) exit "$rc" ;; esac
     fi
     out="mutants.out/$name/mutants.out"
     echo "== $name: $(($(date +%s) - start)) s" >&2
@@ -105,7 +112,7 @@ for set in "${SETS[@]}"; do
         timeout=$(count timeout)
         viable=$((caught + missed + timeout))
         pct=100
-        [ "$viable" -gt 0 ] && pct=$((100 * caught / viable))
+        [ "$viable" -gt 0 ] && pct=$((100 * (caught + timeout) / viable))
         echo "== $f: caught $caught, missed $missed, timeout $timeout, unviable $unviable ($pct% of viable caught)" >&2
         if [ "$pct" -lt 90 ]; then
             echo "== $f: below the 90% target" >&2
