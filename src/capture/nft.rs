@@ -387,3 +387,470 @@ pub fn canonical_rule(rule: &str) -> Vec<String> {
     matches.extend(actions);
     matches
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(table: Table, chain: Chain, matches: Vec<Match>, target: Target) -> Rule {
+        Rule {
+            table,
+            chain,
+            pos: Pos::Append,
+            family: None,
+            matches,
+            target,
+        }
+    }
+
+    fn v4(mut r: Rule) -> Rule {
+        r.family = Some(Family::V4);
+        r
+    }
+
+    fn v6(mut r: Rule) -> Rule {
+        r.family = Some(Family::V6);
+        r
+    }
+
+    fn at(mut r: Rule, n: usize) -> Rule {
+        r.pos = Pos::Insert(n);
+        r
+    }
+
+    fn dport(proto: Proto, port: &str, neg: bool) -> Match {
+        Match::Dport {
+            proto,
+            port: port.into(),
+            neg,
+        }
+    }
+
+    fn dst(cidr: &str, neg: bool) -> Match {
+        Match::Dst {
+            cidr: cidr.into(),
+            neg,
+        }
+    }
+
+    fn redirect(port: &str) -> Target {
+        Target::Redirect {
+            port: port.into(),
+            dns_udp: false,
+        }
+    }
+
+    /// Matches are given out of Istio's order on purpose: the renderer
+    /// must sort them.
+    fn rule_set() -> RuleSet {
+        use Chain::*;
+        use Match::*;
+        use super::Proto::{Tcp, Udp};
+        let nat = |c, m, t| rule(Table::Nat, c, m, t);
+        let mangle = |c, m, t| rule(Table::Mangle, c, m, t);
+        let raw = |c, m, t| rule(Table::Raw, c, m, t);
+        let rules = vec![
+            nat(Prerouting, vec![Proto(Tcp)], Target::Jump(Inbound)),
+            nat(
+                Prerouting,
+                vec![
+                    Src {
+                        cidr: "10.1.0.0/16".into(),
+                        neg: false,
+                    },
+                    InIface("eth0".into()),
+                ],
+                Target::Return,
+            ),
+            nat(
+                Inbound,
+                vec![dport(Tcp, "22", false), Proto(Tcp)],
+                Target::Return,
+            ),
+            // Inside the chain's rules: an insert; past them: an add.
+            at(nat(Inbound, vec![InIface("lo".into())], Target::Return), 1),
+            at(nat(Inbound, vec![Proto(Tcp)], Target::Return), 4),
+            nat(
+                Inbound,
+                vec![DportsNot {
+                    proto: Tcp,
+                    ports: vec!["22".into(), "15020".into()],
+                }],
+                Target::Jump(InRedirect),
+            ),
+            // An insert at 1 into an empty chain is an add.
+            at(nat(Output, vec![], Target::Jump(IstioOutput)), 1),
+            v4(nat(
+                IstioOutput,
+                vec![dst("127.0.0.1/32", true), OutIface("lo".into())],
+                Target::Return,
+            )),
+            v6(nat(
+                IstioOutput,
+                vec![dst("::1/128", false)],
+                Target::Return,
+            )),
+            nat(
+                IstioOutput,
+                vec![Proto(Tcp), dport(Tcp, "80", false)],
+                Target::Jump(Redirect),
+            ),
+            nat(
+                IstioOutput,
+                vec![Proto(Tcp), dport(Tcp, "81", false)],
+                Target::Return,
+            ),
+            nat(
+                IstioOutput,
+                vec![Proto(Tcp), dport(Tcp, "82", true)],
+                Target::Return,
+            ),
+            nat(
+                IstioOutput,
+                vec![Proto(Tcp), dport(Tcp, "83", false)],
+                Target::Jump(InRedirect),
+            ),
+            nat(
+                IstioOutput,
+                vec![Gid {
+                    id: "1337".into(),
+                    neg: true,
+                }],
+                Target::Return,
+            ),
+            nat(Redirect, vec![Proto(Tcp)], redirect("15001")),
+            nat(
+                OutputDns,
+                vec![Proto(Udp), dport(Udp, "53", false)],
+                Target::Redirect {
+                    port: "15053".into(),
+                    dns_udp: true,
+                },
+            ),
+            v4(nat(
+                OutputDns,
+                vec![
+                    dport(Tcp, "53", false),
+                    Proto(Tcp),
+                    dst("10.0.0.1/32", false),
+                ],
+                redirect("15053"),
+            )),
+            nat(
+                OutputDns,
+                vec![Proto(Tcp), dport(Tcp, "53", false)],
+                redirect("15053"),
+            ),
+            mangle(
+                Prerouting,
+                vec![CtState(&["RELATED", "ESTABLISHED"]), Proto(Tcp)],
+                Target::Jump(Divert),
+            ),
+            mangle(
+                Prerouting,
+                vec![Connmark("1337".into())],
+                Target::ConnmarkRestore,
+            ),
+            mangle(Divert, vec![], Target::SetMark("1337".into())),
+            mangle(Divert, vec![], Target::Accept),
+            v6(mangle(
+                Tproxy,
+                vec![dst("::1/128", true), Proto(Tcp)],
+                Target::Tproxy {
+                    port: "15006".into(),
+                    mark: "1337".into(),
+                },
+            )),
+            v4(mangle(
+                Tproxy,
+                vec![Proto(Tcp)],
+                Target::Tproxy {
+                    port: "15006".into(),
+                    mark: "1337".into(),
+                },
+            )),
+            mangle(
+                Output,
+                vec![
+                    Uid {
+                        id: "0".into(),
+                        neg: true,
+                    },
+                    Mark {
+                        mark: "1337".into(),
+                        neg: false,
+                    },
+                ],
+                Target::ConnmarkSave,
+            ),
+            mangle(
+                Output,
+                vec![Mark {
+                    mark: "1338".into(),
+                    neg: true,
+                }],
+                Target::Return,
+            ),
+            mangle(Drop, vec![CtState(&["INVALID"])], Target::Drop),
+            raw(
+                Prerouting,
+                vec![
+                    Proto(Udp),
+                    Sport {
+                        proto: Udp,
+                        port: "53".into(),
+                    },
+                ],
+                Target::CtZone(1),
+            ),
+            v4(raw(
+                Output,
+                vec![
+                    Uid {
+                        id: "1337".into(),
+                        neg: false,
+                    },
+                    dst("10.0.0.1/32", false),
+                    dport(Udp, "53", false),
+                    Proto(Udp),
+                ],
+                Target::CtZone(2),
+            )),
+            raw(
+                Output,
+                vec![
+                    Gid {
+                        id: "1337".into(),
+                        neg: false,
+                    },
+                    GidsNot(vec!["1".into(), "2".into()]),
+                ],
+                Target::Return,
+            ),
+        ];
+        RuleSet { rules, ipv6: true }
+    }
+
+    const RENDERED: &str = "\
+add table inet istio-proxy-nat
+flush table inet istio-proxy-nat
+add chain inet istio-proxy-nat prerouting { type nat hook prerouting priority -100 ; }
+add chain inet istio-proxy-nat output { type nat hook output priority -100 ; }
+add chain inet istio-proxy-nat istio-inbound
+add chain inet istio-proxy-nat istio-redirect
+add chain inet istio-proxy-nat istio-in-redirect
+add chain inet istio-proxy-nat istio-output
+add chain inet istio-proxy-nat istio-output-dns
+add rule inet istio-proxy-nat prerouting meta l4proto tcp counter jump istio-inbound
+add rule inet istio-proxy-nat prerouting iifname eth0 ip saddr 10.1.0.0/16 counter return
+add rule inet istio-proxy-nat istio-inbound meta l4proto tcp tcp dport 22 counter return
+insert rule inet istio-proxy-nat istio-inbound index 0 iifname lo counter return
+add rule inet istio-proxy-nat istio-inbound meta l4proto tcp counter return
+add rule inet istio-proxy-nat istio-inbound tcp dport != { 22, 15020 } counter jump istio-in-redirect
+add rule inet istio-proxy-nat output counter jump istio-output
+add rule inet istio-proxy-nat istio-output oifname lo ip daddr != 127.0.0.1/32 counter return
+add rule inet istio-proxy-nat istio-output ip6 daddr ::1/128 counter return
+add rule inet istio-proxy-nat istio-output tcp dport 80 counter jump istio-redirect
+add rule inet istio-proxy-nat istio-output tcp dport 81 counter return
+add rule inet istio-proxy-nat istio-output meta l4proto tcp tcp dport != 82 counter return
+add rule inet istio-proxy-nat istio-output meta l4proto tcp tcp dport 83 counter jump istio-in-redirect
+add rule inet istio-proxy-nat istio-output skgid != 1337 counter return
+add rule inet istio-proxy-nat istio-redirect meta l4proto tcp counter redirect to :15001
+add rule inet istio-proxy-nat istio-output-dns udp dport 53 counter redirect to :15053
+add rule inet istio-proxy-nat istio-output-dns ip daddr 10.0.0.1/32 tcp dport 53 counter redirect to :15053
+add rule inet istio-proxy-nat istio-output-dns meta l4proto tcp tcp dport 53 counter redirect to :15053
+add table inet istio-proxy-mangle
+flush table inet istio-proxy-mangle
+add chain inet istio-proxy-mangle prerouting { type filter hook prerouting priority -150 ; }
+add chain inet istio-proxy-mangle output { type route hook output priority -150 ; }
+add chain inet istio-proxy-mangle istio-divert
+add chain inet istio-proxy-mangle istio-tproxy
+add chain inet istio-proxy-mangle istio-drop
+add rule inet istio-proxy-mangle prerouting meta l4proto tcp ct state related,established counter jump istio-divert
+add rule inet istio-proxy-mangle prerouting ct mark 1337 counter meta mark set ct mark
+add rule inet istio-proxy-mangle istio-divert counter meta mark set 1337
+add rule inet istio-proxy-mangle istio-divert counter accept
+add rule inet istio-proxy-mangle istio-tproxy meta l4proto tcp ip6 daddr != ::1/128 tproxy ip6 to :15006 meta mark set 1337 counter accept
+add rule inet istio-proxy-mangle istio-tproxy meta l4proto tcp tproxy ip to :15006 meta mark set 1337 counter accept
+add rule inet istio-proxy-mangle output mark 1337 skuid != 0 counter ct mark set mark
+add rule inet istio-proxy-mangle output mark != 1338 counter return
+add rule inet istio-proxy-mangle istio-drop ct state invalid counter drop
+add table inet istio-proxy-raw
+flush table inet istio-proxy-raw
+add chain inet istio-proxy-raw prerouting { type filter hook prerouting priority -300 ; }
+add chain inet istio-proxy-raw output { type filter hook output priority -300 ; }
+add rule inet istio-proxy-raw prerouting udp sport 53 counter ct zone set 1
+add rule inet istio-proxy-raw output udp dport 53 ip daddr 10.0.0.1/32 meta skuid 1337 counter ct zone set 2
+add rule inet istio-proxy-raw output meta skgid 1337 meta skgid != 1 meta skgid != 2 counter return
+";
+
+    #[test]
+    fn render_writes_istios_tables_chains_and_rule_spellings() {
+        let got = render(&rule_set());
+        for (n, (g, w)) in got.lines().zip(RENDERED.lines()).enumerate() {
+            assert_eq!(g, w, "line {}", n + 1);
+        }
+        assert_eq!(got, RENDERED);
+    }
+
+    #[test]
+    fn render_leaves_out_tables_without_rules() {
+        let mut rs = rule_set();
+        rs.rules.retain(|r| r.table == Table::Mangle);
+        let got = render(&rs);
+        assert!(
+            got.starts_with("add table inet istio-proxy-mangle\n"),
+            "{got}"
+        );
+        assert!(!got.contains("istio-proxy-nat") && !got.contains("istio-proxy-raw"));
+        rs.rules.clear();
+        assert_eq!(render(&rs), "");
+    }
+
+    #[test]
+    fn delete_tables_script_deletes_each_istio_table_even_if_absent() {
+        assert_eq!(
+            delete_tables_script(),
+            "add table inet istio-proxy-nat\ndelete table inet istio-proxy-nat\n\
+             add table inet istio-proxy-mangle\ndelete table inet istio-proxy-mangle\n\
+             add table inet istio-proxy-raw\ndelete table inet istio-proxy-raw\n"
+        );
+    }
+
+    #[test]
+    fn replay_follows_adds_and_inserts_by_index() {
+        let script = "add table inet t\nflush table inet t\ndelete table inet u\n\n\
+            add chain inet t pre { type nat hook prerouting priority -100 ; }\n\
+            add chain inet t plain\n\
+            add rule inet t pre counter return\n\
+            insert rule inet t pre index 0 iifname lo counter return\n\
+            insert rule inet t pre index 1 tcp dport 22 counter return\n\
+            insert rule inet t pre index 9 counter accept\n\
+            insert rule inet t other index 0 counter drop\n";
+        let r = replay(script).unwrap();
+        let key = |c: &str| ("t".to_string(), c.to_string());
+        assert_eq!(r.len(), 3);
+        assert_eq!(
+            r[&key("pre")],
+            (
+                Some("{ type nat hook prerouting priority -100 ; }".to_string()),
+                vec![
+                    "iifname lo counter return".to_string(),
+                    "tcp dport 22 counter return".to_string(),
+                    "counter return".to_string(),
+                    "counter accept".to_string(),
+                ]
+            )
+        );
+        assert_eq!(r[&key("plain")], (None, vec![]));
+        assert_eq!(r[&key("other")], (None, vec!["counter drop".to_string()]));
+    }
+
+    #[test]
+    fn replay_rejects_what_it_cannot_place() {
+        for (line, why) in [
+            ("insert rule inet t c 0 counter drop", "no index"),
+            ("insert rule inet t c index 0", "no rule"),
+            ("insert rule inet t c index x counter drop", "bad index"),
+            ("list ruleset", "unknown command"),
+        ] {
+            let e = replay(&format!("add table inet t\n{line}\n")).unwrap_err();
+            assert_eq!(e, format!("line 2: {why}: {line}"));
+        }
+    }
+
+    #[test]
+    fn replayed_render_has_every_rule_where_the_kernel_puts_it() {
+        let r = replay(&render(&rule_set())).unwrap();
+        let inbound = &r[&("istio-proxy-nat".to_string(), "istio-inbound".to_string())].1;
+        assert_eq!(
+            inbound,
+            &[
+                "iifname lo counter return",
+                "meta l4proto tcp tcp dport 22 counter return",
+                "meta l4proto tcp counter return",
+                "tcp dport != { 22, 15020 } counter jump istio-in-redirect",
+            ]
+        );
+    }
+
+    #[test]
+    fn canonical_rule_takes_nft_lists_spelling() {
+        assert_eq!(
+            canonical_rule(
+                "iifname \"lo\" meta l4proto tcp tcp dport != { 22, 15020 } counter jump istio-in-redirect"
+            ),
+            [
+                "iifname lo",
+                "tcp dport != { 22,15020 }",
+                "jump istio-in-redirect"
+            ]
+        );
+        assert_eq!(
+            canonical_rule(
+                "ip daddr 10.0.0.1/32 skuid 1337 tproxy ip to :15006 meta mark set 1337 counter accept"
+            ),
+            [
+                "ip daddr 10.0.0.1",
+                "meta skuid 1337",
+                "tproxy ip to :15006",
+                "meta mark set 1337",
+                "accept"
+            ]
+        );
+        assert_eq!(
+            canonical_rule("tproxy ip6 to :15006 accept"),
+            ["tproxy ip6 to :15006", "accept"]
+        );
+        assert_eq!(
+            canonical_rule("ip6 saddr ::1/128 skgid != 7 counter return"),
+            ["ip6 saddr ::1", "meta skgid != 7", "return"]
+        );
+        assert_eq!(
+            canonical_rule("udp sport 53 meta l4proto udp counter ct zone set 1"),
+            ["udp sport 53", "ct zone set 1"]
+        );
+        assert_eq!(
+            canonical_rule("ct state related,established ct mark 7 counter ct mark set mark drop"),
+            [
+                "ct mark 7",
+                "ct state related,established",
+                "ct mark set mark",
+                "drop"
+            ]
+        );
+        assert_eq!(
+            canonical_rule("oifname lo meta l4proto tcp counter redirect to :15001"),
+            ["meta l4proto tcp", "oifname lo", "redirect to :15001"]
+        );
+        // A set cut short reads as if closed, rather than panicking.
+        assert_eq!(canonical_rule("tcp dport { 1, 2"), ["tcp dport { 1,2 }"]);
+        // A statement it does not know stays, word by word.
+        assert_eq!(canonical_rule("notrack"), ["notrack"]);
+    }
+
+    #[test]
+    fn canonical_rule_tells_apart_what_the_kernel_would() {
+        for (a, b) in [
+            (
+                "tcp dport 80 counter return",
+                "tcp dport != 80 counter return",
+            ),
+            ("tcp dport 80 counter return", "udp dport 80 counter return"),
+            (
+                "ip daddr 10.0.0.1 counter return",
+                "ip daddr 10.0.0.0/8 counter return",
+            ),
+            (
+                "meta l4proto tcp counter return",
+                "meta l4proto udp counter return",
+            ),
+            (
+                "meta mark set 1 counter jump a",
+                "counter jump a meta mark set 1",
+            ),
+        ] {
+            assert_ne!(canonical_rule(a), canonical_rule(b), "{a} vs {b}");
+        }
+    }
+}
