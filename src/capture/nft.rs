@@ -296,7 +296,7 @@ const HEADS: &[&[&str]] = &[
 /// Canonical form of one nft rule for semantic comparison: match
 /// statements as a sorted set, with the spellings `nft list` would also
 /// normalise (`skuid` = `meta skuid`, quotes, `/32`, a `meta l4proto` made
-/// redundant by a port match), actions in order at the end.
+/// redundant by a `tcp`/`udp` header match), actions in order at the end.
 pub fn canonical_rule(rule: &str) -> Vec<String> {
     let words: Vec<String> = rule
         .replace(", ", ",")
@@ -373,13 +373,14 @@ pub fn canonical_rule(rule: &str) -> Vec<String> {
             matches.push(stmt);
         }
     }
-    // `meta l4proto tcp` is implied by a `tcp dport/sport` match.
+    // `meta l4proto tcp` is implied by any `tcp …` header match, not only a
+    // port: nft 1.0.6 lists `meta l4proto tcp tcp flags syn` as `tcp flags
+    // syn`, as it does `… tcp dport 22`.
     let implied: Vec<String> = matches
         .iter()
         .filter_map(|m| {
             let p = m.split(' ').next()?;
-            (matches!(p, "tcp" | "udp") && (m.contains(" dport ") || m.contains(" sport ")))
-                .then(|| format!("meta l4proto {p}"))
+            matches!(p, "tcp" | "udp").then(|| format!("meta l4proto {p}"))
         })
         .collect();
     matches.retain(|m| !implied.contains(m));
@@ -443,9 +444,9 @@ mod tests {
     /// Matches are given out of Istio's order on purpose: the renderer
     /// must sort them.
     fn rule_set() -> RuleSet {
+        use super::Proto::{Tcp, Udp};
         use Chain::*;
         use Match::*;
-        use super::Proto::{Tcp, Udp};
         let nat = |c, m, t| rule(Table::Nat, c, m, t);
         let mangle = |c, m, t| rule(Table::Mangle, c, m, t);
         let raw = |c, m, t| rule(Table::Raw, c, m, t);
@@ -827,6 +828,27 @@ add rule inet istio-proxy-raw output meta skgid 1337 meta skgid != 1 meta skgid 
         assert_eq!(canonical_rule("tcp dport { 1, 2"), ["tcp dport { 1,2 }"]);
         // A statement it does not know stays, word by word.
         assert_eq!(canonical_rule("notrack"), ["notrack"]);
+    }
+
+    #[test]
+    fn canonical_rule_drops_l4proto_before_any_header_match_as_nft_list_does() {
+        // What `nft list` printed for these rules (nft 1.0.6, Debian 12).
+        for (written, listed) in [
+            (
+                "meta l4proto tcp tcp flags syn counter accept",
+                "tcp flags syn counter accept",
+            ),
+            (
+                "meta l4proto tcp tcp dport 22 counter accept",
+                "tcp dport 22 counter accept",
+            ),
+            (
+                "meta l4proto udp udp length 10 counter accept",
+                "udp length 10 counter accept",
+            ),
+        ] {
+            assert_eq!(canonical_rule(written), canonical_rule(listed), "{written}");
+        }
     }
 
     #[test]
