@@ -208,13 +208,110 @@ pub(super) fn save(v: Variant, f: Family) -> Option<String> {
     finish(start(&v.bin(f, "save"), &[]))
 }
 
-pub(super) fn restore(v: Variant, f: Family, input: &str, noflush: bool) -> Result<()> {
-    let bin = v.bin(f, "restore");
+fn restore_args(noflush: bool) -> Vec<&'static str> {
     let mut args = vec!["-w"];
     if noflush {
         args.push("--noflush");
     }
+    args
+}
+
+pub(super) fn restore(v: Variant, f: Family, input: &str, noflush: bool) -> Result<()> {
+    let bin = v.bin(f, "restore");
+    let args = restore_args(noflush);
+    if let Some(child) = take_prestarted(&bin, &args) {
+        return feed(child, &bin, &args, input);
+    }
     run(&bin, &args, Some(input)).map(|_| ())
+}
+
+/// A `*-restore` started before its input is known, so that its start
+/// (exec, loading its libraries, about a millisecond of CPU) runs on the
+/// other core while istio-vm reads the kernel and renders. Until its
+/// input is written it has changed nothing, and it never will if it is
+/// killed instead: until it has read a table from its input,
+/// `iptables-nft-restore` (iptables 1.8) has only opened its netlink
+/// socket and sent nothing (seen with strace on Debian 11 to 13). Only the
+/// nf_tables variant is started early: it takes no xtables lock, so one
+/// waiting for input blocks no other tool.
+struct Prestarted {
+    bin: String,
+    args: Vec<&'static str>,
+    child: std::process::Child,
+}
+
+static PRESTARTED: std::sync::Mutex<Option<Prestarted>> = std::sync::Mutex::new(None);
+
+/// Start `iptables-nft-restore` (IPv4, `--noflush`) ahead of an apply or
+/// a remove; the guard kills it, unused, when dropped.
+pub fn prestart_restore() -> PrestartGuard {
+    let bin = Variant::Nft.bin(Family::V4, "restore");
+    let args = restore_args(true);
+    let child = which(&bin).and_then(|exe| {
+        Command::new(exe)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .ok()
+    });
+    if let Some(child) = child {
+        let old = PRESTARTED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(Prestarted { bin, args, child });
+        discard(old);
+    }
+    PrestartGuard(())
+}
+
+/// Kills the prestarted restore if nothing used it.
+pub struct PrestartGuard(());
+
+impl Drop for PrestartGuard {
+    fn drop(&mut self) {
+        discard(PRESTARTED.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+}
+
+fn discard(p: Option<Prestarted>) {
+    if let Some(mut p) = p {
+        // Killed before any input: nothing was read, nothing committed.
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+    }
+}
+
+fn take_prestarted(bin: &str, args: &[&str]) -> Option<std::process::Child> {
+    let mut slot = PRESTARTED.lock().unwrap_or_else(|e| e.into_inner());
+    match slot.take() {
+        Some(p) if p.bin == bin && p.args == args => Some(p.child),
+        other => {
+            *slot = other;
+            None
+        }
+    }
+}
+
+/// Write `input` to a started restore and wait for it, as [`run`] does.
+fn feed(mut child: std::process::Child, bin: &str, args: &[&str], input: &str) -> Result<()> {
+    if let Some(mut pipe) = child.stdin.take() {
+        pipe.write_all(input.as_bytes())
+            .with_context(|| format!("writing to {bin}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for {bin}"))?;
+    if !out.status.success() {
+        bail!(
+            "{bin} {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// Every nf_tables table (family, name): asked of the kernel over netlink,
