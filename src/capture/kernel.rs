@@ -89,12 +89,28 @@ impl Resolved {
 
 /// Full path of `bin` from PATH, or the sbin directories (a non-root
 /// shell's PATH often lacks them; the tools live there).
+///
+/// Remembered per PATH and name: one apply asks for the same few tools a
+/// dozen times, and each miss is a path lookup in every PATH directory
+/// (together a tenth of istio-vm's own CPU time in an apply). A long
+/// `capture watch` keeps what it found until it is restarted (it is, with
+/// istio.service); installing iptables or nft later is seen then.
 pub(super) fn which(bin: &str) -> Option<std::path::PathBuf> {
+    type Key = (std::ffi::OsString, String);
+    static FOUND: std::sync::Mutex<Vec<(Key, Option<std::path::PathBuf>)>> =
+        std::sync::Mutex::new(Vec::new());
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-    std::env::split_paths(&path)
+    let key = (path, bin.to_string());
+    let mut found = FOUND.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, hit)) = found.iter().find(|(k, _)| *k == key) {
+        return hit.clone();
+    }
+    let hit = std::env::split_paths(&key.0)
         .chain(["/usr/sbin".into(), "/sbin".into()])
         .map(|d| d.join(bin))
-        .find(|p| p.is_file())
+        .find(|p| p.is_file());
+    found.push((key, hit.clone()));
+    hit
 }
 
 pub(super) fn on_path(bin: &str) -> bool {
@@ -316,8 +332,12 @@ fn feed(mut child: std::process::Child, bin: &str, args: &[&str], input: &str) -
 
 /// Every nf_tables table (family, name): asked of the kernel over netlink,
 /// or of `nft -j list tables` where that fails.
-fn nft_table_names(nft: bool) -> Vec<(String, String)> {
-    match super::netlink::tables() {
+fn nft_table_names(nl: Option<&mut super::netlink::Dumper>, nft: bool) -> Vec<(String, String)> {
+    let listed = match nl {
+        Some(nl) => nl.tables(),
+        None => Err(anyhow!("no netlink socket")),
+    };
+    match listed {
         Ok(t) => t,
         Err(e) => {
             tracing::debug!("{e:#}; asking nft instead");
@@ -401,7 +421,7 @@ impl Probe {
 /// legacy x_tables list their tables in `/proc/net/ip{,6}_tables_names`
 /// (per network namespace); iptables-nft's tables are nf_tables tables of
 /// family `ip`/`ip6`, and the netlink dumps say whether they hold a rule or
-/// a user chain ([`super::netlink::families_with_content`]). Where they do
+/// a user chain ([`super::netlink::Dumper::families_with_content`]). Where they do
 /// not, the save would print the empty tables, and that text is made here:
 /// one process less per empty family on every apply, remove and check (on
 /// a fresh VM, and after `remove`, every family is empty).
@@ -479,12 +499,19 @@ impl Snapshot {
     /// Read everything, the tools running side by side.
     pub fn take() -> Snapshot {
         let nft = on_path("nft");
-        let names = nft_table_names(nft);
+        let mut nl = super::netlink::Dumper::open()
+            .map_err(|e| tracing::debug!("{e:#}"))
+            .ok();
+        let names = nft_table_names(nl.as_mut(), nft);
+        let content = nl.as_mut().and_then(|nl| {
+            nl.families_with_content()
+                .map_err(|e| tracing::debug!("{e:#}"))
+                .ok()
+        });
+        drop(nl);
         let view = NftView {
             tables: &names,
-            content: super::netlink::families_with_content()
-                .map_err(|e| tracing::debug!("{e:#}"))
-                .ok(),
+            content,
         };
         let variants: Vec<Variant> = [Variant::Nft, Variant::Legacy]
             .into_iter()
