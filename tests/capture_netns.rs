@@ -1594,12 +1594,15 @@ fn in_process_comparison_matches_the_kernels_spelling_for_every_golden() {
 /// chain or one rule makes it count; `ip6` is its own.
 #[test]
 fn netlink_sees_tables_and_which_families_hold_rules() {
-    use istio_vm::capture::netlink::{families_with_content, tables};
+    use istio_vm::capture::netlink::Dumper;
     require_root();
     let lab = Lab::new();
+    // One socket for both reads, as Snapshot::take uses it.
     let read = |lab: &Lab| {
-        lab.app
-            .within(|| (tables().unwrap(), families_with_content().unwrap()))
+        lab.app.within(|| {
+            let mut nl = Dumper::open().unwrap();
+            (nl.tables().unwrap(), nl.families_with_content().unwrap())
+        })
     };
     let (t, c) = read(&lab);
     assert!(t.is_empty() && c.is_empty(), "{t:?} {c:?}");
@@ -1623,6 +1626,10 @@ fn netlink_sees_tables_and_which_families_hold_rules() {
     lab.app
         .exec("iptables-nft -t nat -X ISTIO_X && ip6tables-nft -t raw -A OUTPUT -j ACCEPT");
     assert_eq!(read(&lab).1, vec!["ip6".to_string()]);
+    // A user chain settles `ip` without its rules being dumped; `ip6`
+    // still needs its rule dump, and both count.
+    lab.app.exec("iptables-nft -t nat -N ISTIO_X");
+    assert_eq!(read(&lab).1, vec!["ip".to_string(), "ip6".to_string()]);
 }
 
 /// The nft comparison agrees with the kernel: every Istio nft golden,

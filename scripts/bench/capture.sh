@@ -16,6 +16,12 @@ bin="${CARGO_TARGET_DIR:-target}/release/istio-vm"
 # Always (a no-op when fresh): a stale binary would measure old code.
 cargo build --release --quiet
 bin="$(realpath "$bin")"
+# BENCH_RT=1: measure at real-time priority (SCHED_FIFO 50), so that other
+# work on a busy machine does not land inside the timings; the ratios are
+# then close to a quiet machine's.
+if [ "${BENCH_RT:-}" = 1 ] && [ -z "${BENCH_RT_ON:-}" ]; then
+    exec chrt -f 50 env BENCH_RT_ON=1 "$0" "$@"
+fi
 
 ns="ivmbench-$$"
 work="$(mktemp -d)"

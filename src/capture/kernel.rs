@@ -89,12 +89,28 @@ impl Resolved {
 
 /// Full path of `bin` from PATH, or the sbin directories (a non-root
 /// shell's PATH often lacks them; the tools live there).
+///
+/// Remembered per PATH and name: one apply asks for the same few tools a
+/// dozen times, and each miss is a path lookup in every PATH directory
+/// (together a tenth of istio-vm's own CPU time in an apply). A long
+/// `capture watch` keeps what it found until it is restarted (it is, with
+/// istio.service); installing iptables or nft later is seen then.
 pub(super) fn which(bin: &str) -> Option<std::path::PathBuf> {
+    type Key = (std::ffi::OsString, String);
+    static FOUND: std::sync::Mutex<Vec<(Key, Option<std::path::PathBuf>)>> =
+        std::sync::Mutex::new(Vec::new());
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-    std::env::split_paths(&path)
+    let key = (path, bin.to_string());
+    let mut found = FOUND.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, hit)) = found.iter().find(|(k, _)| *k == key) {
+        return hit.clone();
+    }
+    let hit = std::env::split_paths(&key.0)
         .chain(["/usr/sbin".into(), "/sbin".into()])
         .map(|d| d.join(bin))
-        .find(|p| p.is_file())
+        .find(|p| p.is_file());
+    found.push((key, hit.clone()));
+    hit
 }
 
 pub(super) fn on_path(bin: &str) -> bool {
@@ -208,19 +224,120 @@ pub(super) fn save(v: Variant, f: Family) -> Option<String> {
     finish(start(&v.bin(f, "save"), &[]))
 }
 
-pub(super) fn restore(v: Variant, f: Family, input: &str, noflush: bool) -> Result<()> {
-    let bin = v.bin(f, "restore");
+fn restore_args(noflush: bool) -> Vec<&'static str> {
     let mut args = vec!["-w"];
     if noflush {
         args.push("--noflush");
     }
+    args
+}
+
+pub(super) fn restore(v: Variant, f: Family, input: &str, noflush: bool) -> Result<()> {
+    let bin = v.bin(f, "restore");
+    let args = restore_args(noflush);
+    if let Some(child) = take_prestarted(&bin, &args) {
+        return feed(child, &bin, &args, input);
+    }
     run(&bin, &args, Some(input)).map(|_| ())
+}
+
+/// A `*-restore` started before its input is known, so that its start
+/// (exec, loading its libraries, about a millisecond of CPU) runs on the
+/// other core while istio-vm reads the kernel and renders. Until its
+/// input is written it has changed nothing, and it never will if it is
+/// killed instead: until it has read a table from its input,
+/// `iptables-nft-restore` (iptables 1.8) has only opened its netlink
+/// socket and sent nothing (seen with strace on Debian 11 to 13). Only the
+/// nf_tables variant is started early: it takes no xtables lock, so one
+/// waiting for input blocks no other tool.
+struct Prestarted {
+    bin: String,
+    args: Vec<&'static str>,
+    child: std::process::Child,
+}
+
+static PRESTARTED: std::sync::Mutex<Option<Prestarted>> = std::sync::Mutex::new(None);
+
+/// Start `iptables-nft-restore` (IPv4, `--noflush`) ahead of an apply or
+/// a remove; the guard kills it, unused, when dropped.
+pub fn prestart_restore() -> PrestartGuard {
+    let bin = Variant::Nft.bin(Family::V4, "restore");
+    let args = restore_args(true);
+    let child = which(&bin).and_then(|exe| {
+        Command::new(exe)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .ok()
+    });
+    if let Some(child) = child {
+        let old = PRESTARTED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(Prestarted { bin, args, child });
+        discard(old);
+    }
+    PrestartGuard(())
+}
+
+/// Kills the prestarted restore if nothing used it.
+pub struct PrestartGuard(());
+
+impl Drop for PrestartGuard {
+    fn drop(&mut self) {
+        discard(PRESTARTED.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+}
+
+fn discard(p: Option<Prestarted>) {
+    if let Some(mut p) = p {
+        // Killed before any input: nothing was read, nothing committed.
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+    }
+}
+
+fn take_prestarted(bin: &str, args: &[&str]) -> Option<std::process::Child> {
+    let mut slot = PRESTARTED.lock().unwrap_or_else(|e| e.into_inner());
+    match slot.take() {
+        Some(p) if p.bin == bin && p.args == args => Some(p.child),
+        other => {
+            *slot = other;
+            None
+        }
+    }
+}
+
+/// Write `input` to a started restore and wait for it, as [`run`] does.
+fn feed(mut child: std::process::Child, bin: &str, args: &[&str], input: &str) -> Result<()> {
+    if let Some(mut pipe) = child.stdin.take() {
+        pipe.write_all(input.as_bytes())
+            .with_context(|| format!("writing to {bin}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for {bin}"))?;
+    if !out.status.success() {
+        bail!(
+            "{bin} {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// Every nf_tables table (family, name): asked of the kernel over netlink,
 /// or of `nft -j list tables` where that fails.
-fn nft_table_names(nft: bool) -> Vec<(String, String)> {
-    match super::netlink::tables() {
+fn nft_table_names(nl: Option<&mut super::netlink::Dumper>, nft: bool) -> Vec<(String, String)> {
+    let listed = match nl {
+        Some(nl) => nl.tables(),
+        None => Err(anyhow!("no netlink socket")),
+    };
+    match listed {
         Ok(t) => t,
         Err(e) => {
             tracing::debug!("{e:#}; asking nft instead");
@@ -304,7 +421,7 @@ impl Probe {
 /// legacy x_tables list their tables in `/proc/net/ip{,6}_tables_names`
 /// (per network namespace); iptables-nft's tables are nf_tables tables of
 /// family `ip`/`ip6`, and the netlink dumps say whether they hold a rule or
-/// a user chain ([`super::netlink::families_with_content`]). Where they do
+/// a user chain ([`super::netlink::Dumper::families_with_content`]). Where they do
 /// not, the save would print the empty tables, and that text is made here:
 /// one process less per empty family on every apply, remove and check (on
 /// a fresh VM, and after `remove`, every family is empty).
@@ -382,12 +499,19 @@ impl Snapshot {
     /// Read everything, the tools running side by side.
     pub fn take() -> Snapshot {
         let nft = on_path("nft");
-        let names = nft_table_names(nft);
+        let mut nl = super::netlink::Dumper::open()
+            .map_err(|e| tracing::debug!("{e:#}"))
+            .ok();
+        let names = nft_table_names(nl.as_mut(), nft);
+        let content = nl.as_mut().and_then(|nl| {
+            nl.families_with_content()
+                .map_err(|e| tracing::debug!("{e:#}"))
+                .ok()
+        });
+        drop(nl);
         let view = NftView {
             tables: &names,
-            content: super::netlink::families_with_content()
-                .map_err(|e| tracing::debug!("{e:#}"))
-                .ok(),
+            content,
         };
         let variants: Vec<Variant> = [Variant::Nft, Variant::Legacy]
             .into_iter()

@@ -119,70 +119,96 @@ fn parse(buf: &[u8], seq: u32, out: &mut Vec<Object>) -> Result<bool> {
     Ok(false)
 }
 
-/// One `NFT_MSG_GET*` dump of every family.
-fn dump(msg: u16) -> Result<Vec<Object>> {
-    let fd = socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkNetFilter,
-    )
-    .context("opening a netfilter netlink socket")?;
-    // A kernel that never answers must not hang apply.
-    setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(5, 0))
-        .context("setting the netlink timeout")?;
-    let seq = std::process::id();
-    let mut req = Vec::with_capacity(20);
-    req.extend_from_slice(&20u32.to_ne_bytes());
-    req.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | msg).to_ne_bytes());
-    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req.extend_from_slice(&seq.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
-    // nfgenmsg: every family, version 0, resource id 0.
-    req.extend_from_slice(&[0, 0, 0, 0]);
-    sendto(
-        fd.as_raw_fd(),
-        &req,
-        &NetlinkAddr::new(0, 0),
-        MsgFlags::empty(),
-    )
-    .context("asking the kernel for its nf_tables objects")?;
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())
-            .context("reading the kernel's nf_tables objects")?;
-        if n == 0 || parse(&buf[..n], seq, &mut out)? {
-            return Ok(out);
+/// A netfilter netlink socket and one receive buffer for several dumps
+/// in a row (one socket and one 32 KiB buffer instead of one each: the
+/// buffer's first touch was a measurable part of an apply).
+pub struct Dumper {
+    fd: std::os::fd::OwnedFd,
+    buf: Vec<u8>,
+    seq: u32,
+}
+
+const NFPROTO_UNSPEC: u8 = 0;
+const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
+
+impl Dumper {
+    pub fn open() -> Result<Dumper> {
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkNetFilter,
+        )
+        .context("opening a netfilter netlink socket")?;
+        // A kernel that never answers must not hang apply.
+        setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(5, 0))
+            .context("setting the netlink timeout")?;
+        Ok(Dumper {
+            fd,
+            // Dump replies come in datagrams of at most a page or two
+            // (NLMSG_GOODSIZE); 32 KiB is what libmnl's users allocate.
+            buf: vec![0u8; 32 * 1024],
+            seq: std::process::id().wrapping_mul(16),
+        })
+    }
+
+    /// One `NFT_MSG_GET*` dump of `family` (`NFPROTO_UNSPEC`: every one).
+    fn dump(&mut self, msg: u16, family: u8) -> Result<Vec<Object>> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let mut req = Vec::with_capacity(20);
+        req.extend_from_slice(&20u32.to_ne_bytes());
+        req.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | msg).to_ne_bytes());
+        req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        req.extend_from_slice(&seq.to_ne_bytes());
+        req.extend_from_slice(&0u32.to_ne_bytes());
+        // nfgenmsg: the family, version 0, resource id 0.
+        req.extend_from_slice(&[family, 0, 0, 0]);
+        sendto(
+            self.fd.as_raw_fd(),
+            &req,
+            &NetlinkAddr::new(0, 0),
+            MsgFlags::empty(),
+        )
+        .context("asking the kernel for its nf_tables objects")?;
+        let mut out = Vec::new();
+        loop {
+            let n = recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::empty())
+                .context("reading the kernel's nf_tables objects")?;
+            if n == 0 || parse(&self.buf[..n], seq, &mut out)? {
+                return Ok(out);
+            }
         }
     }
-}
 
-/// Every nf_tables table in this network namespace: (family, name).
-pub fn tables() -> Result<Vec<(String, String)>> {
-    Ok(dump(NFT_MSG_GETTABLE)?
-        .into_iter()
-        .filter_map(|o| Some((family_name(o.family), o.string(NFTA_TABLE_NAME)?)))
-        .collect())
-}
-
-/// The families (`ip`, `ip6`) that hold a rule or a chain without a hook
-/// (a user chain) in any table. An iptables-nft family outside this set
-/// holds nothing `iptables-nft-save` would print but empty tables.
-pub fn families_with_content() -> Result<Vec<String>> {
-    let mut out: Vec<String> = dump(NFT_MSG_GETCHAIN)?
-        .into_iter()
-        .filter(|c| !c.has(NFTA_CHAIN_HOOK))
-        .map(|c| family_name(c.family))
-        .collect();
-    out.extend(
-        dump(NFT_MSG_GETRULE)?
+    /// Every nf_tables table in this network namespace: (family, name).
+    pub fn tables(&mut self) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .dump(NFT_MSG_GETTABLE, NFPROTO_UNSPEC)?
             .into_iter()
-            .map(|r| family_name(r.family)),
-    );
-    out.sort();
-    out.dedup();
-    Ok(out)
+            .filter_map(|o| Some((family_name(o.family), o.string(NFTA_TABLE_NAME)?)))
+            .collect())
+    }
+
+    /// Which of the iptables-nft families (`ip`, `ip6`) hold a rule or a
+    /// chain without a hook (a user chain) in any table. A family outside
+    /// this set holds nothing `iptables-nft-save` would print but empty
+    /// tables. Rules are dumped (every one, with its expressions) only for
+    /// a family that has no user chain, where that is still unknown.
+    pub fn families_with_content(&mut self) -> Result<Vec<String>> {
+        let chains = self.dump(NFT_MSG_GETCHAIN, NFPROTO_UNSPEC)?;
+        let mut out = Vec::new();
+        for family in [NFPROTO_IPV4, NFPROTO_IPV6] {
+            let user_chain = chains
+                .iter()
+                .any(|c| c.family == family && !c.has(NFTA_CHAIN_HOOK));
+            if user_chain || !self.dump(NFT_MSG_GETRULE, family)?.is_empty() {
+                out.push(family_name(family));
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

@@ -90,6 +90,14 @@ fn prepare(root: &Path, config: &Config, requested: Backend, detect: bool) -> Re
     })
 }
 
+/// The IPv4 `iptables-nft-restore` started while the kernel is read and
+/// the rules rendered (see [`live::prestart_restore`]): only on the live
+/// root, never in a chroot, and not when nftables is asked for.
+fn prestart(root: &Path, requested: Backend) -> Option<live::PrestartGuard> {
+    let live = root == Path::new("/") && !crate::chroot::in_chroot();
+    (live && requested != Backend::Nftables).then(live::prestart_restore)
+}
+
 /// Render from the placed files under `/`, apply live (a no-op when the
 /// rules are already in place), add TPROXY policy routing if needed and
 /// record the applied rules. For `install` (after it placed cluster.env)
@@ -105,6 +113,7 @@ pub fn apply_with(
     requested: Backend,
     opts: live::ApplyOptions,
 ) -> Result<live::Outcome> {
+    let _restore = prestart(root, requested);
     let p = prepare(root, config, requested, true)?;
     let mut out = live::Outcome {
         changed: false,
@@ -132,6 +141,7 @@ pub fn apply_with(
 /// another tool's `ISTIO_*` chains); works even when cluster.env is gone.
 /// For `uninstall` and `capture remove`.
 pub fn remove_on_root(root: &Path, config: &Config) -> Result<live::Outcome> {
+    let _restore = prestart(root, Backend::Auto);
     let p = prepare(root, config, Backend::Auto, false)?;
     // The routing table of the current rendering, when it is TPROXY's.
     let mut route_tables = Vec::new();

@@ -23,7 +23,9 @@ use super::model::Family;
 use super::{Rendered, nftjson};
 use crate::report::{Step, StepStatus};
 
-pub use super::kernel::{Probe, Resolved, Snapshot, Variant, detect, normalize_save};
+pub use super::kernel::{
+    PrestartGuard, Probe, Resolved, Snapshot, Variant, detect, normalize_save, prestart_restore,
+};
 use super::kernel::{restore, run};
 pub use super::routing::{
     TproxyRouting, apply_tproxy_routing, remove_tproxy_routing, tproxy_routing_present,
