@@ -1042,6 +1042,37 @@ fn within_deadline(deadline: Duration, mut f: impl FnMut() -> bool) -> Option<Du
     None
 }
 
+/// Context switches of the watcher (`pid`) during `window`, once it has
+/// gone idle. The last heal's own changes are looked at once more (QUIET,
+/// then a check that runs the saves): first wait, polling with a deadline,
+/// for the count to stand still for half a second. A watcher that never
+/// settles fails here.
+fn idle_wakeups(pid: impl std::fmt::Display, window: Duration) -> u64 {
+    let switches = || -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("ctxt_switches"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum()
+    };
+    let (mut last, mut since) = (switches(), Instant::now());
+    let settled = within_deadline(Duration::from_secs(10), || {
+        let now = switches();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+        since.elapsed() >= Duration::from_millis(500)
+    });
+    assert!(settled.is_some(), "the watcher never went idle");
+    let a = switches();
+    let t = Instant::now();
+    while t.elapsed() < window {
+        std::thread::yield_now();
+    }
+    switches() - a
+}
+
 fn check_of<'a>(json: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
     json["checks"]
         .as_array()
@@ -1349,23 +1380,9 @@ fn watch_heals_flushes_while_the_sidecar_runs() {
     packets(&lab);
 
     // Idle: no wakeups while nothing changes.
-    let pid = watcher.to_string();
-    let switches = |pid: &str| -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", pid.trim()))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("ctxt_switches"))
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum()
-    };
-    let a = switches(&pid);
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(2) {
-        std::thread::yield_now();
-    }
-    let b = switches(&pid);
-    report.push(format!("idle: {} wakeups in 2 s", b - a));
-    assert!(b - a <= 1, "the watcher woke {} times while idle", b - a);
+    let woke = idle_wakeups(watcher, Duration::from_secs(2));
+    report.push(format!("idle: {woke} wakeups in 2 s"));
+    assert!(woke <= 1, "the watcher woke {woke} times while idle");
 
     // Sidecar stopped: a flush stays a flush.
     nix::sys::signal::kill(
@@ -1462,34 +1479,10 @@ fn watch_heals_legacy_flushes_while_the_sidecar_runs() {
     }
     packets(&lab);
 
-    // Idle: no wakeups while nothing changes. The heal's own re-check may
-    // still run; first wait (polling, with a deadline) until the watcher
-    // has settled for 500 ms.
-    let switches = || -> u64 {
-        std::fs::read_to_string(format!("/proc/{watcher}/status"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("ctxt_switches"))
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum()
-    };
-    let (mut last, mut since) = (switches(), Instant::now());
-    let settled = within_deadline(Duration::from_secs(10), || {
-        let now = switches();
-        if now != last {
-            (last, since) = (now, Instant::now());
-        }
-        since.elapsed() >= Duration::from_millis(500)
-    });
-    assert!(settled.is_some(), "the watcher never went idle");
-    let a = switches();
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(3) {
-        std::thread::yield_now();
-    }
-    let b = switches();
-    report.push(format!("idle: {} wakeups in 3 s", b - a));
-    assert!(b - a <= 1, "the watcher woke {} times while idle", b - a);
+    // Idle: no wakeups while nothing changes.
+    let woke = idle_wakeups(watcher, Duration::from_secs(3));
+    report.push(format!("idle: {woke} wakeups in 3 s"));
+    assert!(woke <= 1, "the watcher woke {woke} times while idle");
 
     // Sidecar stopped: a legacy flush stays a flush.
     nix::sys::signal::kill(

@@ -20,7 +20,7 @@ bin="$(realpath "$bin")"
 # work on a busy machine does not land inside the timings; the ratios are
 # then close to a quiet machine's.
 if [ "${BENCH_RT:-}" = 1 ] && [ -z "${BENCH_RT_ON:-}" ]; then
-    exec chrt -f 50 env BENCH_RT_ON=1 "$0" "$@"
+    exec chrt -f 50 env BENCH_RT_ON=1 bash "$0" "$@"
 fi
 
 ns="ivmbench-$$"

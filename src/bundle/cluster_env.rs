@@ -437,6 +437,30 @@ mod tests {
     }
 
     #[test]
+    fn only_a_carriage_return_ending_a_line_is_a_windows_line_end() {
+        // Elsewhere at the start of a line it is the first character of a
+        // word that is not a name.
+        let err = ClusterEnv::parse(b"A=1\n\rB=2\n").unwrap_err();
+        assert_eq!(err.line, 2);
+        assert!(
+            err.message.starts_with("expected NAME=value"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn a_plus_is_an_append_only_before_equals() {
+        let err = ClusterEnv::parse(b"A+B=1\n").unwrap_err();
+        assert_eq!(
+            err.message,
+            "`A+B=1` is not an assignment: bash would run it as a command"
+        );
+        let err = ClusterEnv::parse(b"A+=1\n").unwrap_err();
+        assert_eq!(err.message, "`A+=` appends: write NAME=value");
+    }
+
+    #[test]
     fn export_is_a_keyword_only_first_and_alone() {
         assert_eq!(kv("export=1\n"), vec![pair("export", "1")]);
         assert_eq!(kv("export export=1\n"), vec![pair("export", "1")]);

@@ -602,4 +602,585 @@ mod tests {
             );
         }
     }
+
+    use std::io::Write;
+    use std::os::unix::fs::symlink;
+
+    fn codes(r: &Result<Bundle, Vec<Finding>>) -> Vec<&str> {
+        match r {
+            Ok(_) => vec!["ok"],
+            Err(f) => f.iter().map(|x| x.code.as_str()).collect(),
+        }
+    }
+
+    /// The single finding of a refused source.
+    fn refused(r: Result<Bundle, Vec<Finding>>) -> Finding {
+        let f = r.expect_err("the source must be refused");
+        assert_eq!(f.len(), 1, "{f:?}");
+        f.into_iter().next().unwrap()
+    }
+
+    fn names(b: &Bundle) -> Vec<&str> {
+        b.files.keys().map(String::as_str).collect()
+    }
+
+    fn header(path: &str, kind: tar::EntryType, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(path).unwrap();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_cksum();
+        h
+    }
+
+    /// A tar stream of regular files.
+    fn tar_of(files: &[(&str, &[u8])]) -> tar::Builder<Vec<u8>> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in files {
+            let h = header(path, tar::EntryType::Regular, data.len() as u64);
+            b.append(&h, *data).unwrap();
+        }
+        b
+    }
+
+    /// Gzip `tar` as it stands (finished or cut off by the caller).
+    fn gz(tar: &[u8]) -> Vec<u8> {
+        // Stored blocks: the big archives here would take long to deflate
+        // in a debug build, and unpacking reads them the same way.
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none());
+        e.write_all(tar).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn tgz(files: &[(&str, &[u8])]) -> Vec<u8> {
+        gz(&tar_of(files).into_inner().unwrap())
+    }
+
+    fn sha(bytes: &[u8]) -> String {
+        format!("{:x}", Sha256::digest(bytes))
+    }
+
+    #[test]
+    fn a_directory_gives_the_bundle_files_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cluster.env"), "A='1'\n").unwrap();
+        std::fs::write(dir.path().join("hosts"), "198.51.100.1 a\n").unwrap();
+        std::fs::write(dir.path().join("README"), "not a bundle file").unwrap();
+        let src = dir.path().to_str().unwrap();
+        let b = load(src, None).unwrap();
+        assert_eq!(names(&b), ["cluster.env", "hosts"]);
+        assert_eq!(b.files["cluster.env"], b"A='1'\n");
+        assert_eq!(b.files["hosts"], b"198.51.100.1 a\n");
+        // --sha256 of a directory is the bundle digest, in either case.
+        let digest = b.digest();
+        assert_eq!(load(src, Some(&digest)).unwrap(), b);
+        assert_eq!(load(src, Some(&digest.to_uppercase())).unwrap(), b);
+        let f = refused(load(src, Some(&"0".repeat(64))));
+        assert_eq!(f.code, "bundle.checksum");
+        assert!(f.message.contains(&digest), "{}", f.message);
+    }
+
+    #[test]
+    fn a_directory_file_is_at_most_one_mib() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, len: u64| {
+            let f = std::fs::File::create(dir.path().join(name)).unwrap();
+            f.set_len(len).unwrap();
+        };
+        file("cluster.env", MAX_FILE);
+        let src = dir.path().to_str().unwrap();
+        let b = load(src, None).unwrap();
+        assert_eq!(b.files["cluster.env"].len() as u64, MAX_FILE);
+        file("hosts", MAX_FILE + 1);
+        let f = refused(load(src, None));
+        assert_eq!(f.code, "bundle.too_large");
+        assert_eq!(f.file.as_deref(), Some("hosts"));
+        assert!(
+            f.message.starts_with("hosts is 1048577 bytes"),
+            "{}",
+            f.message
+        );
+    }
+
+    #[test]
+    fn links_and_other_kinds_in_a_directory_are_each_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("real"), "A='1'\n").unwrap();
+        symlink(dir.path().join("real"), dir.path().join("cluster.env")).unwrap();
+        std::fs::create_dir(dir.path().join("hosts")).unwrap();
+        std::fs::write(dir.path().join("mesh.yaml"), "{}\n").unwrap();
+        let f = load(dir.path().to_str().unwrap(), None).unwrap_err();
+        let got: Vec<_> = f
+            .iter()
+            .map(|x| (x.code.as_str(), x.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("bundle.unsafe_path", "cluster.env is a symbolic link"),
+                ("bundle.unsafe_path", "hosts is not a regular file"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_examined_is_not_taken_as_missing() {
+        // Every name below a regular file fails with ENOTDIR, not ENOENT.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let f = read_dir(&file).unwrap_err();
+        let named: Vec<_> = f
+            .iter()
+            .map(|x| (x.code.as_str(), x.file.as_deref().unwrap()))
+            .collect();
+        assert_eq!(named, FILES.map(|n| ("bundle.missing_file", n)));
+        // A missing file is left to validation.
+        assert_eq!(read_dir(dir.path()).unwrap(), Bundle::default());
+    }
+
+    #[test]
+    fn a_source_is_a_directory_or_a_regular_file() {
+        let f = refused(load("/dev/null", None));
+        assert_eq!(f.code, "bundle.unsafe_path");
+        assert!(f.message.contains("neither a directory"), "{}", f.message);
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.tar.gz");
+        let f = refused(load(missing.to_str().unwrap(), None));
+        assert_eq!(f.code, "bundle.missing_file");
+        assert!(f.message.contains("no such file"), "{}", f.message);
+    }
+
+    #[test]
+    fn an_archive_file_is_read_up_to_sixteen_mib() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bundle.tar.gz");
+        let f = std::fs::File::create(&path).unwrap();
+        let src = path.to_str().unwrap();
+        // At the limit the file is read (and found not to be gzip).
+        f.set_len(MAX_TOTAL).unwrap();
+        let got = refused(load(src, None));
+        assert_eq!(
+            (got.code.as_str(), got.message.as_str()),
+            ("bundle.archive", "not a readable .tar.gz: no gzip header")
+        );
+        f.set_len(MAX_TOTAL + 1).unwrap();
+        let got = refused(load(src, None));
+        assert_eq!(got.code, "bundle.too_large");
+        assert!(got.message.contains("16777217 bytes"), "{}", got.message);
+    }
+
+    #[test]
+    fn an_archive_file_is_checked_against_its_sha256() {
+        let bytes = tgz(&[("cluster.env", b"A='1'\n")]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bundle.tar.gz");
+        std::fs::write(&path, &bytes).unwrap();
+        let src = path.to_str().unwrap();
+        let b = load(src, Some(&sha(&bytes))).unwrap();
+        assert_eq!(b.files["cluster.env"], b"A='1'\n");
+        assert_eq!(load(src, None).unwrap(), b);
+        let f = refused(load(src, Some(&sha(b"other"))));
+        assert_eq!(f.code, "bundle.checksum");
+        assert!(f.message.contains(&sha(&bytes)), "{}", f.message);
+    }
+
+    #[test]
+    fn read_limited_reads_a_regular_file_up_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "abcd").unwrap();
+        assert_eq!(read_limited(&path, 4, true).unwrap(), b"abcd");
+        let e = read_limited(&path, 3, true).unwrap_err();
+        assert_eq!(e.to_string(), "larger than 3 bytes");
+        let link = dir.path().join("link");
+        symlink(&path, &link).unwrap();
+        assert_eq!(read_limited(&link, 4, false).unwrap(), b"abcd");
+        let e = read_limited(&link, 4, true).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(nix::libc::ELOOP), "{e}");
+    }
+
+    #[test]
+    fn read_limited_does_not_wait_for_a_fifo_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_limited(&fifo, 4, true).map_err(|e| e.to_string()));
+        });
+        // A blocking open would wait for a writer forever.
+        let got = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("opening a FIFO blocked");
+        assert_eq!(got, Err("not a regular file".to_string()));
+    }
+
+    #[test]
+    fn a_flat_archive_gives_only_the_bundle_files() {
+        let mut t = tar::Builder::new(Vec::new());
+        for dir in ["./", "mesh.yaml/"] {
+            t.append(&header(dir, tar::EntryType::Directory, 0), &b""[..])
+                .unwrap();
+        }
+        for (path, data) in [
+            ("./cluster.env", &b"A='1'\n"[..]),
+            ("hosts", b"198.51.100.1 a\n"),
+            ("README", b"x"),
+            ("folder/root-cert.pem", b"x"),
+            ("a/b/istio-token", b"x"),
+        ] {
+            let h = header(path, tar::EntryType::Regular, data.len() as u64);
+            t.append(&h, data).unwrap();
+        }
+        let b = unpack(&gz(&t.into_inner().unwrap())).unwrap();
+        assert_eq!(names(&b), ["cluster.env", "hosts"]);
+        assert_eq!(b.files["hosts"], b"198.51.100.1 a\n");
+    }
+
+    #[test]
+    fn the_bundle_may_be_in_one_folder_but_not_several() {
+        let b = unpack(&tgz(&[
+            ("bundle/cluster.env", b"1"),
+            ("bundle/hosts", b"2"),
+        ]))
+        .unwrap();
+        assert_eq!(names(&b), ["cluster.env", "hosts"]);
+        let f = refused(unpack(&tgz(&[
+            ("c/hosts", b"1"),
+            ("a/hosts", b"2"),
+            ("b/cluster.env", b"3"),
+        ])));
+        assert_eq!(f.code, "bundle.archive");
+        assert!(
+            f.message.contains("several folders (a, b, c)"),
+            "{}",
+            f.message
+        );
+        let f = refused(unpack(&tgz(&[("hosts", b"1"), ("./hosts", b"2")])));
+        assert_eq!(f.message, "hosts appears twice in the archive");
+    }
+
+    #[test]
+    fn entries_other_than_files_and_folders_are_refused_by_kind() {
+        use tar::EntryType as T;
+        for (kind, why) in [
+            (T::Symlink, "is a symbolic link"),
+            (T::Link, "is a hard link"),
+            (T::Char, "is a device"),
+            (T::Block, "is a device"),
+            (T::Fifo, "is a FIFO"),
+            (T::new(b'Z'), "is not a regular file or directory"),
+        ] {
+            let mut h = header("hosts", kind, 0);
+            if matches!(kind, T::Symlink | T::Link) {
+                h.set_link_name("cluster.env").unwrap();
+                h.set_cksum();
+            }
+            let mut t = tar::Builder::new(Vec::new());
+            t.append(&h, &b""[..]).unwrap();
+            let f = refused(unpack(&gz(&t.into_inner().unwrap())));
+            assert_eq!(f.code, "bundle.unsafe_path", "{kind:?}");
+            assert_eq!(f.message, format!("archive entry `hosts` {why}"));
+        }
+    }
+
+    #[test]
+    fn a_pax_global_header_is_metadata_not_a_file() {
+        // As `git archive` writes it first.
+        let mut t = tar::Builder::new(Vec::new());
+        let pax = b"52 comment=0123456789012345678901234567890123456789\n";
+        let h = header("pax_global_header", tar::EntryType::XGlobalHeader, 52);
+        t.append(&h, &pax[..]).unwrap();
+        let h = header("hosts", tar::EntryType::Regular, 1);
+        t.append(&h, &b"1"[..]).unwrap();
+        let b = unpack(&gz(&t.into_inner().unwrap())).unwrap();
+        assert_eq!(names(&b), ["hosts"]);
+    }
+
+    #[test]
+    fn only_gzip_is_unpacked() {
+        for bytes in [&b""[..], b"\x1f", b"PK\x03\x04 a zip file"] {
+            let f = refused(unpack(bytes));
+            assert_eq!(
+                (f.code.as_str(), f.message.as_str()),
+                ("bundle.archive", "not a readable .tar.gz: no gzip header"),
+                "{bytes:?}"
+            );
+        }
+        // The magic alone passes on to the decoder.
+        let r = unpack(b"\x1f\x8b");
+        assert!(
+            r.as_ref()
+                .is_err_and(|f| f[0].message != "not a readable .tar.gz: no gzip header"),
+            "{:?}",
+            codes(&r)
+        );
+    }
+
+    /// Sixteen files of 1 MiB (exactly the unpack limit), without the end
+    /// of the archive.
+    fn at_the_limit() -> Vec<u8> {
+        let big = vec![b'x'; MAX_FILE as usize];
+        let names: Vec<String> = (1..16).map(|i| format!("pad{i}")).collect();
+        let mut files: Vec<(&str, &[u8])> = vec![("cluster.env", &big)];
+        files.extend(names.iter().map(|n| (n.as_str(), &big[..])));
+        std::mem::take(tar_of(&files).get_mut())
+    }
+
+    #[test]
+    fn an_archive_unpacks_to_at_most_sixteen_mib() {
+        let full = at_the_limit();
+        let end = [0u8; 1024];
+        let b = unpack(&gz(&[&full[..], &end].concat())).unwrap();
+        assert_eq!(names(&b), ["cluster.env"]);
+        assert_eq!(b.files["cluster.env"].len() as u64, MAX_FILE);
+        let over = |t: &[u8]| {
+            let f = refused(unpack(&gz(t)));
+            assert_eq!(f.code, "bundle.too_large");
+            assert_eq!(f.message, "the archive unpacks to more than 16777216 bytes");
+        };
+        // One byte more.
+        let hosts = header("hosts", tar::EntryType::Regular, 1);
+        let mut one = [0u8; 512];
+        one[0] = b'1';
+        over(&[&full[..], hosts.as_bytes(), &one, &end].concat());
+        // A header announcing that byte is enough: the archive is cut off
+        // right after it.
+        over(&[&full[..], hosts.as_bytes()].concat());
+    }
+
+    #[test]
+    fn a_file_over_one_mib_is_refused_by_its_header_or_its_data() {
+        // The header alone announces 2 MiB (the archive ends there).
+        let t = header("hosts", tar::EntryType::Regular, 2 * MAX_FILE);
+        let f = refused(unpack(&gz(t.as_bytes())));
+        assert_eq!(f.code, "bundle.too_large");
+        assert!(
+            f.message.starts_with("hosts is 2097152 bytes"),
+            "{}",
+            f.message
+        );
+        // A pax `size` overrides the header's 0 for the data that follows.
+        let mut t = tar::Builder::new(Vec::new());
+        let pax = b"16 size=1048577\n";
+        t.append(&header("pax", tar::EntryType::XHeader, 16), &pax[..])
+            .unwrap();
+        let data = vec![b'x'; MAX_FILE as usize + 1];
+        t.append(&header("hosts", tar::EntryType::Regular, 0), &data[..])
+            .unwrap();
+        let f = refused(unpack(&gz(&t.into_inner().unwrap())));
+        assert_eq!(f.code, "bundle.too_large");
+        assert!(
+            f.message.starts_with("hosts is 1048577 bytes"),
+            "{}",
+            f.message
+        );
+    }
+
+    #[test]
+    fn headers_alone_cannot_unpack_past_the_cap() {
+        // Empty entries add nothing to the unpacked size, only to the stream.
+        let mut t = tar::Builder::new(Vec::new());
+        let count = (MAX_TOTAL + 64 * 1024) / 512 + 1;
+        let h = header("e", tar::EntryType::Regular, 0);
+        for _ in 0..count {
+            t.get_mut().extend_from_slice(h.as_bytes());
+        }
+        let f = refused(unpack(&gz(&t.into_inner().unwrap())));
+        assert_eq!(
+            (f.code.as_str(), f.message.as_str()),
+            (
+                "bundle.too_large",
+                "the archive unpacks to more than 16777216 bytes"
+            )
+        );
+    }
+
+    #[test]
+    fn the_cap_allows_a_clean_end_exactly_at_it() {
+        let read = |data: &'static [u8]| {
+            let hit = std::rc::Rc::new(std::cell::Cell::new(false));
+            let mut r = Capped {
+                inner: data,
+                left: 4,
+                hit: hit.clone(),
+            };
+            let mut out = Vec::new();
+            let res = r.read_to_end(&mut out).map_err(|e| e.to_string());
+            (res, out, hit.get())
+        };
+        assert_eq!(read(b"abcd"), (Ok(4), b"abcd".to_vec(), false));
+        assert_eq!(
+            read(b"abcde"),
+            (
+                Err("archive larger than the unpack limit".into()),
+                b"abcd".to_vec(),
+                true
+            )
+        );
+    }
+
+    #[test]
+    fn an_unreachable_url_is_a_fetch_finding_with_its_cause() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("https://127.0.0.1:{port}/b.tgz?sig=secret");
+        let f = refused(load(&url, Some(&"0".repeat(64))));
+        assert_eq!(f.code, "bundle.fetch");
+        assert!(
+            f.message
+                .starts_with(&format!("cannot fetch https://127.0.0.1:{port}/b.tgz?…: ")),
+            "{}",
+            f.message
+        );
+        assert!(f.message.contains("Connection refused"), "{}", f.message);
+    }
+
+    /// Set in the child process of the test below: the server's base URL.
+    const CHILD_URL_ENV: &str = "ISTIO_VM_TEST_FETCH_URL";
+
+    /// Answers by path: `/ok` a small archive, `/missing` 404, `/exact` a
+    /// body of MAX_TOTAL bytes, `/huge` a length of MAX_TOTAL + 1 and no body,
+    /// `/stall` nothing until the client gives up.
+    fn serve_one(tcp: std::net::TcpStream, config: std::sync::Arc<rustls::ServerConfig>) {
+        let conn = rustls::ServerConnection::new(config).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let mut req = Vec::new();
+        let mut byte = [0u8; 1];
+        while !req.ends_with(b"\r\n\r\n") {
+            match tls.read(&mut byte) {
+                Ok(1) => req.push(byte[0]),
+                _ => return,
+            }
+        }
+        let req = String::from_utf8_lossy(&req);
+        let path = req.split(' ').nth(1).unwrap_or("");
+        if path == "/stall" {
+            // Returns when the client closes the connection.
+            let _ = tls.read(&mut byte);
+            return;
+        }
+        let (status, length, body) = match path {
+            "/ok" => ("200 OK", None, ok_body()),
+            "/exact" => ("200 OK", None, vec![0; MAX_TOTAL as usize]),
+            "/huge" => ("200 OK", Some(MAX_TOTAL + 1), Vec::new()),
+            _ => ("404 Not Found", None, b"no".to_vec()),
+        };
+        let head = format!(
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            length.unwrap_or(body.len() as u64)
+        );
+        let _ = tls.write_all(head.as_bytes());
+        let _ = tls.write_all(&body);
+        tls.conn.send_close_notify();
+        let _ = tls.flush();
+    }
+
+    fn ok_body() -> Vec<u8> {
+        tgz(&[("cluster.env", b"A='1'\n")])
+    }
+
+    /// The checks of the child process, which trusts the server's CA.
+    fn fetch_checks(base: &str) {
+        let deadline = Duration::from_secs(60);
+        let body = ok_body();
+        assert_eq!(fetch(&format!("{base}/ok"), deadline).unwrap(), body);
+        let b = load(&format!("{base}/ok"), Some(&sha(&body))).unwrap();
+        assert_eq!(b.files["cluster.env"], b"A='1'\n");
+        let f = refused(load(&format!("{base}/ok"), Some(&sha(b"other"))));
+        assert_eq!(f.code, "bundle.checksum");
+        let f = fetch(&format!("{base}/missing"), deadline).unwrap_err();
+        assert_eq!(
+            f[0].message,
+            format!("{base}/missing answered HTTP 404 Not Found")
+        );
+        let exact = fetch(&format!("{base}/exact"), deadline).unwrap();
+        assert_eq!(exact.len() as u64, MAX_TOTAL);
+        let f = fetch(&format!("{base}/huge"), deadline).unwrap_err();
+        assert_eq!(
+            (f[0].code.as_str(), f[0].message.as_str()),
+            (
+                "bundle.too_large",
+                format!("{base}/huge is larger than 16777216 bytes").as_str()
+            )
+        );
+        // Connected and answered by TLS, then silent: the one deadline ends it.
+        let f = fetch(&format!("{base}/stall"), Duration::from_millis(300)).unwrap_err();
+        assert_eq!(f[0].code, "bundle.fetch");
+        assert_eq!(
+            f[0].message,
+            format!("download of {base}/stall did not finish within 0.3s")
+        );
+    }
+
+    #[test]
+    fn fetch_trusts_ssl_cert_file_and_keeps_to_the_limits() {
+        if let Ok(base) = std::env::var(CHILD_URL_ENV) {
+            fetch_checks(&base);
+            return;
+        }
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let config = std::sync::Arc::new(
+            rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+            )
+            .unwrap(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca_pem).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let server = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                for tcp in listener.incoming() {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        return;
+                    }
+                    let config = config.clone();
+                    std::thread::spawn(move || serve_one(tcp.unwrap(), config));
+                }
+            })
+        };
+        // SSL_CERT_FILE is read from the environment: a child process gets
+        // it rather than this one's threads sharing a changed environment.
+        let name = "bundle::source::tests::fetch_trusts_ssl_cert_file_and_keeps_to_the_limits";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_URL_ENV, format!("https://{addr}"))
+            .env(CA_FILE_ENV, &ca_file)
+            .output()
+            .unwrap();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(addr);
+        server.join().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
+    }
 }

@@ -166,7 +166,7 @@ pub(super) fn run(prog: &str, args: &[&str], stdin: Option<&str>) -> Result<Stri
         which(prog).unwrap_or_else(|| prog.into())
     };
     count_legacy(&exe);
-    let mut child = Command::new(exe)
+    let child = Command::new(exe)
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -177,6 +177,17 @@ pub(super) fn run(prog: &str, args: &[&str], stdin: Option<&str>) -> Result<Stri
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("running {prog}"))?;
+    feed(child, prog, args, stdin)
+}
+
+/// Write `stdin` to a started child and wait for it: its stdout, or an
+/// error with its stderr.
+fn feed(
+    mut child: std::process::Child,
+    prog: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String> {
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().context("stdin pipe")?;
         pipe.write_all(input.as_bytes())
@@ -236,7 +247,7 @@ pub(super) fn restore(v: Variant, f: Family, input: &str, noflush: bool) -> Resu
     let bin = v.bin(f, "restore");
     let args = restore_args(noflush);
     if let Some(child) = take_prestarted(&bin, &args) {
-        return feed(child, &bin, &args, input);
+        return feed(child, &bin, &args, Some(input)).map(|_| ());
     }
     run(&bin, &args, Some(input)).map(|_| ())
 }
@@ -308,26 +319,6 @@ fn take_prestarted(bin: &str, args: &[&str]) -> Option<std::process::Child> {
             None
         }
     }
-}
-
-/// Write `input` to a started restore and wait for it, as [`run`] does.
-fn feed(mut child: std::process::Child, bin: &str, args: &[&str], input: &str) -> Result<()> {
-    if let Some(mut pipe) = child.stdin.take() {
-        pipe.write_all(input.as_bytes())
-            .with_context(|| format!("writing to {bin}"))?;
-    }
-    let out = child
-        .wait_with_output()
-        .with_context(|| format!("waiting for {bin}"))?;
-    if !out.status.success() {
-        bail!(
-            "{bin} {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 /// Every nf_tables table (family, name): asked of the kernel over netlink,

@@ -415,5 +415,271 @@ mod tests {
         assert!(check_cidrs("10.0.0.0").is_err());
         assert!(check_cidrs("10.0.0.0/33").is_err());
         assert!(check_cidrs("x/8").is_err());
+        // The longest prefix of each family is allowed, one more is not.
+        assert!(check_cidrs("10.0.0.1/32, fd00::1/128").is_ok());
+        assert!(check_cidrs("fd00::/129").is_err());
+        assert!(check_cidrs("10.0.0.0/8,10.0.0.0/33").is_err());
+    }
+
+    /// The cluster.env istioctl writes for a VM with a port list: no finding.
+    const GOOD: &str = "ISTIO_NAMESPACE='ns'\nISTIO_SERVICE='svc.ns'\nPOD_NAMESPACE='ns'\n\
+                        SERVICE_ACCOUNT='sa'\nISTIO_INBOUND_PORTS='8080'\n\
+                        ISTIO_LOCAL_EXCLUDE_PORTS='15090,15021,15020'\nISTIO_SERVICE_CIDR='*'\n";
+
+    fn findings_with(text: &str, mesh: Option<&MeshConfig>, opts: &Options) -> Vec<Finding> {
+        let env = ClusterEnv::parse(text.as_bytes()).unwrap();
+        let mut f = Vec::new();
+        check_env(&env, mesh, opts, &mut f);
+        f
+    }
+
+    /// Findings for GOOD followed by `extra` (a later line wins, as in bash).
+    fn findings(extra: &str) -> Vec<Finding> {
+        findings_with(&format!("{GOOD}{extra}"), None, &Options::default())
+    }
+
+    fn codes(f: &[Finding]) -> Vec<&str> {
+        f.iter().map(|x| x.code.as_str()).collect()
+    }
+
+    /// The one finding of `extra`, which must be `code` about `key`.
+    fn one(extra: &str, code: &str, key: &str) -> Finding {
+        let f = findings(extra);
+        assert_eq!(codes(&f), [code], "{extra:?}: {f:?}");
+        assert!(f[0].message.contains(key), "{extra:?}: {}", f[0].message);
+        f.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn istioctl_cluster_env_has_no_finding() {
+        assert_eq!(findings(""), []);
+        // Values that are not JSON, ports or CIDRs are left alone.
+        assert_eq!(
+            findings("ISTIO_SVC_IP='10.0.0.1'\nTRUST_DOMAIN='cluster.local'\n"),
+            []
+        );
+    }
+
+    #[test]
+    fn each_missing_required_key_is_an_error() {
+        for key in REQUIRED_KEYS {
+            let text: String = GOOD
+                .lines()
+                .filter(|l| !l.starts_with(&format!("{key}=")))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let f = findings_with(&text, None, &Options::default());
+            let missing: Vec<_> = f
+                .iter()
+                .filter(|x| x.code == "env.missing_key")
+                .map(|x| x.message.as_str())
+                .collect();
+            assert_eq!(missing, [format!("{key} is not set")], "{f:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_named_once_with_a_hint() {
+        let f = one("MY_VAR='1'\nMY_VAR='2'\n", "env.unknown_key", "MY_VAR");
+        assert_eq!(f.severity, Severity::Warning);
+        assert!(f.message.starts_with("line 9:"), "{}", f.message);
+        assert!(f.hint.contains("ISTIO_META_<NAME>"), "{}", f.hint);
+        let f = one(
+            "ISTIO_INBOUND_PORT='80'\n",
+            "env.unknown_key",
+            "ISTIO_INBOUND_PORT",
+        );
+        assert_eq!(f.hint, "did you mean ISTIO_INBOUND_PORTS?");
+        let f = one(
+            "ISTIO_INBOUND_EXCLUDE_PORTS='22'\n",
+            "env.unknown_key",
+            "ISTIO_INBOUND_EXCLUDE_PORTS",
+        );
+        assert!(f.hint.contains("ISTIO_LOCAL_EXCLUDE_PORTS"), "{}", f.hint);
+        let f = one("ISTIO_CFG='/x'\n", "env.unknown_key", "ISTIO_CFG");
+        assert!(f.hint.contains("sidecar.env"), "{}", f.hint);
+        // Known names and prefixes, and loader variables (shell's finding).
+        assert_eq!(findings("ISTIO_META_FOO='x'\nCA_ADDR='a:1'\n"), []);
+        assert_eq!(findings("LD_PRELOAD='/x.so'\nBASH_ENV='/x'\n"), []);
+        // mesh.yaml's proxyMetadata names are deliberate agent environment.
+        let mesh = MeshConfig::parse(b"defaultConfig:\n  proxyMetadata:\n    MY_VAR: x\n").unwrap();
+        let text = format!("{GOOD}MY_VAR='x'\n");
+        assert_eq!(findings_with(&text, Some(&mesh), &Options::default()), []);
+    }
+
+    #[test]
+    fn port_lists_are_parsed_as_istio_iptables_does() {
+        for key in [
+            "ISTIO_LOCAL_EXCLUDE_PORTS",
+            "ISTIO_OUTBOUND_PORTS",
+            "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE",
+            "ISTIO_INBOUND_PORTS",
+        ] {
+            let f = one(&format!("{key}='80,x'\n"), "env.invalid_value", key);
+            assert_eq!(f.severity, Severity::Error);
+            assert!(f.message.contains("`x` is not a port"), "{}", f.message);
+        }
+        // Empty lists are allowed (Istio's default); the agent ports are then
+        // not excluded, which is only a warning under `*`.
+        assert_eq!(findings("ISTIO_OUTBOUND_PORTS=' '\n"), []);
+        assert_eq!(findings("ISTIO_INBOUND_PORTS=''\n"), []);
+    }
+
+    #[test]
+    fn cidr_lists_accept_a_star_or_nothing() {
+        for key in ["ISTIO_SERVICE_CIDR", "ISTIO_SERVICE_EXCLUDE_CIDR"] {
+            for ok in ["*", " * ", "", "10.0.0.0/8,fd00::/8"] {
+                assert_eq!(findings(&format!("{key}='{ok}'\n")), [], "{key}={ok:?}");
+            }
+            let f = one(&format!("{key}='10.0.0.0'\n"), "env.invalid_value", key);
+            assert!(f.message.contains("not a CIDR"), "{}", f.message);
+        }
+    }
+
+    #[test]
+    fn labels_are_a_json_object_of_strings() {
+        let key = "ISTIO_METAJSON_LABELS";
+        assert_eq!(findings(&format!("{key}='{{\"app\":\"a\"}}'\n")), []);
+        for bad in ["{\"app\":1}", "[\"a\"]", "{app}"] {
+            one(&format!("{key}='{bad}'\n"), "env.invalid_value", key);
+        }
+        let f = one(
+            &format!("{key}='{{\"service.istio.io/canonical-version\":\"v1\"}}'\n"),
+            "env.legacy_label",
+            "line 8:",
+        );
+        assert_eq!(f.severity, Severity::Warning);
+    }
+
+    #[test]
+    fn other_metajson_values_must_be_json() {
+        assert_eq!(findings("ISTIO_METAJSON_X='[1]'\n"), []);
+        one(
+            "ISTIO_METAJSON_X='nope'\n",
+            "env.invalid_value",
+            "ISTIO_METAJSON_X",
+        );
+        // A META (not METAJSON) value is free text.
+        assert_eq!(findings("ISTIO_META_X='nope'\n"), []);
+    }
+
+    #[test]
+    fn pod_ports_are_a_json_list_or_a_string_holding_one() {
+        let key = "ISTIO_META_POD_PORTS";
+        // HEAD writes the array; 1.10 a JSON string holding it.
+        assert_eq!(
+            findings(&format!("{key}='[{{\"containerPort\":9080}}]'\n")),
+            []
+        );
+        assert_eq!(findings(&format!("{key}='\"[]\"'\n")), []);
+        for bad in ["{}", "\"{}\"", "[", "80"] {
+            one(&format!("{key}='{bad}'\n"), "env.invalid_value", key);
+        }
+    }
+
+    #[test]
+    fn addresses_need_a_port_when_set() {
+        for key in ["CA_ADDR", "PILOT_ADDRESS"] {
+            assert_eq!(findings(&format!("{key}=''\n")), []);
+            assert_eq!(findings(&format!("{key}='istiod.x.svc:15012'\n")), []);
+            let f = one(&format!("{key}='istiod.x.svc'\n"), "env.invalid_value", key);
+            assert!(f.message.contains("not host:port"), "{}", f.message);
+        }
+    }
+
+    #[test]
+    fn booleans_are_go_parse_bool() {
+        for key in [
+            "ISTIO_META_DNS_CAPTURE",
+            "ISTIO_META_ENABLE_DNS_SERVER",
+            "CAPTURE_ALL_DNS",
+        ] {
+            for ok in [
+                "", "1", "t", "T", "TRUE", "true", "True", "0", "f", "F", "FALSE", "false", "False",
+            ] {
+                assert_eq!(findings(&format!("{key}='{ok}'\n")), [], "{key}={ok:?}");
+            }
+            for bad in ["yes", "tRUE", "2"] {
+                let f = one(&format!("{key}='{bad}'\n"), "env.invalid_value", key);
+                assert!(f.message.contains("not a boolean"), "{}", f.message);
+            }
+        }
+    }
+
+    #[test]
+    fn interception_mode_is_redirect_or_tproxy() {
+        let key = "ISTIO_INBOUND_INTERCEPTION_MODE";
+        for ok in ["", "REDIRECT", "TPROXY"] {
+            assert_eq!(findings(&format!("{key}='{ok}'\n")), [], "{ok:?}");
+        }
+        one(&format!("{key}='redirect'\n"), "env.invalid_value", key);
+    }
+
+    #[test]
+    fn debugging_switches_that_skip_the_rules_are_errors() {
+        for key in ["CLEANUP_ONLY", "DRY_RUN", "SKIP_RULE_APPLY"] {
+            for on in ["true", "TRUE", "1"] {
+                let f = one(&format!("{key}='{on}'\n"), "env.invalid_value", key);
+                assert!(f.message.contains("never install"), "{}", f.message);
+            }
+            for off in ["false", "0", ""] {
+                assert_eq!(findings(&format!("{key}='{off}'\n")), [], "{key}={off:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn pod_namespace_must_be_istio_namespace() {
+        let f = one(
+            "POD_NAMESPACE='other'\n",
+            "env.invalid_value",
+            "POD_NAMESPACE",
+        );
+        assert!(f.message.contains("`other` differs"), "{}", f.message);
+    }
+
+    #[test]
+    fn ssh_in_the_inbound_list_needs_allow_ssh_capture() {
+        let text = format!("{GOOD}ISTIO_INBOUND_PORTS='8080,22'\n");
+        let f = findings_with(&text, None, &Options::default());
+        assert_eq!(codes(&f), ["env.ssh_captured"]);
+        assert_eq!(f[0].severity, Severity::Error);
+        assert!(f[0].message.starts_with("line 8:"), "{}", f[0].message);
+        let allow = Options {
+            allow_ssh_capture: true,
+            ..Options::default()
+        };
+        let f = findings_with(&text, None, &allow);
+        assert_eq!(codes(&f), ["env.ssh_captured"]);
+        assert_eq!(f[0].severity, Severity::Warning);
+    }
+
+    #[test]
+    fn a_star_inbound_list_warns_for_ssh_and_agent_ports_not_excluded() {
+        let star = "ISTIO_INBOUND_PORTS='*'\n";
+        let f = findings(&format!(
+            "{star}ISTIO_LOCAL_EXCLUDE_PORTS='22,15090,15021,15020'\n"
+        ));
+        assert_eq!(f, []);
+        let f = findings(star);
+        assert_eq!(codes(&f), ["env.ssh_captured"]);
+        assert_eq!(f[0].severity, Severity::Warning);
+        let f = findings(&format!("{star}ISTIO_LOCAL_EXCLUDE_PORTS='22,15090'\n"));
+        assert_eq!(codes(&f), ["env.agent_port_captured"]);
+        assert!(
+            f[0].message.contains("lacks 15020, 15021:"),
+            "{}",
+            f[0].message
+        );
+        // An unreadable exclude list excludes nothing.
+        let f = findings(&format!("{star}ISTIO_LOCAL_EXCLUDE_PORTS='22,x'\n"));
+        assert_eq!(
+            codes(&f),
+            [
+                "env.invalid_value",
+                "env.ssh_captured",
+                "env.agent_port_captured"
+            ]
+        );
     }
 }
