@@ -258,7 +258,7 @@ pub(super) fn restore(v: Variant, f: Family, input: &str, noflush: bool) -> Resu
 /// input is written it has changed nothing, and it never will if it is
 /// killed instead: until it has read a table from its input,
 /// `iptables-nft-restore` (iptables 1.8) has only opened its netlink
-/// socket and sent nothing (seen with strace on Debian 11 to 13). Only the
+/// socket and sent nothing (seen with strace, iptables 1.8.9 on Debian 12). Only the
 /// nf_tables variant is started early: it takes no xtables lock, so one
 /// waiting for input blocks no other tool.
 struct Prestarted {
